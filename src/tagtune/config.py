@@ -1,0 +1,274 @@
+"""Model configuration: typed dataclasses mirroring the sections of the official ``config.yaml``.
+
+Field names follow the YAML keys so that ``ModelConfig.from_dict(yaml.safe_load(f))`` reads an official
+file as it is and ``to_dict()`` writes one the official loader accepts. Keys we do not model (the BigVGAN
+training / discriminator settings) are kept verbatim in ``extra`` and written back unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+SUPPORTED_VERSIONS = (1.0, 1.5)
+
+
+class ConfigError(ValueError):
+    """A config.yaml that does not describe an IndexTTS 1.0/1.5 model."""
+
+
+def _pick(cls, data: dict[str, Any], section: str):
+    """Build dataclass ``cls`` from ``data``; unknown keys are kept in ``extra`` when the class has one."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    known = {k: v for k, v in data.items() if k in names and k != "extra"}
+    unknown = {k: v for k, v in data.items() if k not in names}
+    if "extra" in names:
+        known["extra"] = unknown
+    try:
+        return cls(**known)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"config section '{section}': {e}") from None
+
+
+@dataclass
+class MelConfig:
+    sample_rate: int = 24000
+    n_fft: int = 1024
+    hop_length: int = 256
+    win_length: int = 1024
+    n_mels: int = 100
+    mel_fmin: float = 0
+    normalize: bool = False
+
+    def __post_init__(self):
+        if self.sample_rate <= 0 or self.hop_length <= 0 or self.n_mels <= 0:
+            raise ConfigError(f"invalid mel settings: {self}")
+
+
+@dataclass
+class DatasetConfig:
+    bpe_model: str = "bpe.model"
+    sample_rate: int = 24000
+    squeeze: bool = False
+    mel: MelConfig = field(default_factory=MelConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DatasetConfig":
+        d = dict(d)
+        mel = _pick(MelConfig, d.pop("mel", {}) or {}, "dataset.mel")
+        return cls(mel=mel, **{k: v for k, v in d.items() if k in ("bpe_model", "sample_rate", "squeeze")})
+
+
+@dataclass
+class ConditionConfig:
+    output_size: int = 512
+    linear_units: int = 2048
+    attention_heads: int = 8
+    num_blocks: int = 6
+    input_layer: str = "conv2d2"
+    perceiver_mult: int = 2
+
+    def __post_init__(self):
+        if self.input_layer != "conv2d2":
+            raise ConfigError(f"condition_module.input_layer '{self.input_layer}' is not supported (only conv2d2)")
+        if self.output_size % self.attention_heads:
+            raise ConfigError("condition_module.output_size must be divisible by attention_heads")
+
+
+@dataclass
+class GPTConfig:
+    model_dim: int = 1280
+    layers: int = 24
+    heads: int = 20
+    max_mel_tokens: int = 800
+    max_text_tokens: int = 600
+    number_text_tokens: int = 12000
+    number_mel_codes: int = 8194
+    start_mel_token: int = 8192
+    stop_mel_token: int = 8193
+    start_text_token: int = 0
+    stop_text_token: int = 1
+    use_mel_codes_as_input: bool = True
+    mel_length_compression: int = 1024
+    train_solo_embeddings: bool = False
+    condition_type: str = "conformer_perceiver"
+    condition_module: ConditionConfig = field(default_factory=ConditionConfig)
+    activation_function: str | None = None  # absent in the official 1.5 file -> "gelu_new"
+    checkpointing: bool | None = None  # absent -> official default True (training only)
+    condition_num_latent: int = 32  # not in config.yaml; fixed by the official code
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if isinstance(self.condition_module, dict):
+            self.condition_module = _pick(ConditionConfig, self.condition_module, "gpt.condition_module")
+        if self.condition_type != "conformer_perceiver":
+            raise ConfigError(f"gpt.condition_type '{self.condition_type}' is not supported")
+        if self.model_dim % self.heads:
+            raise ConfigError(f"gpt.model_dim {self.model_dim} is not divisible by gpt.heads {self.heads}")
+        if self.activation_function not in (None, "gelu_new", "gelu_pytorch_tanh"):
+            raise ConfigError(f"gpt.activation_function '{self.activation_function}' is not supported")
+        if self.train_solo_embeddings or not self.use_mel_codes_as_input:
+            raise ConfigError("train_solo_embeddings / use_mel_codes_as_input=false are not used by IndexTTS 1.x")
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.heads
+
+    @property
+    def mel_positions(self) -> int:
+        """Rows of ``mel_pos_embedding`` (max_mel_tokens + 2 + 1)."""
+        return self.max_mel_tokens + 3
+
+    @property
+    def text_positions(self) -> int:
+        """Rows of ``text_pos_embedding`` (max_text_tokens + 2)."""
+        return self.max_text_tokens + 2
+
+    @property
+    def n_positions(self) -> int:
+        """The official backbone's ``n_positions``: the longest causal sequence it accepts."""
+        return self.mel_positions + self.text_positions
+
+    @property
+    def text_rows(self) -> int:
+        """Rows of ``text_embedding`` / ``text_head``: the vocabulary plus one spare row."""
+        return self.number_text_tokens + 1
+
+
+@dataclass
+class DVAEConfig:
+    channels: int = 100
+    num_tokens: int = 8192
+    hidden_dim: int = 512
+    num_resnet_blocks: int = 3
+    codebook_dim: int = 512
+    num_layers: int = 2
+    positional_dims: int = 1
+    kernel_size: int = 3
+    smooth_l1_loss: bool = True
+    use_transposed_convs: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.positional_dims != 1 or self.use_transposed_convs:
+            raise ConfigError("vqvae: only positional_dims=1 without transposed convs is supported")
+
+
+@dataclass
+class BigVGANConfig:
+    gpt_dim: int = 1280
+    resblock: str = "1"
+    upsample_rates: list[int] = field(default_factory=lambda: [4, 4, 4, 4, 2, 2])
+    upsample_kernel_sizes: list[int] = field(default_factory=lambda: [8, 8, 4, 4, 4, 4])
+    upsample_initial_channel: int = 1536
+    resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
+    resblock_dilation_sizes: list[list[int]] = field(default_factory=lambda: [[1, 3, 5], [1, 3, 5], [1, 3, 5]])
+    feat_upsample: bool = False
+    speaker_embedding_dim: int = 512
+    cond_d_vector_in_each_upsampling_layer: bool = True
+    activation: str = "snakebeta"
+    snake_logscale: bool = True
+    num_mels: int = 100
+    extra: dict[str, Any] = field(default_factory=dict)  # training/discriminator keys, kept verbatim
+
+    def __post_init__(self):
+        self.resblock = str(self.resblock)
+        if self.resblock != "1" or self.activation != "snakebeta" or self.feat_upsample:
+            raise ConfigError("bigvgan: only resblock '1', snakebeta activation and feat_upsample=false are supported")
+
+
+@dataclass
+class ModelConfig:
+    """The whole ``config.yaml`` of an IndexTTS 1.0 / 1.5 checkpoint folder."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    gpt: GPTConfig = field(default_factory=GPTConfig)
+    vqvae: DVAEConfig = field(default_factory=DVAEConfig)
+    bigvgan: BigVGANConfig = field(default_factory=BigVGANConfig)
+    gpt_checkpoint: str = "gpt.pth"
+    dvae_checkpoint: str = "dvae.pth"
+    bigvgan_checkpoint: str = "bigvgan_generator.pth"
+    version: float | None = None  # absent in 1.0 configs
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.version is not None:
+            try:
+                self.version = float(self.version)
+            except (TypeError, ValueError):
+                raise ConfigError(f"config 'version' must be a number, got {self.version!r}") from None
+            if self.version not in SUPPORTED_VERSIONS and not (1.0 <= self.version < 2.0):
+                raise ConfigError(
+                    f"config says version {self.version}: tagtune supports IndexTTS 1.0 and 1.5 "
+                    "(IndexTTS2 checkpoints use a different architecture)"
+                )
+        if self.bigvgan.gpt_dim != self.gpt.model_dim:
+            raise ConfigError(f"bigvgan.gpt_dim {self.bigvgan.gpt_dim} != gpt.model_dim {self.gpt.model_dim}")
+
+    @property
+    def is_v15(self) -> bool:
+        """v1.5-style config (has ``version`` >= 1.5): batch text rows are right-padded with stop tokens."""
+        return self.version is not None and self.version >= 1.5
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise ConfigError("config.yaml must be a mapping")
+        missing = [k for k in ("gpt", "vqvae", "bigvgan") if k not in d]
+        if missing:
+            hint = " (this looks like an IndexTTS2 config)" if "s2mel" in d or "semantic_codec" in d else ""
+            raise ConfigError(f"config.yaml lacks section(s) {missing}{hint}")
+        d = dict(d)
+        top = {k: d.pop(k) for k in ("gpt_checkpoint", "dvae_checkpoint", "bigvgan_checkpoint", "version") if k in d}
+        return cls(
+            dataset=DatasetConfig.from_dict(d.pop("dataset", {}) or {}),
+            gpt=_pick(GPTConfig, d.pop("gpt"), "gpt"),
+            vqvae=_pick(DVAEConfig, d.pop("vqvae"), "vqvae"),
+            bigvgan=_pick(BigVGANConfig, d.pop("bigvgan"), "bigvgan"),
+            extra=d,
+            **top,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The official YAML layout (unknown keys restored, fields the official file omits left out)."""
+
+        def section(obj) -> dict[str, Any]:
+            out = {}
+            for f in dataclasses.fields(obj):
+                if f.name in ("extra", "condition_num_latent"):
+                    continue
+                v = getattr(obj, f.name)
+                if v is None:
+                    continue
+                out[f.name] = section(v) if dataclasses.is_dataclass(v) else v
+            out.update(getattr(obj, "extra", {}) or {})
+            return out
+
+        out = {
+            "dataset": section(self.dataset),
+            "gpt": section(self.gpt),
+            "vqvae": section(self.vqvae),
+            "bigvgan": section(self.bigvgan),
+            "dvae_checkpoint": self.dvae_checkpoint,
+            "gpt_checkpoint": self.gpt_checkpoint,
+            "bigvgan_checkpoint": self.bigvgan_checkpoint,
+        }
+        if self.version is not None:
+            out["version"] = self.version
+        out.update(self.extra)
+        return out
+
+
+def v1_0() -> ModelConfig:
+    """Full-size IndexTTS-1.0 (D1024 / L20 / H16, max 605 mel / 402 text tokens, no ``version`` key)."""
+    return ModelConfig(
+        gpt=GPTConfig(model_dim=1024, layers=20, heads=16, max_mel_tokens=605, max_text_tokens=402),
+        bigvgan=BigVGANConfig(gpt_dim=1024),
+        version=None,
+    )
+
+
+def v1_5() -> ModelConfig:
+    """Full-size IndexTTS-1.5 (D1280 / L24 / H20, max 800 mel / 600 text tokens)."""
+    return ModelConfig(version=1.5)
