@@ -11,10 +11,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import UserError
+
 SUPPORTED_VERSIONS = (1.0, 1.5)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config.yaml that does not describe an IndexTTS 1.0/1.5 model."""
 
 

@@ -1,0 +1,166 @@
+"""Audio in, features out: decoding, mono, resampling to 24 kHz and the 100-band log-mel of IndexTTS.
+
+Everything here reproduces the official reference path (``torchaudio.load`` -> channel mean ->
+``torchaudio.transforms.Resample(sr, 24000)`` -> ``MelSpectrogramFeatures``) without torchaudio: the
+sinc resampler and the HTK filterbank are written out below from their definitions.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from functools import lru_cache
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch import nn
+
+SAMPLE_RATE = 24000
+N_FFT = 1024
+WIN_LENGTH = 1024
+HOP = 256
+N_MELS = 100
+MEL_FMIN = 0.0
+LOG_FLOOR = 1e-7  # ln(max(x, 1e-7)): the official "safe_log" clip
+FRAMES_PER_SECOND = SAMPLE_RATE / HOP  # 93.75
+
+# torchaudio.transforms.Resample defaults (method "sinc_interp_hann")
+RESAMPLE_LOWPASS_WIDTH = 6
+RESAMPLE_ROLLOFF = 0.99
+
+AudioSource = str | os.PathLike | bytes | bytearray
+
+
+class AudioError(ValueError):
+    """An audio file or buffer that cannot be used: unreadable, corrupt, empty or too short."""
+
+
+def load_audio(source: AudioSource) -> tuple[torch.Tensor, int]:
+    """Decode a wav/flac/ogg file (path or raw bytes) to float32 ``(C, N)`` in [-1, 1] and its sample rate.
+
+    16-bit PCM decodes to int16 / 32768, the same values ``torchaudio.load`` returns.
+    """
+    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
+    handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else name
+    try:
+        data, sr = sf.read(handle, dtype="float32", always_2d=True)  # (N, C)
+    except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as e:
+        raise AudioError(f"cannot decode audio {name}: {e}") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"audio {name} holds no samples")
+    return torch.from_numpy(np.ascontiguousarray(data.T)), int(sr)
+
+
+def to_mono(wav: torch.Tensor) -> torch.Tensor:
+    """Channel mean, ``(C, N) -> (1, N)``, as the official reference path does."""
+    return wav.mean(dim=0, keepdim=True)
+
+
+@lru_cache(maxsize=16)
+def sinc_resample_kernel(orig_sr: int, new_sr: int) -> tuple[torch.Tensor, int]:
+    """Polyphase windowed-sinc kernel ``(new, 1, 2*width + orig)`` of torchaudio's default Resample.
+
+    Rates are reduced by their gcd; row ``j`` is the filter for output phase ``j``. Built in float64 with the
+    output phases in float32 first, the order of operations torchaudio uses, then cast to float32.
+    """
+    g = math.gcd(orig_sr, new_sr)
+    orig, new = orig_sr // g, new_sr // g
+    base = min(orig, new) * RESAMPLE_ROLLOFF
+    width = math.ceil(RESAMPLE_LOWPASS_WIDTH * orig / base)
+    idx = torch.arange(-width, width + orig, dtype=torch.float64)[None, None] / orig  # (1, 1, K)
+    phase = (torch.arange(0, -new, -1)[:, None, None] / new).double()  # (new, 1, 1), float32 values
+    t = ((phase + idx) * base).clamp(-RESAMPLE_LOWPASS_WIDTH, RESAMPLE_LOWPASS_WIDTH)
+    window = torch.cos(t * math.pi / RESAMPLE_LOWPASS_WIDTH / 2) ** 2
+    t = t * math.pi
+    kernel = torch.where(t == 0, torch.ones_like(t), t.sin() / t) * window * (base / orig)
+    return kernel.float(), width
+
+
+def resample(wav: torch.Tensor, orig_sr: int, new_sr: int = SAMPLE_RATE) -> torch.Tensor:
+    """Resample the last axis like ``torchaudio.transforms.Resample(orig_sr, new_sr)`` (identity if equal)."""
+    if orig_sr == new_sr:
+        return wav
+    g = math.gcd(orig_sr, new_sr)
+    orig, new = orig_sr // g, new_sr // g
+    kernel, width = sinc_resample_kernel(orig_sr, new_sr)
+    shape = wav.shape
+    flat = wav.reshape(-1, shape[-1])  # (R, N)
+    padded = torch.nn.functional.pad(flat, (width, width + orig))
+    out = torch.nn.functional.conv1d(padded[:, None], kernel.to(wav.dtype), stride=orig)  # (R, new, n_blocks)
+    out = out.transpose(1, 2).reshape(flat.shape[0], -1)  # phases interleaved in time
+    target = math.ceil(new * shape[-1] / orig)
+    return out[:, :target].reshape(*shape[:-1], -1)
+
+
+def resample_soxr(wav: torch.Tensor, orig_sr: int, new_sr: int = SAMPLE_RATE) -> torch.Tensor:
+    """Fast high-quality resampling of ``(C, N)`` audio with soxr, for corpus preparation.
+
+    Not numerically equal to :func:`resample`; use that one where official parity matters.
+    """
+    if orig_sr == new_sr:
+        return wav
+    import soxr
+
+    out = soxr.resample(wav.T.numpy(), orig_sr, new_sr, quality="HQ")  # (N', C)
+    return torch.from_numpy(np.ascontiguousarray(out.T, dtype=np.float32))
+
+
+def load_reference(source: AudioSource) -> torch.Tensor:
+    """Reference audio as the official inference reads it: mono (channel mean), 24 kHz, ``(1, N)``."""
+    wav, sr = load_audio(source)
+    return resample(to_mono(wav), sr, SAMPLE_RATE)
+
+
+def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
+    """Triangular HTK-scale filterbank ``(n_freqs, n_mels)`` without area normalisation (torchaudio's)."""
+    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs)
+    m_min = 2595.0 * math.log10(1.0 + f_min / 700.0)
+    m_max = 2595.0 * math.log10(1.0 + f_max / 700.0)
+    m_pts = torch.linspace(m_min, m_max, n_mels + 2)
+    f_pts = 700.0 * (10.0 ** (m_pts / 2595.0) - 1.0)  # (n_mels + 2,)
+    f_diff = f_pts[1:] - f_pts[:-1]
+    slopes = f_pts[None, :] - all_freqs[:, None]  # (n_freqs, n_mels + 2)
+    down = -slopes[:, :-2] / f_diff[:-1]
+    up = slopes[:, 2:] / f_diff[1:]
+    return torch.clamp(torch.minimum(down, up), min=0.0)
+
+
+class MelSpectrogram(nn.Module):
+    """Natural-log magnitude mel of 24 kHz audio: ``(..., N) -> (..., n_mels, N // hop + 1)``.
+
+    Magnitude STFT (power 1) with a periodic Hann window and centred reflect padding, HTK filterbank
+    from ``f_min`` to sr/2 with no area norm, then ``ln(max(x, 1e-7))``: ``MelSpectrogramFeatures``.
+    """
+
+    def __init__(self, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, hop_length: int = HOP,
+                 win_length: int | None = WIN_LENGTH, n_mels: int = N_MELS, f_min: float = MEL_FMIN):
+        super().__init__()
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.win_length = win_length or n_fft
+        self.register_buffer("window", torch.hann_window(self.win_length), persistent=False)
+        fb = mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate, f_min, sample_rate / 2)
+        self.register_buffer("fb", fb, persistent=False)  # (n_freqs, n_mels)
+
+    @classmethod
+    def from_config(cls, mel) -> "MelSpectrogram":
+        """Build from a :class:`tagtune.config.MelConfig` (``normalize`` must be false, as in IndexTTS)."""
+        if mel.normalize:
+            raise ValueError("normalised mel spectrograms are not used by IndexTTS 1.x")
+        return cls(mel.sample_rate, mel.n_fft, mel.hop_length, mel.win_length, mel.n_mels, mel.mel_fmin)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        if wav.shape[-1] <= self.n_fft // 2:  # reflect padding needs more samples than the pad
+            raise AudioError(f"audio too short for a mel frame: {wav.shape[-1]} samples (need > {self.n_fft // 2})")
+        lead = wav.shape[:-1]
+        spec = torch.stft(wav.reshape(-1, wav.shape[-1]), self.n_fft, self.hop_length, self.win_length,
+                          self.window, center=True, pad_mode="reflect", return_complex=True).abs()  # (R, F, T)
+        mel = torch.matmul(spec.transpose(1, 2), self.fb).transpose(1, 2)  # (R, n_mels, T)
+        return torch.log(torch.clamp(mel, min=LOG_FLOOR)).reshape(*lead, *mel.shape[1:])
+
+
+def num_frames(num_samples: int, hop_length: int = HOP) -> int:
+    """Mel frames produced for ``num_samples`` samples (centred STFT)."""
+    return num_samples // hop_length + 1

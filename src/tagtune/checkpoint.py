@@ -1,0 +1,329 @@
+"""The one module that reads and writes model files.
+
+Official IndexTTS 1.0 / 1.5 folders (config.yaml, gpt.pth, dvae.pth, bigvgan_generator.pth, bpe.model) load
+as they are: fp16 or fp32 weights, a bare state dict or one wrapped in ``model`` (GPT/DVAE) or ``generator``
+(BigVGAN). Every ``.pth`` goes through ``torch.load(weights_only=True)``; models are built on the meta
+device and receive their tensors with ``assign=True``, so a 1.5 GB checkpoint is never allocated twice.
+tagtune's own folders use the same layout with ``.safetensors`` weight files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+from torch import nn
+
+from .config import ConfigError, ModelConfig
+from .errors import UserError
+
+CONFIG_FILE = "config.yaml"
+TAGS_FILE = "tags.json"
+PROVENANCE_FILE = "provenance.json"
+WRAPPER_KEYS = ("model", "generator", "state_dict")
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A model file that cannot be used: missing, truncated, unsafe, or not matching the config."""
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def read_config(model_dir: str | Path) -> ModelConfig:
+    """Parse ``config.yaml`` of a model folder into a ModelConfig (errors name the file)."""
+    path = Path(model_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found (is {model_dir} an IndexTTS model folder?)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return ModelConfig.from_dict(data)
+    except (yaml.YAMLError, ConfigError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def read_state_dict(path: str | Path, wrapper: str | None = None) -> dict[str, torch.Tensor]:
+    """Load a ``.pth`` (weights only) or ``.safetensors`` file and unwrap ``model``/``generator`` dicts."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=_can_mmap(path))
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused — the file holds Python objects other than tensors (a pickle that could run "
+            f"code). Only plain state dicts are loaded. Detail: {str(e).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot be read (truncated or corrupt file?): {e}") from None
+    return _unwrap(obj, path, wrapper)
+
+
+def _can_mmap(path: Path) -> bool:
+    """mmap works for the zip format only (torch >= 1.6 files); legacy files load normally."""
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def _unwrap(obj: Any, path: Path, wrapper: str | None) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and wrapper and wrapper in obj and isinstance(obj[wrapper], dict):
+        obj = obj[wrapper]
+    elif isinstance(obj, dict):
+        for key in WRAPPER_KEYS:
+            if key in obj and isinstance(obj[key], dict) and not isinstance(obj[key], torch.Tensor):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}")
+    return obj
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path,
+              dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """Strictly load ``state`` into ``module`` (built on meta or real tensors).
+
+    Every mismatch is reported at once, naming the file, each key and both shapes. Floating tensors are
+    cast to ``dtype`` (default: the module's own parameter dtype, fp32), so fp16 files load into fp32.
+    """
+    own = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    own = {k: v for k, v in own.items() if k in module.state_dict()}
+    problems = []
+    for key in sorted(set(own) - set(state)):
+        problems.append(f"missing key {key} (expected shape {tuple(own[key].shape)})")
+    for key in sorted(set(state) - set(own)):
+        hint = _rename_hint(key, own)
+        problems.append(f"unexpected key {key} (shape {tuple(state[key].shape)}){hint}")
+    for key in sorted(set(state) & set(own)):
+        if tuple(state[key].shape) != tuple(own[key].shape):
+            problems.append(f"key {key}: file has shape {tuple(state[key].shape)}, "
+                            f"model expects {tuple(own[key].shape)}")
+    if problems:
+        shown = "\n  ".join(problems[:12]) + (f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
+        raise CheckpointError(f"{path}: does not match the model described by config.yaml:\n  {shown}")
+    target = dtype or torch.float32
+    ready = {k: t.to(device=device, dtype=target if t.is_floating_point() else t.dtype) for k, t in state.items()}
+    module.load_state_dict(ready, strict=True, assign=True)
+    if hasattr(module, "init_non_persistent"):  # buffers not stored in checkpoints (filters, tables)
+        module.init_non_persistent(device)
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:
+        raise CheckpointError(f"{path}: internal error, tensors left unmaterialised after loading: {left[:5]}")
+    return module
+
+
+def _rename_hint(key: str, own: dict[str, torch.Tensor]) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    similar = [k for k in own if k.rsplit(".", 1)[-1] == leaf and k.split(".")[0] == key.split(".")[0]]
+    return f" — renamed? the model has e.g. {similar[0]}" if similar and len(similar) < 50 else ""
+
+
+# ------------------------------------------------------------------------------------------ model folders
+
+
+def _build(factory: Callable[[], nn.Module]) -> nn.Module:
+    with torch.device("meta"):
+        return factory()
+
+
+def load_gpt(model_dir: str | Path, cfg: ModelConfig | None = None, *, dtype=None, device="cpu"):
+    """The UnifiedVoice GPT of a model folder, in eval mode."""
+    from .models.unified_voice import UnifiedVoice
+
+    cfg = cfg or read_config(model_dir)
+    path = Path(model_dir) / cfg.gpt_checkpoint
+    state = read_state_dict(path, "model")
+    _check_text_rows(state, cfg, path)
+    gpt = load_into(_build(lambda: UnifiedVoice(cfg.gpt)), state, path, dtype, device)
+    return gpt.eval()
+
+
+def _check_text_rows(state: dict, cfg: ModelConfig, path: Path) -> None:
+    """Catch a tokenizer/embedding mismatch with a message about the vocabulary, not just shapes."""
+    w = state.get("text_embedding.weight")
+    if w is not None and w.shape[0] != cfg.gpt.text_rows:
+        raise CheckpointError(
+            f"{path}: key text_embedding.weight has {w.shape[0]} rows but config.yaml says number_text_tokens="
+            f"{cfg.gpt.number_text_tokens} (expects {cfg.gpt.text_rows} = tokens + 1 spare row). Was the model "
+            "grown with tags without updating config.yaml, or is this the wrong config?"
+        )
+
+
+def load_dvae(model_dir: str | Path, cfg: ModelConfig | None = None, *, device="cpu"):
+    from .models.dvae import DiscreteVAE
+
+    cfg = cfg or read_config(model_dir)
+    path = Path(model_dir) / cfg.dvae_checkpoint
+    state = read_state_dict(path, "model")
+    return load_into(_build(lambda: DiscreteVAE(cfg.vqvae)), state, path, torch.float32, device).eval()
+
+
+def load_bigvgan(model_dir: str | Path, cfg: ModelConfig | None = None, *, device="cpu"):
+    """BigVGAN with weight norm folded into plain weights (as the official code does after loading)."""
+    from .models.bigvgan import BigVGAN
+
+    cfg = cfg or read_config(model_dir)
+    path = Path(model_dir) / cfg.bigvgan_checkpoint
+    state = read_state_dict(path, "generator")
+    voc = load_into(_build(lambda: BigVGAN(cfg.bigvgan)), state, path, torch.float32, device)
+    if any(k.endswith("weight_g") for k in state):
+        voc.remove_weight_norm()
+    return voc.eval()
+
+
+def bpe_path(model_dir: str | Path, cfg: ModelConfig | None = None) -> Path:
+    cfg = cfg or read_config(model_dir)
+    path = Path(model_dir) / cfg.dataset.bpe_model
+    if not path.is_file():
+        raise CheckpointError(f"{path}: tokenizer not found (config dataset.bpe_model = {cfg.dataset.bpe_model})")
+    return path
+
+
+def read_tags(model_dir: str | Path) -> dict | None:
+    """The tags file of a tag-extended folder (canonical tags, aliases, ids), or None for a base model."""
+    path = Path(model_dir) / TAGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
+
+
+# -------------------------------------------------------------------------------------------------- writing
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a file so that readers see either the old content or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_config(model_dir: str | Path, cfg: ModelConfig) -> None:
+    atomic_write_text(Path(model_dir) / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def save_safetensors(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
+    from safetensors.torch import save
+
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    atomic_write_bytes(path, save(contiguous, metadata=metadata))
+
+
+def save_pth(path: str | Path, state: dict[str, torch.Tensor]) -> None:
+    """A plain state dict in torch's zip format: what the official strict loader reads."""
+    buf = io.BytesIO()
+    torch.save({k: v.detach().contiguous().cpu() for k, v in state.items()}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_fingerprint(model_dir: str | Path, cfg: ModelConfig | None = None) -> str:
+    """A short hash identifying a model folder (config + GPT weights + tokenizer)."""
+    cfg = cfg or read_config(model_dir)
+    h = hashlib.sha256()
+    for name in (CONFIG_FILE, cfg.gpt_checkpoint, cfg.dataset.bpe_model):
+        p = Path(model_dir) / name
+        h.update(name.encode())
+        h.update(file_sha256(p).encode() if p.is_file() else b"-")
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------ bundle
+
+
+@dataclass
+class IndexTTSModel:
+    """A loaded model folder. Components load on first use; ``load_model`` is the public entry point."""
+
+    model_dir: Path
+    config: ModelConfig
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def _get(self, name: str, make: Callable[[], Any]):
+        if name not in self._cache:
+            self._cache[name] = make()
+        return self._cache[name]
+
+    @property
+    def gpt(self):
+        return self._get("gpt", lambda: load_gpt(self.model_dir, self.config, dtype=self.dtype, device=self.device))
+
+    @property
+    def dvae(self):
+        return self._get("dvae", lambda: load_dvae(self.model_dir, self.config, device=self.device))
+
+    @property
+    def vocoder(self):
+        return self._get("vocoder", lambda: load_bigvgan(self.model_dir, self.config, device=self.device))
+
+    @property
+    def tags(self) -> dict | None:
+        return self._get("tags", lambda: read_tags(self.model_dir))
+
+    @property
+    def tokenizer(self):
+        from .text.tokenizer import TextTokenizer
+
+        return self._get("tokenizer", lambda: TextTokenizer.from_model_dir(self.model_dir, self.config))
+
+    @property
+    def mel(self):
+        from .audio import MelSpectrogram
+
+        return self._get("mel", lambda: MelSpectrogram(self.config.dataset.mel))
+
+
+def load_model(model_dir: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+               eager: bool = False) -> IndexTTSModel:
+    """Open an IndexTTS 1.0/1.5 folder (official or tagtune's). Components load lazily unless ``eager``."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{model_dir}: not a folder")
+    cfg = read_config(model_dir)
+    m = IndexTTSModel(model_dir, cfg, torch.device(device), dtype)
+    if eager:
+        m.gpt, m.vocoder, m.tokenizer  # noqa: B018 - force loading
+    return m

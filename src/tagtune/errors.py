@@ -1,0 +1,9 @@
+"""The error a user can act on. The CLI prints it as one line and exits with status 2.
+
+Domain errors (a bad checkpoint, unreadable audio, an unknown tag, a bad config) derive from it so that
+library callers can catch them precisely and the CLI can tell them from programming errors.
+"""
+
+
+class UserError(Exception):
+    """Bad input or a bad environment: the message says what is wrong and what to do."""

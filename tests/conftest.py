@@ -1,0 +1,38 @@
+"""Shared test fixtures. Tests that need the parity fixture skip (with the reason) when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TAGTUNE_SHARED", REPO.parent / "shared"))
+TINY_FIXTURE = SHARED / "fixtures" / "indextts-tiny"
+OFFICIAL_KEYS = SHARED / "spec" / "official-keys"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def fixture_dir() -> Path:
+    """The official-parity fixture folder (checkpoint/, inputs/, expected.safetensors, README.md)."""
+    if not (TINY_FIXTURE / "expected.safetensors").exists():
+        pytest.skip(f"parity fixture not found at {TINY_FIXTURE} (it ships beside the repo in ../shared)")
+    return TINY_FIXTURE
+
+
+@pytest.fixture(scope="session")
+def expected(fixture_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(fixture_dir / "expected.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def official_keys_dir() -> Path:
+    if not OFFICIAL_KEYS.is_dir():
+        pytest.skip(f"official key lists not found at {OFFICIAL_KEYS}")
+    return OFFICIAL_KEYS
