@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 
 import pytest
@@ -123,7 +124,7 @@ def test_own_format_roundtrip(fixture_dir, tmp_path):
     src = fixture_dir / "checkpoint"
     m = ckpt.load_model(src)
     out = tmp_path / "own"
-    cfg = m.config
+    cfg = copy.deepcopy(m.config)
     cfg.gpt_checkpoint = "gpt.safetensors"
     ckpt.save_safetensors(out / "gpt.safetensors", m.gpt.state_dict())
     for name in ("dvae.pth", "bigvgan_generator.pth", "bpe.model"):

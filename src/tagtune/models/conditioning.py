@@ -5,6 +5,12 @@ Module and attribute names follow the official state-dict keys (``conditioning_e
 official weights load strictly by name. The Conformer is the legacy wenet flavour IndexTTS ships: its
 relative-position attention never applies ``rel_shift``, so the position term depends on the absolute key
 index, and the encoder only accepts right-padded batches (lengths) for that reason.
+
+Official padding is not exact: the ConvModule zeroes padded frames *before* its first pointwise conv, whose
+bias then leaks into the depthwise conv at the last valid frames, so a right-padded row differs slightly
+from its unpadded run (tiny fixture: 2e-2 in the Conformer output, 3e-4 in the latents).
+``mask_padding=True`` also zeroes them after the GLU, which makes every row equal to its unpadded run;
+the default reproduces the official numbers.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ CONV_KERNEL = 15  # depthwise conv of the Conformer ConvModule
 LN_EPS = 1e-5
 PERCEIVER_DEPTH = 2
 PERCEIVER_DIM_HEAD = 64
+REFERENCE_FRAME_SECONDS = SUBSAMPLE_STRIDE * 256 / 24000  # one subsampled frame: 2 mel hops at 24 kHz
 
 
 def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -56,7 +63,7 @@ class RelPositionalEncoding(nn.Module):
         if T >= rows:
             raise ValueError(
                 f"reference too long for the conditioning encoder: {T} subsampled frames, the position table "
-                f"has {rows} rows (keep the reference under ~{rows * 2 * 256 // 24000} s at 24 kHz)"
+                f"has {rows} rows (keep the reference under {rows * REFERENCE_FRAME_SECONDS:.0f} s)"
             )
         return x * self.scale, self.pe[:, :T]
 
@@ -123,11 +130,13 @@ class ConvModule(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)
         self.pointwise_conv2 = nn.Conv1d(dim, dim, 1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, mask_padding: bool = False) -> torch.Tensor:
         """x (B, T, D), mask (B, T) -> (B, T, D)."""
         keep = mask[:, None, :]  # (B, 1, T)
-        x = x.transpose(1, 2).masked_fill(~keep, 0.0)  # (B, D, T); padded frames must not leak into the conv
+        x = x.transpose(1, 2).masked_fill(~keep, 0.0)  # (B, D, T)
         x = F.glu(self.pointwise_conv1(x), dim=1)
+        if mask_padding:  # the official model lets GLU(bias) of padded frames reach the depthwise conv
+            x = x.masked_fill(~keep, 0.0)
         x = self.depthwise_conv(x)
         x = F.silu(self.norm(x.transpose(1, 2))).transpose(1, 2)
         x = self.pointwise_conv2(x).masked_fill(~keep, 0.0)
@@ -157,9 +166,10 @@ class ConformerLayer(nn.Module):
         self.norm_conv = nn.LayerNorm(dim, eps=LN_EPS)
         self.norm_final = nn.LayerNorm(dim, eps=LN_EPS)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x, pos, mask, mask_padding: bool = False) -> torch.Tensor:
+        """x (B, T, D), pos (1, T, D), mask (B, T) -> (B, T, D)."""
         x = x + self.self_attn(self.norm_mha(x), pos, mask)
-        x = x + self.conv_module(self.norm_conv(x), mask)
+        x = x + self.conv_module(self.norm_conv(x), mask, mask_padding)
         x = x + self.feed_forward(self.norm_ff(x))
         return self.norm_final(x)
 
@@ -176,10 +186,11 @@ class ConformerEncoder(nn.Module):
         )
         self.after_norm = nn.LayerNorm(dim, eps=LN_EPS)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, mask_padding: bool = False):
+        """x (B, T, 100), lengths (B,) -> (B, T', D), mask (B, T'). ``mask_padding``: see the module doc."""
         x, pos, mask = self.embed(x, length_mask(lengths, x.shape[1]))
         for layer in self.encoders:
-            x = layer(x, pos, mask)
+            x = layer(x, pos, mask, mask_padding)
         return self.after_norm(x), mask
 
 

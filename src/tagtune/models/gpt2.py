@@ -34,8 +34,8 @@ class KVCache:
         """Select batch rows (beam search): row b becomes old row ``index[b]``."""
         n = self.length
         for buf in (self.k, self.v):
-            for i, t in enumerate(buf):
-                t[:, :, :n] = t.index_select(0, index)[:, :, :n]
+            for t in buf:
+                t[:, :, :n] = t[index, :, :n]  # gathers only the filled part (a copy, so aliasing is safe)
 
 
 class Attention(nn.Module):
@@ -106,11 +106,13 @@ class GPT2Backbone(nn.Module):
         super().__init__()
         self.h = nn.ModuleList(Block(dim, heads) for _ in range(layers))
         self.ln_f = nn.LayerNorm(dim, eps=LN_EPS)
+        self.drop = nn.Dropout(0.0)  # GPT-2's embd_pdrop on the input embeddings
         self.dim, self.heads = dim, heads
         self.gradient_checkpointing = False
 
     def set_dropout(self, p: float) -> None:
-        """GPT-2's attn/resid dropout (0.1 in the official config; active in train mode only)."""
+        """GPT-2's embd/attn/resid dropout (0.1 in the official config; active in train mode only)."""
+        self.drop.p = p
         for blk in self.h:
             blk.attn.attn_dropout = p
             blk.attn.resid_dropout.p = p
@@ -127,6 +129,7 @@ class GPT2Backbone(nn.Module):
         mask = None
         if key_mask is not None or (past and T > 1):
             mask = attention_mask(T, past, key_mask, x.device, B)
+        x = self.drop(x)
         for i, blk in enumerate(self.h):
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(blk, x, mask, cache, i, use_reentrant=False)

@@ -1,0 +1,81 @@
+"""The merge step: finished shards -> split, reference choice, ``examples.jsonl``, ``rejected.jsonl``,
+``manifest.json``. Runs once (main process) after every shard exists; it reads only shard metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import tagtune
+from tagtune.data.pipeline import ShardJob
+from tagtune.data.shards import atomic_write_text, read_shard_meta
+from tagtune.data.split import TRAIN, VAL, assign_references, stratified_split
+
+MANIFEST_FILE = "manifest.json"
+EXAMPLES_FILE = "examples.jsonl"
+REJECTED_FILE = "rejected.jsonl"
+SECONDS_PER_HOUR = 3600.0
+
+
+def _collect(jobs: list[ShardJob]) -> tuple[list[dict], list[dict]]:
+    """All accepted examples (with shard/row) and all rejections, in source order."""
+    examples, rejected = [], []
+    for job in jobs:
+        meta = read_shard_meta(job.path)
+        if meta is None or meta.get("fingerprint") != job.fingerprint:
+            raise RuntimeError(f"shard {job.path} is missing or stale; run prepare again to finish it")
+        for row, e in enumerate(meta["examples"]):
+            examples.append({**e, "shard": job.path.name, "row": row})
+        rejected.extend(meta["rejected"])
+    return examples, rejected
+
+
+def _tag_counts(examples: list[dict]) -> dict[str, dict[str, int]]:
+    """Per tag: examples containing it, overall and per split."""
+    out: dict[str, dict[str, int]] = {}
+    for e in examples:
+        for tag in sorted(set(e["tags"])):
+            c = out.setdefault(tag, {"total": 0, TRAIN: 0, VAL: 0})
+            c["total"] += 1
+            c[e["split"]] += 1
+    return dict(sorted(out.items()))
+
+
+def _hours(examples: list[dict], split: str | None = None) -> float:
+    return round(sum(e["seconds"] for e in examples if split in (None, e["split"])) / SECONDS_PER_HOUR, 6)
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def merge(data_dir: Path, jobs: list[ShardJob], run: dict, settings, base_checkpoint_hash: str | None) -> dict:
+    """Write the index files and return the manifest."""
+    examples, rejected = _collect(jobs)
+    splits = stratified_split(examples, settings.val_fraction, settings.seed, settings.min_tag_count)
+    refs = assign_references(examples, splits, settings.cond_mode, settings.seed)
+    for i, e in enumerate(examples):
+        ref, how = refs[i]
+        e.update(id=i, split=splits[i], has_tag=bool(e["tags"]), cond=ref, cond_mode=how,
+                 cond_shard=examples[ref]["shard"], cond_row=examples[ref]["row"])
+    atomic_write_text(data_dir / EXAMPLES_FILE, _jsonl(examples))
+    atomic_write_text(data_dir / REJECTED_FILE, _jsonl(rejected))
+    manifest = {
+        "tagtune_version": tagtune.__version__,
+        "base_checkpoint_hash": base_checkpoint_hash,
+        "source": {"name": run["source"], "records": run["records"], "fingerprint": run["source_fingerprint"]},
+        "settings": run["settings"],
+        "encoders": run["encoders"],
+        "settings_fingerprint": run["settings_fingerprint"],
+        "counts": {"records": run["records"], "accepted": len(examples), "rejected": len(rejected),
+                   TRAIN: splits.count(TRAIN), VAL: splits.count(VAL), "tagged": sum(e["has_tag"] for e in examples)},
+        "hours": {"total": _hours(examples), TRAIN: _hours(examples, TRAIN), VAL: _hours(examples, VAL)},
+        "tags": _tag_counts(examples),
+        "rejections": dict(sorted(Counter(r["reason"] for r in rejected).items())),
+        "conditioning": dict(sorted(Counter(e["cond_mode"] for e in examples).items())),
+        "shards": [j.path.name for j in jobs],
+    }
+    atomic_write_text(data_dir / MANIFEST_FILE, json.dumps(manifest, indent=1, ensure_ascii=False))
+    return manifest

@@ -1,0 +1,113 @@
+"""One shard of work: records -> checked text, decoded audio, mel + codes -> a shard file.
+
+Text is checked first (cheap, in this process), so audio of a clip with a bad transcript is never decoded.
+Decoding runs in worker processes when a pool is given; the clip encoder (DVAE) runs here, batched.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tagtune.data.decode import MODEL_SAMPLE_RATE, TOO_LONG, DecodeSettings, Rejection, decode_clip
+from tagtune.data.encode import BAD_RECORD, ClipEncoder, EncodedText, TextEncoder, encode_text
+from tagtune.data.shards import write_shard
+from tagtune.data.sources import Record, Source
+
+HOP_LENGTH = 256  # mel hop at 24 kHz: 93.75 frames per second
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Records ``start..stop-1`` of the source, written to ``path`` with fingerprint ``fingerprint``."""
+
+    index: int
+    start: int
+    stop: int
+    path: Path
+    fingerprint: str
+
+
+def _reject(out: list[dict], index: int, rec: Record, why: Rejection) -> None:
+    out.append({"index": index, "source_id": rec.source_id, "reason": why.reason, "detail": why.detail})
+
+
+def _texts(job: ShardJob, records: list[Record], text_encoder: TextEncoder, max_text_tokens: int,
+           rejected: list[dict]) -> dict[int, EncodedText]:
+    """Encode every transcript of the shard; failures go to ``rejected``."""
+    ok = {}
+    for i, rec in enumerate(records):
+        if rec.error:
+            _reject(rejected, job.start + i, rec, Rejection(BAD_RECORD, rec.error))
+            continue
+        enc = encode_text(rec.text, text_encoder, max_text_tokens)
+        if isinstance(enc, Rejection):
+            _reject(rejected, job.start + i, rec, enc)
+        else:
+            ok[i] = enc
+    return ok
+
+
+def _decode_all(blobs: list, settings: DecodeSettings, pool: Executor | None) -> list:
+    if pool is None:
+        return [decode_clip(b, settings) for b in blobs]
+    return list(pool.map(decode_clip, blobs, [settings] * len(blobs), chunksize=4))
+
+
+def run_shard(job: ShardJob, source: Source, records: list[Record], clip_encoder: ClipEncoder,
+              text_encoder: TextEncoder, settings, pool: Executor | None = None) -> None:
+    """Prepare records ``job.start..job.stop-1`` and write the shard atomically.
+
+    ``settings`` is a :class:`tagtune.data.prepare.PrepareSettings`.
+    """
+    recs = records[job.start : job.stop]
+    rejected: list[dict] = []
+    texts = _texts(job, recs, text_encoder, settings.max_text_tokens, rejected)
+    keep = sorted(texts)
+    blobs = source.audio(job.start, job.stop)
+    decoded = _decode_all([blobs[i] for i in keep], settings.decode_settings(), pool)
+    wavs: dict[int, np.ndarray] = {}
+    for i, wav in zip(keep, decoded):
+        if isinstance(wav, Rejection):
+            _reject(rejected, job.start + i, recs[i], wav)
+        else:
+            wavs[i] = wav
+    order = sorted(wavs)
+    encoded = clip_encoder.encode([wavs[i] for i in order]) if order else []
+    examples, arrays = [], []
+    for i, (mel, codes) in zip(order, encoded):
+        if codes.numel() > settings.max_mel_tokens:
+            _reject(rejected, job.start + i, recs[i], Rejection(TOO_LONG, f"{codes.numel()} codes > {settings.max_mel_tokens}"))
+            continue
+        examples.append(_example(job.start + i, recs[i], texts[i], len(wavs[i]), codes))
+        arrays.append({"text_ids": torch.tensor(texts[i].ids), "codes": codes, "wav_len": len(wavs[i]),
+                       "mel": mel[:, : settings.cond_max_frames()]})  # (n_mels, T<=max)
+    rejected.sort(key=lambda r: r["index"])
+    n_mels = encoded[0][0].shape[0] if encoded else 0
+    meta = {"fingerprint": job.fingerprint, "start": job.start, "stop": job.stop, "rejected": rejected}
+    write_shard(job.path, examples, arrays, meta, n_mels)
+
+
+def _example(index: int, rec: Record, text: EncodedText, wav_len: int, codes: torch.Tensor) -> dict:
+    """The JSON record of one accepted clip (the arrays live in the shard's tensors)."""
+    return {
+        "index": index,
+        "source_id": rec.source_id,
+        "text": text.text,
+        "speaker": rec.speaker,
+        "events": rec.events,
+        "tags": text.tags,
+        "seconds": round(wav_len / MODEL_SAMPLE_RATE, 4),
+        "n_text": len(text.ids),
+        "n_codes": int(codes.numel()),
+    }
+
+
+def cond_frames(seconds: float | None) -> int | None:
+    """Mel frames in ``seconds`` of 24 kHz audio (None: no limit)."""
+    return None if seconds is None else int(math.floor(seconds * MODEL_SAMPLE_RATE / HOP_LENGTH)) + 1

@@ -1,0 +1,126 @@
+"""Prepared shards: one safetensors file per block of source records, written atomically.
+
+Variable-length arrays are concatenated with offset tables, so a reader memory-maps a shard and slices one
+example without loading the rest:
+
+| tensor | shape | dtype | |
+|---|---|---|---|
+| ``codes`` / ``code_offsets`` | (sum L_c,) / (n+1,) | int16 / int64 | DVAE codes (< 8192 fit int16) |
+| ``text_ids`` / ``text_offsets`` | (sum L_t,) / (n+1,) | int32 / int64 | tag-extended tokenizer ids |
+| ``mels`` / ``mel_offsets`` | (sum T, n_mels) / (n+1,) | float32 / int64 | log-mel, cropped to the conditioning maximum |
+| ``wav_lens`` | (n,) | int64 | 24 kHz samples of the (trimmed) clip |
+
+The JSON metadata ``tagtune`` holds the shard fingerprint, per-example records and the rejections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+SHARD_DIR = "shards"
+META_KEY = "tagtune"
+OFFSETS_OF = {"text_ids": "text_offsets", "codes": "code_offsets", "mels": "mel_offsets"}
+
+
+def fingerprint(obj: Any) -> str:
+    """A stable hash of JSON-able data (settings, record lists)."""
+    blob = json.dumps(obj, sort_keys=True, default=str, ensure_ascii=False).encode("utf-8", "surrogateescape")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def shard_path(data_dir: Path, index: int) -> Path:
+    """Where shard ``index`` lives."""
+    return data_dir / SHARD_DIR / f"shard-{index:05d}.safetensors"
+
+
+def _concat(parts: list[torch.Tensor], dtype: torch.dtype, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([0] + [p.shape[0] for p in parts], dtype=torch.int64)
+    empty = torch.zeros((0,) if width is None else (0, width), dtype=dtype)
+    flat = torch.cat([p.to(dtype) for p in parts]) if parts else empty
+    return flat.contiguous(), torch.cumsum(lengths, 0)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file through a temporary name, so readers never see half of it."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_shard(path: Path, examples: list[dict], arrays: list[dict[str, torch.Tensor]], meta: dict,
+                n_mels: int) -> None:
+    """Write one shard atomically (temporary file + fsync + ``os.replace``): a kill leaves none or all of it.
+
+    ``arrays[i]`` holds ``text_ids`` (L_t,), ``codes`` (L_c,), ``mel`` (n_mels, T) and ``wav_len`` of
+    ``examples[i]``.
+    """
+    tensors = {}
+    tensors["text_ids"], tensors["text_offsets"] = _concat([a["text_ids"] for a in arrays], torch.int32)
+    tensors["codes"], tensors["code_offsets"] = _concat([a["codes"] for a in arrays], torch.int16)
+    tensors["mels"], tensors["mel_offsets"] = _concat([a["mel"].T for a in arrays], torch.float32, n_mels)
+    tensors["wav_lens"] = torch.tensor([int(a["wav_len"]) for a in arrays], dtype=torch.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps({**meta, "examples": examples}, ensure_ascii=False)})
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_shard_meta(path: Path) -> dict | None:
+    """The shard's JSON metadata, or None when the file is absent or unreadable."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads(f.metadata()[META_KEY])
+    except Exception:  # a foreign or damaged file is simply redone
+        return None
+
+
+class ShardReader:
+    """Memory-mapped access to one shard's examples; reopens itself in a forked DataLoader worker."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._handle = None
+        self._pid = None
+        self._offsets: dict[str, torch.Tensor] = {}
+
+    def _file(self):
+        if self._handle is None or self._pid != os.getpid():
+            self._handle, self._pid = safe_open(str(self.path), "pt"), os.getpid()
+            self._offsets = {k: self._handle.get_tensor(k) for k in OFFSETS_OF.values()}
+            self._offsets["wav_lens"] = self._handle.get_tensor("wav_lens")
+        return self._handle
+
+    def _slice(self, name: str, row: int) -> torch.Tensor:
+        f = self._file()
+        offsets = self._offsets[OFFSETS_OF[name]]
+        return f.get_slice(name)[int(offsets[row]) : int(offsets[row + 1])]
+
+    def text_ids(self, row: int) -> torch.Tensor:
+        """(L_t,) int64 token ids."""
+        return self._slice("text_ids", row).long()
+
+    def codes(self, row: int) -> torch.Tensor:
+        """(L_c,) int64 DVAE codes."""
+        return self._slice("codes", row).long()
+
+    def mel(self, row: int) -> torch.Tensor:
+        """(n_mels, T) float32 log-mel (cropped)."""
+        return self._slice("mels", row).T.contiguous()
+
+    def wav_len(self, row: int) -> int:
+        """Number of 24 kHz samples of the clip."""
+        self._file()
+        return int(self._offsets["wav_lens"][row])

@@ -1,0 +1,73 @@
+"""Step-by-step mel-code logits from UnifiedVoice: prompt prefill, then one code per step.
+
+Two compute paths give the same numbers (up to fp32 noise): with the backbone's preallocated KV cache, or
+recomputing the whole sequence every step. Which mel position each fed code gets is a separate choice:
+
+* ``"official"``: start_mel at position 0 and the k-th generated code at position k+1 (position 1 is never
+  used). This is the Tortoise off-by-one of the official KV-cache path (v1.5.0 fp32 and every fp16 run).
+* ``"train"``: positions 0, 1, 2, … as in training, the latent pass and the official no-cache path.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tagtune.generation.prompt import Prompt
+
+POSITION_MODES = ("official", "train")
+
+
+def mel_position(index: int, mode: str) -> int:
+    """Mel position of the ``index``-th fed mel input (0 = start_mel, k = the k-th generated code)."""
+    return index + 1 if mode == "official" and index > 0 else index
+
+
+class MelDecoder:
+    """Feeds [prompt ‖ start_mel, c1, c2, …] to the model and returns next-code logits (N, V) in fp32."""
+
+    def __init__(self, model, prompt: Prompt, *, use_cache: bool, position_mode: str, max_new_tokens: int):
+        if position_mode not in POSITION_MODES:
+            raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
+        self.model, self.mode, self.use_cache = model, position_mode, use_cache
+        self.prefix = prompt.embeds  # (N, S, D)
+        # None when no row is padded: the backbone then takes its plain causal path
+        self.key_mask = None if bool(prompt.key_mask.all()) else prompt.key_mask  # (N, S)
+        start = model.cfg.start_mel_token
+        self.fed = torch.full((prompt.batch, 1), start, dtype=torch.long, device=self.prefix.device)  # (N, k+1)
+        self.cache = None
+        if use_cache:
+            self.cache = model.gpt.new_cache(prompt.batch, prompt.length + max_new_tokens + 1)
+
+    def start(self) -> torch.Tensor:
+        """Logits after [prompt ‖ start_mel] (the prefill)."""
+        x = torch.cat([self.prefix, self._embed(self.fed, 0)], dim=1)  # (N, S+1, D)
+        return self._logits(x)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one code per row (N,) and return the logits for the next one."""
+        self.fed = torch.cat([self.fed, tokens[:, None]], dim=1)
+        if self.use_cache:
+            return self._logits(self._embed(tokens[:, None], self.fed.shape[1] - 1))
+        return self._logits(torch.cat([self.prefix, self._embed(self.fed, 0)], dim=1))
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Make row n continue old row ``index[n]`` (beam search)."""
+        self.fed = self.fed.index_select(0, index)
+        self.prefix = self.prefix.index_select(0, index)
+        if self.key_mask is not None:
+            self.key_mask = self.key_mask.index_select(0, index)
+        if self.cache is not None:
+            self.cache.reorder(index)
+
+    def _embed(self, ids: torch.Tensor, first: int) -> torch.Tensor:
+        """Mel embeddings of ``ids`` (N, T), the first being fed input number ``first``; (N, T, D)."""
+        pos = [mel_position(first + i, self.mode) for i in range(ids.shape[1])]
+        return self.model.embed_mel(ids, torch.tensor(pos, device=ids.device))
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the backbone on the new inputs x (N, T, D); logits of the last position, (N, V) fp32."""
+        key_mask = self.key_mask
+        if key_mask is not None:  # real keys: the prompt mask, then every mel input fed so far
+            key_mask = torch.cat([key_mask, key_mask.new_ones(key_mask.shape[0], self.fed.shape[1])], dim=1)
+        h = self.model.gpt(x, key_mask=key_mask, cache=self.cache)  # (N, T, D)
+        return self.model.mel_logits_from_hidden(h[:, -1:])[:, 0].float()

@@ -1,0 +1,241 @@
+"""LoRA and new-tag rows on UnifiedVoice through peft; adapters in PEFT's own format; merging to official keys.
+
+What trains in ``lora`` mode (everything else is frozen and stays bit-identical):
+
+* LoRA on the GPT-2 blocks' Conv1D layers (``attn.c_attn``, ``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``).
+* The new tag rows of ``text_embedding`` via peft's ``trainable_token_indices`` (dict form: the list form
+  looks for ``embed_tokens``).
+* The new rows of ``text_head``, weight AND bias. peft's trainable tokens on an untied Linear drop its bias,
+  so the head is a ``modules_to_save`` copy whose old rows get a zero gradient (and no weight decay, which
+  would otherwise move every row).
+* Optionally the conditioning encoder and perceiver, also as ``modules_to_save`` copies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+from torch import nn
+
+from .train_config import LoraSettings, OptimSettings
+
+ADAPTER = "default"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_META = "tagtune_adapter.json"
+CONDITIONING_MODULES = ("conditioning_encoder", "perceiver_encoder")
+# peft wrapper names that appear inside state-dict keys and are not part of the official layout
+WRAPPER_PARTS = ("base_layer", "token_adapter", "original_module")
+SAVED_COPY = "modules_to_save." + ADAPTER
+ADAPTER_MARKERS = ("lora_", "trainable_tokens_", "lora_magnitude_vector")
+
+
+def lora_config(settings: LoraSettings, new_token_ids: list[int]) -> LoraConfig:
+    """The peft config for ``settings`` with ``new_token_ids`` as the trainable text rows."""
+    to_save = ["text_head"] + (list(CONDITIONING_MODULES) if settings.train_conditioning else [])
+    return LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.targets),
+        layers_to_transform=list(settings.layers) if settings.layers is not None else None,
+        layers_pattern="h" if settings.layers is not None else None,
+        fan_in_fan_out=True,  # GPT-2 Conv1D stores weights (in, out)
+        trainable_token_indices={"text_embedding": list(new_token_ids)},
+        modules_to_save=to_save,
+        bias="none",
+    )
+
+
+def apply_lora(gpt: nn.Module, settings: LoraSettings, new_token_ids: list[int]) -> nn.Module:
+    """Make ``gpt`` trainable as ``settings`` says (in place) and return it.
+
+    ``lora`` mode injects adapters; ``full`` mode unfreezes the GPT (blocks, embeddings, heads) and, when
+    ``train_conditioning`` is set, the conditioning encoder and perceiver. Either way only the new rows
+    of ``text_head`` (weight and bias) receive gradient in lora mode.
+    """
+    gpt.requires_grad_(False)
+    if settings.mode == "full":
+        for name, p in gpt.named_parameters():
+            p.requires_grad_(settings.train_conditioning or not name.startswith(CONDITIONING_MODULES))
+        return gpt
+    if settings.layers is not None:
+        n_layers = len(gpt.gpt.h)
+        bad = [i for i in settings.layers if i >= n_layers]
+        if bad:
+            raise ValueError(f"lora.layers {bad} out of range: the model has {n_layers} blocks")
+    inject_adapter_in_model(lora_config(settings, new_token_ids), gpt, adapter_name=ADAPTER)
+    _mask_old_head_rows(gpt, new_token_ids)
+    return gpt
+
+
+def _mask_old_head_rows(gpt: nn.Module, new_token_ids: list[int]) -> None:
+    """Zero the gradient of every text_head row except the new ones, so Adam never moves them."""
+    head = trainable_head(gpt)
+    keep = torch.zeros(head.weight.shape[0], dtype=head.weight.dtype, device=head.weight.device)
+    keep[list(new_token_ids)] = 1.0  # (V,)
+    head.weight.register_hook(lambda g: g * keep[:, None].to(g.dtype))
+    head.bias.register_hook(lambda g: g * keep.to(g.dtype))
+
+
+def trainable_head(gpt: nn.Module) -> nn.Linear:
+    """The text_head that forward uses: the peft copy when wrapped, the module itself otherwise."""
+    head = gpt.text_head
+    return head.modules_to_save[ADAPTER] if hasattr(head, "modules_to_save") else head
+
+
+def param_groups(gpt: nn.Module, optim: OptimSettings) -> list[dict]:
+    """AdamW groups: adapters (lr, weight decay) and tag rows (lr x tag_lr_scale, no weight decay)."""
+    tag_ids = {id(p) for p in _tag_row_params(gpt)}
+    main, tags = [], []
+    for p in gpt.parameters():
+        if p.requires_grad:
+            (tags if id(p) in tag_ids else main).append(p)
+    groups = [{"params": main, "lr": optim.lr, "weight_decay": optim.weight_decay, "name": "adapters"}]
+    if tags:
+        groups.append({"params": tags, "lr": optim.lr * optim.tag_lr_scale, "weight_decay": 0.0, "name": "tag_rows"})
+    return groups
+
+
+def _tag_row_params(gpt: nn.Module) -> list[nn.Parameter]:
+    if not hasattr(gpt.text_head, "modules_to_save"):
+        return []  # full fine-tuning: text rows are ordinary weights
+    head = trainable_head(gpt)
+    layer = gpt.text_embedding.token_adapter
+    return [head.weight, head.bias, layer.trainable_tokens_delta[ADAPTER]]
+
+
+def trainable_state(gpt: nn.Module) -> dict[str, torch.Tensor]:
+    """Every trainable tensor by its (wrapped) name: what a resumable checkpoint stores."""
+    return {n: p.detach().clone() for n, p in gpt.named_parameters() if p.requires_grad}
+
+
+# --------------------------------------------------------------------------------------------- merging
+
+
+def official_key(key: str) -> str | None:
+    """Map a wrapped state-dict key to the official one; None for adapter-only tensors."""
+    if any(m in key for m in ADAPTER_MARKERS) or ".original_module." in key:
+        return None
+    key = key.replace(f".{SAVED_COPY}.", ".")
+    for part in WRAPPER_PARTS:
+        key = key.replace(f".{part}.", ".")
+    return key
+
+
+@torch.no_grad()
+def merge(gpt: nn.Module) -> dict[str, torch.Tensor]:
+    """A plain state dict in the official layout with adapters folded in (``gpt`` is not modified)."""
+    merged = {}
+    for key, t in gpt.state_dict().items():
+        name = official_key(key)
+        if name is not None:
+            merged[name] = t
+    for name, mod in gpt.named_modules():
+        if isinstance(mod, LoraLayer) and ADAPTER in mod.lora_A:
+            base = mod.get_base_layer().weight
+            merged[f"{name}.weight"] = base + mod.get_delta_weight(ADAPTER).to(base.dtype)
+        elif isinstance(mod, TrainableTokensLayer) and ADAPTER in mod.token_indices:
+            merged[official_key(f"{name}.base_layer.weight")] = mod.get_merged_weights([ADAPTER])
+    return {k: v.detach().clone() for k, v in merged.items()}
+
+
+# -------------------------------------------------------------------------------------- adapter files
+
+
+def save_adapter(gpt: nn.Module, out_dir: str | Path, meta: dict, files: dict[str, Path] | None = None) -> Path:
+    """Write a PEFT-format adapter folder (adapter_config.json + adapter_model.safetensors).
+
+    ``meta`` (base fingerprint, tag ids, text rows ...) goes to ``tagtune_adapter.json``; ``files``
+    (name -> source path, e.g. the extended ``bpe.model`` and ``tags.json``) are copied beside it.
+    """
+    from .checkpoint import atomic_write_bytes, atomic_write_text, save_safetensors
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = gpt.peft_config[ADAPTER]
+    atomic_write_text(out / ADAPTER_CONFIG, json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list))
+    state = get_peft_model_state_dict(gpt, adapter_name=ADAPTER)
+    save_safetensors(out / ADAPTER_WEIGHTS, state, metadata={"format": "pt"})
+    atomic_write_text(out / ADAPTER_META, json.dumps(meta, indent=2, sort_keys=True))
+    for name, src in (files or {}).items():
+        atomic_write_bytes(out / name, Path(src).read_bytes())
+    return out
+
+
+def read_adapter_config(adapter_dir: str | Path) -> LoraConfig:
+    """The LoraConfig stored in an adapter folder."""
+    path = Path(adapter_dir) / ADAPTER_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (is {adapter_dir} a PEFT adapter folder?)")
+    return LoraConfig.from_pretrained(str(adapter_dir))
+
+
+def load_adapter(gpt: nn.Module, adapter_dir: str | Path) -> nn.Module:
+    """Inject the adapter stored in ``adapter_dir`` into ``gpt`` (grown to the adapter's rows) and load it."""
+    from .checkpoint import read_state_dict
+
+    adapter_dir = Path(adapter_dir)
+    config = read_adapter_config(adapter_dir)
+    inject_adapter_in_model(config, gpt, adapter_name=ADAPTER)
+    state = read_state_dict(adapter_dir / ADAPTER_WEIGHTS)
+    result = set_peft_model_state_dict(gpt, state, adapter_name=ADAPTER)
+    if result.unexpected_keys:
+        raise RuntimeError(f"{adapter_dir / ADAPTER_WEIGHTS}: unexpected keys {result.unexpected_keys[:5]}")
+    gpt.requires_grad_(False)
+    return gpt
+
+
+def read_adapter_meta(adapter_dir: str | Path) -> dict:
+    path = Path(adapter_dir) / ADAPTER_META
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (not an adapter written by tagtune)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------------- model assembly
+
+
+def load_grown_base(base_dir: str | Path, tag_names: list[str], init: str = "mean", seed: int = 0,
+                    word_ids=None, dropout: float | None = None):
+    """The base GPT of ``base_dir`` with one new text row per tag, inserted before the spare row.
+
+    Returns ``(gpt, model_config, new_token_ids)``; ``model_config.gpt.number_text_tokens`` counts the tags.
+    """
+    from .checkpoint import load_into, read_config, read_state_dict
+    from .models.unified_voice import UnifiedVoice
+    from .text.grow import grow_text_rows
+
+    cfg = read_config(base_dir)
+    path = Path(base_dir) / cfg.gpt_checkpoint
+    n_old, n_new = cfg.gpt.number_text_tokens, len(tag_names)
+    state = grow_text_rows(read_state_dict(path, "model"), n_new, n_old, init=init, seed=seed,
+                           tags=tag_names, word_ids=word_ids)
+    cfg = dataclasses.replace(cfg, gpt=dataclasses.replace(cfg.gpt, number_text_tokens=n_old + n_new))
+    with torch.device("meta"):
+        gpt = UnifiedVoice(cfg.gpt)
+    load_into(gpt, state, path)
+    if dropout is not None:
+        gpt.gpt.set_dropout(dropout)
+    return gpt.eval(), cfg, list(range(n_old, n_old + n_new))
+
+
+def load_adapter_model(base_dir: str | Path, adapter_dir: str | Path, device: str | torch.device = "cpu"):
+    """Base folder + adapter folder -> the tuned GPT in eval mode (adapters active, not merged).
+
+    Returns ``(gpt, model_config)``; the config has the grown ``number_text_tokens``. The adapter folder
+    also holds the extended ``bpe.model`` and ``tags.json`` a tokenizer needs.
+    """
+    meta = read_adapter_meta(adapter_dir)
+    gpt, cfg, new_ids = load_grown_base(base_dir, meta["tag_names"])
+    if new_ids != meta["new_token_ids"]:
+        raise ValueError(f"{adapter_dir}: adapter expects tag rows {meta['new_token_ids']}, the base gives {new_ids}")
+    if meta.get("mode") == "full":
+        raise ValueError(f"{adapter_dir}: a full fine-tuning run has no adapter; export it merged")
+    return load_adapter(gpt, adapter_dir).to(device).eval(), cfg

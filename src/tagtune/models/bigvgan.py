@@ -1,0 +1,236 @@
+"""BigVGAN generator of IndexTTS 1.x: GPT latents + reference log-mel -> 24 kHz waveform.
+
+conv_pre (+ speaker conditioning) -> 6 transposed-conv upsamplers (x1024 in all), each followed by speaker
+conditioning and the mean of 3 AMPBlock1 residual stacks -> anti-aliased SnakeBeta -> conv_post -> tanh.
+The speaker embedding comes from the ECAPA-TDNN of the reference mel; it can be computed once per reference
+(:meth:`BigVGAN.speaker_embedding`) and passed back in.
+
+Weight norm is PyTorch's legacy form: the checkpoint stores ``weight_g`` / ``weight_v`` and the weight is
+``v * (g / ||v||)`` with the norm over every dim but 0 (for a transposed conv dim 0 is the input channels).
+Load the checkpoint first, then call :meth:`BigVGAN.remove_weight_norm`, as the official code does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tagtune.config import BigVGANConfig
+from tagtune.models.ecapa import ECAPA_TDNN
+
+INIT_STD = 0.01
+SNAKE_EPS = 1e-9  # official "no_div_by_zero"
+# Anti-aliasing: x2 upsample, activation, x2 downsample with a 12-tap Kaiser-windowed sinc
+AA_RATIO = 2
+AA_TAPS = 12
+AA_CUTOFF = 0.5 / AA_RATIO
+AA_HALF_WIDTH = 0.6 / AA_RATIO
+UP_PAD = AA_TAPS // AA_RATIO - 1  # 5 replicated samples each side before upsampling
+UP_CROP = UP_PAD * AA_RATIO + (AA_TAPS - AA_RATIO) // 2  # 15 samples cropped each side after it
+DOWN_PAD = (AA_TAPS // 2 - 1, AA_TAPS // 2)  # (5, 6) replicated samples before the strided low-pass
+
+
+def kaiser_sinc_filter(cutoff: float = AA_CUTOFF, half_width: float = AA_HALF_WIDTH,
+                       taps: int = AA_TAPS) -> torch.Tensor:
+    """Even-length Kaiser-windowed sinc low-pass, unit DC gain: (1, 1, taps)."""
+    half = taps // 2
+    atten = 2.285 * (half - 1) * math.pi * 4 * half_width + 7.95  # Kaiser's attenuation estimate
+    if atten > 50.0:
+        beta = 0.1102 * (atten - 8.7)
+    elif atten >= 21.0:
+        beta = 0.5842 * (atten - 21) ** 0.4 + 0.07886 * (atten - 21.0)
+    else:
+        beta = 0.0
+    window = torch.kaiser_window(taps, beta=beta, periodic=False)
+    time = torch.arange(-half, half) + 0.5
+    filt = 2 * cutoff * window * torch.sinc(2 * cutoff * time)
+    return (filt / filt.sum()).view(1, 1, taps)
+
+
+class WNConv1d(nn.Module):
+    """Conv1d or ConvTranspose1d with legacy weight norm (``weight_g``, ``weight_v``) until folded."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int = 1, dilation: int = 1,
+                 padding: int = 0, transposed: bool = False):
+        super().__init__()
+        self.stride, self.dilation, self.padding, self.transposed = stride, dilation, padding, transposed
+        shape = (c_in, c_out, kernel_size) if transposed else (c_out, c_in, kernel_size)
+        self.bias = nn.Parameter(torch.zeros(c_out))
+        self.weight_g = nn.Parameter(torch.empty(shape[0], 1, 1))
+        self.weight_v = nn.Parameter(torch.empty(shape))
+        nn.init.normal_(self.weight_v, 0.0, INIT_STD)
+        with torch.no_grad():
+            self.weight_g.copy_(self.weight_v.norm(dim=(1, 2), keepdim=True))
+
+    def effective_weight(self) -> torch.Tensor:
+        if "weight" in self._parameters:
+            return self.weight
+        norm = self.weight_v.flatten(1).norm(dim=1).view(-1, 1, 1)
+        return self.weight_v * (self.weight_g / norm)
+
+    def remove_weight_norm(self) -> None:
+        """Replace ``weight_g``/``weight_v`` by the plain ``weight`` they define."""
+        weight = self.effective_weight().detach()
+        del self.weight_g, self.weight_v
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.effective_weight()
+        if self.transposed:
+            return F.conv_transpose1d(x, w, self.bias, self.stride, self.padding)
+        return F.conv1d(x, w, self.bias, self.stride, self.padding, self.dilation)
+
+
+class SnakeBeta(nn.Module):
+    """y = x + sin^2(x * e^alpha) / (e^beta + eps), per channel (log-scale parameters)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(channels))
+        self.beta = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = self.alpha.exp()[None, :, None]  # (1, C, 1)
+        inv_beta = 1.0 / (self.beta.exp()[None, :, None] + SNAKE_EPS)
+        return torch.addcmul(x, inv_beta, torch.sin(x * alpha).square())
+
+
+class UpSample1d(nn.Module):
+    """x2 upsampling: replicate pad, zero-stuff + low-pass (transposed conv, gain 2), crop."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("filter", kaiser_sinc_filter())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, T = x.shape
+        x = F.pad(x, (UP_PAD, UP_PAD), mode="replicate").reshape(B * C, 1, -1)  # one filter for every channel
+        x = AA_RATIO * F.conv_transpose1d(x, self.filter, stride=AA_RATIO)
+        return x[..., UP_CROP:-UP_CROP].reshape(B, C, AA_RATIO * T)
+
+
+class LowPassFilter1d(nn.Module):
+    """Replicate-padded low-pass with stride 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("filter", kaiser_sinc_filter())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, _ = x.shape
+        x = F.pad(x, DOWN_PAD, mode="replicate").reshape(B * C, 1, -1)
+        return F.conv1d(x, self.filter, stride=AA_RATIO).reshape(B, C, -1)
+
+
+class DownSample1d(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lowpass = LowPassFilter1d()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lowpass(x)
+
+
+class Activation1d(nn.Module):
+    """Anti-aliased SnakeBeta: upsample x2 -> SnakeBeta -> low-pass and downsample x2."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.act = SnakeBeta(channels)
+        self.upsample = UpSample1d()
+        self.downsample = DownSample1d()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.downsample(self.act(self.upsample(x)))
+
+
+class AMPBlock1(nn.Module):
+    """Three residual units: act -> dilated conv -> act -> conv, each added to its input."""
+
+    def __init__(self, channels: int, kernel_size: int, dilations: list[int]):
+        super().__init__()
+        same = lambda d: d * (kernel_size - 1) // 2  # noqa: E731
+        self.convs1 = nn.ModuleList(
+            WNConv1d(channels, channels, kernel_size, dilation=d, padding=same(d)) for d in dilations
+        )
+        self.convs2 = nn.ModuleList(
+            WNConv1d(channels, channels, kernel_size, padding=same(1)) for _ in dilations
+        )
+        self.activations = nn.ModuleList(Activation1d(channels) for _ in range(2 * len(dilations)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
+            xt = c2(self.activations[2 * i + 1](c1(self.activations[2 * i](x))))
+            x = xt + x
+        return x
+
+
+class BigVGAN(nn.Module):
+    """The official ``BigVGAN`` generator (resblock "1", SnakeBeta with log-scale, no feature upsampling)."""
+
+    def __init__(self, cfg: BigVGANConfig):
+        super().__init__()
+        self.cfg = cfg
+        ch0 = cfg.upsample_initial_channel
+        self.num_kernels = len(cfg.resblock_kernel_sizes)
+        self.conv_pre = WNConv1d(cfg.gpt_dim, ch0, 7, padding=3)
+        self.ups = nn.ModuleList()
+        self.resblocks = nn.ModuleList()
+        for i, (u, k) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)):
+            c_in, c_out = ch0 // 2**i, ch0 // 2 ** (i + 1)
+            self.ups.append(nn.ModuleList([WNConv1d(c_in, c_out, k, stride=u, padding=(k - u) // 2, transposed=True)]))
+            for rk, rd in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes):
+                self.resblocks.append(AMPBlock1(c_out, rk, rd))
+        ch = ch0 // 2 ** len(cfg.upsample_rates)
+        self.activation_post = Activation1d(ch)
+        self.conv_post = WNConv1d(ch, 1, 7, padding=3)
+        self.speaker_encoder = ECAPA_TDNN(cfg.num_mels, cfg.speaker_embedding_dim)
+        self.cond_layer = nn.Conv1d(cfg.speaker_embedding_dim, ch0, 1)
+        if cfg.cond_d_vector_in_each_upsampling_layer:
+            self.conds = nn.ModuleList(
+                nn.Conv1d(cfg.speaker_embedding_dim, ch0 // 2 ** (i + 1), 1) for i in range(len(self.ups))
+            )
+        else:
+            self.conds = None
+
+    @property
+    def hop_length(self) -> int:
+        """Output samples per latent frame (1024 for IndexTTS)."""
+        return math.prod(self.cfg.upsample_rates)
+
+    def remove_weight_norm(self) -> None:
+        """Fold every ``weight_g``/``weight_v`` pair into a plain ``weight`` (call after loading)."""
+        for module in self.modules():
+            if isinstance(module, WNConv1d) and "weight" not in module._parameters:
+                module.remove_weight_norm()
+
+    def speaker_embedding(self, mel_ref: torch.Tensor) -> torch.Tensor:
+        """ECAPA-TDNN embedding of a reference log-mel: (B, T, num_mels) -> (B, 1, speaker_embedding_dim)."""
+        return self.speaker_encoder(mel_ref)
+
+    def forward(self, latents: torch.Tensor, mel_ref: torch.Tensor | None = None, *,
+                speaker: torch.Tensor | None = None) -> torch.Tensor:
+        """Waveform in [-1, 1]: latents (B, N, gpt_dim) -> (B, 1, N * hop_length).
+
+        Give either ``mel_ref`` (B, T, num_mels) or a precomputed ``speaker`` (B or 1, 1, dim) embedding;
+        a batch of 1 is shared by every latent row.
+        """
+        if speaker is None:
+            if mel_ref is None:
+                raise ValueError("BigVGAN needs mel_ref or a precomputed speaker embedding")
+            speaker = self.speaker_embedding(mel_ref)
+        spk = speaker.transpose(1, 2)  # (B, dim, 1), broadcast over time
+        x = self.conv_pre(latents.transpose(1, 2)) + self.cond_layer(spk)  # (B, C0, N)
+        for i, up in enumerate(self.ups):
+            x = up[0](x)
+            if self.conds is not None:
+                x = x + self.conds[i](spk)
+            blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
+            xs = blocks[0](x)
+            for block in blocks[1:]:
+                xs = xs + block(x)
+            x = xs / self.num_kernels
+        return torch.tanh(self.conv_post(self.activation_post(x)))  # (B, 1, N * hop)

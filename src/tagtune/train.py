@@ -1,0 +1,250 @@
+"""The training recipe: ``train(data_dir, out_dir, config, resume)`` — setup, an explicit loop, validate/save.
+
+Multi-process runs go through accelerate (one process per GPU, or gloo on CPU):
+
+    accelerate launch --multi_gpu --num_processes 2 --main_process_port 0 -m tagtune.cli train ...
+
+(``--cpu`` would silently start a single process.) Each optimizer step sees the same global batch whatever
+the number of processes, so 2 processes x batch b match 1 process x batch 2b.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from . import lora, train_run as rundir, train_state as ts
+from .errors import UserError
+from .train_config import TrainConfig
+from .train_data import clip_lengths, collate, epoch_batches, micro_batch, open_data, precompute_conds
+from .train_loss import RowLosses, combine, split_means
+from .train_metrics import MetricsLog, forgetting, validate
+
+log = logging.getLogger(__name__)
+
+VAL_BATCH_SIZE = 8
+ValidateHook = Callable[..., None]  # hook(gpt=, step=, samples_dir=, sentences=, tokenizer_path=, tags_path=)
+
+
+@dataclass
+class RunResult:
+    """What a finished (or already complete) run reports."""
+
+    run_dir: Path
+    steps: int
+    train_loss: float | None  # mean over the last logging interval
+    best_val_loss: float | None
+    best_step: int | None
+    base_untagged_loss: float | None
+    last_val: dict | None
+    forgetting_pct: float | None  # untagged val loss vs base, percent (positive = worse)
+    weights_dir: Path  # best-by-validation weights (last when never validated)
+
+
+def _accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+
+    rt = config.runtime
+    cuda = torch.cuda.is_available() and rt.device != "cpu"
+    if rt.device == "cuda" and not cuda:
+        raise UserError("runtime.device is 'cuda' but no CUDA device is available")
+    precision = rt.precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and not cuda:
+        raise UserError("runtime.precision fp16 needs a GPU; use fp32 or bf16 on CPU")
+    return Accelerator(cpu=not cuda, mixed_precision={"fp32": "no"}.get(precision, precision))
+
+
+def _scheduler(optimizer, config: TrainConfig, total_steps: int):
+    """Linear warmup to the group's lr, then cosine decay to ``min_lr_ratio`` of it."""
+    s = config.schedule
+    warm = min(s.warmup_steps, max(total_steps - 1, 0))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        t = (step - warm) / max(total_steps - warm, 1)
+        return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _total_steps(n_train: int, config: TrainConfig, world: int) -> tuple[int, int]:
+    """(total optimizer steps, global batch size); errors when the data cannot fill one global batch."""
+    global_batch = config.batch.batch_size * config.batch.grad_accum * world
+    per_epoch = n_train // global_batch
+    if per_epoch == 0:
+        raise UserError(f"{n_train} training clips cannot fill one global batch of {global_batch} "
+                        "(batch_size x grad_accum x processes); lower batch.batch_size or batch.grad_accum")
+    total = config.schedule.max_steps or per_epoch * config.schedule.epochs
+    return total, global_batch
+
+
+def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None = None, resume: bool = False,
+          *, on_validate: ValidateHook | None = None) -> RunResult:
+    """Fine-tune the base model named by DATA_DIR's manifest on its tags; write everything to ``out_dir``.
+
+    ``resume`` continues from the last complete checkpoint exactly (same data order, RNG, optimizer).
+    ``on_validate`` is called on the main process after each validation (e.g. to synthesise
+    ``eval.sample_sentences`` into RUN_DIR/samples/).
+    """
+    config = config or TrainConfig()
+    run_dir = Path(out_dir)
+    accel = _accelerator(config)
+    rank, world, main = accel.process_index, accel.num_processes, accel.is_main_process
+    torch.manual_seed(config.seed + rank)
+
+    # ---- setup: data, model (grown base + adapters), optimizer, schedule, resume state
+    data = open_data(data_dir)
+    gpt, model_cfg, new_ids = lora.load_grown_base(
+        data.base_dir, data.tag_names, config.lora.tag_init, config.seed,
+        word_ids=rundir.word_ids(data) if config.lora.tag_init == "words" else None,
+        dropout=config.model.dropout)
+    gpt.gpt.gradient_checkpointing = config.model.gradient_checkpointing
+    lora.apply_lora(gpt, config.lora, new_ids)
+    gpt.to(accel.device).train()
+    optimizer = torch.optim.AdamW(lora.param_groups(gpt, config.optim), betas=tuple(config.optim.betas),
+                                  eps=config.optim.eps)
+    total_steps, global_batch = _total_steps(len(data.train), config, world)
+    scheduler = _scheduler(optimizer, config, total_steps)
+    progress = ts.Progress()
+    if resume:
+        progress = rundir.restore(run_dir, gpt, optimizer, scheduler, rank, config, data)
+    elif main:
+        rundir.start(run_dir, config, data, model_cfg, new_ids, world)
+    accel.wait_for_everyone()
+    meta = rundir.weights_meta(data, model_cfg, new_ids, config)
+    metrics = MetricsLog(run_dir, main, progress.step if resume else None)
+    conds = None if config.lora.train_conditioning else precompute_conds(gpt, data.train, accel.device)
+    val_conds = None if config.lora.train_conditioning else precompute_conds(gpt, data.val, accel.device)
+    val_batches = [collate(data.val, list(range(i, min(i + VAL_BATCH_SIZE, len(data.val)))), val_conds)
+                   for i in range(0, len(data.val), VAL_BATCH_SIZE)]
+    tag_names = data.tag_names
+
+    def run_validation(step: int) -> dict:
+        values = validate(gpt, val_batches, config.loss, tag_names, accel.device, accel.autocast)
+        return values
+
+    if main and progress.base_untagged_loss is None and val_batches:
+        base = run_validation(0)  # adapters start as the identity: this is the base model's loss
+        progress.base_untagged_loss = base["loss_untagged"]
+        metrics.add("val", 0, base)
+        metrics.flush()
+
+    model, optimizer = accel.prepare(RowLosses(gpt, config.loss), optimizer)
+    trainable = [p for p in gpt.parameters() if p.requires_grad]
+    lengths = clip_lengths(data.train)
+    bar = tqdm(total=total_steps, initial=progress.step, disable=not (main and config.runtime.progress_bar),
+               desc="train", unit="step", dynamic_ncols=True)
+    window = _Window()
+    last_val = None
+
+    # ---- the loop: one optimizer step per global batch
+    while progress.step < total_steps:
+        batches = epoch_batches(lengths, global_batch, config.seed, progress.epoch)
+        while progress.batch_in_epoch < len(batches) and progress.step < total_steps:
+            clips = batches[progress.batch_in_epoch]
+            for k in range(config.batch.grad_accum):
+                batch = collate(data.train, micro_batch(clips, k, rank, world, config.batch.batch_size), conds)
+                batch = batch.to(accel.device)
+                sync = contextlib.nullcontext() if k == config.batch.grad_accum - 1 else accel.no_sync(model)
+                with sync:
+                    text_ce, mel_ce = model(batch)
+                    per_clip = combine(text_ce, mel_ce, config.loss)  # (b,)
+                    # sum over clips / global batch, x world because DDP averages gradients over processes
+                    accel.backward(per_clip.sum() * world / len(clips))
+                window.add(per_clip, text_ce, mel_ce, batch)
+            grad_norm = accel.clip_grad_norm_(trainable, config.optim.grad_clip) if config.optim.grad_clip else None
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.step += 1
+            progress.batch_in_epoch += 1
+            bar.update(1)
+
+            step, done = progress.step, progress.step == total_steps
+            if step % config.runtime.log_every_steps == 0 or done:
+                values = window.reduce(accel) | {"lr": scheduler.get_last_lr()[0], "epoch": progress.epoch,
+                                                  "grad_norm": None if grad_norm is None else float(grad_norm)}
+                metrics.add("train", step, values)
+                bar.set_postfix(loss=f"{values['loss']:.3f}")
+            validate_now = step % config.eval.every_steps == 0 or done
+            if validate_now and main and val_batches:
+                last_val = run_validation(step)
+                last_val["forgetting_pct"] = forgetting(last_val["loss_untagged"], progress.base_untagged_loss,
+                                                        config.eval.forgetting_tolerance_pct)
+                _warn_forgetting(last_val["forgetting_pct"], config.eval.forgetting_tolerance_pct, step)
+                metrics.add("val", step, last_val)
+                if progress.best_val_loss is None or last_val["loss"] < progress.best_val_loss:
+                    progress.best_val_loss, progress.best_step = last_val["loss"], step
+                    rundir.save_weights(gpt, run_dir / rundir.BEST, meta | {"step": step}, data, config)
+                if on_validate is not None:
+                    on_validate(gpt=gpt, step=step, samples_dir=run_dir / rundir.SAMPLES,
+                                sentences=config.eval.sample_sentences,
+                                tokenizer_path=data.tokenizer_path, tags_path=data.tags_path)
+                metrics.flush()
+            if validate_now or step % config.eval.save_every_steps == 0 or done:
+                rundir.save_checkpoint(accel, run_dir, gpt, optimizer, scheduler, progress, meta, data, config)
+        if progress.step < total_steps:
+            progress.epoch += 1
+            progress.batch_in_epoch = 0
+
+    # ---- finish: last weights, metric files, summary
+    bar.close()
+    if main:
+        rundir.save_weights(gpt, run_dir / rundir.LAST, meta | {"step": progress.step}, data, config)
+        if not (run_dir / rundir.BEST).exists():
+            shutil.copytree(run_dir / rundir.LAST, run_dir / rundir.BEST)
+    metrics.close()
+    accel.wait_for_everyone()
+    last_train = next((r for r in reversed(metrics.records) if r["kind"] == "train"), {})
+    return RunResult(run_dir, progress.step, last_train.get("loss"), progress.best_val_loss, progress.best_step,
+                     progress.base_untagged_loss, last_val, (last_val or {}).get("forgetting_pct"),
+                     run_dir / rundir.BEST)
+
+
+def _warn_forgetting(pct: float | None, tolerance: float, step: int) -> None:
+    if pct is not None and pct > tolerance:
+        log.warning("step %d: untagged validation loss is %.1f%% worse than the base model's (tolerance %.1f%%): "
+                    "the model may be forgetting; lower the lr or add untagged clips", step, pct, tolerance)
+
+
+class _Window:
+    """Loss sums since the last log line, reduced over processes when logged."""
+
+    KEYS = ("loss", "loss_text", "loss_mel", "loss_tagged", "loss_untagged")
+
+    def __init__(self):
+        self._reset()
+
+    def _reset(self):
+        self.sums = torch.zeros(len(self.KEYS) * 2 + 1, dtype=torch.float64)
+        self.t0 = time.perf_counter()
+
+    def add(self, per_clip, text_ce, mel_ce, batch) -> None:
+        parts = split_means(per_clip, batch.has_tag)
+        pairs = [parts["all"], split_means(text_ce, batch.has_tag)["all"], split_means(mel_ce, batch.has_tag)["all"],
+                 parts["tagged"], parts["untagged"]]
+        for i, (s, n) in enumerate(pairs):
+            self.sums[2 * i] += s
+            self.sums[2 * i + 1] += n
+        self.sums[-1] += batch.real_positions
+
+    def reduce(self, accel) -> dict:
+        sums = accel.reduce(self.sums.to(accel.device), reduction="sum").cpu() if accel.num_processes > 1 else self.sums
+        seconds = time.perf_counter() - self.t0
+        out = {k: (float(sums[2 * i] / sums[2 * i + 1]) if sums[2 * i + 1] > 0 else None)
+               for i, k in enumerate(self.KEYS)}
+        out["positions_per_s"] = float(sums[-1]) / max(seconds, 1e-9)
+        self._reset()
+        return out

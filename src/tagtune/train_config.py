@@ -1,0 +1,233 @@
+"""Training recipe settings: typed dataclasses that check themselves, read from and written to YAML.
+
+A recipe (``configs/lora.yaml``) is a serialised ``TrainConfig``. Unknown keys are errors (a typo must not
+silently fall back to a default), and every value is checked in ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+MODES = ("lora", "full")
+TAG_INITS = ("mean", "words")
+# CLI flag name -> dotted field it overrides
+CLI_OVERRIDES = {
+    "max_steps": "schedule.max_steps",
+    "epochs": "schedule.epochs",
+    "batch_size": "batch.batch_size",
+    "lr": "optim.lr",
+    "rank": "lora.rank",
+    "seed": "seed",
+}
+
+
+class TrainConfigError(UserError):
+    """A recipe value that cannot work; the message names the field."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise TrainConfigError(message)
+
+
+@dataclass
+class LoraSettings:
+    """What trains: LoRA on the GPT-2 blocks (``mode: lora``) or every GPT weight (``mode: full``)."""
+
+    mode: str = "lora"
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    layers: list[int] | None = None  # block indices; None = every block
+    train_conditioning: bool = False  # conditioning encoder + perceiver (frozen by default)
+    tag_init: str = "mean"  # new tag rows: "mean" (mean row direction at typical norm) or "words"
+
+    def __post_init__(self):
+        _check(self.mode in MODES, f"lora.mode must be one of {MODES}, got {self.mode!r}")
+        _check(self.rank >= 1, f"lora.rank must be >= 1, got {self.rank}")
+        _check(self.alpha > 0, f"lora.alpha must be > 0, got {self.alpha}")
+        _check(0.0 <= self.dropout < 1.0, f"lora.dropout must be in [0, 1), got {self.dropout}")
+        _check(bool(self.targets), "lora.targets must name at least one module")
+        _check(self.tag_init in TAG_INITS, f"lora.tag_init must be one of {TAG_INITS}, got {self.tag_init!r}")
+        _check(self.layers is None or (len(self.layers) > 0 and min(self.layers) >= 0),
+               f"lora.layers must be null or non-negative block indices, got {self.layers}")
+
+
+@dataclass
+class OptimSettings:
+    """AdamW; tag rows get ``lr * tag_lr_scale`` and no weight decay."""
+
+    lr: float = 1e-4
+    tag_lr_scale: float = 5.0
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+
+    def __post_init__(self):
+        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _check(self.tag_lr_scale > 0, f"optim.tag_lr_scale must be > 0, got {self.tag_lr_scale}")
+        _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"optim.betas invalid: {self.betas}")
+        _check(self.grad_clip >= 0, f"optim.grad_clip must be >= 0, got {self.grad_clip}")
+
+
+@dataclass
+class ScheduleSettings:
+    """Length of the run and the learning-rate curve (linear warmup, then cosine to ``min_lr_ratio``)."""
+
+    epochs: int = 10
+    max_steps: int | None = None  # optimizer steps; overrides epochs when set
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, f"schedule.epochs must be >= 1, got {self.epochs}")
+        _check(self.max_steps is None or self.max_steps >= 1, f"schedule.max_steps must be >= 1, got {self.max_steps}")
+        _check(self.warmup_steps >= 0, f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, f"schedule.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass
+class BatchSettings:
+    """Micro-batch per process; one optimizer step sees batch_size x grad_accum x processes clips."""
+
+    batch_size: int = 8
+    grad_accum: int = 2
+
+    def __post_init__(self):
+        _check(self.batch_size >= 1, f"batch.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.grad_accum >= 1, f"batch.grad_accum must be >= 1, got {self.grad_accum}")
+
+
+@dataclass
+class LossSettings:
+    """loss = text CE x text_weight + mel CE; ``mask_padding`` drops padding from attention and loss."""
+
+    text_weight: float = 0.1
+    mask_padding: bool = True
+
+    def __post_init__(self):
+        _check(self.text_weight >= 0, f"loss.text_weight must be >= 0, got {self.text_weight}")
+
+
+@dataclass
+class ModelSettings:
+    dropout: float = 0.1  # GPT-2 attn/resid dropout (official value 0.1)
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class EvalSettings:
+    """Validation, checkpoints and the forgetting guard."""
+
+    every_steps: int = 100
+    save_every_steps: int = 100  # resumable checkpoint interval (also written at each validation)
+    keep_last: int = 3
+    forgetting_tolerance_pct: float = 5.0  # warn when untagged val loss exceeds the base model's by this much
+    sample_sentences: list[str] = field(default_factory=list)  # synthesised at each validation by a hook
+
+    def __post_init__(self):
+        _check(self.every_steps >= 1, f"eval.every_steps must be >= 1, got {self.every_steps}")
+        _check(self.save_every_steps >= 1, f"eval.save_every_steps must be >= 1, got {self.save_every_steps}")
+        _check(self.keep_last >= 1, f"eval.keep_last must be >= 1, got {self.keep_last}")
+        _check(self.forgetting_tolerance_pct >= 0, "eval.forgetting_tolerance_pct must be >= 0")
+
+
+@dataclass
+class RuntimeSettings:
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 on a GPU that supports it, else fp32
+    log_every_steps: int = 10
+    progress_bar: bool = True
+
+    def __post_init__(self):
+        _check(self.device in DEVICES, f"runtime.device must be one of {DEVICES}, got {self.device!r}")
+        _check(self.precision in PRECISIONS, f"runtime.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _check(self.log_every_steps >= 1, "runtime.log_every_steps must be >= 1")
+
+
+SECTIONS = {
+    "lora": LoraSettings, "optim": OptimSettings, "schedule": ScheduleSettings, "batch": BatchSettings,
+    "loss": LossSettings, "model": ModelSettings, "eval": EvalSettings, "runtime": RuntimeSettings,
+}
+
+
+@dataclass
+class TrainConfig:
+    """The whole recipe. ``TrainConfig.from_yaml(path)`` reads a shipped or user YAML."""
+
+    seed: int = 1234
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    loss: LossSettings = field(default_factory=LossSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+
+    def __post_init__(self):
+        for name, cls in SECTIONS.items():
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, _section(cls, value, name))
+            _check(isinstance(getattr(self, name), cls), f"{name} must be a mapping")
+        _check(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "TrainConfig":
+        data = dict(data or {})
+        unknown = sorted(set(data) - set(SECTIONS) - {"seed"})
+        _check(not unknown, f"unknown recipe key(s) {unknown}; known: seed, {', '.join(SECTIONS)}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise TrainConfigError(f"{path}: recipe not found")
+        try:
+            return cls.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
+        except yaml.YAMLError as e:
+            raise TrainConfigError(f"{path}: invalid YAML ({e})") from None
+        except TrainConfigError as e:
+            raise TrainConfigError(f"{path}: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def with_overrides(self, **values: Any) -> "TrainConfig":
+        """A copy with CLI overrides applied (keys of ``CLI_OVERRIDES``; ``None`` values are ignored)."""
+        data = self.to_dict()
+        for name, value in values.items():
+            _check(name in CLI_OVERRIDES, f"unknown override {name!r}; known: {sorted(CLI_OVERRIDES)}")
+            if value is None:
+                continue
+            *parents, leaf = CLI_OVERRIDES[name].split(".")
+            node = data
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        return TrainConfig.from_dict(data)
+
+
+def _section(cls, data: dict[str, Any], name: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    _check(not unknown, f"unknown key(s) {unknown} in section '{name}'; known: {sorted(names)}")
+    return cls(**data)

@@ -1,0 +1,89 @@
+"""The training objective: per-clip text and mel cross-entropy on the official layout (spec §2.4).
+
+``RowLosses`` is an ``nn.Module`` so that DistributedDataParallel can wrap it: DDP only synchronises
+gradients of a forward it ran itself. Per-clip losses (rather than one batch mean) let the loop log tagged
+and untagged clips separately and make the loss of a global batch independent of how its clips are split
+across processes and accumulation steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models.unified_voice import IGNORE_INDEX
+from .train_config import LossSettings
+
+COND_LATENTS = 32  # speaker latents in front of every sequence
+MEL_COMPRESSION = 1024  # 24 kHz samples per DVAE code
+
+
+@dataclass
+class Batch:
+    """A collated micro-batch (right-padded)."""
+
+    text_ids: torch.Tensor  # (B, Lt)
+    text_lengths: torch.Tensor  # (B,)
+    codes: torch.Tensor  # (B, Lm)
+    wav_lengths: torch.Tensor  # (B,) samples at 24 kHz
+    cond_mels: torch.Tensor | None  # (B, 100, T) reference log-mels, or None when conds are given
+    cond_lengths: torch.Tensor | None  # (B,)
+    has_tag: torch.Tensor  # (B,) bool
+    tags: list[list[str]]  # canonical tags of each clip
+    conds: torch.Tensor | None = None  # (B, 32, D) precomputed speaker latents
+
+    def to(self, device) -> "Batch":
+        move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        return Batch(*(move(getattr(self, f)) for f in self.__dataclass_fields__))
+
+    @property
+    def positions(self) -> int:
+        """Sequence positions the backbone processes, padding included: B x (32 + Lt+2 + Lm+2)."""
+        return self.text_ids.shape[0] * (COND_LATENTS + self.text_ids.shape[1] + self.codes.shape[1] + 4)
+
+    @property
+    def real_positions(self) -> int:
+        """Positions that belong to a clip (its conds, text + 2, codes kept by the official rule + 2)."""
+        code_lengths = ((self.wav_lengths + MEL_COMPRESSION - 1) // MEL_COMPRESSION + 1).clamp(max=self.codes.shape[1])
+        return int((COND_LATENTS + self.text_lengths + 2 + code_lengths + 2).sum())
+
+
+def _row_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean CE of each row over its non-ignored positions: logits (B, V, L), targets (B, L) -> (B,)."""
+    ce = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="none")  # (B, L)
+    count = (targets != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+    return ce.sum(dim=1) / count
+
+
+class RowLosses(nn.Module):
+    """``forward(batch) -> (text CE (B,), mel CE (B,))`` for each clip of the batch."""
+
+    def __init__(self, gpt: nn.Module, settings: LossSettings):
+        super().__init__()
+        self.gpt = gpt
+        self.mask_padding = settings.mask_padding
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.gpt.logits(
+            batch.cond_mels, batch.text_ids, batch.text_lengths, batch.codes, batch.wav_lengths,
+            batch.cond_lengths, conds=batch.conds,
+            mask_padding=self.mask_padding, mask_loss=self.mask_padding,
+        )
+        return _row_ce(out.text_logits, out.text_targets), _row_ce(out.mel_logits, out.mel_targets)
+
+
+def combine(text_ce: torch.Tensor, mel_ce: torch.Tensor, settings: LossSettings) -> torch.Tensor:
+    """Per-clip training loss (B,): text CE x text_weight + mel CE."""
+    return text_ce * settings.text_weight + mel_ce
+
+
+def split_means(values: torch.Tensor, has_tag: torch.Tensor) -> dict[str, tuple[float, int]]:
+    """Sums and counts of ``values`` (B,) over all / tagged / untagged clips, for logging."""
+    v = values.detach().float()
+    out = {"all": (float(v.sum()), int(v.numel()))}
+    out["tagged"] = (float(v[has_tag].sum()), int(has_tag.sum()))
+    out["untagged"] = (float(v[~has_tag].sum()), int((~has_tag).sum()))
+    return out

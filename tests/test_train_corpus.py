@@ -1,0 +1,99 @@
+"""A tiny tagged corpus prepared by the real data pipeline, shared by the training and export tests.
+
+``build_data_dir(root, fixture_dir)`` writes synthetic clips (two voices, tones with noise), extends the
+fixture tokenizer with two tags, runs ``tagtune.data.prepare`` with the fixture's DVAE and records the base
+checkpoint, tokenizer and tags file in the manifest. The result is cached under pytest's base temp dir.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+TAGS = ["<laughs>", "<sighs>"]
+WORDS = ["HELLO", "WORLD", "THIS", "IS", "WELL", "THAT", "FUNNY", "IT", "COSTS", "DOLLARS", "SPEAKING"]
+N_CLIPS = 40
+SAMPLE_RATE = 24000
+
+
+def _sentence(rng: np.random.Generator, k: int) -> str:
+    words = [WORDS[i] for i in rng.integers(0, len(WORDS), size=int(rng.integers(2, 6)))]
+    if k % 3 == 0:
+        words.insert(int(rng.integers(0, len(words))), TAGS[(k // 3) % 2])
+    return " ".join(words).lower().capitalize() + "."
+
+
+def _clip(rng: np.random.Generator, speaker: int) -> np.ndarray:
+    seconds = float(rng.uniform(0.8, 2.3))
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    f0 = (140.0 if speaker == 0 else 220.0) * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(1, 4) * t))
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    voiced = sum(np.sin(h * phase) / h for h in range(1, 6))
+    envelope = 0.5 * (1 - np.cos(2 * np.pi * np.minimum(t / seconds, 1.0)))
+    wav = 0.25 * envelope * voiced + 0.02 * rng.standard_normal(len(t))
+    return wav.astype(np.float32)
+
+
+def _write_corpus(folder: Path) -> Path:
+    rng = np.random.default_rng(7)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k in range(N_CLIPS):
+        speaker = k % 2
+        sf.write(folder / f"clip{k:03d}.wav", _clip(rng, speaker), SAMPLE_RATE, subtype="PCM_16")
+        rows.append({"audio": f"clip{k:03d}.wav", "text": _sentence(rng, k), "speaker": f"spk{speaker}"})
+    listing = folder / "list.jsonl"
+    listing.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return listing
+
+
+def build_data_dir(root: Path, checkpoint_dir: Path) -> Path:
+    """Prepare the tiny corpus into ``root/data`` (reused when already there)."""
+    from tagtune.checkpoint import folder_fingerprint
+    from tagtune.data import PrepareSettings, open_source, prepare
+    from tagtune.data.encoders import TokenizerTextEncoder, clip_encoder_from_model
+    from tagtune.text.spm_extend import extend_model_file
+    from tagtune.text.tags import TagSet
+    from tagtune.text.tokenizer import TextTokenizer
+
+    data_dir = root / "data"
+    if (data_dir / "manifest.json").is_file():
+        return data_dir
+    listing = _write_corpus(root / "corpus")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ids = extend_model_file(checkpoint_dir / "bpe.model", data_dir / "bpe.model", TAGS)
+    tagset = TagSet(TAGS).with_token_ids(ids)
+    tagset.save(data_dir / "tags.json")
+    text_encoder = TokenizerTextEncoder(TextTokenizer(data_dir / "bpe.model", tagset, normalizer=None))
+    settings = PrepareSettings(max_text_tokens=40, max_mel_tokens=60, val_fraction=0.2, cond_max_seconds=2.0,
+                               shard_size=16, seed=3)
+    manifest = prepare(open_source(listing), data_dir, clip_encoder_from_model(checkpoint_dir, device="cpu"),
+                       text_encoder, settings, base_checkpoint_hash=folder_fingerprint(checkpoint_dir),
+                       progress=False)
+    manifest |= {"base_checkpoint": {"dir": str(checkpoint_dir), "hash": manifest["base_checkpoint_hash"]},
+                 "tokenizer": "bpe.model", "tags_file": "tags.json"}
+    (data_dir / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_data(fixture_dir, tmp_path_factory) -> Path:
+    return build_data_dir(tmp_path_factory.getbasetemp() / "train-corpus", fixture_dir / "checkpoint")
+
+
+def test_corpus_has_tagged_and_untagged_clips_in_both_splits(tiny_data):
+    from tagtune.train_data import open_data
+
+    data = open_data(tiny_data)
+    assert data.tag_names == TAGS
+    assert data.tagset.token_ids == {"<laughs>": 320, "<sighs>": 321}
+    for split in (data.train, data.val):
+        flags = [split[i]["has_tag"] for i in range(len(split))]
+        assert any(flags) and not all(flags)
+    assert len(data.train) + len(data.val) == N_CLIPS
+    example = data.train[0]
+    assert example["cond_mel"].shape[0] == 100 and example["codes"].max() < 128
