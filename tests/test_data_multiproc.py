@@ -18,10 +18,11 @@ import sys
 sys.path.insert(0, {str(TESTS)!r})
 from tagtune.data import PrepareSettings, open_source, prepare
 from test_data_support import ToyTextEncoder, tiny_clip_encoder
-corpus, out, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
-settings = PrepareSettings(val_fraction=0.3, shard_size=2, seed=5)
-prepare(open_source(corpus), out, tiny_clip_encoder(), ToyTextEncoder(), settings, num_workers=workers,
-        progress=False)
+if __name__ == "__main__":  # decoding workers are spawned and re-import this file
+    corpus, out, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    settings = PrepareSettings(val_fraction=0.3, shard_size=2, seed=5)
+    prepare(open_source(corpus), out, tiny_clip_encoder(), ToyTextEncoder(), settings, num_workers=workers,
+            progress=False)
 """
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]

@@ -16,12 +16,21 @@ from tagtune.generation import (
     prepare_prompt,
     remove_long_silence,
 )
-from tagtune.generation import processors
+from tagtune.generation import sampling
 from tagtune.models.unified_voice import UnifiedVoice
 
 STOP, START = 129, 128  # the fixture's stop_mel / start_mel
 MAX_NEW = 40  # max_generate_length of every fixture generation
 INF = float("inf")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Decoding a tiny model is per-op overhead: a second thread only adds contention on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -193,44 +202,45 @@ def test_config_defaults_and_checks():
 
 def test_repetition_penalty_divides_positive_and_multiplies_negative():
     scores = torch.tensor([[2.0, -1.0, 3.0, 0.5]])
-    out = processors.repetition_penalty(scores, torch.tensor([[0, 1, 1]]), 2.0)
+    out = sampling.repetition_penalty(scores, torch.tensor([[0, 1, 1]]), 2.0)
     assert out.tolist() == [[1.0, -2.0, 3.0, 0.5]]
 
 
 def test_top_k_keeps_ties_and_min_keep():
     scores = torch.tensor([[1.0, 3.0, 2.0, 3.0]])
-    assert processors.top_k(scores, 1).tolist() == [[-INF, 3.0, -INF, 3.0]]
-    assert processors.top_k(scores, 1, min_keep=3).tolist() == [[-INF, 3.0, 2.0, 3.0]]
-    assert processors.top_k(scores, 0).tolist() == scores.tolist()
+    assert sampling.top_k(scores, 1).tolist() == [[-INF, 3.0, -INF, 3.0]]
+    assert sampling.top_k(scores, 1, min_keep=3).tolist() == [[-INF, 3.0, 2.0, 3.0]]
+    assert sampling.top_k(scores, 0).tolist() == scores.tolist()
 
 
 def test_top_p_drops_the_unlikely_tail():
     logp = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
-    kept = processors.top_p(logp, 0.8).isfinite().tolist()
+    kept = sampling.top_p(logp, 0.8).isfinite().tolist()
     assert kept == [[True, True, False, False]]  # cumulative from the tail: 0.05, 0.2 <= 0.2 are dropped
-    assert processors.top_p(logp, 0.1, min_keep=2).isfinite().tolist() == [[True, True, False, False]]
+    assert sampling.top_p(logp, 0.1, min_keep=2).isfinite().tolist() == [[True, True, False, False]]
 
 
 # ------------------------------------------------------------------------------- remove_long_silence
 
 def test_remove_long_silence_matches_official(expected):
-    codes, lens = remove_long_silence(expected["rls_codes_in"], STOP)
+    codes, lens = remove_long_silence(expected["rls_codes_in"], 52, 30, stop_token=STOP)
     assert codes.tolist() == expected["rls_codes_out"].tolist()
     assert lens.tolist() == expected["rls_lens_out"].tolist()
-    codes, lens = remove_long_silence(expected["rls_codes_in"][:1], STOP)
+    codes, lens = remove_long_silence(expected["rls_codes_in"][:1], stop_token=STOP)
     assert codes.tolist() == expected["rls1_codes_out"].tolist()
     assert lens.tolist() == expected["rls1_lens_out"].tolist()
 
 
 def test_remove_long_silence_of_greedy_codes_is_e2e_codes(expected):
-    codes, lens = remove_long_silence(expected["codes_greedy_cache"], STOP)
+    codes, lens = remove_long_silence(expected["codes_greedy_cache"], stop_token=STOP)
     assert codes.tolist() == expected["e2e_codes"].tolist() and lens.tolist() == [28]
 
 
 def test_remove_long_silence_without_fix_keeps_rows():
-    codes = torch.tensor([[5, STOP, 7, 8], [5, 6, STOP, STOP]])
-    out, lens = remove_long_silence(codes, STOP)
-    assert out.tolist() == [[5, STOP], [5, 6]] and lens.tolist() == [1, 2]
+    # no row needs the fix: the official code only clips, so row 0 keeps the 7 after its stop
+    codes = torch.tensor([[5, STOP, 7, 8], [5, 6, 9, STOP]])
+    out, lens = remove_long_silence(codes, stop_token=STOP)
+    assert out.tolist() == [[5, STOP, 7], [5, 6, 9]] and lens.tolist() == [1, 3]
 
 
 def test_code_lengths():

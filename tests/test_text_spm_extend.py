@@ -137,3 +137,12 @@ def test_tagged_text_splits_like_official_around_tags(tok):
     pieces = tok.tokenize("<laughs> Ha! Well. <sighs>")
     want = [["▁", "<LAUGHS>", "▁HA", "!"], ["▁WE", "LL", ".", "▁", "<SIGHS>"]]
     assert tok.split_sentences(pieces, 4) == want
+
+
+def test_from_model_dir_picks_up_the_tags_file(bpe_path, tmp_path):
+    base = TextTokenizer.from_model_dir(bpe_path.parent, normalizer=None)
+    assert base.vocab_size == BASE_VOCAB and base.tag_ids == {}
+    ids = extend_model_file(bpe_path, tmp_path / "bpe.model", FOUR)
+    TagSet(FOUR).with_token_ids(ids).save(tmp_path / "tags.json")
+    tok = TextTokenizer.from_model_dir(tmp_path, normalizer=None)
+    assert tok.tag_ids == ids and tok.encode("<LAUGH>") == [SPACE_ID, BASE_VOCAB]

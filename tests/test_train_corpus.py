@@ -97,3 +97,45 @@ def test_corpus_has_tagged_and_untagged_clips_in_both_splits(tiny_data):
     assert len(data.train) + len(data.val) == N_CLIPS
     example = data.train[0]
     assert example["cond_mel"].shape[0] == 100 and example["codes"].max() < 128
+
+
+# --------------------------------------------------------------------------------- a trained run
+
+RUN_CONFIG = {
+    "seed": 11,
+    "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
+    "optim": {"lr": 3e-3},
+    "batch": {"batch_size": 4, "grad_accum": 1},
+    "schedule": {"max_steps": 8, "warmup_steps": 2},
+    "model": {"dropout": 0.0},
+    "eval": {"every_steps": 4, "save_every_steps": 4, "keep_last": 2},
+    "runtime": {"log_every_steps": 1, "progress_bar": False},
+}
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_data, tmp_path_factory):
+    """(run_dir, RunResult) of an 8-step single-process run with dropout off."""
+    from tagtune.train import train
+    from tagtune.train_config import TrainConfig
+
+    run_dir = tmp_path_factory.mktemp("run") / "run"
+    return run_dir, train(tiny_data, run_dir, TrainConfig.from_dict(RUN_CONFIG))
+
+
+LAUNCH_SCRIPT = """
+import json, os, signal, sys
+from tagtune.train import train
+from tagtune.train_config import TrainConfig
+data, out, cfg, resume, kill_at = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4] == "1", int(sys.argv[5])
+def hook(step, **_):
+    if step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+train(data, out, TrainConfig.from_dict(cfg), resume=resume, on_validate=hook)
+"""
+
+
+def write_launcher(folder: Path) -> Path:
+    path = folder / "launch_train.py"
+    path.write_text(LAUNCH_SCRIPT, encoding="utf-8")
+    return path

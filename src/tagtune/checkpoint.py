@@ -12,9 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +23,11 @@ import yaml
 from torch import nn
 
 from .config import ConfigError, ModelConfig
+from .atomic import atomic_write_bytes, atomic_write_text
 from .errors import UserError
+from .text.tags import TAGS_FILE_NAME as TAGS_FILE
 
 CONFIG_FILE = "config.yaml"
-TAGS_FILE = "tags.json"
 PROVENANCE_FILE = "provenance.json"
 WRAPPER_KEYS = ("model", "generator", "state_dict")
 
@@ -210,26 +209,6 @@ def read_tags(model_dir: str | Path) -> dict | None:
 
 
 # -------------------------------------------------------------------------------------------------- writing
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a file so that readers see either the old content or the whole new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_config(model_dir: str | Path, cfg: ModelConfig) -> None:

@@ -92,11 +92,13 @@ def micro_batch(global_batch: list[int], micro_step: int, rank: int, world: int,
     return global_batch[start : start + batch_size]
 
 
-def collate(dataset, indices: list[int], conds: dict[int, torch.Tensor] | None = None) -> Batch:
-    """Right-padded Batch of ``dataset[i]`` for ``indices``; cached ``conds`` replace the reference mels."""
+def collate(dataset, indices: list[int], stops: tuple[int, int], conds: dict[int, torch.Tensor] | None = None) -> Batch:
+    """Right-padded Batch of ``dataset[i]`` for ``indices``, padded with ``stops`` = (stop_text, stop_mel)
+    of the model (the official forward keeps one padding code past each clip). Cached ``conds`` replace
+    the reference mels."""
     from .data import collate as collate_examples
 
-    d = collate_examples([dataset[i] for i in indices])
+    d = collate_examples([dataset[i] for i in indices], text_pad=stops[0], code_pad=stops[1])
     cached = conds is not None and all(i in conds for i in indices)
     return Batch(
         text_ids=d["text_ids"], text_lengths=d["text_lengths"], codes=d["codes"], wav_lengths=d["wav_lengths"],
@@ -104,6 +106,11 @@ def collate(dataset, indices: list[int], conds: dict[int, torch.Tensor] | None =
         has_tag=d["has_tag"].bool(), tags=[list(t) for t in d["tags"]],
         conds=torch.stack([conds[i] for i in indices]) if cached else None,
     )
+
+
+def stop_tokens(gpt) -> tuple[int, int]:
+    """(stop_text, stop_mel) of the model: the padding values of a batch."""
+    return gpt.cfg.stop_text_token, gpt.cfg.stop_mel_token
 
 
 def clip_lengths(dataset) -> list[int]:
@@ -117,7 +124,7 @@ def precompute_conds(gpt, dataset, device, batch_size: int = 16) -> dict[int, to
     out = {}
     for start in range(0, len(dataset), batch_size):
         idx = list(range(start, min(start + batch_size, len(dataset))))
-        b = collate(dataset, idx).to(device)
+        b = collate(dataset, idx, stop_tokens(gpt)).to(device)
         latents = gpt.get_conditioning(b.cond_mels, b.cond_lengths, mask_padding=True)  # (B, 32, D), batch-independent
         out.update({i: latents[k].float().cpu() for k, i in enumerate(idx)})
     return out

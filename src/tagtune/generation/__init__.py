@@ -1,18 +1,16 @@
 """Mel-code generation for UnifiedVoice, outside the nn.Module (official v1.5.0 + HF 4.36 semantics).
 
-    prompt.py       v1.5.0 ``prepare_gpt_inputs``: strip 0/1 ids, [conds ‖ text], left padding + key mask
-    decoder.py      prefill + one step at a time, KV cache or full recompute, "official"/"train" positions
-    processors.py   repetition penalty, temperature, top-k, top-p
-    sampling.py     greedy search and multinomial sampling
+    decoder.py      the v1.5.0 prompt (strip 0/1 ids, [conds ‖ text], left padding + key mask), then one
+                    code per step: KV cache or full recompute, "official"/"train" mel positions
+    sampling.py     repetition penalty, temperature, top-k, top-p; greedy search and multinomial sampling
     beam.py         beam search and beam-search multinomial sampling (the official default)
     generate.py     GenerationConfig and generate_codes
     postprocess.py  remove_long_silence and the latent pass for the vocoder
 """
 
-from tagtune.generation.decoder import MelDecoder, mel_position
+from tagtune.generation.decoder import MelDecoder, Prompt, mel_position, prepare_prompt
 from tagtune.generation.generate import GenerationConfig, code_lengths, generate_codes
 from tagtune.generation.postprocess import latents_for_vocoder, remove_long_silence
-from tagtune.generation.prompt import Prompt, prepare_prompt
 
 __all__ = [
     "GenerationConfig",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from tagtune.generation import processors
+from tagtune.generation import sampling
 from tagtune.generation.decoder import MelDecoder
 
 MIN_CANDIDATES = 2  # HF keeps eos + one more through top-k/top-p in beam methods
@@ -79,9 +79,9 @@ def beam_codes(decoder: MelDecoder, history: torch.Tensor, cfg, stop: int, batch
 def _step_scores(logits: torch.Tensor, history: torch.Tensor, cfg) -> torch.Tensor:
     """Processed log-probs (N, V) of one step, before the running beam scores are added."""
     scores = F.log_softmax(logits, dim=-1)
-    scores = processors.repetition_penalty(scores, history, cfg.repetition_penalty)
+    scores = sampling.repetition_penalty(scores, history, cfg.repetition_penalty)
     if cfg.do_sample:
-        scores = processors.warp(scores, cfg.temperature, cfg.top_k, cfg.top_p, MIN_CANDIDATES)
+        scores = sampling.warp(scores, cfg.temperature, cfg.top_k, cfg.top_p, MIN_CANDIDATES)
     return scores
 
 

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from tagtune.generation.beam import beam_codes
-from tagtune.generation.decoder import POSITION_MODES, MelDecoder
-from tagtune.generation.prompt import prepare_prompt
+from tagtune.generation.decoder import POSITION_MODES, MelDecoder, prepare_prompt
 from tagtune.generation.sampling import sample_codes
 
 

@@ -10,8 +10,8 @@ MAX_CONSECUTIVE = 30  # more silent codes than this in a row (counted over the W
 KEPT_SILENT_RUN = 10  # each run of silent codes is cut to at most this many
 
 
-def remove_long_silence(codes: torch.Tensor, stop_token: int, silent_token: int = SILENT_TOKEN,
-                        max_consecutive: int = MAX_CONSECUTIVE) -> tuple[torch.Tensor, torch.Tensor]:
+def remove_long_silence(codes: torch.Tensor, silent_token: int = SILENT_TOKEN, max_consecutive: int = MAX_CONSECUTIVE,
+                        *, stop_token: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The official ``IndexTTS.remove_long_silence`` on codes (B, T); returns (codes (B, T'), lengths (B,)).
 
     Per row, ``len`` is the index of the first stop (or T). When the row holds more than ``max_consecutive``

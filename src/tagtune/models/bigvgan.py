@@ -106,10 +106,11 @@ class UpSample1d(nn.Module):
         self.register_buffer("filter", kaiser_sinc_filter())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, T = x.shape
-        x = F.pad(x, (UP_PAD, UP_PAD), mode="replicate").reshape(B * C, 1, -1)  # one filter for every channel
-        x = AA_RATIO * F.conv_transpose1d(x, self.filter, stride=AA_RATIO)
-        return x[..., UP_CROP:-UP_CROP].reshape(B, C, AA_RATIO * T)
+        C = x.shape[1]
+        x = F.pad(x, (UP_PAD, UP_PAD), mode="replicate")
+        # depthwise (groups=C): far faster on CPU than folding channels into the batch with one filter
+        x = AA_RATIO * F.conv_transpose1d(x, self.filter.expand(C, -1, -1), stride=AA_RATIO, groups=C)
+        return x[..., UP_CROP:-UP_CROP]
 
 
 class LowPassFilter1d(nn.Module):
@@ -120,9 +121,9 @@ class LowPassFilter1d(nn.Module):
         self.register_buffer("filter", kaiser_sinc_filter())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, _ = x.shape
-        x = F.pad(x, DOWN_PAD, mode="replicate").reshape(B * C, 1, -1)
-        return F.conv1d(x, self.filter, stride=AA_RATIO).reshape(B, C, -1)
+        C = x.shape[1]
+        x = F.pad(x, DOWN_PAD, mode="replicate")
+        return F.conv1d(x, self.filter.expand(C, -1, -1), stride=AA_RATIO, groups=C)
 
 
 class DownSample1d(nn.Module):

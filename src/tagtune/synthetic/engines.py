@@ -29,7 +29,9 @@ MIN_BREAK_S = 1.0  # espeak's own pauses (commas, full stops) stay well under th
 QUIET_LEVEL = 64  # int16 peak below which a 10 ms frame counts as silent
 FRAME_S = 0.01
 BLIP_FRAMES = 12  # espeak sometimes clicks inside a break; louder runs this short are ignored
-SECONDS_PER_CHAR = (0.015, 0.25)  # plausible speech length per character of text
+SECONDS_PER_CHAR = 0.065  # rough espeak/flite pace; a segment must lie within PLAUSIBLE x this
+PLAUSIBLE = 5.0
+CHAR_ALLOWANCE = 4  # a one-letter word still takes a syllable
 TRIM_MARGIN_S = 0.01
 
 
@@ -68,8 +70,8 @@ def split_at_breaks(audio: np.ndarray, sr: int, n_texts: int) -> list[tuple[int,
 
 def _plausible(spans, texts, sr) -> bool:
     for (start, end), text in zip(spans, texts):
-        per_char = (end - start) / sr / max(len(text), 1)
-        if not SECONDS_PER_CHAR[0] <= per_char <= SECONDS_PER_CHAR[1]:
+        ratio = (end - start) / sr / (SECONDS_PER_CHAR * (len(text) + CHAR_ALLOWANCE))
+        if not 1 / PLAUSIBLE <= ratio <= PLAUSIBLE:
             return False
     return True
 

@@ -29,6 +29,15 @@ SLOTS = {
     "time": ["yesterday", "this morning", "last night", "on Sunday", "an hour ago", "after lunch", "every single day"],
     "feeling": ["happy", "tired", "surprised", "nervous", "excited", "confused", "relieved"],
 }
+SHORT_TEMPLATES = [
+    "{interj}, really?",
+    "No way!",
+    "That is so {adj}.",
+    "{interj}, I {verb} it.",
+    "I feel {feeling}.",
+    "Not the {noun}!",
+]
+SHORT_SECONDS = 2.2  # below this much speech, use the short templates
 TEMPLATES = [
     "{interj}, {person} {verb} the {adj} {noun} {place}.",
     "I can't believe {person} {verb} my {noun} {time}.",
@@ -74,14 +83,15 @@ class ClipPlan:
         return [value for kind, value in self.parts if kind == "tag"]
 
 
-def _sentence(rng: np.random.Generator, language: str) -> list[str]:
+def _sentence(rng: np.random.Generator, language: str, short: bool) -> list[str]:
     """One sentence as a list of units where a tag may be inserted between any two."""
     if language == "zh":
         template = ZH_TEMPLATES[rng.integers(len(ZH_TEMPLATES))]
         # "|" marks slot edges so a tag never lands inside a word
         filled = template.format(**{k: f"|{v[rng.integers(len(v))]}|" for k, v in ZH_SLOTS.items()})
         return [unit for unit in filled.split("|") if unit]
-    template = TEMPLATES[rng.integers(len(TEMPLATES))]
+    table = SHORT_TEMPLATES if short else TEMPLATES
+    template = table[rng.integers(len(table))]
     filled = template.format(**{k: v[rng.integers(len(v))] for k, v in SLOTS.items()})
     return (filled[0].upper() + filled[1:]).split()
 
@@ -91,7 +101,8 @@ def _sentences(rng: np.random.Generator, language: str, seconds: float) -> list[
     rate = CHARS_PER_SECOND_ZH / 2 if language == "zh" else WORDS_PER_SECOND
     sentences, units = [], 0
     while not sentences or units < seconds * rate * 0.8:
-        sentences.append(_sentence(rng, language))
+        short = seconds - units / rate < SHORT_SECONDS
+        sentences.append(_sentence(rng, language, short))
         units += len(sentences[-1])
     return sentences
 

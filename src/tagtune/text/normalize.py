@@ -145,10 +145,8 @@ class TextNormalizer:
 
     def load(self) -> None:
         """Import wetext and build both grammars (once)."""
-        if self._loaded:
-            return
-        self._loaded = True
-        if self.backend == "none":
+        if self._loaded or self.backend == "none":
+            self._loaded = True
             return
         try:
             from wetext import Normalizer
@@ -156,9 +154,10 @@ class TextNormalizer:
             if self.backend == "wetext":
                 raise ImportError("text normalisation needs wetext: pip install 'tagtune[normalize]'") from None
             _warn_fallback()
-            return
-        self._zh = Normalizer(remove_erhua=False, lang="zh", operator="tn")
-        self._en = Normalizer(lang="en", operator="tn")
+        else:
+            self._zh = Normalizer(remove_erhua=False, lang="zh", operator="tn")
+            self._en = Normalizer(lang="en", operator="tn")
+        self._loaded = True
 
     def normalize(self, text: str) -> str:
         """Normalise ``text`` exactly as the official code does, keeping tags intact."""

@@ -12,14 +12,13 @@ the official model treats its CJK characters.
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from sentencepiece import SentencePieceProcessor
 
+from ..atomic import atomic_write_bytes
 from .tags import format_tag, tag_piece
 
 PIECES_FIELD = 1  # ModelProto.pieces
@@ -88,23 +87,8 @@ def _verify(data: bytes, size: int, ids: dict[str, int]) -> None:
             raise RuntimeError(f"tag {tag} landed at id {sp.PieceToId(tag_piece(tag))}, expected {i}")
 
 
-def write_bytes_atomic(data: bytes, path: str | Path) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def extend_model_file(src: str | Path, dst: str | Path, tags: Iterable[str]) -> dict[str, int]:
     """Read ``src``, append the tag pieces, write ``dst`` atomically (``dst`` may equal ``src``)."""
     data, ids = add_tag_pieces(src, tags)
-    write_bytes_atomic(data, dst)
+    atomic_write_bytes(dst, data)
     return ids

@@ -30,6 +30,7 @@ MULTIWORD_POLICIES = ("own", "base", "drop")
 UNKNOWN_POLICIES = ("error", "drop")
 MAX_TAG_WORDS = 4
 SPACE_PIECE = "▁"  # sentencepiece's whitespace symbol
+TAGS_FILE_NAME = "tags.json"  # beside bpe.model in a tag-extended checkpoint or data folder
 TAGS_FILE_FORMAT = "tagtune-tags"
 TAGS_FILE_VERSION = 1
 _WORD = r"[A-Za-z][A-Za-z\-]*"

@@ -17,11 +17,12 @@ from sentencepiece import SentencePieceProcessor
 from ..errors import UserError
 from .normalize import TextNormalizer
 from .sentences import DEFAULT_MAX_TOKENS, split_sentences
-from .tags import SPACE_PIECE, TagSet, find_tags, tag_piece
+from .tags import SPACE_PIECE, TAGS_FILE_NAME, UNKNOWN_POLICIES, TagSet, find_tags, tag_piece
 
 BOS_ID = 0  # also the GPT's start_text token
 EOS_ID = 1  # also the GPT's stop_text token
 PAD_ID = -1
+DEFAULT_BPE_MODEL = "bpe.model"
 CJK_RANGES = (
     "\u1100-\u11ff\u2e80-\ua4cf\ua840-\ud7af\uf900-\ufaff\ufe30-\ufe4f\uff65-\uffdc\U00020000-\U0002ffff"
 )
@@ -48,6 +49,10 @@ class TextTokenizer:
     unknown_tags: "error" raises UnknownTagError for a tag outside ``tagset``; "drop" removes it and warns.
     """
 
+    bos_token_id = BOS_ID
+    eos_token_id = EOS_ID
+    pad_token_id = PAD_ID
+
     def __init__(self, bpe_model: str | Path | bytes, tagset: TagSet | None = None,
                  normalizer: TextNormalizer | str | None = "auto", unknown_tags: str = "error"):
         if isinstance(bpe_model, bytes):
@@ -58,8 +63,22 @@ class TextTokenizer:
             self.sp = SentencePieceProcessor(model_file=str(bpe_model))
         self.normalizer = TextNormalizer() if normalizer == "auto" else normalizer
         self.tagset = tagset
+        if unknown_tags not in UNKNOWN_POLICIES:
+            raise ValueError(f"unknown_tags must be one of {UNKNOWN_POLICIES}, got {unknown_tags!r}")
         self.unknown_tags = unknown_tags
         self.tag_ids = self._check_tags(tagset) if tagset is not None else {}
+        self._tag_id_set = set(self.tag_ids.values())
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, config=None, normalizer: TextNormalizer | str | None = "auto",
+                       unknown_tags: str = "error") -> "TextTokenizer":
+        """The tokenizer of a checkpoint folder: its ``bpe.model`` (``config.dataset.bpe_model`` when a
+        ModelConfig is given) and, in a tag-extended folder, its ``tags.json``."""
+        model_dir = Path(model_dir)
+        bpe_name = config.dataset.bpe_model if config is not None else DEFAULT_BPE_MODEL
+        tags_path = model_dir / TAGS_FILE_NAME
+        tagset = TagSet.load(tags_path) if tags_path.is_file() else None
+        return cls(model_dir / bpe_name, tagset, normalizer=normalizer, unknown_tags=unknown_tags)
 
     def _check_tags(self, tagset: TagSet) -> dict[str, int]:
         ids = {}
@@ -78,10 +97,6 @@ class TextTokenizer:
     def vocab_size(self) -> int:
         """Number of pieces (tags included); the GPT's text tables have one row more."""
         return self.sp.GetPieceSize()
-
-    bos_token_id = BOS_ID
-    eos_token_id = EOS_ID
-    pad_token_id = PAD_ID
 
     @property
     def unk_token_id(self) -> int:
@@ -126,10 +141,6 @@ class TextTokenizer:
         found = sum(1 for i in ids if i in self._tag_id_set)
         if found != expected:  # would train or speak garbage; never let it pass silently
             raise RuntimeError(f"{expected} tags in {prepared!r} but {found} tag ids after sentencepiece")
-
-    @property
-    def _tag_id_set(self) -> set[int]:
-        return set(self.tag_ids.values())
 
     def convert_tokens_to_ids(self, pieces: list[str] | str) -> list[int]:
         """Piece strings → ids (unknown pieces → unk), as the official inference does."""

@@ -1,0 +1,219 @@
+"""generate_corpus: a deterministic synthetic tagged speech corpus, written on the fly.
+
+Clips are scripted in the parent process from one seeded generator, then rendered in units
+of ``CLIPS_PER_UNIT`` consecutive clips (all speech of a unit's voice read in espeak
+batches, then events spliced in).  Units are independent of the number of workers, so a
+seed gives the same bytes with one worker or many; results stream to disk in clip order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from tagtune.synthetic.clips import assemble_clip
+from tagtune.synthetic.engines import BATCH_TEXTS, speak
+from tagtune.synthetic.events import TAG_KINDS
+from tagtune.synthetic.script import ClipPlan, plan_clip
+from tagtune.synthetic.voices import ESPEAK_BINARY, VOICES, resolve_engine, select_voices
+from tagtune.synthetic.writers import CORPUS_JSON, WAV_DIR, encode_wav, open_writer
+
+SAMPLE_RATE = 24_000
+DEFAULT_TAGS = ("giggles", "laughs", "sighs")
+CLIP_SECONDS = (1.5, 8.0)
+TAGS_PER_CLIP = (1, 2)
+CLIPS_PER_UNIT = 40
+MIN_CLIPS_FOR_POOL = 2 * CLIPS_PER_UNIT
+MAX_WORKERS = 8
+CORPUS_VERSION = 1
+
+
+@dataclass
+class CorpusInfo:
+    """What ``generate_corpus`` wrote (also saved, less the timings, as corpus.json)."""
+
+    out_dir: str
+    fmt: str
+    manifest: str
+    engine: str
+    engine_version: str
+    sample_rate: int
+    seed: int
+    settings: dict
+    n_clips: int
+    n_tagged: int
+    tag_counts: dict
+    speaker_counts: dict
+    language_counts: dict
+    total_seconds: float
+    min_seconds: float
+    max_seconds: float
+    elapsed_s: float = field(default=0.0, compare=False)
+
+    @property
+    def clips_per_second(self) -> float:
+        return self.n_clips / self.elapsed_s if self.elapsed_s else 0.0
+
+
+def _engine_version(engine: str) -> str:
+    if engine != "espeak":
+        return engine
+    out = subprocess.run([ESPEAK_BINARY, "--version"], capture_output=True, text=True).stdout
+    return out.strip()
+
+
+def make_plans(n_clips: int, seed: int, tags, untagged_fraction: float, voices, chinese_fraction: float = 0.0) -> list[ClipPlan]:
+    """Script every clip; exactly round(n * untagged_fraction) of them carry no tag."""
+    rng = np.random.default_rng([seed, 0])
+    untagged = set(rng.permutation(n_clips)[: round(n_clips * untagged_fraction)].tolist())
+    plans = []
+    for index in range(n_clips):
+        voice = voices[int(rng.integers(len(voices)))].name
+        language = "zh" if rng.random() < chinese_fraction else "en"
+        n_tags = 0 if index in untagged else int(rng.integers(TAGS_PER_CLIP[0], TAGS_PER_CLIP[1] + 1))
+        clip_tags = [tags[int(rng.integers(len(tags)))] for _ in range(n_tags)]
+        plans.append(plan_clip(rng, index, voice, language, clip_tags, rng.uniform(*CLIP_SECONDS)))
+    return plans
+
+
+def _speak_unit(plans: list[ClipPlan]) -> dict[tuple[int, int], np.ndarray]:
+    """Audio of every speech part of a unit, keyed by (clip index, part number)."""
+    jobs: dict[tuple[str, str], list[tuple[tuple[int, int], str]]] = {}
+    for plan in plans:
+        texts = [value for kind, value in plan.parts if kind == "speech"]
+        for number, text in enumerate(texts):
+            jobs.setdefault((plan.voice, plan.language), []).append(((plan.index, number), text))
+    audio = {}
+    for (voice, language), items in jobs.items():
+        for start in range(0, len(items), BATCH_TEXTS):
+            batch = items[start : start + BATCH_TEXTS]
+            spoken = speak([text for _, text in batch], VOICES[voice], language, SAMPLE_RATE)
+            audio.update({key: sound for (key, _), sound in zip(batch, spoken)})
+    return audio
+
+
+def _render_unit(args: tuple[list[ClipPlan], int]) -> list[tuple[dict, bytes]]:
+    """Render one unit of clips to (manifest record, wav bytes) in clip order."""
+    plans, seed = args
+    audio = _speak_unit(plans)
+    results = []
+    for plan in plans:
+        n_speech = sum(kind == "speech" for kind, _ in plan.parts)
+        speech = [audio[(plan.index, n)] for n in range(n_speech)]
+        rng = np.random.default_rng([seed, plan.index, 1])
+        samples, events = assemble_clip(plan, speech, VOICES[plan.voice], rng, SAMPLE_RATE)
+        record = {
+            "audio": f"{WAV_DIR}/{plan.index:05d}.wav", "text": plan.text, "speaker": plan.voice,
+            "language": plan.language, "events": events,
+            "duration": round(len(samples) / SAMPLE_RATE, 4), "sample_rate": SAMPLE_RATE,
+        }
+        results.append((record, encode_wav(samples, SAMPLE_RATE)))
+    return results
+
+
+def _rendered(units: list[tuple[list[ClipPlan], int]], workers: int):
+    """Rendered units in order, with a spawn-based pool when workers > 1."""
+    if workers <= 1:
+        yield from map(_render_unit, units)
+        return
+    # spawn, not fork: the caller may hold torch/OpenMP threads that a fork would break
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        yield from pool.map(_render_unit, units)
+
+
+def _check_tags(tags) -> tuple[str, ...]:
+    tags = tuple(tags)
+    unknown = [t for t in tags if t not in TAG_KINDS]
+    if not tags or unknown:
+        raise ValueError(f"tags must be non-empty and known; unknown: {unknown}; known: {sorted(TAG_KINDS)}")
+    return tags
+
+
+def _auto_workers(n_clips: int) -> int:
+    if n_clips < MIN_CLIPS_FOR_POOL:
+        return 1
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS, -(-n_clips // CLIPS_PER_UNIT)))
+
+
+def _summary(records: list[dict]) -> dict:
+    durations = [r["duration"] for r in records] or [0.0]
+    return {
+        "n_clips": len(records),
+        "n_tagged": sum(bool(r["events"]) for r in records),
+        "tag_counts": dict(sorted(Counter(e["tag"] for r in records for e in r["events"]).items())),
+        "speaker_counts": dict(sorted(Counter(r["speaker"] for r in records).items())),
+        "language_counts": dict(sorted(Counter(r["language"] for r in records).items())),
+        "total_seconds": round(sum(durations), 3),
+        "min_seconds": min(durations),
+        "max_seconds": max(durations),
+    }
+
+
+def generate_corpus(
+    out_dir: str | Path,
+    n_clips: int = 200,
+    seed: int = 0,
+    tags=DEFAULT_TAGS,
+    untagged_fraction: float = 0.25,
+    voices=None,
+    engine: str = "auto",
+    fmt: str = "jsonl",
+    chinese_fraction: float = 0.0,
+    workers: int | None = None,
+) -> CorpusInfo:
+    """Write a synthetic tagged speech corpus to ``out_dir`` and describe it.
+
+    ``tags``: tag names written inline as ``<tag>`` (each maps to giggle/laugh/sigh sound);
+    ``untagged_fraction`` of the clips carry none, the others 1-2.  ``voices``: voice names
+    of the chosen engine (see ``VOICES``), default all of them.  ``engine``: "auto" (espeak-ng,
+    else flite, else built-in), "espeak", "flite" or "builtin".  ``fmt``: "jsonl" (wavs +
+    metadata.jsonl) or "parquet" (Elise layout).  ``chinese_fraction``: share of Mandarin
+    clips (espeak-ng's cmn voice or built-in babble).  ``workers``: processes (None: one for
+    small corpora, else one per CPU).  The same arguments give byte-identical files.
+    """
+    started = time.perf_counter()
+    engine = resolve_engine(engine)
+    chosen = select_voices(engine, voices)
+    tags = _check_tags(tags)
+    if not 0.0 <= untagged_fraction <= 1.0 or not 0.0 <= chinese_fraction <= 1.0:
+        raise ValueError("untagged_fraction and chinese_fraction must lie in [0, 1]")
+    if engine == "flite" and chinese_fraction > 0:
+        raise ValueError("flite has no Mandarin voice; use engine='espeak' or 'builtin' for Chinese clips")
+    settings = {
+        "n_clips": n_clips, "seed": seed, "tags": list(tags), "untagged_fraction": untagged_fraction,
+        "voices": [v.name for v in chosen], "engine": engine, "fmt": fmt,
+        "chinese_fraction": chinese_fraction, "clip_seconds": list(CLIP_SECONDS),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    writer = open_writer(fmt, out)
+    plans = make_plans(n_clips, seed, tags, untagged_fraction, chosen, chinese_fraction)
+    units = [(plans[i : i + CLIPS_PER_UNIT], seed) for i in range(0, n_clips, CLIPS_PER_UNIT)]
+    records = []
+    try:
+        for unit in _rendered(units, workers or _auto_workers(n_clips)):
+            for record, wav in unit:
+                writer.add(record, wav)
+                records.append(record)
+    finally:
+        writer.close()
+    info = CorpusInfo(
+        out_dir=str(out), fmt=fmt, manifest=str(writer.manifest_path.relative_to(out)),
+        engine=engine, engine_version=_engine_version(engine), sample_rate=SAMPLE_RATE,
+        seed=seed, settings=settings, **_summary(records),
+    )
+    description = {"generator": "tagtune.synthetic", "version": CORPUS_VERSION, **asdict(info)}
+    for volatile in ("elapsed_s", "out_dir"):
+        description.pop(volatile)
+    (out / CORPUS_JSON).write_text(json.dumps(description, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    info.elapsed_s = time.perf_counter() - started
+    return info
