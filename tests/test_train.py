@@ -59,13 +59,13 @@ def test_run_dir_describes_itself(trained_run, tiny_data, fixture_dir):
 
 
 def test_only_adapters_and_tag_rows_are_saved(trained_run):
-    run_dir, _ = trained_run
+    run_dir, result = trained_run
     keys = set(_adapter(run_dir / "best"))
     assert keys == {"text_embedding.token_adapter.trainable_tokens_delta", "text_head.weight", "text_head.bias"} | {
         f"gpt.h.{i}.{m}.lora_{ab}.weight" for i in (0, 1) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
                                                                    "mlp.c_proj") for ab in "AB"}
     meta = json.loads((run_dir / "best" / "tagtune_adapter.json").read_text())
-    assert meta["step"] == json.loads((run_dir / "run.json").read_text()).get("best_step", meta["step"])
+    assert meta["step"] == result.best_step and meta["new_token_ids"] == [320, 321]
 
 
 def _launch(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:

@@ -292,7 +292,7 @@ class IndexTTSModel:
     def mel(self):
         from .audio import MelSpectrogram
 
-        return self._get("mel", lambda: MelSpectrogram(self.config.dataset.mel))
+        return self._get("mel", lambda: MelSpectrogram.from_config(self.config.dataset.mel))
 
 
 def load_model(model_dir: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

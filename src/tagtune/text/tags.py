@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from ..errors import UserError
 
 DEFAULT_DELIMITERS = ("<", ">")
@@ -261,7 +262,7 @@ class TagSet:
 
     def save(self, path: str | Path) -> None:
         """Write the JSON tags file."""
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "TagSet":

@@ -1,0 +1,160 @@
+"""``tagtune tags add``: a complete model folder whose tokenizer and GPT know new tag tokens.
+
+The tag pieces are appended to ``bpe.model`` as user-defined pieces (ids N, N+1, ... right after the base
+vocabulary of N pieces); ``text_embedding`` and ``text_head`` (weight and bias) gain one row per tag before
+the spare last row, so every old token keeps its row; ``number_text_tokens`` grows in config.yaml; the tags
+file records canonical tags, aliases and ids. The folder is built beside the target and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import sentencepiece as spm
+
+from . import __version__
+from .checkpoint import (
+    PROVENANCE_FILE,
+    CheckpointError,
+    bpe_path,
+    file_sha256,
+    read_config,
+    read_state_dict,
+    read_tags,
+    save_pth,
+    write_config,
+)
+from .atomic import atomic_write_bytes, atomic_write_text
+from .text import TagSet, TextTokenizer, add_tag_pieces, grow_text_rows, load_tag_map
+from .text.tags import TAGS_FILE_NAME
+
+log = logging.getLogger(__name__)
+COPIED_FILES = ("dvae_checkpoint", "bigvgan_checkpoint")
+
+
+@dataclass
+class TagsAdded:
+    out_dir: Path
+    added: dict[str, int]  # new canonical tag -> token id
+    kept: dict[str, int]  # tags the base already had
+
+
+def parse_tag_list(text: str) -> list[str]:
+    """``"<laughs>,<giggles>, sighs"`` -> ``["<laughs>", "<giggles>", "<sighs>"]``."""
+    out = []
+    for raw in text.split(","):
+        raw = raw.strip()
+        if raw:
+            out.append(raw if raw.startswith("<") else f"<{raw}>")
+    return out
+
+
+def base_tagset(model_dir: Path) -> TagSet:
+    data = read_tags(model_dir)
+    return TagSet.from_dict(data) if data else TagSet()
+
+
+def _new_tags(existing: TagSet, wanted: list[str], aliases: dict) -> list[str]:
+    """Canonical forms of ``wanted`` that ``existing`` does not already resolve."""
+    probe = TagSet(existing.tags, existing.aliases, existing.multiword, existing.merge_variants)
+    fresh = []
+    for tag in wanted:
+        target = aliases.get(tag, tag)
+        if target is None:
+            continue
+        try:
+            probe.resolve(target)
+        except Exception:  # UnknownTagError: a genuinely new tag
+            if target not in fresh:
+                fresh.append(target)
+    return fresh
+
+
+def add_tags(model_dir: str | Path, tags: list[str], out_dir: str | Path, *, init: str = "mean",
+             tag_map: str | Path | dict | None = None, multiword: str = "own", seed: int = 0) -> TagsAdded:
+    """Write ``out_dir``: ``model_dir`` extended with ``tags`` (only those it does not know yet)."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    cfg = read_config(model_dir)
+    existing = base_tagset(model_dir)
+    aliases = {**existing.aliases, **(load_tag_map(tag_map) if tag_map else {})}
+    probe_set = TagSet(tags=[*existing.tags], multiword=multiword)
+    fresh = _new_tags(probe_set, [TagSet(tags=[t]).tags[0] for t in tags], aliases)
+    n_old = cfg.gpt.number_text_tokens
+    sp = spm.SentencePieceProcessor(model_file=str(bpe_path(model_dir, cfg)))
+    if sp.get_piece_size() != n_old:
+        raise CheckpointError(f"{model_dir}: bpe.model has {sp.get_piece_size()} pieces but config.yaml says "
+                              f"number_text_tokens={n_old}; the tokenizer and GPT do not belong together")
+    model_bytes, ids = add_tag_pieces(bpe_path(model_dir, cfg).read_bytes(), fresh)
+    expected = {t: n_old + i for i, t in enumerate(fresh)}
+    if ids != expected:
+        raise CheckpointError(f"tag ids {ids} are not contiguous after the base vocabulary ({expected})")
+
+    gpt_file = model_dir / cfg.gpt_checkpoint
+    state = read_state_dict(gpt_file, "model")
+    word_ids = TextTokenizer(model_bytes, normalizer=None).word_piece_ids if init == "words" else None
+    state = grow_text_rows(state, len(fresh), n_old, init=init, seed=seed, tags=fresh, word_ids=word_ids)
+    cfg.gpt.number_text_tokens = n_old + len(fresh)
+    tagset = TagSet([*existing.tags, *fresh], {**aliases}, multiword, existing.merge_variants,
+                    existing.delimiters, {**existing.token_ids, **ids})
+
+    staging = _staging_dir(out_dir)
+    try:
+        save_pth(staging / Path(cfg.gpt_checkpoint).with_suffix(".pth").name, state)
+        cfg.gpt_checkpoint = Path(cfg.gpt_checkpoint).with_suffix(".pth").name
+        atomic_write_bytes(staging / cfg.dataset.bpe_model, model_bytes)
+        for key in COPIED_FILES:
+            _link_or_copy(model_dir / getattr(cfg, key), staging / getattr(cfg, key))
+        write_config(staging, cfg)
+        atomic_write_text(staging / TAGS_FILE_NAME, json.dumps(tagset.to_dict(), ensure_ascii=False, indent=2))
+        _write_provenance(staging, model_dir, cfg, fresh, init, seed)
+        _swap_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("added %d tag(s) %s to %s", len(fresh), fresh, out_dir)
+    return TagsAdded(out_dir, ids, dict(existing.token_ids))
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    if not src.is_file():
+        raise CheckpointError(f"{src}: not found")
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _swap_into_place(staging: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` by ``staging``; an existing folder is only removed once the new one is in place."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_provenance(folder: Path, base: Path, cfg, fresh: list[str], init: str, seed: int) -> None:
+    prov_path = base / PROVENANCE_FILE
+    history = json.loads(prov_path.read_text()).get("history", []) if prov_path.is_file() else []
+    history.append({
+        "step": "tags add", "tags": fresh, "init": init, "seed": seed, "tagtune": __version__,
+        "base": str(base.resolve()), "base_gpt_sha256": file_sha256(base / read_config(base).gpt_checkpoint),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    atomic_write_text(folder / PROVENANCE_FILE, json.dumps({"history": history}, indent=2))
