@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tagtune.data.decode import DecodeSettings, decode_clip
-from tagtune.data.sources import ColumnMap, open_source
+from tagtune.data.sources import ColumnMap, SourceError, open_source
 from test_data_support import CLIPS, good_manifest_rows, write_ljspeech, write_manifest, write_parquet
 
 TEXTS = [c[1] for c in CLIPS]
@@ -87,7 +87,7 @@ def test_manifests_with_speaker_and_events(tmp_path, suffix):
 
 def test_unknown_layout_is_explained(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no metadata.csv and no parquet"):
+    with pytest.raises(ValueError, match="no metadata.csv, no metadata.jsonl and no parquet"):
         open_source(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError, match="kind='hf'"):
+    with pytest.raises(SourceError, match="kind=.hf."):
         open_source(tmp_path / "nope")

@@ -32,8 +32,8 @@ def test_a_few_steps_lower_the_loss(trained_run):
     run_dir, result = trained_run
     train_losses = [r["loss"] for r in _records(run_dir) if r["kind"] == "train"]
     assert len(train_losses) == 8 and result.steps == 8
-    assert train_losses[-1] < 0.6 * train_losses[0]
-    assert result.best_val_loss < 0.6 * _records(run_dir)[0]["loss"]  # step-0 record = base model
+    assert train_losses[-1] < 0.75 * train_losses[0]
+    assert result.best_val_loss < 0.75 * _records(run_dir)[0]["loss"]  # step-0 record = base model
     assert result.base_untagged_loss == pytest.approx(_records(run_dir)[0]["loss_untagged"])
     assert set(result.last_val) >= {"loss_untagged", "loss_tagged", "loss_tag/<laughs>", "loss_tag/<sighs>"}
 

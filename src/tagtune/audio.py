@@ -42,11 +42,15 @@ def load_audio(source: AudioSource) -> tuple[torch.Tensor, int]:
 
     16-bit PCM decodes to int16 / 32768, the same values ``torchaudio.load`` returns.
     """
-    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
-    handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else name
+    if isinstance(source, (bytes, bytearray)):
+        name, handle = f"<{len(source)} bytes>", io.BytesIO(source)
+    else:
+        name = handle = os.fspath(source)
+        if not os.path.isfile(name):
+            raise AudioError(f"audio file not found: {name}")
     try:
         data, sr = sf.read(handle, dtype="float32", always_2d=True)  # (N, C)
-    except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as e:
+    except (sf.SoundFileError, RuntimeError, OSError) as e:  # libsndfile: unknown format, bad header, ...
         raise AudioError(f"cannot decode audio {name}: {e}") from None
     if data.shape[0] == 0:
         raise AudioError(f"audio {name} holds no samples")

@@ -16,6 +16,64 @@ def _selftest(a) -> int:
     return run_selftest(a.fixture, verbose=a.verbose)
 
 
+def _tags_scan(a) -> int:
+    import json
+
+    from .data.sources import open_source
+    from .text import load_tag_map, scan_texts
+
+    texts = [r.text for r in open_source(a.data, kind=a.kind).records() if isinstance(r.text, str)]
+    scan = scan_texts(texts, tag_map=load_tag_map(a.tag_map) if a.tag_map else {}, multiword=a.multiword)
+    if a.json:
+        print(json.dumps({
+            "texts": scan.texts, "texts_with_tags": scan.texts_with_tags,
+            "canonical": dict(scan.canonical_counts.most_common()), "raw": dict(scan.raw_counts.most_common()),
+            "merged_into": scan.merged_into, "dropped": dict(scan.dropped), "unknown": dict(scan.unknown),
+        }, indent=2, ensure_ascii=False))
+    else:
+        print(scan.summary())
+    return 0
+
+
+def _tags_add(a) -> int:
+    from .tagging import add_tags, parse_tag_list
+
+    res = add_tags(a.model, parse_tag_list(a.tags), a.out, init=a.init, tag_map=a.tag_map,
+                   multiword=a.multiword, seed=a.seed)
+    for tag, i in res.added.items():
+        print(f"added {tag} -> id {i}")
+    for tag, i in res.kept.items():
+        print(f"kept  {tag} -> id {i}")
+    print(f"wrote {res.out_dir}")
+    return 0
+
+
+def _prepare(a) -> int:
+    from .data.for_model import prepare_for_model
+    from .tagging import parse_tag_list
+
+    tags = "auto" if a.tags == "auto" else parse_tag_list(a.tags)
+    extra = {k: v for k, v in (("cond_mode", a.cond), ("val_fraction", a.val_fraction), ("seed", a.seed),
+                               ("trim_silence", a.trim_silence), ("cond_max_seconds", a.cond_max_seconds))
+             if v is not None}
+    manifest = prepare_for_model(a.model, a.data, a.out, tags=tags, tag_map=a.tag_map, multiword=a.multiword,
+                                 kind=a.kind, workers=a.workers, overwrite=a.overwrite,
+                                 progress=not a.no_progress, device=a.device, **extra)
+    if manifest is not None:
+        c = manifest["counts"]
+        print(f"prepared {c['accepted']} of {c['records']} clips ({manifest['hours']['total']:.2f} h; "
+              f"train {c['train']}, val {c['val']}, tagged {c['tagged']}); rejected {c['rejected']}"
+              + (f": {manifest['rejections']}" if c["rejected"] else ""))
+        print(f"wrote {a.out}")
+    return 0
+
+
+def _add_tag_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tag-map", help="YAML/JSON file mapping tag spellings to canonical tags (null drops)")
+    p.add_argument("--multiword", choices=("own", "base", "drop"), default="own",
+                   help="what <laughs nervously> becomes: its own tag, its base tag <laughs>, or nothing")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tagtune", description=__doc__ and "Teach IndexTTS 1.0/1.5 expressive tags.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -25,6 +83,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fixture", type=Path, required=True,
                    help="folder with checkpoint/, inputs/, expected.safetensors, README.md")
     s.set_defaults(func=_selftest)
+
+    tags = sub.add_parser("tags", help="inspect a corpus's tags, or add tag tokens to a model").add_subparsers(
+        dest="tags_command", required=True, metavar="ACTION")
+    s = tags.add_parser("scan", help="list the tags of a corpus with counts and their canonical mapping")
+    s.add_argument("--data", required=True, help="any source `prepare` accepts")
+    s.add_argument("--kind", default="auto", choices=("auto", "table", "ljspeech", "manifest", "hf"))
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_tag_options(s)
+    s.set_defaults(func=_tags_scan)
+    s = tags.add_parser("add", help="write a model folder whose tokenizer and GPT know new tags")
+    s.add_argument("--model", required=True, type=Path, help="base model folder (official or tagtune)")
+    s.add_argument("--tags", required=True, help='comma-separated, e.g. "<laughs>,<giggles>,<sighs>"')
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--init", choices=("mean", "words"), default="mean",
+                   help="new rows: mean of the old rows (scaled to a typical norm) or the tag's spelled-out words")
+    s.add_argument("--seed", type=int, default=0)
+    _add_tag_options(s)
+    s.set_defaults(func=_tags_add)
+
+    s = sub.add_parser("prepare", help="turn a tagged speech corpus into training shards for a base model")
+    s.add_argument("--model", required=True, type=Path, help="base model folder")
+    s.add_argument("--data", required=True, help="parquet/arrow file or folder, LJSpeech folder, CSV/JSONL "
+                   "manifest, folder with metadata.jsonl, or a Hugging Face dataset name with --kind hf")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--kind", default="auto", choices=("auto", "table", "ljspeech", "manifest", "hf"))
+    s.add_argument("--tags", default="auto", help='"auto" (discover) or a list like "<laughs>,<sighs>"')
+    s.add_argument("--cond", choices=("other", "self"), help="reference clip: another clip of the speaker (default)")
+    s.add_argument("--cond-max-seconds", type=float, help="crop of the stored reference mel (default 6)")
+    s.add_argument("--val-fraction", type=float)
+    s.add_argument("--trim-silence", action="store_true", default=None)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--workers", type=int, default=0, help="decoding processes (0: decode in this process)")
+    s.add_argument("--device", help="device for the DVAE (default: best available)")
+    s.add_argument("--overwrite", action="store_true", help="rebuild a DATA_DIR made from other inputs/settings")
+    s.add_argument("--no-progress", action="store_true")
+    _add_tag_options(s)
+    s.set_defaults(func=_prepare)
     return p
 
 

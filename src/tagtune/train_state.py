@@ -91,7 +91,8 @@ def write_state(folder: Path, trainable: dict[str, torch.Tensor], optimizer, sch
     optim_tensors, optim_json = _optimizer_to_flat(optimizer)
     tensors = {f"param.{k}": v for k, v in trainable.items()} | optim_tensors
     save_safetensors(folder / STATE_TENSORS, tensors)
-    sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    sched = scheduler.state_dict()
+    sched["lr_lambdas"] = [None] * len(sched["lr_lambdas"])  # plain functions: rebuilt from the recipe
     payload = {"progress": asdict(progress), "scheduler": sched, "optimizer": optim_json}
     atomic_write_text(folder / STATE_JSON, json.dumps(payload, indent=1))
 

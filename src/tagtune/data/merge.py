@@ -51,7 +51,8 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
-def merge(data_dir: Path, jobs: list[ShardJob], run: dict, settings, base_checkpoint_hash: str | None) -> dict:
+def merge(data_dir: Path, jobs: list[ShardJob], run: dict, settings, base_checkpoint_hash: str | None,
+          extra: dict | None = None) -> dict:
     """Write the index files and return the manifest."""
     examples, rejected = _collect(jobs)
     splits = stratified_split(examples, settings.val_fraction, settings.seed, settings.min_tag_count)
@@ -76,6 +77,7 @@ def merge(data_dir: Path, jobs: list[ShardJob], run: dict, settings, base_checkp
         "rejections": dict(sorted(Counter(r["reason"] for r in rejected).items())),
         "conditioning": dict(sorted(Counter(e["cond_mode"] for e in examples).items())),
         "shards": [j.path.name for j in jobs],
+        **(extra or {}),
     }
     atomic_write_text(data_dir / MANIFEST_FILE, json.dumps(manifest, indent=1, ensure_ascii=False))
     return manifest

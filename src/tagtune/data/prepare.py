@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from tagtune.data.decode import DecodeSettings
+from tagtune.errors import UserError
 from tagtune.data.encode import ClipEncoder, TextEncoder
 from tagtune.data.merge import merge
 from tagtune.data.pipeline import ShardJob, cond_frames, run_shard
@@ -32,7 +33,7 @@ MAX_COND_FRAMES = 9999  # the conformer's 5000 sinusoid positions after 2x subsa
 MIN_COND_FRAMES = 3  # Conv2dSubsampling2 needs a 3-frame kernel
 
 
-class DataDirMismatch(RuntimeError):
+class DataDirMismatch(UserError, RuntimeError):
     """DATA_DIR was prepared from other inputs or settings."""
 
 
@@ -133,12 +134,13 @@ def _check_run(data_dir: Path, run: dict, overwrite: bool, is_main: bool) -> Non
 
 def prepare(source: Source, data_dir: str | Path, clip_encoder: ClipEncoder, text_encoder: TextEncoder,
             settings: PrepareSettings | None = None, *, num_workers: int = 0, base_checkpoint_hash: str | None = None,
-            overwrite: bool = False, progress: bool = True) -> dict | None:
+            overwrite: bool = False, progress: bool = True,
+            manifest_extra: dict | None = None) -> dict | None:
     """Prepare ``source`` into ``data_dir``; returns the manifest (None on non-main processes).
 
     ``num_workers`` decoding processes (0: decode here). Under ``accelerate launch`` each process handles
     a disjoint set of shards; the main process writes ``manifest.json``, ``examples.jsonl`` and
-    ``rejected.jsonl`` once all shards exist.
+    ``rejected.jsonl`` once all shards exist. ``manifest_extra`` entries are added to the manifest.
     """
     settings = settings or PrepareSettings()
     data_dir = Path(data_dir)
@@ -164,4 +166,4 @@ def prepare(source: Source, data_dir: str | Path, clip_encoder: ClipEncoder, tex
     barrier()
     if rank != 0:
         return None
-    return merge(data_dir, jobs, run, settings, base_checkpoint_hash)
+    return merge(data_dir, jobs, run, settings, base_checkpoint_hash, manifest_extra)

@@ -25,6 +25,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from tagtune.atomic import atomic_write_text  # noqa: F401  (re-exported for the data package)
+
 SHARD_DIR = "shards"
 META_KEY = "tagtune"
 OFFSETS_OF = {"text_ids": "text_offsets", "codes": "code_offsets", "mels": "mel_offsets"}
@@ -46,16 +48,6 @@ def _concat(parts: list[torch.Tensor], dtype: torch.dtype, width: int | None = N
     empty = torch.zeros((0,) if width is None else (0, width), dtype=dtype)
     flat = torch.cat([p.to(dtype) for p in parts]) if parts else empty
     return flat.contiguous(), torch.cumsum(lengths, 0)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file through a temporary name, so readers never see half of it."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_shard(path: Path, examples: list[dict], arrays: list[dict[str, torch.Tensor]], meta: dict,

@@ -17,8 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from tagtune.errors import UserError
+
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl")
 LJSPEECH_METADATA = "metadata.csv"
+FOLDER_MANIFEST = "metadata.jsonl"  # a folder of clips with a JSONL manifest (what `tagtune.synthetic` writes)
+
+
+class SourceError(UserError, ValueError):
+    """A corpus that cannot be opened at all (single bad items are rejections, not errors)."""
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
@@ -175,16 +182,18 @@ def open_source(spec: str | Path, kind: str = "auto", columns: ColumnMap | None 
         return HFSource(str(spec), hf_split, columns, **(hf_kwargs or {}))
     path = Path(spec)
     if not path.exists():
-        raise FileNotFoundError(f"corpus {spec} not found (for a Hugging Face dataset name pass kind='hf')")
+        raise SourceError(f"corpus {spec} not found (for a Hugging Face dataset name pass kind='hf')")
     if path.is_file():
         if path.suffix in TABLE_SUFFIXES and kind in ("auto", "table"):
             return TableSource([path], columns)
         if path.suffix in MANIFEST_SUFFIXES and kind in ("auto", "manifest"):
             return manifest_source(path, columns)
-        raise ValueError(f"{path}: unsupported corpus file (expected {TABLE_SUFFIXES + MANIFEST_SUFFIXES})")
+        raise SourceError(f"{path}: unsupported corpus file (expected {TABLE_SUFFIXES + MANIFEST_SUFFIXES})")
     if (path / LJSPEECH_METADATA).exists() and kind in ("auto", "ljspeech"):
         return ljspeech_source(path)
     tables = sorted(p for p in path.rglob("*") if p.suffix in TABLE_SUFFIXES)
     if tables and kind in ("auto", "table"):
         return TableSource(tables, columns)
-    raise ValueError(f"{path}: no {LJSPEECH_METADATA} and no parquet/arrow files inside")
+    if (path / FOLDER_MANIFEST).exists() and kind in ("auto", "manifest"):
+        return manifest_source(path / FOLDER_MANIFEST, columns)
+    raise SourceError(f"{path}: no {LJSPEECH_METADATA}, no {FOLDER_MANIFEST} and no parquet/arrow files inside")

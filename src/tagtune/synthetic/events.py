@@ -93,6 +93,7 @@ def giggle(rng: np.random.Generator, sr: int, f0: float = 220.0) -> np.ndarray:
     """4-8 short high-pitched /i/ bursts at ~7 per second (unnormalised)."""
     n = int(rng.integers(GIGGLE_BURSTS[0], GIGGLE_BURSTS[1] + 1))
     gains = rng.uniform(0.75, 1.0, n)
+    gains[0] = 1.0  # a full-strength first burst makes the onset unmistakable
     pitch = f0 * GIGGLE_PITCH * rng.uniform(0.92, 1.08)
     return _bursts(rng, sr, n, GIGGLE_RATE_HZ, GIGGLE_BURST_S, pitch, VOWEL_I, 0.0, gains)
 

@@ -1,0 +1,71 @@
+"""``tagtune prepare``: a corpus -> DATA_DIR for one base model, with its tags.
+
+Finds the corpus's tags (``--tags auto``) or takes a list, canonicalises them, extends the base tokenizer
+with one piece per tag, writes that tokenizer and the tag set into DATA_DIR (so training and synthesis use
+exactly the same text path), and runs the shard pipeline with the model's DVAE and limits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from tagtune.atomic import atomic_write_bytes, atomic_write_text
+from tagtune.checkpoint import bpe_path, folder_fingerprint, read_config, read_tags
+from tagtune.data.encoders import TokenizerTextEncoder, clip_encoder_from_model
+from tagtune.data.prepare import PrepareSettings, prepare
+from tagtune.data.sources import ColumnMap, open_source
+from tagtune.text import TagSet, TextTokenizer, add_tag_pieces, load_tag_map, scan_texts
+from tagtune.text.tags import TAGS_FILE_NAME
+
+log = logging.getLogger(__name__)
+DATA_BPE_FILE = "bpe.model"
+
+
+def corpus_tagset(texts: list[str], tags: str | list[str], tag_map=None, multiword: str = "own",
+                  min_count: int = 1) -> TagSet:
+    """The canonical tag set of a corpus: discovered (``"auto"``) or the given list, with the tag map."""
+    aliases = load_tag_map(tag_map) if tag_map else {}
+    if tags == "auto":
+        return scan_texts(texts, tag_map=aliases, multiword=multiword, min_count=min_count).tagset
+    targets = {t for t in aliases.values() if t}
+    return TagSet(tags=[*tags, *sorted(targets - set(tags))], aliases=aliases, multiword=multiword)
+
+
+def tagged_tokenizer(model_dir: Path, tagset: TagSet) -> tuple[bytes, TagSet]:
+    """The base bpe.model extended with ``tagset``'s tags the base does not have yet."""
+    cfg = read_config(model_dir)
+    base_bytes = bpe_path(model_dir, cfg).read_bytes()
+    known = read_tags(model_dir)
+    base_set = TagSet.from_dict(known) if known else TagSet()
+    new = [t for t in tagset.tags if t not in base_set.tags]
+    data, ids = add_tag_pieces(base_bytes, new)
+    merged = TagSet([*base_set.tags, *new], {**base_set.aliases, **tagset.aliases}, tagset.multiword,
+                    tagset.merge_variants, tagset.delimiters, {**base_set.token_ids, **ids})
+    return data, merged
+
+
+def prepare_for_model(model_dir: str | Path, data: str, out_dir: str | Path, *, tags: str | list[str] = "auto",
+                      tag_map=None, multiword: str = "own", kind: str = "auto", columns: ColumnMap | None = None,
+                      workers: int = 0, overwrite: bool = False, progress: bool = True, device=None,
+                      **settings) -> dict | None:
+    """Prepare corpus ``data`` for base model ``model_dir`` into ``out_dir``; returns the manifest."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    cfg = read_config(model_dir)
+    source = open_source(data, kind=kind, columns=columns)
+    texts = [r.text for r in source.records() if isinstance(r.text, str)]
+    tagset = corpus_tagset(texts, tags, tag_map, multiword)
+    bpe_bytes, tagset = tagged_tokenizer(model_dir, tagset)
+    log.info("tags: %s", ", ".join(f"{t}={tagset.token_ids[t]}" for t in tagset.tags) or "none")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / DATA_BPE_FILE, bpe_bytes)
+    atomic_write_text(out_dir / TAGS_FILE_NAME, json.dumps(tagset.to_dict(), ensure_ascii=False, indent=2))
+    tokenizer = TextTokenizer(bpe_bytes, tagset, unknown_tags="drop")
+    return prepare(
+        source, out_dir, clip_encoder_from_model(model_dir, device), TokenizerTextEncoder(tokenizer),
+        PrepareSettings.for_model(cfg.gpt, **settings), num_workers=workers,
+        base_checkpoint_hash=folder_fingerprint(model_dir, cfg), overwrite=overwrite, progress=progress,
+        manifest_extra={"base_model": str(model_dir.resolve()), "tokenizer": DATA_BPE_FILE,
+                        "tags_file": TAGS_FILE_NAME, "tag_ids": dict(tagset.token_ids)},
+    )
