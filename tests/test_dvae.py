@@ -26,7 +26,7 @@ def read_key_list(path) -> dict[str, tuple[tuple[int, ...], str]]:
 
 def official_param_count(path) -> int:
     """The ``# params: N`` line of an official dump."""
-    line = next(l for l in path.read_text().splitlines() if l.startswith("# params:"))
+    line = next(ln for ln in path.read_text().splitlines() if ln.startswith("# params:"))
     return int(line.split(":")[1])
 
 

@@ -1,0 +1,117 @@
+"""BigVGAN + ECAPA-TDNN: official key sets, weight-norm folding, speaker embedding and waveform parity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from tagtune.config import ModelConfig, v1_0, v1_5
+from tagtune.models.bigvgan import BigVGAN, WNConv1d, kaiser_sinc_filter
+
+PARITY_ATOL = 1e-4  # fixture suggestion; we reach ~7e-7 (speaker) and ~9e-6 (wav)
+
+
+def read_key_list(path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Official dump ``key<TAB>(shape)<TAB>dtype`` -> {key: (shape, dtype)}; '#' lines are comments."""
+    out = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, shape, dtype = line.split("\t")
+        out[key] = (tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), dtype)
+    return out
+
+
+def official_param_count(path) -> int:
+    line = next(ln for ln in path.read_text().splitlines() if ln.startswith("# params:"))
+    return int(line.split(":")[1])
+
+
+@pytest.fixture(scope="module")
+def state_dict(fixture_dir):
+    return torch.load(fixture_dir / "checkpoint" / "bigvgan_generator.pth", weights_only=True)["generator"]
+
+
+@pytest.fixture(scope="module")
+def vocoder(fixture_dir, state_dict):
+    """The fixture generator, loaded strictly with weight norm, then folded, in eval mode."""
+    cfg = ModelConfig.from_dict(yaml.safe_load((fixture_dir / "checkpoint" / "config.yaml").read_text()))
+    model = BigVGAN(cfg.bigvgan)
+    model.load_state_dict(state_dict, strict=True)
+    model.remove_weight_norm()
+    return model.eval()
+
+
+@pytest.mark.parametrize("make, dump", [(v1_0, "sd_bigvgan_v10.txt"), (v1_5, "sd_bigvgan_v15.txt")])
+def test_full_size_keys_match_official(official_keys_dir, make, dump):
+    with torch.device("meta"):
+        model = BigVGAN(make().bigvgan)
+    got = {k: (tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()}
+    assert got == read_key_list(official_keys_dir / dump)
+    assert sum(p.numel() for p in model.parameters()) == official_param_count(official_keys_dir / dump)
+
+
+def test_filter_buffers_equal_checkpoint(state_dict):
+    assert torch.equal(state_dict["activation_post.upsample.filter"], kaiser_sinc_filter())
+    assert torch.equal(state_dict["resblocks.0.activations.0.downsample.lowpass.filter"], kaiser_sinc_filter())
+
+
+def test_remove_weight_norm_uses_g(vocoder, state_dict):
+    keys = vocoder.state_dict().keys()
+    assert "conv_pre.weight" in keys and not any(k.endswith(("weight_g", "weight_v")) for k in keys)
+    # transposed conv: g has one entry per input channel and the norm runs over (out, k)
+    w = vocoder.ups[0][0].weight
+    g = state_dict["ups.0.0.weight_g"]
+    torch.testing.assert_close(w.flatten(1).norm(dim=1), g.flatten(), rtol=1e-6, atol=0)
+    assert not torch.allclose(g, state_dict["ups.0.0.weight_v"].flatten(1).norm(dim=1).view(-1, 1, 1))
+
+
+def test_weight_norm_conv_folds_to_same_output():
+    conv = WNConv1d(4, 3, 5, dilation=2, padding=4)
+    with torch.no_grad():
+        conv.weight_g.mul_(torch.tensor([0.5, 2.0, 1.5]).view(-1, 1, 1))
+    x = torch.randn(2, 4, 30)
+    before = conv(x)
+    conv.remove_weight_norm()
+    assert set(dict(conv.named_parameters())) == {"bias", "weight"}
+    torch.testing.assert_close(conv(x), before, atol=1e-6, rtol=0)
+
+
+def test_speaker_embedding_matches_official(vocoder, expected):
+    with torch.no_grad():
+        spk = vocoder.speaker_embedding(expected["cond_mel"].transpose(1, 2))
+    assert spk.shape == (1, 1, 32)
+    torch.testing.assert_close(spk, expected["spk_emb"], atol=PARITY_ATOL, rtol=0)
+
+
+def test_wav_matches_official(vocoder, expected):
+    with torch.no_grad():
+        wav = vocoder(expected["latents"], expected["cond_mel"].transpose(1, 2))
+    assert wav.shape == (1, 1, 40 * 1024) == expected["wav"].shape
+    torch.testing.assert_close(wav, expected["wav"], atol=PARITY_ATOL, rtol=0)
+
+
+def test_wav_before_folding_matches_official(fixture_dir, state_dict, expected):
+    cfg = ModelConfig.from_dict(yaml.safe_load((fixture_dir / "checkpoint" / "config.yaml").read_text()))
+    model = BigVGAN(cfg.bigvgan).eval()
+    model.load_state_dict(state_dict, strict=True)
+    with torch.no_grad():
+        wav = model(expected["latents"], expected["cond_mel"].transpose(1, 2))
+    torch.testing.assert_close(wav, expected["wav"], atol=PARITY_ATOL, rtol=0)
+
+
+def test_cached_speaker_and_batch_broadcast(vocoder, expected):
+    latents, mel = expected["latents"], expected["cond_mel"].transpose(1, 2)
+    with torch.no_grad():
+        spk = vocoder.speaker_embedding(mel)
+        direct = vocoder(latents, mel)
+        cached = vocoder(latents, speaker=spk)
+        pair = vocoder(torch.cat([latents, latents.flip(1)]), speaker=spk)  # one speaker for two rows
+        flipped = vocoder(latents.flip(1), speaker=spk)
+    assert torch.equal(cached, direct)
+    assert pair.shape == (2, 1, 40 * 1024)
+    torch.testing.assert_close(pair[0], direct[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(pair[1], flipped[0], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="mel_ref"):
+        vocoder(latents)
