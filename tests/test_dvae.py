@@ -13,6 +13,15 @@ from tagtune.models.dvae import PAD_CODE, DiscreteVAE
 SILENCE_CODE = 52
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny-model tensors are small: on a shared CPU, handing work to a second thread costs more than it saves."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def read_key_list(path) -> dict[str, tuple[tuple[int, ...], str]]:
     """Official dump ``key<TAB>(shape)<TAB>dtype`` -> {key: (shape, dtype)}; '#' lines are comments."""
     out = {}

@@ -192,3 +192,9 @@ def test_espeak_corpus_is_deterministic_and_speaks(tmp_path):
 def test_flite_corpus(tmp_path):
     info = generate_corpus(tmp_path, n_clips=2, seed=0, engine="flite", voices=["flite-slt"], workers=1)
     assert info.speaker_counts == {"flite-slt": 2} and info.min_seconds > 1.0
+
+
+def test_worker_processes_give_the_same_bytes(builtin_corpus, tmp_path):
+    out, _ = builtin_corpus
+    generate_corpus(tmp_path, n_clips=12, seed=5, engine="builtin", untagged_fraction=0.25, workers=2)
+    assert tree_digest(tmp_path) == tree_digest(out)

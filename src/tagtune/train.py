@@ -26,7 +26,7 @@ from . import lora, train_run as rundir, train_state as ts
 from .errors import UserError
 from .train_config import TrainConfig
 from .train_data import (clip_lengths, collate, epoch_batches, micro_batch, open_data, precompute_conds,
-                         stop_tokens)
+                         pad_spec)
 from .train_loss import RowLosses, combine, split_means
 from .train_metrics import MetricsLog, forgetting, validate
 
@@ -128,8 +128,8 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
     metrics = MetricsLog(run_dir, main, progress.step if resume else None)
     conds = None if config.lora.train_conditioning else precompute_conds(gpt, data.train, accel.device)
     val_conds = None if config.lora.train_conditioning else precompute_conds(gpt, data.val, accel.device)
-    stops = stop_tokens(gpt)
-    val_batches = [collate(data.val, list(range(i, min(i + VAL_BATCH_SIZE, len(data.val)))), stops, val_conds)
+    pad = pad_spec(gpt)
+    val_batches = [collate(data.val, list(range(i, min(i + VAL_BATCH_SIZE, len(data.val)))), pad, val_conds)
                    for i in range(0, len(data.val), VAL_BATCH_SIZE)]
     tag_names = data.tag_names
 
@@ -157,7 +157,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
         while progress.batch_in_epoch < len(batches) and progress.step < total_steps:
             clips = batches[progress.batch_in_epoch]
             for k in range(config.batch.grad_accum):
-                batch = collate(data.train, micro_batch(clips, k, rank, world, config.batch.batch_size), stops, conds)
+                batch = collate(data.train, micro_batch(clips, k, rank, world, config.batch.batch_size), pad, conds)
                 batch = batch.to(accel.device)
                 sync = contextlib.nullcontext() if k == config.batch.grad_accum - 1 else accel.no_sync(model)
                 with sync:

@@ -1,16 +1,19 @@
 """Batches for training: a prepared DATA_DIR, global batches bucketed by length, split over processes.
 
 The order of clips is a pure function of (seed, epoch) (the data package's seeded LengthBucketSampler):
-a resumed run regenerates the same epoch and skips the batches already consumed. A *global* batch (batch_size x grad_accum x processes clips) is cut
-into micro-batches by position, so the clips of an optimizer step do not depend on the process count.
+a resumed run regenerates the same epoch and skips the batches already consumed. A *global* batch
+(batch_size x grad_accum x processes clips) is cut into micro-batches by position, so the clips of an
+optimizer step do not depend on the process count.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from .errors import UserError
 from .train_loss import Batch
@@ -92,13 +95,20 @@ def micro_batch(global_batch: list[int], micro_step: int, rank: int, world: int,
     return global_batch[start : start + batch_size]
 
 
-def collate(dataset, indices: list[int], stops: tuple[int, int], conds: dict[int, torch.Tensor] | None = None) -> Batch:
-    """Right-padded Batch of ``dataset[i]`` for ``indices``, padded with ``stops`` = (stop_text, stop_mel)
-    of the model (the official forward keeps one padding code past each clip). Cached ``conds`` replace
-    the reference mels."""
+def collate(dataset, indices: list[int], pad: PadSpec, conds: dict[int, torch.Tensor] | None = None) -> Batch:
+    """Right-padded Batch of ``dataset[i]`` for ``indices``; cached ``conds`` replace the reference mels.
+
+    The official forward keeps ceil(wav_len / 1024) + 1 codes of a clip, which can be one or two more
+    than the DVAE produced; codes are padded with stop codes to at least that width, so every clip keeps
+    the same positions whichever clips share its batch.
+    """
     from .data import collate as collate_examples
 
-    d = collate_examples([dataset[i] for i in indices], text_pad=stops[0], code_pad=stops[1])
+    d = collate_examples([dataset[i] for i in indices], text_pad=pad.stop_text, code_pad=pad.stop_mel)
+    kept = (d["wav_lengths"] + pad.compression - 1) // pad.compression + 1  # (B,)
+    short = int(kept.max()) - d["codes"].shape[1]
+    if short > 0:
+        d["codes"] = F.pad(d["codes"], (0, short), value=pad.stop_mel)
     cached = conds is not None and all(i in conds for i in indices)
     return Batch(
         text_ids=d["text_ids"], text_lengths=d["text_lengths"], codes=d["codes"], wav_lengths=d["wav_lengths"],
@@ -108,9 +118,15 @@ def collate(dataset, indices: list[int], stops: tuple[int, int], conds: dict[int
     )
 
 
-def stop_tokens(gpt) -> tuple[int, int]:
-    """(stop_text, stop_mel) of the model: the padding values of a batch."""
-    return gpt.cfg.stop_text_token, gpt.cfg.stop_mel_token
+class PadSpec(NamedTuple):
+    stop_text: int
+    stop_mel: int
+    compression: int  # samples per code
+
+
+def pad_spec(gpt) -> PadSpec:
+    """The model's padding values and code rate."""
+    return PadSpec(gpt.cfg.stop_text_token, gpt.cfg.stop_mel_token, gpt.cfg.mel_length_compression)
 
 
 def clip_lengths(dataset) -> list[int]:
@@ -124,7 +140,7 @@ def precompute_conds(gpt, dataset, device, batch_size: int = 16) -> dict[int, to
     out = {}
     for start in range(0, len(dataset), batch_size):
         idx = list(range(start, min(start + batch_size, len(dataset))))
-        b = collate(dataset, idx, stop_tokens(gpt)).to(device)
+        b = collate(dataset, idx, pad_spec(gpt)).to(device)
         latents = gpt.get_conditioning(b.cond_mels, b.cond_lengths, mask_padding=True)  # (B, 32, D), batch-independent
         out.update({i: latents[k].float().cpu() for k, i in enumerate(idx)})
     return out

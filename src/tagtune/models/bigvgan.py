@@ -13,6 +13,7 @@ Load the checkpoint first, then call :meth:`BigVGAN.remove_weight_norm`, as the 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +34,10 @@ UP_CROP = UP_PAD * AA_RATIO + (AA_TAPS - AA_RATIO) // 2  # 15 samples cropped ea
 DOWN_PAD = (AA_TAPS // 2 - 1, AA_TAPS // 2)  # (5, 6) replicated samples before the strided low-pass
 
 
+@lru_cache(maxsize=4)
 def kaiser_sinc_filter(cutoff: float = AA_CUTOFF, half_width: float = AA_HALF_WIDTH,
                        taps: int = AA_TAPS) -> torch.Tensor:
-    """Even-length Kaiser-windowed sinc low-pass, unit DC gain: (1, 1, taps)."""
+    """Even-length Kaiser-windowed sinc low-pass, unit DC gain: (1, 1, taps), on the CPU (do not modify)."""
     half = taps // 2
     atten = 2.285 * (half - 1) * math.pi * 4 * half_width + 7.95  # Kaiser's attenuation estimate
     if atten > 50.0:
@@ -44,10 +46,15 @@ def kaiser_sinc_filter(cutoff: float = AA_CUTOFF, half_width: float = AA_HALF_WI
         beta = 0.5842 * (atten - 21) ** 0.4 + 0.07886 * (atten - 21.0)
     else:
         beta = 0.0
-    window = torch.kaiser_window(taps, beta=beta, periodic=False)
-    time = torch.arange(-half, half) + 0.5
+    window = torch.kaiser_window(taps, beta=beta, periodic=False, device="cpu")
+    time = torch.arange(-half, half, device="cpu") + 0.5
     filt = 2 * cutoff * window * torch.sinc(2 * cutoff * time)
     return (filt / filt.sum()).view(1, 1, taps)
+
+
+def _filter_buffer() -> torch.Tensor:
+    """A fresh (1, 1, taps) filter on the current default device (meta included)."""
+    return torch.empty(1, 1, AA_TAPS).copy_(kaiser_sinc_filter())
 
 
 class WNConv1d(nn.Module):
@@ -61,9 +68,10 @@ class WNConv1d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(c_out))
         self.weight_g = nn.Parameter(torch.empty(shape[0], 1, 1))
         self.weight_v = nn.Parameter(torch.empty(shape))
-        nn.init.normal_(self.weight_v, 0.0, INIT_STD)
-        with torch.no_grad():
-            self.weight_g.copy_(self.weight_v.norm(dim=(1, 2), keepdim=True))
+        if not self.weight_v.is_meta:  # meta builds only need shapes, and norms on meta are slow
+            nn.init.normal_(self.weight_v, 0.0, INIT_STD)
+            with torch.no_grad():
+                self.weight_g.copy_(self.weight_v.norm(dim=(1, 2), keepdim=True))  # effective weight = v
 
     def effective_weight(self) -> torch.Tensor:
         if "weight" in self._parameters:
@@ -103,7 +111,7 @@ class UpSample1d(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.register_buffer("filter", kaiser_sinc_filter())
+        self.register_buffer("filter", _filter_buffer())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         C = x.shape[1]
@@ -118,7 +126,7 @@ class LowPassFilter1d(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.register_buffer("filter", kaiser_sinc_filter())
+        self.register_buffer("filter", _filter_buffer())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         C = x.shape[1]

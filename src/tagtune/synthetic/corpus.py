@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from tagtune.synthetic.clips import assemble_clip
-from tagtune.synthetic.engines import BATCH_TEXTS, speak
+from tagtune.synthetic.engines import speak
 from tagtune.synthetic.events import TAG_KINDS
 from tagtune.synthetic.script import ClipPlan, plan_clip
-from tagtune.synthetic.voices import ESPEAK_BINARY, VOICES, resolve_engine, select_voices
-from tagtune.synthetic.writers import CORPUS_JSON, WAV_DIR, encode_wav, open_writer
+from tagtune.synthetic.voices import ESPEAK_BINARY, FLITE_BINARY, VOICES, resolve_engine, select_voices
+from tagtune.synthetic.writers import CORPUS_JSON, FORMATS, WAV_DIR, encode_wav, open_writer
 
 SAMPLE_RATE = 24_000
 DEFAULT_TAGS = ("giggles", "laughs", "sighs")
@@ -61,17 +61,22 @@ class CorpusInfo:
 
     @property
     def clips_per_second(self) -> float:
+        """Generation speed of the call that returned this info."""
         return self.n_clips / self.elapsed_s if self.elapsed_s else 0.0
 
 
 def _engine_version(engine: str) -> str:
-    if engine != "espeak":
-        return engine
-    out = subprocess.run([ESPEAK_BINARY, "--version"], capture_output=True, text=True).stdout
-    return out.strip()
+    """The engine's version line, recorded because espeak/flite output changes across releases."""
+    binary = {"espeak": ESPEAK_BINARY, "flite": FLITE_BINARY}.get(engine)
+    if binary is None:
+        return f"tagtune builtin v{CORPUS_VERSION}"
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True)
+    return (out.stdout or out.stderr).strip().splitlines()[0]
 
 
-def make_plans(n_clips: int, seed: int, tags, untagged_fraction: float, voices, chinese_fraction: float = 0.0) -> list[ClipPlan]:
+def make_plans(
+    n_clips: int, seed: int, tags, untagged_fraction: float, voices, chinese_fraction: float = 0.0
+) -> list[ClipPlan]:
     """Script every clip; exactly round(n * untagged_fraction) of them carry no tag."""
     rng = np.random.default_rng([seed, 0])
     untagged = set(rng.permutation(n_clips)[: round(n_clips * untagged_fraction)].tolist())
@@ -94,10 +99,8 @@ def _speak_unit(plans: list[ClipPlan]) -> dict[tuple[int, int], np.ndarray]:
             jobs.setdefault((plan.voice, plan.language), []).append(((plan.index, number), text))
     audio = {}
     for (voice, language), items in jobs.items():
-        for start in range(0, len(items), BATCH_TEXTS):
-            batch = items[start : start + BATCH_TEXTS]
-            spoken = speak([text for _, text in batch], VOICES[voice], language, SAMPLE_RATE)
-            audio.update({key: sound for (key, _), sound in zip(batch, spoken)})
+        spoken = speak([text for _, text in items], VOICES[voice], language, SAMPLE_RATE)
+        audio.update({key: sound for (key, _), sound in zip(items, spoken)})
     return audio
 
 
@@ -183,20 +186,11 @@ def generate_corpus(
     started = time.perf_counter()
     engine = resolve_engine(engine)
     chosen = select_voices(engine, voices)
-    tags = _check_tags(tags)
-    if not 0.0 <= untagged_fraction <= 1.0 or not 0.0 <= chinese_fraction <= 1.0:
-        raise ValueError("untagged_fraction and chinese_fraction must lie in [0, 1]")
-    if engine == "flite" and chinese_fraction > 0:
-        raise ValueError("flite has no Mandarin voice; use engine='espeak' or 'builtin' for Chinese clips")
-    settings = {
-        "n_clips": n_clips, "seed": seed, "tags": list(tags), "untagged_fraction": untagged_fraction,
-        "voices": [v.name for v in chosen], "engine": engine, "fmt": fmt,
-        "chinese_fraction": chinese_fraction, "clip_seconds": list(CLIP_SECONDS),
-    }
+    settings = _settings(n_clips, seed, _check_tags(tags), untagged_fraction, chosen, engine, fmt, chinese_fraction)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     writer = open_writer(fmt, out)
-    plans = make_plans(n_clips, seed, tags, untagged_fraction, chosen, chinese_fraction)
+    plans = make_plans(n_clips, seed, settings["tags"], untagged_fraction, chosen, chinese_fraction)
     units = [(plans[i : i + CLIPS_PER_UNIT], seed) for i in range(0, n_clips, CLIPS_PER_UNIT)]
     records = []
     try:
@@ -211,9 +205,31 @@ def generate_corpus(
         engine=engine, engine_version=_engine_version(engine), sample_rate=SAMPLE_RATE,
         seed=seed, settings=settings, **_summary(records),
     )
+    _describe(info, out / CORPUS_JSON)
+    info.elapsed_s = time.perf_counter() - started
+    return info
+
+
+def _settings(n_clips, seed, tags, untagged_fraction, voices, engine, fmt, chinese_fraction) -> dict:
+    """Validated settings, as recorded in corpus.json."""
+    if not 0.0 <= untagged_fraction <= 1.0 or not 0.0 <= chinese_fraction <= 1.0:
+        raise ValueError("untagged_fraction and chinese_fraction must lie in [0, 1]")
+    if engine == "flite" and chinese_fraction > 0:
+        raise ValueError("flite has no Mandarin voice; use engine='espeak' or 'builtin' for Chinese clips")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown corpus format {fmt!r}; choose one of {FORMATS}")
+    if n_clips < 1:
+        raise ValueError(f"n_clips must be at least 1, got {n_clips}")
+    return {
+        "n_clips": n_clips, "seed": seed, "tags": list(tags), "untagged_fraction": untagged_fraction,
+        "voices": [v.name for v in voices], "engine": engine, "fmt": fmt,
+        "chinese_fraction": chinese_fraction, "clip_seconds": list(CLIP_SECONDS),
+    }
+
+
+def _describe(info: CorpusInfo, path: Path) -> None:
+    """Write corpus.json: everything in ``info`` that does not vary between identical runs."""
     description = {"generator": "tagtune.synthetic", "version": CORPUS_VERSION, **asdict(info)}
     for volatile in ("elapsed_s", "out_dir"):
         description.pop(volatile)
-    (out / CORPUS_JSON).write_text(json.dumps(description, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    info.elapsed_s = time.perf_counter() - started
-    return info
+    path.write_text(json.dumps(description, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

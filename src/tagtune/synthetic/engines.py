@@ -77,7 +77,8 @@ def _plausible(spans, texts, sr) -> bool:
 
 
 def _espeak(args: list[str], stdin: str) -> tuple[np.ndarray, int]:
-    proc = subprocess.run([ESPEAK_BINARY, *args, "--stdout"], input=stdin.encode("utf-8"), capture_output=True, check=True)
+    command = [ESPEAK_BINARY, *args, "--stdout"]
+    proc = subprocess.run(command, input=stdin.encode("utf-8"), capture_output=True, check=True)
     return _decode_wav(proc.stdout)
 
 
@@ -125,8 +126,11 @@ def _to_float(audio: np.ndarray, sr: int, out_sr: int) -> np.ndarray:
 def speak(texts: list[str], voice: Voice, language: str, out_sr: int) -> list[np.ndarray]:
     """Speak each text with ``voice``; trimmed float32 mono arrays at ``out_sr``."""
     if voice.engine == "espeak":
-        arrays, sr = espeak_batch(texts, voice, language)
-        return [_to_float(a, sr, out_sr) for a in arrays]
+        spoken = []
+        for start in range(0, len(texts), BATCH_TEXTS):
+            arrays, sr = espeak_batch(texts[start : start + BATCH_TEXTS], voice, language)
+            spoken += [_to_float(a, sr, out_sr) for a in arrays]
+        return spoken
     if voice.engine == "flite":
         return [_to_float(*flite_one(t, voice), out_sr) for t in texts]
     # quantised like the engines' int16 output so trimming behaves the same

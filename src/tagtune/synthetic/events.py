@@ -75,12 +75,12 @@ def _bursts(rng, sr, n, rate, length_s, f0, vowel, h_onset_s, gains) -> np.ndarr
     total = int(starts[-1] + lengths[-1])
     n_frames = total // HOP + 2
     track = constant_track(n_frames, f0, vowel, voiced=1.0, noise=0.12, band=BREATH_BAND)
-    # pitch slides down ~20 % across the event, each burst a little lower inside too
+    # pitch slides down ~20 % across the event, with a slight wobble
     track.f0 = f0 * np.linspace(1.0, 0.8, n_frames) * (1 + 0.04 * np.sin(np.arange(n_frames) / 3.0))
-    h_len = int(h_onset_s * sr)
-    for start in starts if h_len else ():
-        first, last = start // HOP, (start + h_len) // HOP + 1
-        track.voiced[first:last], track.noise[first:last] = 0.1, 0.5
+    h_frames = int(h_onset_s * sr) // HOP
+    for start in starts // HOP if h_frames else ():
+        # /h/: mostly breath, a trace of voice, before the vowel of each burst
+        track.voiced[start : start + h_frames + 1], track.noise[start : start + h_frames + 1] = 0.1, 0.5
     sound = render(track, rng, sr)[:total]
     envelope = np.zeros(total)
     for start, length, gain in zip(starts, lengths, gains):

@@ -13,21 +13,22 @@ import numpy as np
 
 WORDS_PER_SECOND = 2.6  # espeak/built-in speaking rate, used to size clips
 EVENT_SECONDS = 1.0  # typical event length, reserved when sizing a tagged clip
-CHARS_PER_SECOND_ZH = 4.0
+CHARS_PER_SECOND_ZH = 2.6  # espeak-ng cmn pace (measured)
 TWO_TAG_PROBABILITY = 0.3
 # where a tag goes: after the last word, between sentences, inside a sentence, before the first word
 PLACEMENT = {"end": 0.35, "between": 0.3, "inside": 0.25, "start": 0.1}
 
+# slot fillers, "|"-separated
 SLOTS = {
-    "interj": ["oh", "well", "okay", "wow", "hey", "so", "honestly", "right", "um", "look"],
-    "person": ["my sister", "the neighbour", "our teacher", "your cousin", "the baker", "my friend Sam", "the old man", "her brother"],
-    "noun": ["cake", "garden", "letter", "bicycle", "window", "puppy", "movie", "kitchen", "concert", "blanket", "ticket", "song"],
-    "adj": ["tiny", "strange", "lovely", "noisy", "brand new", "bright red", "ridiculous", "quiet", "enormous", "silly"],
-    "verb": ["found", "painted", "broke", "cooked", "borrowed", "forgot", "fixed", "dropped", "sold", "hid"],
-    "verb_inf": ["paint", "fix", "find", "bake", "carry", "visit", "clean", "open", "watch", "call"],
-    "place": ["at the market", "in the park", "behind the house", "on the train", "at school", "by the river", "in the attic"],
-    "time": ["yesterday", "this morning", "last night", "on Sunday", "an hour ago", "after lunch", "every single day"],
-    "feeling": ["happy", "tired", "surprised", "nervous", "excited", "confused", "relieved"],
+    "interj": "oh|well|okay|wow|hey|so|honestly|right|um|look".split("|"),
+    "person": "my sister|the neighbour|our teacher|your cousin|the baker|my friend Sam|the old man|her brother".split("|"),
+    "noun": "cake|garden|letter|bicycle|window|puppy|movie|kitchen|concert|blanket|ticket|song".split("|"),
+    "adj": "tiny|strange|lovely|noisy|brand new|bright red|ridiculous|quiet|enormous|silly".split("|"),
+    "verb": "found|painted|broke|cooked|borrowed|forgot|fixed|dropped|sold|hid".split("|"),
+    "verb_inf": "paint|fix|find|bake|carry|visit|clean|open|watch|call".split("|"),
+    "place": "at the market|in the park|behind the house|on the train|at school|by the river|in the attic".split("|"),
+    "time": "yesterday|this morning|last night|on Sunday|an hour ago|after lunch|every single day".split("|"),
+    "feeling": "happy|tired|surprised|nervous|excited|confused|relieved".split("|"),
 }
 SHORT_TEMPLATES = [
     "{interj}, really?",
@@ -59,6 +60,8 @@ ZH_SLOTS = {
     "what": ["一个蛋糕", "一封信", "一只小狗", "一辆自行车", "一部电影"],
     "how": ["开心", "紧张", "惊讶", "累", "激动"],
 }
+ZH_PUNCTUATION = ("。", "？", "！")
+ZH_SHORT_TEMPLATES = ["真的吗？", "太好了！", "我很{how}。", "{who}来了。", "{when}好{how}。"]
 ZH_TEMPLATES = ["{who}{when}{where}看到了{what}。", "{when}我真的很{how}。", "你{when}是不是{where}找到了{what}？", "{who}觉得特别{how}。"]
 
 
@@ -80,16 +83,22 @@ class ClipPlan:
 
     @property
     def tags(self) -> list[str]:
+        """The clip's tags in spoken order."""
         return [value for kind, value in self.parts if kind == "tag"]
 
 
 def _sentence(rng: np.random.Generator, language: str, short: bool) -> list[str]:
     """One sentence as a list of units where a tag may be inserted between any two."""
     if language == "zh":
-        template = ZH_TEMPLATES[rng.integers(len(ZH_TEMPLATES))]
+        table = ZH_SHORT_TEMPLATES if short else ZH_TEMPLATES
+        template = table[rng.integers(len(table))]
         # "|" marks slot edges so a tag never lands inside a word
         filled = template.format(**{k: f"|{v[rng.integers(len(v))]}|" for k, v in ZH_SLOTS.items()})
-        return [unit for unit in filled.split("|") if unit]
+        units = [unit for unit in filled.split("|") if unit]
+        # final punctuation stays with the word before it, as in English
+        if len(units) > 1 and units[-1] in ZH_PUNCTUATION:
+            units[-2:] = [units[-2] + units[-1]]
+        return units
     table = SHORT_TEMPLATES if short else TEMPLATES
     template = table[rng.integers(len(table))]
     filled = template.format(**{k: v[rng.integers(len(v))] for k, v in SLOTS.items()})
@@ -98,13 +107,18 @@ def _sentence(rng: np.random.Generator, language: str, short: bool) -> list[str]
 
 def _sentences(rng: np.random.Generator, language: str, seconds: float) -> list[list[str]]:
     """Enough sentences to fill about ``seconds`` of speech (at least one)."""
-    rate = CHARS_PER_SECOND_ZH / 2 if language == "zh" else WORDS_PER_SECOND
-    sentences, units = [], 0
-    while not sentences or units < seconds * rate * 0.8:
-        short = seconds - units / rate < SHORT_SECONDS
-        sentences.append(_sentence(rng, language, short))
-        units += len(sentences[-1])
+    sentences, spoken = [], 0.0
+    while not sentences or spoken < seconds * 0.8:
+        sentences.append(_sentence(rng, language, short=seconds - spoken < SHORT_SECONDS))
+        spoken += _seconds(sentences[-1], language)
     return sentences
+
+
+def _seconds(units: list[str], language: str) -> float:
+    """Rough speaking time of a sentence: words for English, characters for Mandarin."""
+    if language == "zh":
+        return sum(len(u) for u in units) / CHARS_PER_SECOND_ZH
+    return len(units) / WORDS_PER_SECOND
 
 
 def _tag_positions(rng: np.random.Generator, sentences: list[list[str]], n_tags: int) -> list[int]:
@@ -117,7 +131,8 @@ def _tag_positions(rng: np.random.Generator, sentences: list[list[str]], n_tags:
         if len(positions) == n_tags:
             break
         kind = kinds[rng.choice(len(kinds), p=np.array(weights) / sum(weights))]
-        choices = {"end": [total], "start": [0], "between": ends or [total], "inside": list(range(1, total)) or [total]}[kind]
+        inside = list(range(1, total)) or [total]
+        choices = {"end": [total], "start": [0], "between": ends or [total], "inside": inside}[kind]
         positions.add(int(choices[rng.integers(len(choices))]))
     return sorted(positions)
 
@@ -136,7 +151,9 @@ def _parts(sentences: list[list[str]], positions: list[int], tags: list[str], la
     return tuple(parts)
 
 
-def plan_clip(rng: np.random.Generator, index: int, voice: str, language: str, tags: list[str], seconds: float) -> ClipPlan:
+def plan_clip(
+    rng: np.random.Generator, index: int, voice: str, language: str, tags: list[str], seconds: float
+) -> ClipPlan:
     """Script one clip of about ``seconds`` seconds carrying ``tags`` (in order)."""
     speech_seconds = max(seconds - EVENT_SECONDS * len(tags), 0.8)
     sentences = _sentences(rng, language, speech_seconds)

@@ -33,6 +33,7 @@ class Track:
 
     @property
     def n_frames(self) -> int:
+        """Number of frames F."""
         return len(self.f0)
 
 

@@ -78,7 +78,10 @@ def resolve_engine(engine: str) -> str:
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose auto, {', '.join(ENGINES)}")
     if not engine_available(engine):
-        raise RuntimeError(f"engine {engine!r} needs the {engine}-ng/flite binary on PATH; use engine='builtin'")
+        binary = ESPEAK_BINARY if engine == "espeak" else FLITE_BINARY
+        raise RuntimeError(
+            f"engine {engine!r} needs {binary} on PATH (apt-get install {binary}); or use engine='builtin'"
+        )
     return engine
 
 

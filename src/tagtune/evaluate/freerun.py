@@ -1,0 +1,157 @@
+"""Free-running check: generate from paired prompts with and without the tags and look for the events.
+
+Each tagged validation clip gives two prompts with its own speaker reference: its text, and its text with
+every tag removed. Untagged validation clips add more tag-free prompts. Codes are sampled (greedy decoding
+loops) in seeded batches, and the code-level detector looks for events. A tag scores a *hit* when an event of
+the right kind starts near where the tag's event should be: the reference clip's event onset (or the tag's
+place in the text) scaled to the generated length, within HIT_TOLERANCE_S or a quarter of the clip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from .detector import NONE, CodeEventDetector
+from .nll import SAMPLES_PER_CODE, speaker_latents
+from .reliance import MODEL_SAMPLE_RATE, occurrences, without_tag
+
+HIT_TOLERANCE_S = 1.0
+TOLERANCE_FRACTION = 0.25
+LENGTH_FACTOR = 1.5  # max_new_tokens = LENGTH_FACTOR x the longest reference clip of the batch (+ margin)
+LENGTH_MARGIN = 8
+MS_PER_CODE = 1000.0 * SAMPLES_PER_CODE / MODEL_SAMPLE_RATE
+
+
+@dataclass
+class FreeRunSettings:
+    """Sampling for the free-running check (official top-k/top-p; one beam keeps batches cheap)."""
+
+    prompts: int = 48  # tagged validation clips used (each gives a tagged and a tag-free prompt)
+    untagged_prompts: int = 24  # untagged validation clips added as tag-free prompts
+    batch_size: int = 16
+    top_k: int = 30
+    top_p: float = 0.8
+    temperature: float = 1.0
+    repetition_penalty: float = 1.0
+    position_mode: str = "official"
+
+    def generation_config(self, max_new_tokens: int):
+        from ..generation import GenerationConfig
+
+        return GenerationConfig(do_sample=True, num_beams=1, top_k=self.top_k, top_p=self.top_p,
+                                temperature=self.temperature, repetition_penalty=self.repetition_penalty,
+                                max_new_tokens=max_new_tokens, position_mode=self.position_mode)
+
+
+@dataclass
+class Prompt:
+    item: int  # index into the clip list
+    text_ids: torch.Tensor
+    tagged: bool
+
+
+def strip_tags(text_ids: torch.Tensor, tag_ids: set[int], space_id: int | None) -> torch.Tensor:
+    """Text ids with every tag (and the bare "▁" before it) removed."""
+    for k in reversed(range(len(text_ids))):
+        if int(text_ids[k]) in tag_ids:
+            text_ids = without_tag(text_ids, k, space_id)
+    return text_ids
+
+
+def make_prompts(tagged: list[dict], untagged: list[dict], tag_ids: set[int], space_id) -> list[Prompt]:
+    """Tagged prompt + its tag-free twin for each tagged clip, then the untagged clips (items are tagged+untagged)."""
+    prompts = []
+    for k, it in enumerate(tagged):
+        prompts.append(Prompt(k, it["text_ids"], True))
+        prompts.append(Prompt(k, strip_tags(it["text_ids"], tag_ids, space_id), False))
+    prompts += [Prompt(len(tagged) + k, it["text_ids"], False) for k, it in enumerate(untagged)]
+    return prompts
+
+
+@torch.no_grad()
+def generate(model, prompts: list[Prompt], items: list[dict], settings: FreeRunSettings, seed: int) -> list[torch.Tensor]:
+    """Sampled codes (without the stop code) for every prompt; batch b draws from seed + b."""
+    from ..generation import generate_codes
+
+    conds = speaker_latents(model.gpt, [it["cond_mel"] for it in items])
+    limit = model.gpt.mel_pos_embedding.emb.num_embeddings - 2
+    out = []
+    for b, s in enumerate(range(0, len(prompts), settings.batch_size)):
+        part = prompts[s : s + settings.batch_size]
+        longest = max(len(items[p.item]["codes"]) for p in part)
+        cfg = settings.generation_config(min(limit, int(LENGTH_FACTOR * longest) + LENGTH_MARGIN))
+        text = pad_sequence([p.text_ids.long() for p in part], batch_first=True, padding_value=model.stop_text)
+        device = next(model.gpt.parameters()).device
+        rows = torch.stack([conds[p.item] for p in part]).to(device)  # (B, 32, D)
+        g = torch.Generator(device=device).manual_seed(seed + b)
+        codes, lengths = generate_codes(model.gpt, text.to(device), cfg, conds=rows, generator=g)
+        out += [codes[k, : int(n)].cpu() for k, n in enumerate(lengths)]
+    return out
+
+
+def _tolerance(n_codes: int) -> float:
+    return max(HIT_TOLERANCE_S * 1000.0 / MS_PER_CODE, TOLERANCE_FRACTION * n_codes)
+
+
+def score_clips(detector: CodeEventDetector, prompts: list[Prompt], codes: list[torch.Tensor], items: list[dict],
+                tags, tag_ids: dict[str, int]) -> dict:
+    """Per-trial hits and per-prompt false events from detections on ``codes`` (one sequence per prompt)."""
+    trials, false_flags, any_flags = [], [], []
+    for prompt, seq in zip(prompts, codes):
+        found = detector.detect(seq)
+        if not prompt.tagged:
+            false_flags.append(bool(found))
+            continue
+        any_flags.append(bool(found))
+        for occ in occurrences(items[prompt.item], prompt.item, tags, tag_ids):
+            expected = occ.onset_fraction * len(seq)
+            near = [d for d in found if abs(d.onset - expected) <= _tolerance(len(seq))]
+            best = min(near, key=lambda d: abs(d.onset - expected)) if near else None
+            trials.append({"tag": occ.tag, "detected": best.tag if best else NONE,
+                           "error_ms": abs(best.onset - expected) * MS_PER_CODE if best else None})
+    return {"trials": trials, "false_flags": false_flags, "any_flags": any_flags}
+
+
+def summarize_free(scored: dict, tag_names: list[str]) -> dict:
+    """hit_rate per tag, mean_hit_rate, any_event_rate, false_event_rate, confusion matrix, placement error."""
+    trials = scored["trials"]
+    per_tag, errors = {}, []
+    for tag in tag_names:
+        mine = [t for t in trials if t["tag"] == tag]
+        hits = [t for t in mine if t["detected"] == tag]
+        errors += [t["error_ms"] for t in hits]
+        per_tag[tag] = {"trials": len(mine), "hit_rate": len(hits) / len(mine) if mine else None,
+                        "placement_error_ms": _median([t["error_ms"] for t in hits])}
+    rates = [v["hit_rate"] for v in per_tag.values() if v["hit_rate"] is not None]
+    columns = [*tag_names, NONE]
+    confusion = {tag: {c: sum(t["tag"] == tag and t["detected"] == c for t in trials) for c in columns}
+                 for tag in tag_names}
+    return {
+        "per_tag": per_tag,
+        "mean_hit_rate": sum(rates) / len(rates) if rates else None,
+        "any_event_rate": _rate(scored["any_flags"]),
+        "false_event_rate": _rate(scored["false_flags"]),
+        "tagged_prompts": len(scored["any_flags"]),
+        "untagged_prompts": len(scored["false_flags"]),
+        "confusion": {"rows": tag_names, "columns": columns, "counts": confusion},
+        "placement_error_ms": {"median": _median(errors), "mean": sum(errors) / len(errors) if errors else None},
+    }
+
+
+def _rate(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+
+
+def settings_dict(settings: FreeRunSettings) -> dict:
+    return {**asdict(settings), "hit_tolerance_s": HIT_TOLERANCE_S, "tolerance_fraction": TOLERANCE_FRACTION}

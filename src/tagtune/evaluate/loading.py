@@ -1,0 +1,122 @@
+"""The two models an evaluation compares: the tuned one and its base, each with the tag ids it reads.
+
+The tuned model is a model folder (official layout or a tagtune export) or a base folder plus an adapter
+folder. The base is a model folder too. When the base does not know the tags (an official checkpoint),
+it is grown with the tuned model's tags at the same ids, initialised as ``tagtune tags add`` would: tag rows
+that were never trained. A tag-blind base then scores a reliance gap near zero, which is the point of
+measuring it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..text.tags import SPACE_PIECE, TagSet
+
+TUNED, BASE = "tuned", "base"
+
+
+class EvaluationError(UserError):
+    """Inputs that cannot be evaluated together (mismatched tags, missing files)."""
+
+
+@dataclass
+class EvalModel:
+    """A UnifiedVoice in eval mode and what the metrics need to know about its text side."""
+
+    name: str  # "tuned" or "base"
+    gpt: nn.Module
+    source: str  # where it came from, for the report
+    tag_ids: dict[str, int]  # canonical tag -> text id this model reads it at
+
+    @property
+    def stop_text(self) -> int:
+        return self.gpt.cfg.stop_text_token
+
+    @property
+    def stop_mel(self) -> int:
+        return self.gpt.cfg.stop_mel_token
+
+
+def _folder_tags(folder: Path) -> TagSet | None:
+    from ..checkpoint import read_tags
+
+    data = read_tags(folder)
+    return TagSet.from_dict(data) if data else None
+
+
+def _space_id(folder: Path) -> int | None:
+    """Id of the bare word-boundary piece that sentencepiece puts before a tag preceded by a space."""
+    from sentencepiece import SentencePieceProcessor
+
+    path = folder / "bpe.model"
+    if not path.is_file():
+        return None
+    sp = SentencePieceProcessor(model_file=str(path))
+    piece = sp.PieceToId(SPACE_PIECE)
+    return None if piece == sp.unk_id() else piece
+
+
+def _load_folder(folder: Path, name: str, device) -> tuple[nn.Module, TagSet | None]:
+    from ..checkpoint import load_gpt
+
+    if not folder.is_dir():
+        raise EvaluationError(f"{folder}: not a model folder")
+    return load_gpt(folder, device=device).eval(), _folder_tags(folder)
+
+
+def _grown_base(base_dir: Path, tags: TagSet, device) -> nn.Module:
+    """The base GPT with untrained rows for ``tags`` at the ids the tuned model uses."""
+    from ..lora import load_grown_base
+
+    gpt, _, new_ids = load_grown_base(base_dir, list(tags.tags))
+    wanted = [tags.token_ids[t] for t in tags.tags]
+    if new_ids != wanted:
+        raise EvaluationError(f"{base_dir}: growing it with {tags.tags} gives ids {new_ids}, the tuned model "
+                              f"reads them at {wanted}; is this the tuned model's base?")
+    return gpt.to(device).eval()
+
+
+def _base_model(base_dir: Path, tags: TagSet, device) -> EvalModel:
+    base_tags = _folder_tags(base_dir)
+    if base_tags is None or not base_tags.tags:
+        return EvalModel(BASE, _grown_base(base_dir, tags, device), f"{base_dir} (tag rows untrained)",
+                         dict(tags.token_ids))
+    gpt, _ = _load_folder(base_dir, BASE, device)
+    if base_tags.token_ids != tags.token_ids:
+        raise EvaluationError(f"{base_dir}: its tags {base_tags.token_ids} differ from the tuned model's "
+                              f"{tags.token_ids}")
+    return EvalModel(BASE, gpt, str(base_dir), dict(base_tags.token_ids))
+
+
+def load_models(model_dir: str | Path | None, base_dir: str | Path | None = None,
+                adapter: str | Path | None = None, device: str | torch.device = "cpu"):
+    """``(tuned, base or None, tagset, space_id)`` for a model folder, or a base folder plus an adapter.
+
+    ``space_id`` is the tokenizer's bare "▁" piece (None when the tokenizer has none).
+    """
+    if adapter is not None:
+        from ..lora import load_adapter_model
+
+        if base_dir is None:
+            raise EvaluationError("an adapter needs its base model folder (--base)")
+        gpt, _ = load_adapter_model(base_dir, adapter, device=device)
+        text_dir = Path(adapter)
+        tags = TagSet.load(text_dir / "tags.json")
+        source = f"{base_dir} + adapter {adapter}"
+    else:
+        if model_dir is None:
+            raise EvaluationError("give a model folder (--model) or a base folder plus an adapter")
+        text_dir = Path(model_dir)
+        gpt, tags = _load_folder(text_dir, TUNED, device)
+        source = str(model_dir)
+    if tags is None or not tags.tags:
+        raise EvaluationError(f"{text_dir}: no tags.json with tags; evaluate a tag-extended model")
+    tuned = EvalModel(TUNED, gpt.eval(), source, dict(tags.token_ids))
+    base = _base_model(Path(base_dir), tags, device) if base_dir is not None else None
+    return tuned, base, tags, _space_id(text_dir)

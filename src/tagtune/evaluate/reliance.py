@@ -1,0 +1,173 @@
+"""Tag reliance: does the model use the tag? Teacher-forced NLL of a clip's codes with the tag, without it,
+and with a wrong tag in its place, all within ONE model.
+
+Each tag occurrence in a clip's text is one trial. When the corpus knows the event boundaries, the k-th tag of
+the text is the k-th event of the clip and the NLL is summed over the codes overlapping that event (nats per
+event: the tag mostly says *that* and *which* event starts, so the gain sits on the event's first codes and a
+per-code average would dilute it). Without boundaries (Elise) the trial scores the whole clip.
+
+    reliance_gap  = mean over trials of NLL(tag removed) - NLL(with tag)
+    wrong_tag_gap = mean over trials of mean over other tags t' of NLL(t' in its place) - NLL(with tag)
+    clip_win_rate = share of trials where the true tag beats the removed variant and every wrong tag
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..text.tags import TagError, TagSet
+from .nll import ScoreRow, code_nll, code_span, speaker_latents
+
+MODEL_SAMPLE_RATE = 24_000  # event boundaries are converted to this rate when they name their own
+EVENT, CLIP = "event", "clip"
+
+
+@dataclass
+class Occurrence:
+    """One tag in one clip's text, with the code span of its event when the corpus knows it."""
+
+    clip: int  # index into the clip list
+    tag: str
+    position: int  # index of the tag id in text_ids
+    span: tuple[int, int] | None  # codes [first, last) of the event
+    onset_fraction: float  # where in the clip the event starts (boundaries) or the tag sits (text)
+
+
+@dataclass
+class TrialScore:
+    """Summed NLL (nats) of one occurrence's span under each text variant."""
+
+    clip_id: int
+    tag: str
+    unit: str  # "event" or "clip"
+    with_tag: float
+    without_tag: float
+    wrong_tags: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def gap(self) -> float:
+        return self.without_tag - self.with_tag
+
+    @property
+    def wrong_gap(self) -> float | None:
+        if not self.wrong_tags:
+            return None
+        return sum(self.wrong_tags.values()) / len(self.wrong_tags) - self.with_tag
+
+    @property
+    def win(self) -> bool:
+        return self.with_tag < min([self.without_tag, *self.wrong_tags.values()])
+
+
+def _event_tag(event: dict, tags: TagSet) -> str | None:
+    try:
+        return tags.resolve(str(event.get("tag", "")))
+    except (TagError, ValueError):
+        return None
+
+
+def _event_samples(event: dict, wav_len: int) -> tuple[int, int]:
+    scale = MODEL_SAMPLE_RATE / float(event.get("sample_rate", MODEL_SAMPLE_RATE))
+    start = int(round(event["start_sample"] * scale))
+    return start, min(wav_len, int(round(event["end_sample"] * scale)))
+
+
+def occurrences(item: dict, clip: int, tags: TagSet, tag_ids: dict[str, int]) -> list[Occurrence]:
+    """The tag occurrences of a prepared example; events are matched to tags in order when they agree."""
+    by_id = {i: t for t, i in tag_ids.items()}
+    ids = item["text_ids"].tolist()
+    found = [(k, by_id[i]) for k, i in enumerate(ids) if i in by_id]
+    events = sorted(item.get("events") or [], key=lambda e: e["start_sample"])
+    events = [e for e in events if _event_tag(e, tags) is not None]
+    matched = len(events) == len(found) and all(_event_tag(e, tags) == t for e, (_, t) in zip(events, found))
+    n_codes, wav_len = len(item["codes"]), max(1, int(item["wav_len"]))
+    out = []
+    for n, (k, tag) in enumerate(found):
+        if matched:
+            start, end = _event_samples(events[n], wav_len)
+            out.append(Occurrence(clip, tag, k, code_span(start, end, n_codes), start / wav_len))
+        else:
+            out.append(Occurrence(clip, tag, k, None, k / max(1, len(ids))))
+    return out
+
+
+def without_tag(text_ids: torch.Tensor, position: int, space_id: int | None) -> torch.Tensor:
+    """The ids with the tag at ``position`` removed, and the bare "▁" piece sentencepiece put before it."""
+    first = position - 1 if position > 0 and space_id is not None and int(text_ids[position - 1]) == space_id \
+        else position
+    return torch.cat([text_ids[:first], text_ids[position + 1 :]])
+
+
+def with_other_tag(text_ids: torch.Tensor, position: int, tag_id: int) -> torch.Tensor:
+    """The ids with another tag id at the same position."""
+    out = text_ids.clone()
+    out[position] = tag_id
+    return out
+
+
+def _variant_rows(occ: Occurrence, item: dict, conds, tag_ids: dict[str, int], space_id) -> list[tuple[str, ScoreRow]]:
+    ids = item["text_ids"]
+    make = lambda t: ScoreRow(conds, t, item["codes"], int(item["wav_len"]))  # noqa: E731
+    rows = [("", make(without_tag(ids, occ.position, space_id)))]
+    rows += [(tag, make(with_other_tag(ids, occ.position, i))) for tag, i in tag_ids.items() if tag != occ.tag]
+    return rows
+
+
+def _span_sum(nll: torch.Tensor, span: tuple[int, int] | None) -> float:
+    return float(nll.sum() if span is None else nll[span[0] : span[1]].sum())
+
+
+def score_reliance(model, items: list[dict], tags: TagSet, space_id: int | None) -> list[TrialScore]:
+    """Score every tag occurrence of ``items`` (prepared examples) under ``model`` (an EvalModel)."""
+    conds = speaker_latents(model.gpt, [it["cond_mel"] for it in items])
+    occs = [o for c, it in enumerate(items) for o in occurrences(it, c, tags, model.tag_ids)]
+    occs = [o for o in occs if o.span is None or o.span[1] > o.span[0]]
+    rows = [ScoreRow(conds[c], it["text_ids"], it["codes"], int(it["wav_len"])) for c, it in enumerate(items)]
+    plan = []  # (occurrence, variant name, row index)
+    for occ in occs:
+        for name, row in _variant_rows(occ, items[occ.clip], conds[occ.clip], model.tag_ids, space_id):
+            plan.append((occ, name, len(rows)))
+            rows.append(row)
+    nll = code_nll(model.gpt, rows)
+    scores = {id(o): TrialScore(int(items[o.clip]["id"]), o.tag, CLIP if o.span is None else EVENT,
+                                _span_sum(nll[o.clip], o.span), math.nan) for o in occs}
+    for occ, name, r in plan:
+        value = _span_sum(nll[r], occ.span)
+        if name:
+            scores[id(occ)].wrong_tags[name] = value
+        else:
+            scores[id(occ)].without_tag = value
+    return [scores[id(o)] for o in occs]
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _stderr(values: list[float]) -> float | None:
+    if len(values) < 2:
+        return None
+    m = sum(values) / len(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+def summarize(trials: list[TrialScore], tag_names: list[str]) -> dict[str, dict]:
+    """Per tag: trials, unit, reliance_gap (+ its standard error), wrong_tag_gap, clip_win_rate."""
+    out = {}
+    for tag in tag_names:
+        mine = [t for t in trials if t.tag == tag]
+        gaps = [t.gap for t in mine]
+        wrong = [t.wrong_gap for t in mine if t.wrong_gap is not None]
+        units = sorted({t.unit for t in mine})
+        out[tag] = {
+            "trials": len(mine),
+            "unit": units[0] if len(units) == 1 else "mixed" if units else None,
+            "reliance_gap": _mean(gaps),
+            "reliance_gap_se": _stderr(gaps),
+            "wrong_tag_gap": _mean(wrong),
+            "clip_win_rate": _mean([float(t.win) for t in mine]),
+        }
+    return out

@@ -1,0 +1,125 @@
+"""``tagtune eval``: reliance, forgetting and free-running numbers for a tuned model and its base.
+
+    evaluate(model_dir, data_dir, out_dir, base_dir=None, adapter=None, ...) -> report dict
+
+writes ``report.json``, ``report.md`` and PNG plots to ``out_dir``. Every number is computed from the
+validation split of the prepared DATA_DIR (the detector trains on its training split).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from ..data import PreparedDataset
+from .detector import CodeEventDetector, choose_window
+from .forgetting import forgetting_summary, untagged_nll
+from .freerun import FreeRunSettings, generate, make_prompts, score_clips, settings_dict, summarize_free
+from .loading import EvaluationError, load_models
+from .reliance import occurrences, score_reliance, summarize
+from .report import build_report, write_report
+
+log = logging.getLogger(__name__)
+MAX_DETECTOR_CLIPS = 2000
+
+
+def _split(data_dir: Path, split: str) -> list[dict]:
+    try:
+        ds = PreparedDataset(data_dir, split)
+    except FileNotFoundError as e:
+        raise EvaluationError(str(e)) from None
+    return [ds[i] for i in range(len(ds))]
+
+
+def _event_clips(items: list[dict], tags, tag_ids) -> list[tuple[torch.Tensor, list]]:
+    """(codes, [(tag, first, last)]) of untagged clips and of tagged clips whose events match their tags."""
+    out = []
+    for c, it in enumerate(items):
+        occs = occurrences(it, c, tags, tag_ids)
+        if all(o.span is not None for o in occs):
+            out.append((it["codes"], [(o.tag, *o.span) for o in occs]))
+    return out
+
+
+def _codebook(model_dir: Path | None, base_dir: Path | None) -> torch.Tensor:
+    from ..checkpoint import load_dvae
+
+    folder = model_dir if model_dir is not None and (model_dir / "config.yaml").is_file() else base_dir
+    return load_dvae(folder).codebook.embed.t().contiguous()  # (n_codes, dim)
+
+
+def train_detector(codebook, train: list[dict], val: list[dict], tags, tag_ids, seed: int):
+    """The code-level event detector and its report (None when the corpus has no event boundaries)."""
+    fit_clips = _event_clips(train, tags, tag_ids)
+    if not any(spans for _, spans in fit_clips):
+        return None, {"available": False, "reason": "the corpus has no event boundaries"}
+    random.Random(seed).shuffle(fit_clips)
+    fit_clips = fit_clips[:MAX_DETECTOR_CLIPS]
+    window = choose_window([b - a for _, spans in fit_clips for _, a, b in spans])
+    det = CodeEventDetector(codebook, list(tags.tags), window)
+    counts = det.fit(fit_clips, seed)
+    return det, {"available": True, "window_codes": window, "train_windows": counts,
+                 "held_out": det.accuracy(_event_clips(val, tags, tag_ids))}
+
+
+def _free_running(models, detector, tagged, untagged, tags, space_id, settings, seed) -> dict:
+    rng = random.Random(seed)
+    tagged = rng.sample(tagged, min(settings.prompts, len(tagged)))
+    untagged = rng.sample(untagged, min(settings.untagged_prompts, len(untagged)))
+    items = tagged + untagged
+    tag_ids = models[0].tag_ids
+    prompts = make_prompts(tagged, untagged, set(tag_ids.values()), space_id)
+    out = {"real_clips": summarize_free(score_clips(detector, prompts, [items[p.item]["codes"] for p in prompts],
+                                                    items, tags, tag_ids), list(tags.tags))}
+    for m in models:
+        started = time.perf_counter()
+        codes = generate(m, prompts, items, settings, seed)
+        out[m.name] = summarize_free(score_clips(detector, prompts, codes, items, tags, tag_ids), list(tags.tags))
+        out[m.name]["seconds"] = round(time.perf_counter() - started, 2)
+        out[m.name]["mean_generated_codes"] = sum(len(c) for c in codes) / max(1, len(codes))
+    return out
+
+
+def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | Path, base_dir: str | Path | None = None,
+             adapter: str | Path | None = None, n_free: int = 48, seed: int = 0, device: str = "cpu",
+             free_settings: FreeRunSettings | None = None, plots: bool = True) -> dict:
+    """Evaluate a tuned model (folder, or ``base_dir`` + ``adapter``) on DATA_DIR; write and return the report.
+
+    ``n_free`` tagged validation clips are used for free-running generation (0 skips it); ``seed`` fixes
+    the prompt choice and the sampling. ``base_dir`` adds the base model's numbers and the forgetting ratio.
+    """
+    started = time.perf_counter()
+    settings = free_settings or FreeRunSettings(prompts=n_free)
+    model_dir = Path(model_dir) if model_dir is not None else None
+    tuned, base, tags, space_id = load_models(model_dir, base_dir, adapter, device)
+    models = [m for m in (tuned, base) if m is not None]
+    val = _split(Path(data_dir), "val")
+    by_id = {i: t for t, i in tuned.tag_ids.items()}
+    tagged = [it for it in val if any(int(i) in by_id for i in it["text_ids"])]
+    untagged = [it for it in val if not any(int(i) in by_id for i in it["text_ids"])]
+    if not tagged:
+        raise EvaluationError(f"{data_dir}: no validation clip carries one of the tags {list(tags.tags)}")
+    sections: dict = {"reliance": {}, "untagged": {}}
+    for m in models:
+        with torch.inference_mode():
+            trials = score_reliance(m, tagged, tags, space_id)
+            sections["reliance"][m.name] = summarize(trials, list(tags.tags))
+            sections["untagged"][m.name] = untagged_nll(m, untagged) if untagged else None
+        log.info("%s: reliance and untagged NLL done (%.1f s)", m.name, time.perf_counter() - started)
+    tuned_u, base_u = sections["untagged"][tuned.name], sections["untagged"].get("base")
+    sections["forgetting"] = forgetting_summary(tuned_u, base_u) if tuned_u else None
+    det, sections["detector"] = train_detector(_codebook(model_dir, Path(base_dir) if base_dir else None),
+                                               _split(Path(data_dir), "train"), val, tags, tuned.tag_ids, seed)
+    sections["free"] = None
+    if det is not None and settings.prompts > 0:
+        sections["free"] = _free_running(models, det, tagged, untagged, tags, space_id, settings, seed)
+    meta = {"model": tuned.source, "base": base.source if base else None, "data": str(data_dir), "seed": seed,
+            "tags": list(tags.tags), "validation": {"tagged": len(tagged), "untagged": len(untagged)},
+            "free_running": settings_dict(settings), "seconds": round(time.perf_counter() - started, 2)}
+    report = build_report(meta, sections)
+    write_report(report, Path(out_dir), plots=plots)
+    return report

@@ -1,0 +1,220 @@
+"""The TTS object: load a model once, synthesise many texts; reference voices are cached.
+
+Two decoding paths share the models:
+
+* ``compat="official"`` reproduces the official v1.5.0 ``infer`` exactly: one sentence at a time, fp32,
+  KV-cache mel positions (k-th code at position k+1), ``remove_long_silence``, unbatched latent pass and
+  vocoder, float -> int16 by truncation.
+* the fast path (default) packs sentences into batches for generation, the latent pass and the vocoder,
+  and runs the GPT decode in reduced precision (``fast.py``) when asked. Mel positions default to the
+  training ones ("train"); under greedy fp32 decoding with equal positions its codes equal the compat path's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .generation import GenerationConfig, generate_codes, latents_for_vocoder, remove_long_silence
+from .reference import Reference, ReferenceCache
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 24000
+PCM_SCALE = 32767.0  # official: clamp(32767 * wav, ±32767), then an int16 cast (truncation toward zero)
+MAX_SENTENCE_TOKENS = 120  # official ``infer`` packing limit (``infer_fast`` uses 100)
+DEFAULT_BATCH = 8  # sentences per generation batch on the fast path
+COMPAT_MODES = ("official",)
+
+
+class TextError(UserError, ValueError):
+    """Text that cannot be synthesised (empty, or nothing left after normalisation)."""
+
+
+@dataclass
+class Synthesis:
+    """One synthesised text: int16 samples at 24 kHz and what it took to make them."""
+
+    audio: np.ndarray  # (N,) int16
+    sample_rate: int
+    sentences: list[list[int]]  # text ids per GPT sentence
+    codes: list[torch.Tensor]  # mel codes per sentence, after silence removal
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: gpt, latents, vocoder, total
+    steps: int = 0  # decode steps run (each emits one code per row)
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    @property
+    def tokens(self) -> int:
+        """Codes kept (stop codes excluded), summed over sentences."""
+        return sum(int(c.numel()) for c in self.codes)
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: wall time over audio duration."""
+        return self.timings.get("total", 0.0) / max(self.seconds, 1e-9)
+
+
+class TTS:
+    """Text-to-speech with one IndexTTS model; construct with :meth:`load` or from loaded components.
+
+    gpt: fp32 UnifiedVoice (eval); vocoder: BigVGAN with weight norm folded; tokenizer: TextTokenizer;
+    mel: MelSpectrogram. ``precision`` ("fp32", "bf16", "fp16", "int8", "auto") applies to the fast path's
+    GPT decode only; compat mode always runs the fp32 model.
+    """
+
+    def __init__(self, gpt, vocoder, tokenizer, mel, *, precision: str = "fp32", batch_size: int = DEFAULT_BATCH,
+                 max_sentence_tokens: int = MAX_SENTENCE_TOKENS, position_mode: str = "train",
+                 references: ReferenceCache | None = None, name: str = "model"):
+        from .fast import resolve_precision
+
+        self.gpt, self.vocoder, self.tokenizer = gpt, vocoder, tokenizer
+        self.device = gpt.mel_head.weight.device
+        self.precision = resolve_precision(precision, self.device)
+        self.batch_size, self.position_mode, self.name = batch_size, position_mode, name
+        # a sentence can never exceed what the text position table holds
+        self.max_sentence_tokens = min(max_sentence_tokens, gpt.cfg.max_text_tokens)
+        self.references = references or ReferenceCache(gpt, vocoder, mel)
+        self._fast_gpt = None
+
+    @classmethod
+    def load(cls, model_dir: str | Path, adapter: str | Path | None = None, *, device: str = "cpu",
+             precision: str = "auto", unknown_tags: str = "error", **options) -> "TTS":
+        """Open an official or exported model folder, optionally with a LoRA adapter folder on top."""
+        from .infer_setup import load_components
+
+        gpt, vocoder, tokenizer, mel = load_components(model_dir, adapter, device, unknown_tags)
+        return cls(gpt, vocoder, tokenizer, mel, precision=precision, name=str(adapter or model_dir), **options)
+
+    # ------------------------------------------------------------------------------------------ text
+
+    @property
+    def known_tags(self) -> list[str]:
+        """Canonical tags this model's tokenizer knows (empty for a base model)."""
+        return list(self.tokenizer.tag_ids)
+
+    def sentences(self, text: str) -> list[list[int]]:
+        """Text -> GPT sentences (ids), packed as the official ``split_sentences``; tags stay whole."""
+        if not text or not text.strip():
+            raise TextError("the text is empty")
+        pieces = self.tokenizer.tokenize(text)
+        chunks = self.tokenizer.split_sentences(pieces, self.max_sentence_tokens)
+        ids = [self.tokenizer.convert_tokens_to_ids(c) for c in chunks]
+        ids = [s for s in ids if s]
+        if not ids:
+            raise TextError(f"nothing to say in {text!r} after normalisation")
+        return ids
+
+    # ------------------------------------------------------------------------------------ synthesis
+
+    def reference(self, source) -> Reference:
+        """The cached Reference of a path, file bytes or (rate, samples)."""
+        return self.references.get(source)
+
+    @torch.no_grad()
+    def synthesize(self, text: str, reference, *, generation: GenerationConfig | None = None,
+                   seed: int | None = None, compat: str | None = None) -> Synthesis:
+        """Speak ``text`` in the voice of ``reference``; ``seed`` makes sampling reproducible."""
+        if compat is not None and compat not in COMPAT_MODES:
+            raise UserError(f"unknown compat mode {compat!r}; choose one of {COMPAT_MODES}")
+        start = time.perf_counter()
+        ref = self.reference(reference)
+        sentences = self.sentences(text)
+        cfg = self._generation_config(generation, compat)
+        generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
+        run = self._run_official if compat else self._run_fast
+        out = run(ref, sentences, cfg, generator)
+        out.timings["total"] = time.perf_counter() - start
+        return out
+
+    def _generation_config(self, generation: GenerationConfig | None, compat: str | None) -> GenerationConfig:
+        cfg = generation or GenerationConfig()
+        limit = self.gpt.cfg.max_mel_tokens  # the official limit is 600 new codes; tiny models hold fewer
+        cfg = replace(cfg, max_new_tokens=min(cfg.max_new_tokens, limit))
+        if compat:
+            return replace(cfg, position_mode="official", use_cache=True)
+        return replace(cfg, position_mode=self.position_mode, use_cache=True)
+
+    def _run_official(self, ref: Reference, sentences, cfg, generator) -> Synthesis:
+        """The official v1.5.0 ``infer`` loop: sentence by sentence, fp32, no batching."""
+        stop = self.gpt.cfg.stop_mel_token
+        waves, kept, timings, steps = [], [], {"gpt": 0.0, "latents": 0.0, "vocoder": 0.0}, 0
+        for ids in sentences:
+            text_ids = torch.tensor([ids], dtype=torch.int32, device=self.device)
+            t0 = time.perf_counter()
+            codes, _ = generate_codes(self.gpt, text_ids, cfg, conds=ref.conds, generator=generator)
+            steps += codes.shape[1]
+            codes, lens = remove_long_silence(codes, stop_token=stop)
+            t1 = time.perf_counter()
+            if int(lens[0]) == 0:  # stopped at once: nothing to vocode
+                log.warning("a sentence produced no speech codes; skipped")
+                continue
+            latent = latents_for_vocoder(self.gpt, ref.conds, text_ids, codes, lens)  # (1, N, D)
+            t2 = time.perf_counter()
+            wav = self.vocoder(latent, speaker=ref.speaker)[:, 0]  # (1, N·1024)
+            waves.append(torch.clamp(PCM_SCALE * wav, -PCM_SCALE, PCM_SCALE))
+            kept.append(codes[0, : int(lens[0])])
+            for k, dt in zip(("gpt", "latents", "vocoder"), (t1 - t0, t2 - t1, time.perf_counter() - t2)):
+                timings[k] += dt
+        audio = _to_int16(waves)
+        return Synthesis(audio, SAMPLE_RATE, sentences, kept, timings, steps)
+
+    def _run_fast(self, ref: Reference, sentences, cfg, generator) -> Synthesis:
+        """Batched generation, latent pass and vocoder; GPT decode in ``self.precision``."""
+        from .fast import batched_latents, vocode_batch
+
+        timings = {"gpt": 0.0, "latents": 0.0, "vocoder": 0.0}
+        order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))  # similar lengths share a batch
+        codes: list[torch.Tensor] = [None] * len(sentences)  # type: ignore[list-item]
+        steps = 0
+        for first in range(0, len(order), self.batch_size):
+            group = order[first : first + self.batch_size]
+            t0 = time.perf_counter()
+            found, n = self._generate_group(ref, [sentences[i] for i in group], cfg, generator)
+            timings["gpt"] += time.perf_counter() - t0
+            steps += n
+            for i, c in zip(group, found):
+                codes[i] = c
+        t0 = time.perf_counter()
+        latents = batched_latents(self.gpt, ref.conds, sentences, codes, self.batch_size)
+        t1 = time.perf_counter()
+        waves = vocode_batch(self.vocoder, latents, ref.speaker, self.batch_size)
+        timings["latents"], timings["vocoder"] = t1 - t0, time.perf_counter() - t1
+        audio = _to_int16([torch.clamp(PCM_SCALE * w, -PCM_SCALE, PCM_SCALE)[None] for w in waves])
+        return Synthesis(audio, SAMPLE_RATE, sentences, codes, timings, steps)
+
+    def _generate_group(self, ref: Reference, group: list[list[int]], cfg, generator):
+        """Codes (after silence removal) for a batch of sentences, and the decode steps it took."""
+        pad = self.gpt.cfg.stop_text_token  # v1.5 batches are right-padded with stop_text
+        width = max(len(s) for s in group)
+        text_ids = torch.tensor([s + [pad] * (width - len(s)) for s in group], device=self.device)
+        codes, _ = generate_codes(self.fast_gpt, text_ids, cfg, conds=ref.conds, generator=generator)
+        out = []
+        for row in codes:
+            kept, lens = remove_long_silence(row[None], stop_token=self.gpt.cfg.stop_mel_token)
+            out.append(kept[0, : int(lens[0])])
+        return out, codes.shape[1]
+
+    @property
+    def fast_gpt(self):
+        """The GPT the fast path decodes with (a reduced-precision copy unless fp32), built on first use."""
+        if self._fast_gpt is None:
+            from .fast import prepare_gpt
+
+            self._fast_gpt = self.gpt if self.precision == "fp32" else prepare_gpt(self.gpt, self.precision)
+        return self._fast_gpt
+
+
+def _to_int16(waves: list[torch.Tensor]) -> np.ndarray:
+    """Scaled float rows (1, n_i) -> one int16 array; the cast truncates toward zero as the official one."""
+    if not waves:
+        return np.zeros(0, dtype=np.int16)
+    return torch.cat(waves, dim=1)[0].to(torch.int16).cpu().numpy()
