@@ -13,7 +13,8 @@ SHARED = Path(os.environ.get("TAGTUNE_SHARED", REPO.parent / "shared"))
 TINY_FIXTURE = SHARED / "fixtures" / "indextts-tiny"
 OFFICIAL_KEYS = SHARED / "spec" / "official-keys"
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tiny models: thread start-up costs more than it saves; one thread is also what the fixture used.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -140,3 +140,22 @@ def test_bad_layer_index_is_reported(grown):
     gpt, _, _, _ = grown
     with pytest.raises(ValueError, match=r"lora.layers \[5\] out of range: the model has 2 blocks"):
         lora.apply_lora(gpt, LoraSettings(layers=[0, 5]), NEW_IDS)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(grown, expected):
+    gpt, _, _, _ = grown
+    lora.apply_lora(gpt, LoraSettings(rank=4, dropout=0.0), NEW_IDS)
+    with torch.no_grad():
+        for n, p in gpt.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.1)  # non-zero B so that lora_A gets a gradient
+    grads = []
+    for checkpointing in (False, True):
+        gpt.gpt.gradient_checkpointing = checkpointing
+        gpt.zero_grad()
+        gpt.train()
+        sum(gpt(*_batch(expected))[:2]).backward()
+        grads.append({n: p.grad.clone() for n, p in gpt.named_parameters() if p.requires_grad})
+    assert all(grads[0][n].abs().max() > 0 for n in grads[0] if "lora_A" in n)
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-6, rtol=1e-5, msg=n)

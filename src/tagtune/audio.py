@@ -17,6 +17,9 @@ import soundfile as sf
 import torch
 from torch import nn
 
+
+from .errors import UserError
+
 SAMPLE_RATE = 24000
 N_FFT = 1024
 WIN_LENGTH = 1024
@@ -33,7 +36,7 @@ RESAMPLE_ROLLOFF = 0.99
 AudioSource = str | os.PathLike | bytes | bytearray
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """An audio file or buffer that cannot be used: unreadable, corrupt, empty or too short."""
 
 

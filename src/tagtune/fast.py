@@ -133,22 +133,20 @@ def batched_latents(gpt, conds: torch.Tensor, sentences: list[list[int]], codes:
 
 
 @torch.no_grad()
-def vocode_batch(vocoder, latents: list[torch.Tensor], speaker: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Waveforms (N_i · hop,) in [-1, 1] per latent sequence (N_i, D), vocoded several at a time.
+def vocode_joined(vocoder, latents: list[torch.Tensor], speaker: torch.Tensor) -> list[torch.Tensor]:
+    """Waveforms (N_i · hop,) in [-1, 1] per latent sequence (N_i, D), from ONE vocoder call.
 
-    Rows are zero-padded to a common length; only the last few milliseconds of a shorter row see the
-    padding through the convolutions' receptive field.
+    The sentences are joined in time (as the official ``infer_fast`` joins pairs), so each boundary is
+    vocoded with its neighbours as context. Padding a batch instead would let the zero padding reach
+    ~0.7 s back into a shorter row through BigVGAN's receptive field.
     """
     hop = vocoder.hop_length
-    out = [speaker.new_zeros(0)] * len(latents)
-    live = [i for i, lat in enumerate(latents) if len(lat)]
-    for group in _groups([len(latents[i]) for i in live], batch_size):
-        idx = [live[g] for g in group]
-        batch = nn.utils.rnn.pad_sequence([latents[i] for i in idx], batch_first=True)  # (B, N, D)
-        wav = vocoder(batch, speaker=speaker)[:, 0]  # (B, N·hop)
-        for b, i in enumerate(idx):
-            out[i] = wav[b, : len(latents[i]) * hop]
-    return out
+    live = [lat for lat in latents if len(lat)]
+    if not live:
+        return [speaker.new_zeros(0) for _ in latents]
+    wav = vocoder(torch.cat(live)[None], speaker=speaker)[0, 0]  # (sum N_i · hop,)
+    pieces = iter(wav.split([len(lat) * hop for lat in live]))
+    return [next(pieces) if len(lat) else speaker.new_zeros(0) for lat in latents]
 
 
 # ----------------------------------------------------------------------------------------- quality

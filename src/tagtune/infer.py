@@ -5,8 +5,8 @@ Two decoding paths share the models:
 * ``compat="official"`` reproduces the official v1.5.0 ``infer`` exactly: one sentence at a time, fp32,
   KV-cache mel positions (k-th code at position k+1), ``remove_long_silence``, unbatched latent pass and
   vocoder, float -> int16 by truncation.
-* the fast path (default) packs sentences into batches for generation, the latent pass and the vocoder,
-  and runs the GPT decode in reduced precision (``fast.py``) when asked. Mel positions default to the
+* the fast path (default) packs sentences into batches for generation and the latent pass, vocodes them
+  joined in one call (context crosses sentence boundaries, as in the official ``infer_fast``), and runs the GPT decode in reduced precision (``fast.py``) when asked. Mel positions default to the
   training ones ("train"); under greedy fp32 decoding with equal positions its codes equal the compat path's.
 """
 
@@ -169,7 +169,7 @@ class TTS:
 
     def _run_fast(self, ref: Reference, sentences, cfg, generator) -> Synthesis:
         """Batched generation, latent pass and vocoder; GPT decode in ``self.precision``."""
-        from .fast import batched_latents, vocode_batch
+        from .fast import batched_latents, vocode_joined
 
         timings = {"gpt": 0.0, "latents": 0.0, "vocoder": 0.0}
         order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))  # similar lengths share a batch
@@ -186,7 +186,7 @@ class TTS:
         t0 = time.perf_counter()
         latents = batched_latents(self.gpt, ref.conds, sentences, codes, self.batch_size)
         t1 = time.perf_counter()
-        waves = vocode_batch(self.vocoder, latents, ref.speaker, self.batch_size)
+        waves = vocode_joined(self.vocoder, latents, ref.speaker)
         timings["latents"], timings["vocoder"] = t1 - t0, time.perf_counter() - t1
         audio = _to_int16([torch.clamp(PCM_SCALE * w, -PCM_SCALE, PCM_SCALE)[None] for w in waves])
         return Synthesis(audio, SAMPLE_RATE, sentences, codes, timings, steps)

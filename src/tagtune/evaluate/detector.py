@@ -38,9 +38,10 @@ class Detection:
 
 def window_features(codes: torch.Tensor, codebook: torch.Tensor, window: int) -> torch.Tensor:
     """Codes (N,) -> (N - window + 1, 3 * dim) features of every window (empty when N < window)."""
+    codes = codes.long()
     if len(codes) < window:
         return torch.zeros(0, 3 * codebook.shape[1])
-    vec = codebook[codes.long()]  # (N, dim)
+    vec = codebook[codes]  # (N, dim)
     frames = vec.unfold(0, window, 1)  # (W_n, dim, window)
     change = (vec[1:] - vec[:-1]).abs()  # (N - 1, dim)
     change = F.pad(change, (0, 0, 0, 1)).unfold(0, window, 1)[..., :-1]  # (W_n, dim, window - 1)
@@ -119,6 +120,7 @@ class CodeEventDetector:
 
     def detect(self, codes: torch.Tensor) -> list[Detection]:
         """Runs of at least MIN_RUN windows whose "not none" probability passes THRESHOLD."""
+        codes = codes[codes < len(self.codebook)]  # a sampled start_mel id is no DVAE code
         if len(codes) < self.window:
             return []
         probs = self.window_probs(codes)  # (W_n, C)

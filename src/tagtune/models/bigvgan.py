@@ -217,7 +217,10 @@ class BigVGAN(nn.Module):
                 module.remove_weight_norm()
 
     def speaker_embedding(self, mel_ref: torch.Tensor) -> torch.Tensor:
-        """ECAPA-TDNN embedding of a reference log-mel: (B, T, num_mels) -> (B, 1, speaker_embedding_dim)."""
+        """ECAPA-TDNN embedding of a reference log-mel: (B, T, num_mels) -> (B, 1, speaker_embedding_dim).
+
+        Rows must be whole references of one length: the official pooling has no padding mask.
+        """
         return self.speaker_encoder(mel_ref)
 
     def forward(self, latents: torch.Tensor, mel_ref: torch.Tensor | None = None, *,

@@ -7,7 +7,9 @@ samples. The decoder (codes -> mel) is kept for reconstruction checks; inference
 Batched encoding: pass ``mel_lengths`` and every layer's output is zeroed past each row's length. A conv
 then sees exactly the zeros its own padding would supply for the unpadded row, so a padded batch gives the
 same codes as encoding each row alone (up to float rounding); positions past a row's end hold ``PAD_CODE``.
-Without ``mel_lengths`` the padding is treated as audio and the last ~8 codes of short rows change.
+Without ``mel_lengths`` the padding is treated as audio: a short row's last codes, those whose receptive
+field (about 7 codes for the full-size model: two k3 convs per residual block at the code rate) reaches
+into the padding, can change.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ from tagtune.config import DVAEConfig
 
 STRIDE = 2
 LOSS_AVERAGING_STEPS = 100  # rows of the training-only ``discrete_loss.accumulator`` buffer
+NEAREST_CHUNK = 4096  # code vectors per distance matrix (4096 x 8192 fp32 = 128 MiB)
 PAD_CODE = -1  # code written past a row's length in batched encoding (fails loudly if used as an index)
 
 
 def _time_mask(lengths: torch.Tensor | None, size: int) -> torch.Tensor | None:
-    """(B, 1, size) float mask of valid frames, or None."""
+    """(B, 1, size) bool mask of valid frames, or None."""
     if lengths is None:
         return None
-    return (torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]).unsqueeze(1).float()
+    return (torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]).unsqueeze(1)
 
 
 def _halve(lengths: torch.Tensor) -> torch.Tensor:
@@ -36,7 +39,7 @@ def _halve(lengths: torch.Tensor) -> torch.Tensor:
 
 
 def _apply(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    return x if mask is None else x * mask
+    return x if mask is None else x.masked_fill(~mask, 0.0)
 
 
 class ResBlock(nn.Module):
@@ -80,9 +83,13 @@ class Quantize(nn.Module):
     def nearest(self, x: torch.Tensor) -> torch.Tensor:
         """Index of the nearest column for each vector: (..., dim) -> (...) int64."""
         flat = x.reshape(-1, x.shape[-1])  # (N, dim)
-        # the official expansion |x|^2 - 2 x.e + |e|^2, kept term for term so near-ties resolve the same way
-        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.embed + self.embed.pow(2).sum(0, keepdim=True)
-        return dist.argmin(dim=1).reshape(x.shape[:-1])
+        e2 = self.embed.pow(2).sum(0, keepdim=True)  # (1, n_embed)
+        out = []
+        for rows in flat.split(NEAREST_CHUNK):  # bounds the (rows, n_embed) distance matrix
+            # the official expansion |x|^2 - 2 x.e + |e|^2, term for term, so near-ties resolve the same way
+            dist = rows.pow(2).sum(1, keepdim=True) - 2 * rows @ self.embed + e2
+            out.append(dist.argmin(dim=1))
+        return torch.cat(out).reshape(x.shape[:-1])
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Code vectors: (...) -> (..., dim)."""
@@ -159,7 +166,7 @@ class DiscreteVAE(nn.Module):
         z = self.encode(mel, mel_lengths).transpose(1, 2)  # (B, T_c, D)
         codes = self.codebook.nearest(z)
         if mel_lengths is not None:
-            valid = _time_mask(self.code_lengths(mel_lengths), codes.shape[1]).squeeze(1).bool()
+            valid = _time_mask(self.code_lengths(mel_lengths), codes.shape[1]).squeeze(1)
             codes = codes.masked_fill(~valid, PAD_CODE)
         return codes
 

@@ -1,0 +1,73 @@
+"""Training recipes: the shipped YAML files load and validate; overrides and bad values behave."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tagtune.train_config import TrainConfig, TrainConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_default_recipe_is_sized_for_elise():
+    cfg = TrainConfig.from_yaml(CONFIGS / "lora.yaml")
+    assert (cfg.lora.mode, cfg.lora.rank, cfg.lora.alpha, cfg.lora.layers) == ("lora", 16, 32, None)
+    assert cfg.lora.targets == ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+    assert cfg.batch.batch_size * cfg.batch.grad_accum == 16
+    assert 1100 // 16 * cfg.schedule.epochs == 544  # optimizer steps on ~1.1k training clips
+    assert cfg.optim.lr * cfg.optim.tag_lr_scale == pytest.approx(5e-4)
+    assert cfg.loss.text_weight == 0.1 and cfg.loss.mask_padding
+
+
+def test_lowmem_recipe_keeps_the_global_batch_and_saves_memory():
+    low, default = TrainConfig.from_yaml(CONFIGS / "lora-lowmem.yaml"), TrainConfig.from_yaml(CONFIGS / "lora.yaml")
+    assert low.batch.batch_size * low.batch.grad_accum == default.batch.batch_size * default.batch.grad_accum
+    assert low.batch.batch_size < default.batch.batch_size and low.model.gradient_checkpointing
+    assert low.lora.alpha / low.lora.rank == default.lora.alpha / default.lora.rank
+    assert low.to_dict().keys() == default.to_dict().keys()
+
+
+def test_shipped_recipes_round_trip_through_yaml(tmp_path):
+    import yaml
+
+    for name in ("lora.yaml", "lora-lowmem.yaml"):
+        cfg = TrainConfig.from_yaml(CONFIGS / name)
+        (tmp_path / name).write_text(yaml.safe_dump(cfg.to_dict()))
+        assert TrainConfig.from_yaml(tmp_path / name) == cfg
+
+
+def test_cli_overrides():
+    cfg = TrainConfig().with_overrides(max_steps=7, epochs=3, batch_size=5, lr=2e-3, rank=2, seed=9)
+    assert (cfg.schedule.max_steps, cfg.schedule.epochs, cfg.batch.batch_size) == (7, 3, 5)
+    assert (cfg.optim.lr, cfg.lora.rank, cfg.seed) == (2e-3, 2, 9)
+    assert TrainConfig().with_overrides(lr=None) == TrainConfig()
+    with pytest.raises(TrainConfigError, match="unknown override 'alpha'"):
+        TrainConfig().with_overrides(alpha=3)
+    with pytest.raises(TrainConfigError, match=r"batch.batch_size must be >= 1, got 0"):
+        TrainConfig().with_overrides(batch_size=0)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"lora": {"rank": 0}}, "lora.rank must be >= 1, got 0"),
+    ({"lora": {"mode": "qlora"}}, "lora.mode must be one of"),
+    ({"lora": {"rnak": 4}}, r"unknown key\(s\) \['rnak'\] in section 'lora'"),
+    ({"optim": {"lr": -1}}, "optim.lr must be > 0"),
+    ({"schedule": {"min_lr_ratio": 2}}, "schedule.min_lr_ratio must be in"),
+    ({"runtime": {"precision": "int8"}}, "runtime.precision must be one of"),
+    ({"trainer": {}}, r"unknown recipe key\(s\) \['trainer'\]"),
+    ({"model": {"dropout": 1.0}}, r"model.dropout must be in \[0, 1\)"),
+])
+def test_bad_values_name_the_field(data, message):
+    with pytest.raises(TrainConfigError, match=message):
+        TrainConfig.from_dict(data)
+
+
+def test_recipe_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lora: {rank: -2}\n")
+    with pytest.raises(TrainConfigError, match=r"bad.yaml: lora.rank must be >= 1"):
+        TrainConfig.from_yaml(bad)
+    with pytest.raises(TrainConfigError, match="recipe not found"):
+        TrainConfig.from_yaml(tmp_path / "missing.yaml")
