@@ -7,7 +7,7 @@ Both sides train the same random-init GPT with the same LoRA (rank 16, all four 
 with an Elise-like length mix (1-10 s of speech, ~3.5 text tokens per second):
 
 * tagtune: length-bucketed batches, SDPA attention, padding masked, speaker latents computed once per clip
-  (the conditioning encoder is frozen), fp32.
+  (the conditioning encoder is frozen); fp32, and again with bf16 autocast (``runtime.precision: bf16``).
 * baseline: pad-to-longest batches in random order, eager attention (an explicit softmax(QK^T)V, switched
   on inside this script only), the conditioning encoder run on every step, the official unmasked loss, fp32.
 
@@ -34,6 +34,7 @@ TOKENS_PER_SECOND = 3.5
 POOL = 256  # clips per simulated epoch
 BUCKET_BATCHES = 50
 REF_SECONDS = (1.0, 6.0)  # reference (conditioning) audio, cropped like the data pipeline does
+VARIANTS = ("tagtune", "tagtune-bf16")  # fp32, and runtime.precision: bf16 (CPU autocast)
 SETTINGS = {  # model -> (batch size, timed steps, warm-up steps)
     "tiny": (8, 12, 2),
     "v1.5": (4, 2, 1),
@@ -124,7 +125,8 @@ def measure(name: str, variant: str, queue) -> None:
     dataset = make_clips(cfg, elise_like_lengths(POOL))
     pad = PadSpec(cfg.stop_text_token, cfg.stop_mel_token, cfg.mel_length_compression)
     lengths = [len(c["text_ids"]) + len(c["codes"]) for c in dataset]
-    ours = variant == "tagtune"
+    ours = variant.startswith("tagtune")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "tagtune-bf16")
     if not ours:
         import tagtune.models.gpt2 as gpt2_module
 
@@ -144,7 +146,8 @@ def measure(name: str, variant: str, queue) -> None:
     for n, idx in enumerate(batches):
         batch = collate(dataset, idx, pad, conds)
         t = time.perf_counter()
-        text_ce, mel_ce = losses(batch)
+        with autocast:
+            text_ce, mel_ce = losses(batch)
         combine(text_ce, mel_ce, settings).mean().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -171,13 +174,15 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["tiny", "v1.5"], choices=sorted(SETTINGS))
     args = parser.parse_args()
     for name in args.models:
-        base, ours = run(name, "baseline"), run(name, "tagtune")
-        for r in (base, ours):
-            print(json.dumps(r))
-        ratio = ours["positions_per_s"] / base["positions_per_s"]
-        print(f"{name}: tagtune {ours['positions_per_s']:.0f} vs baseline {base['positions_per_s']:.0f} positions/s "
-              f"-> {ratio:.2f}x (goal >= 2x); peak RSS {ours['peak_rss_mb']:.0f} vs {base['peak_rss_mb']:.0f} MB; "
-              f"one-off speaker latents {ours['setup_s']:.1f} s")
+        base = run(name, "baseline")
+        print(json.dumps(base))
+        for variant in VARIANTS:
+            ours = run(name, variant)
+            print(json.dumps(ours))
+            ratio = ours["positions_per_s"] / base["positions_per_s"]
+            print(f"{name} {variant}: {ours['positions_per_s']:.0f} vs baseline {base['positions_per_s']:.0f} "
+                  f"positions/s -> {ratio:.2f}x (goal >= 2x); peak RSS {ours['peak_rss_mb']:.0f} vs "
+                  f"{base['peak_rss_mb']:.0f} MB; one-off speaker latents {ours['setup_s']:.1f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -91,8 +91,8 @@ def build_eval_data(root: Path, checkpoint_dir: Path) -> tuple[Path, Path]:
     settings = PrepareSettings(max_text_tokens=40, max_mel_tokens=60, val_fraction=0.34, cond_max_seconds=2.0,
                                shard_size=32, seed=3)
     manifest = prepare(open_source(listing), data_dir, clip_encoder_from_model(checkpoint_dir, device="cpu"),
-                       TokenizerTextEncoder(tokenizer), settings, base_checkpoint_hash=folder_fingerprint(checkpoint_dir),
-                       progress=False)
+                       TokenizerTextEncoder(tokenizer), settings, progress=False,
+                       base_checkpoint_hash=folder_fingerprint(checkpoint_dir))
     manifest |= {"base_checkpoint": {"dir": str(checkpoint_dir), "hash": manifest["base_checkpoint_hash"]},
                  "tokenizer": "bpe.model", "tags_file": "tags.json"}
     (data_dir / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")

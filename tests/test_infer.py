@@ -13,6 +13,7 @@ from tagtune.infer import TTS
 
 MAX_NEW = 40  # the fixture's max_mel_tokens for every generation
 HOP = 1024
+JOIN_REACH = 24 * HOP  # BigVGAN's receptive field: ~20 latent frames either side of a sentence join
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,7 +41,7 @@ def ref_path(fixture_dir):
 
 
 def greedy(**kw) -> GenerationConfig:
-    return GenerationConfig.greedy(max_new_tokens=MAX_NEW, **kw)
+    return GenerationConfig.greedy(**{"max_new_tokens": MAX_NEW, **kw})
 
 
 def test_sentences_are_the_official_ids(tts, texts, expected):
@@ -75,8 +76,12 @@ def test_fast_fp32_greedy_equals_compat(fixture_dir, tts, texts, ref_path):
     assert len(out.sentences) == len(compat.sentences) > 1
     assert [c.tolist() for c in out.codes] == [c.tolist() for c in compat.codes]
     assert len(out.audio) == out.tokens * HOP == len(compat.audio)
-    # batched latents/vocoder: equal but for fp32 noise and each sentence's last padded-batch samples
-    assert np.corrcoef(out.audio.astype(float), compat.audio.astype(float))[0, 1] > 0.999
+    # the fast path vocodes the sentences joined: away from the joins the audio is the compat audio
+    far = np.ones(len(out.audio), dtype=bool)
+    for join in np.cumsum([len(c) * HOP for c in out.codes])[:-1]:
+        far[max(0, join - JOIN_REACH) : join + JOIN_REACH] = False
+    diff = np.abs(out.audio.astype(np.int64) - compat.audio)
+    assert far.sum() >= 20 * HOP and diff[far].max() <= 2 and diff[~far].max() > 2
 
 
 def test_train_positions_differ_from_official(tts, texts, ref_path, expected):

@@ -17,7 +17,6 @@ import soundfile as sf
 import torch
 from torch import nn
 
-
 from .errors import UserError
 
 SAMPLE_RATE = 24000

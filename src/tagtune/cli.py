@@ -68,6 +68,15 @@ def _prepare(a) -> int:
     return 0
 
 
+def _eval(a) -> int:
+    from .evaluate import evaluate
+
+    report = evaluate(a.model, a.data, a.out, base_dir=a.base, adapter=a.adapter, n_free=a.n_free, seed=a.seed,
+                      device=a.device)
+    print((Path(a.out) / "report.md").read_text() if (Path(a.out) / "report.md").exists() else report)
+    return 0
+
+
 def _add_tag_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag-map", help="YAML/JSON file mapping tag spellings to canonical tags (null drops)")
     p.add_argument("--multiword", choices=("own", "base", "drop"), default="own",
@@ -120,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     _add_tag_options(s)
     s.set_defaults(func=_prepare)
+
+    s = sub.add_parser("eval", help="measure tag reliance, forgetting and free-running tag hits")
+    s.add_argument("--model", type=Path, help="tuned model folder (or the base, with --adapter)")
+    s.add_argument("--base", type=Path, help="base model folder to compare against")
+    s.add_argument("--adapter", type=Path, help="PEFT adapter folder applied on top of --base")
+    s.add_argument("--data", required=True, type=Path, help="a prepared DATA_DIR (its val split is used)")
+    s.add_argument("--out", required=True, type=Path, help="REPORT_DIR for report.json, report.md, plots")
+    s.add_argument("--n-free", type=int, default=48, help="free-running prompts per model (0: skip)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=_eval)
     return p
 
 

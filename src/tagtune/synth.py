@@ -18,6 +18,7 @@ import soundfile as sf
 
 from .errors import UserError
 from .generation import GenerationConfig
+from .reference import ReferenceAudioError
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,9 @@ def synth_command(model_dir, ref=None, text: str | None = None, batch=None, out=
     if unexpected := set(sampling) - set(SAMPLING_KEYS):
         raise TypeError(f"unexpected arguments {sorted(unexpected)}")
     items = _items(ref, text, batch, out, seed, base)
+    for item in items:  # before the model loads: a typo should cost nothing
+        if not item.ref.is_file():
+            raise ReferenceAudioError(f"reference audio {item.ref}: not found")
     from .infer import TTS
 
     options = {"batch_size": batch_size} if batch_size else {}

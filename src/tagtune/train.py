@@ -11,6 +11,7 @@ the number of processes, so 2 processes x batch b match 1 process x batch 2b.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import shutil
@@ -111,6 +112,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
         data.base_dir, data.tag_names, config.lora.tag_init, config.seed,
         word_ids=rundir.word_ids(data) if config.lora.tag_init == "words" else None,
         dropout=config.model.dropout)
+    _check_tag_ids(data, new_ids)
     gpt.gpt.gradient_checkpointing = config.model.gradient_checkpointing
     lora.apply_lora(gpt, config.lora, new_ids)
     gpt.to(accel.device).train()
@@ -131,14 +133,10 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
     pad = pad_spec(gpt)
     val_batches = [collate(data.val, list(range(i, min(i + VAL_BATCH_SIZE, len(data.val)))), pad, val_conds)
                    for i in range(0, len(data.val), VAL_BATCH_SIZE)]
-    tag_names = data.tag_names
-
-    def run_validation(step: int) -> dict:
-        values = validate(gpt, val_batches, config.loss, tag_names, accel.device, accel.autocast)
-        return values
-
+    run_validation = functools.partial(validate, gpt, val_batches, config.loss, data.tag_names, accel.device,
+                                       accel.autocast)
     if main and progress.base_untagged_loss is None and val_batches:
-        base = run_validation(0)  # adapters start as the identity: this is the base model's loss
+        base = run_validation()  # adapters start as the identity: this is the base model's loss
         progress.base_untagged_loss = base["loss_untagged"]
         metrics.add("val", 0, base)
         metrics.flush()
@@ -182,9 +180,8 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
                 bar.set_postfix(loss=f"{values['loss']:.3f}")
             validate_now = step % config.eval.every_steps == 0 or done
             if validate_now and main and val_batches:
-                last_val = run_validation(step)
-                last_val["forgetting_pct"] = forgetting(last_val["loss_untagged"], progress.base_untagged_loss,
-                                                        config.eval.forgetting_tolerance_pct)
+                last_val = run_validation()
+                last_val["forgetting_pct"] = forgetting(last_val["loss_untagged"], progress.base_untagged_loss)
                 _warn_forgetting(last_val["forgetting_pct"], config.eval.forgetting_tolerance_pct, step)
                 metrics.add("val", step, last_val)
                 if progress.best_val_loss is None or last_val["loss"] < progress.best_val_loss:
@@ -213,6 +210,15 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
     return RunResult(run_dir, progress.step, last_train.get("loss"), progress.best_val_loss, progress.best_step,
                      progress.base_untagged_loss, last_val, (last_val or {}).get("forgetting_pct"),
                      run_dir / rundir.BEST)
+
+
+def _check_tag_ids(data, new_ids: list[int]) -> None:
+    """The tokenizer's tag ids must be the rows grown for them (an off-by-one scrambles every tag)."""
+    ids = data.tagset.token_ids
+    want = dict(zip(data.tag_names, new_ids))
+    if ids and ids != want:
+        raise UserError(f"{data.tags_path}: tag ids {ids} do not match the grown text rows {want} of the base "
+                        f"checkpoint {data.base_dir} (was the tokenizer extended from another base model?)")
 
 
 def _warn_forgetting(pct: float | None, tolerance: float, step: int) -> None:

@@ -58,7 +58,7 @@ def validate(gpt: torch.nn.Module, batches: list[Batch], settings: LossSettings,
     return out
 
 
-def forgetting(untagged: float | None, base: float | None, tolerance_pct: float) -> float | None:
+def forgetting(untagged: float | None, base: float | None) -> float | None:
     """Percent by which the tuned untagged loss exceeds the base model's (None when unmeasurable)."""
     if untagged is None or base is None or base <= 0:
         return None

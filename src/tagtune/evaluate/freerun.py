@@ -36,7 +36,7 @@ class FreeRunSettings:
     top_p: float = 0.8
     temperature: float = 1.0
     repetition_penalty: float = 1.0
-    position_mode: str = "official"
+    position_mode: str = "train"  # training positions, as tagtune synthesis uses by default
 
     def generation_config(self, max_new_tokens: int):
         from ..generation import GenerationConfig
@@ -72,7 +72,8 @@ def make_prompts(tagged: list[dict], untagged: list[dict], tag_ids: set[int], sp
 
 
 @torch.no_grad()
-def generate(model, prompts: list[Prompt], items: list[dict], settings: FreeRunSettings, seed: int) -> list[torch.Tensor]:
+def generate(model, prompts: list[Prompt], items: list[dict], settings: FreeRunSettings,
+             seed: int) -> list[torch.Tensor]:
     """Sampled codes (without the stop code) for every prompt; batch b draws from seed + b."""
     from ..generation import generate_codes
 

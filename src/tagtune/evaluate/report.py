@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 
+log = logging.getLogger(__name__)
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 PLOTS = ("reliance.png", "free_running.png", "confusion.png")
@@ -95,6 +97,15 @@ def build_report(meta: dict, sections: dict) -> dict:
             "details": sections}
 
 
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401  (the "eval" extra)
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install 'tagtune[eval]'): report written without plots")
+        return False
+    return True
+
+
 def write_report(report: dict, out_dir: Path, plots: bool = True) -> None:
     """Write report.json, report.md and (with ``plots``) the PNG figures."""
     from .report_md import render_markdown
@@ -102,7 +113,7 @@ def write_report(report: dict, out_dir: Path, plots: bool = True) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / REPORT_JSON, json.dumps(report, indent=1, ensure_ascii=False, default=float))
     atomic_write_text(out_dir / REPORT_MD, render_markdown(report))
-    if plots:
+    if plots and _have_matplotlib():
         from .plots import render_plots
 
         for name, png in render_plots(report).items():

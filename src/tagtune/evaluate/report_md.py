@@ -9,6 +9,11 @@ def _fmt(v, pct: bool = False, digits: int = 2) -> str:
     return f"{100 * v:.0f}%" if pct else f"{v:.{digits}f}"
 
 
+def _cell(text: str) -> str:
+    """Table-safe text: a pipe would split the cell and a bare <tag> would vanish as HTML."""
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _tag_table(report: dict) -> list[str]:
     lines = ["| tag | trials (unit) | reliance gap tuned | base | wrong-tag gap tuned | clip win rate | "
              "hit rate | hit rate base | detector on real clips | placement error ms |",
@@ -30,7 +35,8 @@ def _overall(report: dict) -> list[str]:
         f"- untagged NLL per code: tuned {_fmt(nll.get('tuned'), digits=4)}, base {_fmt(nll.get('base'), digits=4)}, "
         f"ratio **{_fmt(o['untagged_nll_ratio'], digits=4)}**",
         f"- free running (tuned): mean hit rate **{_fmt(o['mean_hit_rate'], True)}**, any-event rate "
-        f"{_fmt(o['any_event_rate'], True)}, false-event rate on tag-free prompts **{_fmt(o['false_event_rate'], True)}**",
+        f"{_fmt(o['any_event_rate'], True)}, false-event rate on tag-free prompts "
+        f"**{_fmt(o['false_event_rate'], True)}**",
         f"- free running (base): mean hit rate {_fmt(o['base']['mean_hit_rate'], True)}, false-event rate "
         f"{_fmt(o['base']['false_event_rate'], True)}",
         f"- detector held-out window accuracy {_fmt(o['detector_accuracy'], True)} "
@@ -43,7 +49,8 @@ def _confusion(report: dict) -> list[str]:
     if not conf:
         return []
     lines = ["", "## Confusion (tuned, free running): tag in the prompt vs event found near it", "",
-             "| prompt tag | " + " | ".join(conf["columns"]) + " |", "|---" * (len(conf["columns"]) + 1) + "|"]
+             "| prompt tag | " + " | ".join(_cell(c) for c in conf["columns"]) + " |",
+             "|---" * (len(conf["columns"]) + 1) + "|"]
     for tag in conf["rows"]:
         lines.append(f"| `{tag}` | " + " | ".join(str(conf["counts"][tag][c]) for c in conf["columns"]) + " |")
     return lines
@@ -54,7 +61,7 @@ def _acceptance(report: dict) -> list[str]:
     mark = {True: "pass", False: "**FAIL**", None: "not measured"}
     lines = ["", f"## Acceptance: {'passed' if acc['passed'] else 'not passed'}", "", "| check | value | result |",
              "|---|---|---|"]
-    lines += [f"| {c['name']} | {_fmt(c['value'], digits=3)} | {mark[c['passed']]} |" for c in acc["checks"]]
+    lines += [f"| {_cell(c['name'])} | {_fmt(c['value'], digits=3)} | {mark[c['passed']]} |" for c in acc["checks"]]
     return lines
 
 

@@ -73,7 +73,9 @@ def _free_running(models, detector, tagged, untagged, tags, space_id, settings, 
     items = tagged + untagged
     tag_ids = models[0].tag_ids
     prompts = make_prompts(tagged, untagged, set(tag_ids.values()), space_id)
-    out = {"real_clips": summarize_free(score_clips(detector, prompts, [items[p.item]["codes"] for p in prompts],
+    # the detector on the reference recordings themselves: tag-stripped twins would still hold the event
+    real = [p for p in prompts if p.tagged or p.item >= len(tagged)]
+    out = {"real_clips": summarize_free(score_clips(detector, real, [items[p.item]["codes"] for p in real],
                                                     items, tags, tag_ids), list(tags.tags))}
     for m in models:
         started = time.perf_counter()
@@ -84,13 +86,28 @@ def _free_running(models, detector, tagged, untagged, tags, space_id, settings, 
     return out
 
 
-def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | Path, base_dir: str | Path | None = None,
-             adapter: str | Path | None = None, n_free: int = 48, seed: int = 0, device: str = "cpu",
-             free_settings: FreeRunSettings | None = None, plots: bool = True) -> dict:
+def _teacher_forced(models, tagged: list[dict], untagged: list[dict], tags, space_id) -> dict:
+    """Reliance per model, untagged NLL per model and the forgetting ratio."""
+    out: dict = {"reliance": {}, "untagged": {}}
+    for m in models:
+        with torch.inference_mode():
+            out["reliance"][m.name] = summarize(score_reliance(m, tagged, tags, space_id), list(tags.tags))
+            out["untagged"][m.name] = untagged_nll(m, untagged) if untagged else None
+        log.info("%s: reliance and untagged NLL done", m.name)
+    tuned_u, base_u = out["untagged"][models[0].name], out["untagged"].get("base")
+    out["forgetting"] = forgetting_summary(tuned_u, base_u) if tuned_u else None
+    return out
+
+
+def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | Path,
+             base_dir: str | Path | None = None, adapter: str | Path | None = None, n_free: int = 48,
+             seed: int = 0, device: str = "cpu", free_settings: FreeRunSettings | None = None,
+             plots: bool = True) -> dict:
     """Evaluate a tuned model (folder, or ``base_dir`` + ``adapter``) on DATA_DIR; write and return the report.
 
-    ``n_free`` tagged validation clips are used for free-running generation (0 skips it); ``seed`` fixes
-    the prompt choice and the sampling. ``base_dir`` adds the base model's numbers and the forgetting ratio.
+    ``n_free`` tagged validation clips are used for free-running generation (0 skips it; ``free_settings``,
+    when given, replaces it and the sampling defaults); ``seed`` fixes the prompt choice and the sampling.
+    ``base_dir`` adds the base model's numbers and the forgetting ratio.
     """
     started = time.perf_counter()
     settings = free_settings or FreeRunSettings(prompts=n_free)
@@ -103,15 +120,7 @@ def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | 
     untagged = [it for it in val if not any(int(i) in by_id for i in it["text_ids"])]
     if not tagged:
         raise EvaluationError(f"{data_dir}: no validation clip carries one of the tags {list(tags.tags)}")
-    sections: dict = {"reliance": {}, "untagged": {}}
-    for m in models:
-        with torch.inference_mode():
-            trials = score_reliance(m, tagged, tags, space_id)
-            sections["reliance"][m.name] = summarize(trials, list(tags.tags))
-            sections["untagged"][m.name] = untagged_nll(m, untagged) if untagged else None
-        log.info("%s: reliance and untagged NLL done (%.1f s)", m.name, time.perf_counter() - started)
-    tuned_u, base_u = sections["untagged"][tuned.name], sections["untagged"].get("base")
-    sections["forgetting"] = forgetting_summary(tuned_u, base_u) if tuned_u else None
+    sections = _teacher_forced(models, tagged, untagged, tags, space_id)
     det, sections["detector"] = train_detector(_codebook(model_dir, Path(base_dir) if base_dir else None),
                                                _split(Path(data_dir), "train"), val, tags, tuned.tag_ids, seed)
     sections["free"] = None

@@ -1,0 +1,126 @@
+"""Building blocks of ``tagtune eval``: text variants, code spans, batched NLL, the detector, rate summaries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tagtune.evaluate.detector import NONE, CodeEventDetector, window_features, window_labels
+from tagtune.evaluate.freerun import strip_tags, summarize_free
+from tagtune.evaluate.nll import ScoreRow, code_nll, code_span
+from tagtune.evaluate.reliance import TrialScore, occurrences, summarize, with_other_tag, without_tag
+from tagtune.text.tags import TagSet
+
+SPACE = 7
+TAGS = TagSet(["<laughs>", "<sighs>"], token_ids={"<laughs>": 320, "<sighs>": 321})
+TAG_IDS = {"<laughs>": 320, "<sighs>": 321}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The CPU is shared; one thread avoids oversubscription stalls in these tiny workloads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_text_variants_remove_the_tag_with_its_space_piece_or_swap_it():
+    ids = torch.tensor([5, 9, SPACE, 320, 11, 321])
+    assert without_tag(ids, 3, SPACE).tolist() == [5, 9, 11, 321]
+    assert without_tag(ids, 5, SPACE).tolist() == [5, 9, SPACE, 320, 11]  # no space piece before it
+    assert without_tag(ids, 3, None).tolist() == [5, 9, SPACE, 11, 321]
+    assert with_other_tag(ids, 3, 321).tolist() == [5, 9, SPACE, 321, 11, 321]
+    assert strip_tags(ids, {320, 321}, SPACE).tolist() == [5, 9, 11]
+
+
+def test_code_span_covers_every_code_overlapping_the_event():
+    assert code_span(3 * 1024 + 5, 5 * 1024, 60) == (3, 5)
+    assert code_span(1000, 1025, 60) == (0, 2)
+    assert code_span(50 * 1024, 70 * 1024, 55) == (50, 55)  # clipped to the clip's codes
+
+
+def test_occurrences_match_events_in_order_and_fall_back_to_the_text():
+    item = {"text_ids": torch.tensor([5, 320, 9, 321, 4]), "codes": torch.zeros(40, dtype=torch.long),
+            "wav_len": 40 * 1024, "events": [{"tag": "sighs", "start_sample": 20 * 1024, "end_sample": 30 * 1024},
+                                            {"tag": "laughs", "start_sample": 2048, "end_sample": 8 * 1024 + 1}]}
+    occ = occurrences(item, 0, TAGS, TAG_IDS)
+    assert [(o.tag, o.position, o.span) for o in occ] == [("<laughs>", 1, (2, 9)), ("<sighs>", 3, (20, 30))]
+    assert occ[1].onset_fraction == pytest.approx(0.5)
+    item["events"] = item["events"][:1]  # one event for two tags: no boundaries, whole-clip trials
+    occ = occurrences(item, 0, TAGS, TAG_IDS)
+    assert [o.span for o in occ] == [None, None] and occ[1].onset_fraction == pytest.approx(3 / 5)
+
+
+def test_reliance_summary_from_trials():
+    trials = [TrialScore(0, "<laughs>", "event", 10.0, 13.0, {"<sighs>": 12.0}),
+              TrialScore(1, "<laughs>", "event", 10.0, 9.0, {"<sighs>": 11.0}),
+              TrialScore(2, "<sighs>", "clip", 5.0, 5.0, {"<laughs>": 5.0})]
+    s = summarize(trials, ["<laughs>", "<sighs>"])
+    assert s["<laughs>"]["reliance_gap"] == pytest.approx(1.0) and s["<laughs>"]["wrong_tag_gap"] == pytest.approx(1.5)
+    assert s["<laughs>"]["clip_win_rate"] == 0.5 and s["<laughs>"]["reliance_gap_se"] == pytest.approx(2.0)
+    assert s["<sighs>"] == {"trials": 1, "unit": "clip", "reliance_gap": 0.0, "reliance_gap_se": None,
+                            "wrong_tag_gap": 0.0, "clip_win_rate": 0.0}  # a tie is no win
+
+
+def test_batched_nll_equals_each_row_alone(fixture_dir):
+    from tagtune.checkpoint import load_gpt
+
+    gpt = load_gpt(fixture_dir / "checkpoint")
+    g = torch.Generator().manual_seed(0)
+    conds = torch.randn(3, 32, gpt.cfg.model_dim, generator=g)
+    rows = [ScoreRow(conds[k], torch.randint(2, 300, (n,), generator=g), torch.randint(0, 128, (m,), generator=g),
+                     m * 1024 - 100) for k, (n, m) in enumerate([(4, 20), (11, 7), (7, 33)])]
+    together = code_nll(gpt, rows)
+    alone = [code_nll(gpt, [r])[0] for r in rows]
+    assert [t.shape[0] for t in together] == [21, 8, 34]
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+    full = gpt.logits(None, rows[0].text_ids[None], torch.tensor([4]), rows[0].codes[None], torch.tensor([20 * 1024]),
+                      conds=conds[:1])
+    logp = full.mel_logits[0].log_softmax(0)  # (V, Lc+2)
+    expected = -logp[torch.cat([rows[0].codes, torch.tensor([gpt.cfg.stop_mel_token])]), torch.arange(21)]
+    torch.testing.assert_close(together[0], expected, atol=1e-4, rtol=1e-5)
+
+
+def test_window_labels_and_features():
+    labels = window_labels(12, [("<sighs>", 4, 9)], 4)
+    # a window of 4 is labelled once the event covers >= 0.6 of it (3 codes); partial overlaps are skipped
+    assert labels == [NONE, None, None, "<sighs>", "<sighs>", "<sighs>", "<sighs>", None, None]
+    codebook = torch.arange(12.0).reshape(6, 2)
+    feats = window_features(torch.tensor([0, 1, 2, 1]), codebook, 3)
+    assert feats.shape == (2, 6)
+    torch.testing.assert_close(feats[0], torch.tensor([2.0, 3.0, 2.0, 2.0, 2.0, 2.0]))
+
+
+def test_detector_finds_a_synthetic_event_at_its_onset():
+    g = torch.Generator().manual_seed(1)
+    codebook = torch.randn(20, 4, generator=g)
+    codebook[10:, 0] += 2.0  # the "event" codes sound different from the "speech" codes
+
+    def clip(onset: int | None, n: int = 40):
+        codes = torch.randint(0, 10, (n,), generator=g)  # "speech" codes 0..9
+        if onset is None:
+            return codes, []
+        codes[onset : onset + 12] = torch.randint(10, 20, (12,), generator=g)  # "sigh" codes 10..19
+        return codes, [("<sighs>", onset, onset + 12)]
+
+    det = CodeEventDetector(codebook, ["<sighs>"], window=6)
+    det.fit([clip(o) for o in (5, 10, 20, None, 15, None)], seed=0)
+    assert det.accuracy([clip(8), clip(None)])["accuracy"] > 0.95
+    codes, _ = clip(17)
+    (found,) = det.detect(codes)
+    assert found.tag == "<sighs>" and abs(found.onset - 17) <= 2 and abs(found.end - 29) <= 2
+    assert det.detect(clip(None)[0]) == []
+
+
+def test_free_running_rates_from_trials():
+    scored = {"trials": [{"tag": "<laughs>", "detected": "<laughs>", "error_ms": 100.0},
+                         {"tag": "<laughs>", "detected": "<sighs>", "error_ms": 50.0},
+                         {"tag": "<sighs>", "detected": NONE, "error_ms": None}],
+              "false_flags": [True, False, False, False], "any_flags": [True, True, False]}
+    s = summarize_free(scored, ["<laughs>", "<sighs>"])
+    assert s["per_tag"]["<laughs>"] == {"trials": 2, "hit_rate": 0.5, "placement_error_ms": 100.0}
+    assert s["per_tag"]["<sighs>"]["hit_rate"] == 0.0 and s["mean_hit_rate"] == 0.25
+    assert s["false_event_rate"] == 0.25 and s["any_event_rate"] == pytest.approx(2 / 3)
+    assert s["confusion"]["counts"]["<laughs>"] == {"<laughs>": 1, "<sighs>": 1, NONE: 0}

@@ -1,0 +1,93 @@
+"""Reduced-precision GPT copies, batched latents, joined vocoding and the quality measure (tiny fixture)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from tagtune.checkpoint import load_bigvgan, load_gpt
+from tagtune.fast import (
+    batched_latents,
+    conv1d_to_linear,
+    prepare_gpt,
+    resolve_precision,
+    teacher_forced_quality,
+    vocode_joined,
+)
+from tagtune.generation import latents_for_vocoder
+
+HOP = 1024
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def gpt(fixture_dir):
+    return load_gpt(fixture_dir / "checkpoint")
+
+
+def test_conv1d_to_linear_is_exact():
+    torch.manual_seed(0)
+    block = nn.Sequential(Conv1D(12, 8), nn.GELU(), Conv1D(8, 12))
+    x = torch.randn(2, 5, 8)
+    before = block(x)
+    conv1d_to_linear(block)
+    assert [type(m) for m in block] == [nn.Linear, nn.GELU, nn.Linear]
+    torch.testing.assert_close(block(x), before, atol=1e-6, rtol=0)
+
+
+def test_resolve_precision():
+    assert resolve_precision("auto", "cpu") == "int8"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    for bad, device in (("fp16", "cpu"), ("int4", "cpu")):
+        with pytest.raises(ValueError):
+            resolve_precision(bad, device)
+
+
+def test_prepare_gpt_leaves_the_original_alone(gpt):
+    before = {k: v.clone() for k, v in gpt.state_dict().items()}
+    fast = prepare_gpt(gpt, "int8")
+    assert type(gpt.gpt.h[0].attn.c_attn) is Conv1D and type(fast.gpt.h[0].attn.c_attn) is not Conv1D
+    assert "quantized" in type(fast.mel_head).__module__
+    assert all(torch.equal(v, gpt.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("precision, min_agreement, max_nll_change", [("bf16", 0.98, 0.01), ("int8", 0.95, 0.02)])
+def test_teacher_forced_quality_on_fixture(gpt, expected, precision, min_agreement, max_nll_change):
+    q = teacher_forced_quality(gpt, prepare_gpt(gpt, precision), expected["conds"], expected["latent_text_ids"],
+                               expected["latent_codes"])
+    assert q["top1_agreement"] >= min_agreement
+    assert abs(q["nll_candidate"] / q["nll_reference"] - 1) <= max_nll_change
+    same = teacher_forced_quality(gpt, gpt, expected["conds"], expected["latent_text_ids"], expected["latent_codes"])
+    assert same["top1_agreement"] == 1.0 and same["nll_candidate"] == same["nll_reference"]
+
+
+def test_batched_latents_equal_one_at_a_time(gpt, expected):
+    conds, text = expected["conds"], expected["gen_text_ids"][0].tolist()
+    codes = expected["dvae_codes"][0]
+    sentences = [text, text[:6], text[3:]]
+    rows = [codes[:30], codes[:0], codes[10:19]]  # an empty row is skipped, not an error
+    got = batched_latents(gpt, conds, sentences, rows, batch_size=8)
+    assert [tuple(g.shape) for g in got] == [(30, 64), (0, 64), (9, 64)]
+    torch.testing.assert_close(got[0], expected["latents"][0, :30], atol=1e-4, rtol=0)
+    for ids, c, g in zip(sentences, rows, got):
+        if len(c):
+            one = latents_for_vocoder(gpt, conds, torch.tensor([ids]), c[None], torch.tensor([len(c)]))[0]
+            torch.testing.assert_close(g, one, atol=1e-5, rtol=0)
+
+
+def test_vocode_joined_splits_at_the_joins(fixture_dir, expected):
+    vocoder = load_bigvgan(fixture_dir / "checkpoint")
+    lat = expected["latents"][0]  # (40, 64)
+    with torch.no_grad():
+        waves = vocode_joined(vocoder, [lat[:25], lat[:0], lat[25:]], expected["spk_emb"])
+    assert [len(w) for w in waves] == [25 * HOP, 0, 15 * HOP]
+    torch.testing.assert_close(torch.cat(waves), expected["wav"][0, 0], atol=1e-4, rtol=0)

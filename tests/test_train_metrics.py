@@ -1,0 +1,74 @@
+"""Forgetting guard, metric files and the run-folder checkpoint mechanics (no training)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from tagtune import train_state as ts
+from tagtune.train import _scheduler, _warn_forgetting
+from tagtune.train_config import TrainConfig
+from tagtune.train_metrics import MetricsLog, forgetting
+
+
+def test_forgetting_percent_and_warning(caplog):
+    assert forgetting(2.2, 2.0) == pytest.approx(10.0)
+    assert forgetting(None, 2.0) is None and forgetting(2.0, None) is None
+    with caplog.at_level(logging.WARNING):
+        _warn_forgetting(4.9, 5.0, step=10)
+        assert not caplog.records
+        _warn_forgetting(10.0, 5.0, step=20)
+    assert "step 20: untagged validation loss is 10.0% worse" in caplog.text
+
+
+def test_metrics_files_and_truncation_on_resume(tmp_path):
+    log = MetricsLog(tmp_path, True, None)
+    for step in (1, 2, 3):
+        log.add("train", step, {"loss": 3.0 - step, "lr": 1e-4})
+    log.add("val", 3, {"loss": 1.5, "loss_tag/<laughs>": None})
+    log.close()
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "kind,step,loss,lr,loss_tag/<laughs>" and len(rows) == 5
+    resumed = MetricsLog(tmp_path, True, resume_step=2)  # lines of steps 3+ are replayed by the resumed run
+    assert [r["step"] for r in resumed.records] == [1, 2]
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_warmup_then_cosine_schedule():
+    cfg = TrainConfig.from_dict({"schedule": {"warmup_steps": 4, "min_lr_ratio": 0.1}})
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = _scheduler(opt, cfg, total_steps=14)
+    lrs = []
+    for _ in range(14):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8]) and lrs[4] == pytest.approx(1.0)
+    assert lrs[9] == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] > 0.1
+
+
+def test_checkpoint_state_round_trip_and_latest_pointer(tmp_path):
+    p = torch.nn.Parameter(torch.randn(3))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    p.grad = torch.ones(3)
+    opt.step()
+    sched = _scheduler(opt, TrainConfig(), total_steps=10)
+    progress = ts.Progress(step=7, epoch=1, batch_in_epoch=2, best_val_loss=1.25, best_step=5, kept=[7])
+    assert ts.latest_checkpoint(tmp_path) is None
+    staged = ts.staging_dir(tmp_path, 7)
+    ts.write_rng(staged, 0)
+    ts.write_state(staged, {"w": p.detach().clone()}, opt, sched, progress)
+    ts.publish(tmp_path, 7)
+    folder = ts.latest_checkpoint(tmp_path)
+    assert folder.name == "step-000007" and not staged.exists()
+    trainable, optim_state, sched_state, restored, rng = ts.read_checkpoint(folder, 0)
+    assert restored == progress and torch.equal(trainable["w"], p.detach())
+    assert torch.equal(optim_state["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert json.loads((folder / "state.json").read_text())["scheduler"]["last_epoch"] == 0
+    assert torch.equal(rng, torch.get_rng_state())
+    with pytest.raises(FileNotFoundError, match="same number of processes"):
+        ts.read_checkpoint(folder, 1)
