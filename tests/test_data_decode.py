@@ -70,3 +70,15 @@ def test_text_is_cleaned_and_encoded():
     assert clean_text(b"  two\n words ") == "two words"
     enc = encode_text("hi <laughs>", ToyTextEncoder(), max_text_tokens=10)
     assert enc.tags == ["<laughs>"] and enc.ids[-1] == 100 and enc.text == "hi <laughs>"
+
+
+def test_events_follow_resampling_and_trimming():
+    from tagtune.data.decode import DecodedClip, map_events
+
+    clip = DecodedClip(np.zeros(24000, np.float32), source_rate=22050, trim_start=2400)
+    events = [{"tag": "<laughs>", "start_sample": 22050, "end_sample": 33075},  # 1.0-1.5 s at 22.05 kHz
+              {"tag": "<sighs>", "start_sample": 0, "end_sample": 1000},  # inside the trimmed lead-in
+              {"tag": "<bad>", "start_sample": "x", "end_sample": 3}]
+    got = map_events(events, clip, 24000, 24000)
+    assert got == [{"tag": "<laughs>", "start_sample": 24000 - 2400, "end_sample": 24000}]
+    assert map_events("not a list", clip, 24000, 24000) is None

@@ -82,17 +82,24 @@ def read_audio(blob: bytes | str | Path | None) -> tuple[np.ndarray, int] | Reje
     return data, int(rate)
 
 
-def trim_silence(wav: np.ndarray, settings: DecodeSettings) -> np.ndarray:
-    """Drop leading/trailing frames quieter than ``trim_db`` below the loudest frame, keeping a margin."""
+def trim_bounds(wav: np.ndarray, settings: DecodeSettings) -> tuple[int, int]:
+    """(start, end) sample range left after dropping leading/trailing frames quieter than ``trim_db``
+    below the loudest frame, keeping a margin."""
     n_frames = len(wav) // TRIM_FRAME
     if n_frames < 2:
-        return wav
+        return 0, len(wav)
     frames = wav[: n_frames * TRIM_FRAME].reshape(n_frames, TRIM_FRAME)
     rms = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))  # (n_frames,)
     loud = np.flatnonzero(rms >= rms.max() * 10 ** (-settings.trim_db / 20))
     margin = int(settings.trim_margin_s * settings.sample_rate)
     start = max(0, loud[0] * TRIM_FRAME - margin)
     end = min(len(wav), (loud[-1] + 1) * TRIM_FRAME + margin)
+    return int(start), int(end)
+
+
+def trim_silence(wav: np.ndarray, settings: DecodeSettings) -> np.ndarray:
+    """``wav`` without its leading/trailing silence (see ``trim_bounds``)."""
+    start, end = trim_bounds(wav, settings)
     return wav[start:end]
 
 
@@ -123,11 +130,17 @@ def check_duration(n: int, settings: DecodeSettings) -> Rejection | None:
     return None
 
 
-def decode_clip(blob: bytes | str | Path | None, settings: DecodeSettings) -> np.ndarray | Rejection:
-    """Decode, check, mix to mono, resample (soxr) and optionally trim one clip.
+@dataclass(frozen=True)
+class DecodedClip:
+    """A decoded clip and how its samples map to the source file's (for event boundaries)."""
 
-    Returns the waveform as float32 ``(N,)`` at ``settings.sample_rate``, or a :class:`Rejection`.
-    """
+    wav: np.ndarray  # float32 (N,) at the model rate
+    source_rate: int
+    trim_start: int  # samples (model rate) dropped from the start by trimming
+
+
+def decode_clip_info(blob: bytes | str | Path | None, settings: DecodeSettings) -> DecodedClip | Rejection:
+    """Decode, check, mix to mono, resample (soxr) and optionally trim one clip."""
     read = read_audio(blob)
     if isinstance(read, Rejection):
         return read
@@ -138,7 +151,37 @@ def decode_clip(blob: bytes | str | Path | None, settings: DecodeSettings) -> np
     wav = data.mean(axis=1)  # (frames,) channel mean, as the official reference loading does
     if rate != settings.sample_rate:
         wav = soxr.resample(wav, rate, settings.sample_rate, quality="HQ").astype(np.float32)
+    start = 0
     if settings.trim_silence:
-        wav = trim_silence(wav, settings)
+        start, end = trim_bounds(wav, settings)
+        wav = wav[start:end]
     bad = check_duration(len(wav), settings)
-    return bad if bad is not None else np.ascontiguousarray(wav, dtype=np.float32)
+    return bad if bad is not None else DecodedClip(np.ascontiguousarray(wav, dtype=np.float32), rate, start)
+
+
+def decode_clip(blob: bytes | str | Path | None, settings: DecodeSettings) -> np.ndarray | Rejection:
+    """Like ``decode_clip_info`` but returns only the waveform, float32 ``(N,)`` at ``settings.sample_rate``."""
+    out = decode_clip_info(blob, settings)
+    return out if isinstance(out, Rejection) else out.wav
+
+
+def map_events(events, clip: DecodedClip, n_samples: int, model_rate: int) -> list[dict] | None:
+    """Event boundaries in the prepared clip's samples (model rate, after trimming), clipped to the clip.
+
+    Source boundaries are in the source file's samples unless an event carries its own ``sample_rate``.
+    Events that fall entirely outside the kept audio are dropped.
+    """
+    if not isinstance(events, list) or not events:
+        return None
+    out = []
+    for ev in events:
+        if not (isinstance(ev, dict) and isinstance(ev.get("start_sample"), (int, float))
+                and isinstance(ev.get("end_sample"), (int, float))):
+            continue  # unusable boundaries: the clip is still used, without them
+        rate = ev.get("sample_rate", clip.source_rate)
+        start = round(ev["start_sample"] * model_rate / rate) - clip.trim_start
+        end = round(ev["end_sample"] * model_rate / rate) - clip.trim_start
+        start, end = max(0, start), min(n_samples, end)
+        if end > start:
+            out.append({**{k: v for k, v in ev.items() if k != "sample_rate"}, "start_sample": start, "end_sample": end})
+    return out

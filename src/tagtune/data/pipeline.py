@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tagtune.data.decode import MODEL_SAMPLE_RATE, TOO_LONG, DecodeSettings, Rejection, decode_clip
+from tagtune.data.decode import (MODEL_SAMPLE_RATE, TOO_LONG, DecodedClip, DecodeSettings, Rejection,
+                                 decode_clip_info, map_events)
 from tagtune.data.encode import BAD_RECORD, ClipEncoder, EncodedText, TextEncoder, encode_text
 from tagtune.data.shards import write_shard
 from tagtune.data.sources import Record, Source
@@ -55,8 +56,8 @@ def _texts(job: ShardJob, records: list[Record], text_encoder: TextEncoder, max_
 
 def _decode_all(blobs: list, settings: DecodeSettings, pool: Executor | None) -> list:
     if pool is None:
-        return [decode_clip(b, settings) for b in blobs]
-    return list(pool.map(decode_clip, blobs, [settings] * len(blobs), chunksize=4))
+        return [decode_clip_info(b, settings) for b in blobs]
+    return list(pool.map(decode_clip_info, blobs, [settings] * len(blobs), chunksize=4))
 
 
 def run_shard(job: ShardJob, source: Source, records: list[Record], clip_encoder: ClipEncoder,
@@ -71,12 +72,13 @@ def run_shard(job: ShardJob, source: Source, records: list[Record], clip_encoder
     keep = sorted(texts)
     blobs = source.audio(job.start, job.stop)
     decoded = _decode_all([blobs[i] for i in keep], settings.decode_settings(), pool)
-    wavs: dict[int, np.ndarray] = {}
-    for i, wav in zip(keep, decoded):
-        if isinstance(wav, Rejection):
-            _reject(rejected, job.start + i, recs[i], wav)
+    clips: dict[int, DecodedClip] = {}
+    for i, clip in zip(keep, decoded):
+        if isinstance(clip, Rejection):
+            _reject(rejected, job.start + i, recs[i], clip)
         else:
-            wavs[i] = wav
+            clips[i] = clip
+    wavs = {i: c.wav for i, c in clips.items()}
     order = sorted(wavs)
     encoded = clip_encoder.encode([wavs[i] for i in order]) if order else []
     examples, arrays = [], []
@@ -84,7 +86,8 @@ def run_shard(job: ShardJob, source: Source, records: list[Record], clip_encoder
         if codes.numel() > settings.max_mel_tokens:
             _reject(rejected, job.start + i, recs[i], Rejection(TOO_LONG, f"{codes.numel()} codes > {settings.max_mel_tokens}"))
             continue
-        examples.append(_example(job.start + i, recs[i], texts[i], len(wavs[i]), codes))
+        events = map_events(recs[i].events, clips[i], len(wavs[i]), MODEL_SAMPLE_RATE)
+        examples.append(_example(job.start + i, recs[i], texts[i], len(wavs[i]), codes, events))
         arrays.append({"text_ids": torch.tensor(texts[i].ids), "codes": codes, "wav_len": len(wavs[i]),
                        "mel": mel[:, : settings.cond_max_frames()]})  # (n_mels, T<=max)
     rejected.sort(key=lambda r: r["index"])
@@ -93,14 +96,14 @@ def run_shard(job: ShardJob, source: Source, records: list[Record], clip_encoder
     write_shard(job.path, examples, arrays, meta, n_mels)
 
 
-def _example(index: int, rec: Record, text: EncodedText, wav_len: int, codes: torch.Tensor) -> dict:
+def _example(index: int, rec: Record, text: EncodedText, wav_len: int, codes: torch.Tensor, events) -> dict:
     """The JSON record of one accepted clip (the arrays live in the shard's tensors)."""
     return {
         "index": index,
         "source_id": rec.source_id,
         "text": text.text,
         "speaker": rec.speaker,
-        "events": rec.events,
+        "events": events,  # boundaries in this clip's 24 kHz samples
         "tags": text.tags,
         "seconds": round(wav_len / MODEL_SAMPLE_RATE, 4),
         "n_text": len(text.ids),

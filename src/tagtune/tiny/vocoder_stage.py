@@ -88,5 +88,5 @@ def build_vocoder(cfg: BigVGANConfig, gpt: UnifiedVoice, examples: list[Example]
     before = mel_l1(voc, *data["val"], full_stages=vs.full_stages)
     stats = train_vocoder(voc, *data["fit"], vs, log)
     stats |= {"clips": len(fit_idx), "val_mel_l1_init": round(before, 4),
-              "val_mel_l1": round(mel_l1(voc, *data["val"]), 4), "ecapa": "seeded random init (not trained)"}
+              "val_mel_l1": round(mel_l1(voc, *data["val"], full_stages=vs.full_stages), 4), "ecapa": "seeded random init (not trained)"}
     return voc, stats

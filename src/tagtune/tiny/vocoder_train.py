@@ -154,7 +154,10 @@ def train_vocoder(voc: BigVGAN, latents: list[torch.Tensor], wavs: list[torch.Te
 @torch.no_grad()
 def mel_l1(voc: BigVGAN, latents: list[torch.Tensor], wavs: list[torch.Tensor], speakers: list[torch.Tensor],
            full_stages: int | None = None) -> float:
-    """Mean multi-resolution mel L1 of whole clips (the full forward when ``full_stages`` is None)."""
+    """Mean multi-resolution mel L1 of whole clips.
+
+    With ``full_stages`` the cheap forward is used (equal to the full one once later stages are identities).
+    """
     loss_fn = MultiResolutionMelLoss()
     total = 0.0
     for lat, wav, spk in zip(latents, wavs, speakers):
