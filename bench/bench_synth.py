@@ -28,7 +28,8 @@ from tagtune.models.unified_voice import UnifiedVoice
 from tagtune.text import TagSet, TextTokenizer
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "indextts-tiny"
-SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank."
+SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank, and then it runs home to sleep."
+SENTENCE_TOKENS = 60  # packing limit that keeps each bench sentence (54 pieces) a GPT sentence of its own
 
 
 def build_tts(fixture: Path, seed: int = 0) -> TTS:
@@ -39,7 +40,7 @@ def build_tts(fixture: Path, seed: int = 0) -> TTS:
     vocoder = BigVGAN(cfg.bigvgan).eval()
     vocoder.remove_weight_norm()
     tokenizer = TextTokenizer(fixture / "checkpoint" / "bpe.model", tagset=TagSet())
-    return TTS(gpt, vocoder, tokenizer, MelSpectrogram(), precision="fp32")
+    return TTS(gpt, vocoder, tokenizer, MelSpectrogram(), precision="fp32", max_sentence_tokens=SENTENCE_TOKENS)
 
 
 def run(tts: TTS, text: str, ref, cfg: GenerationConfig, compat: str | None):
@@ -58,13 +59,13 @@ def show(label: str, r: dict, base: dict | None = None) -> None:
     print(line, flush=True)
 
 
-def speed(tts: TTS, fast: dict[str, TTS], ref, tokens: int, sentences: int) -> None:
-    cases = [("1 sentence, 3-beam sampling", SENTENCE, GenerationConfig(max_new_tokens=tokens)),
-             ("1 sentence, 1-beam sampling", SENTENCE, GenerationConfig(num_beams=1, max_new_tokens=tokens)),
-             (f"{sentences} sentences, 3-beam sampling", " ".join([SENTENCE] * sentences),
-              GenerationConfig(max_new_tokens=tokens))]
-    for title, text, cfg in cases:
-        print(f"\n== {title}, {tokens} codes per sentence", flush=True)
+def speed(tts: TTS, fast: dict[str, TTS], ref, tokens: int, sentences: int, paragraph_tokens: int) -> None:
+    cases = [("1 sentence, 3-beam sampling", SENTENCE, tokens, 3),
+             ("1 sentence, 1-beam sampling", SENTENCE, tokens, 1),
+             (f"{sentences} sentences, 3-beam sampling", " ".join([SENTENCE] * sentences), paragraph_tokens, 3)]
+    for title, text, n, beams in cases:
+        cfg = GenerationConfig(num_beams=beams, max_new_tokens=n)
+        print(f"\n== {title}, {n} codes per sentence", flush=True)
         base = run(tts, text, ref, cfg, "official")
         show("compat official (fp32, KV cache)", base)
         for name, candidate in fast.items():
@@ -93,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, default=100, help="codes per sentence (random init never stops)")
     p.add_argument("--sentences", type=int, default=8)
-    p.add_argument("--precisions", default="int8,bf16")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--paragraph-tokens", type=int, default=40, help="codes per sentence in the paragraph case")
+    p.add_argument("--precisions", default="int8,bf16", help="reduced precisions checked for quality")
+    p.add_argument("--speed-precisions", default="int8", help="the subset also timed")
+    p.add_argument("--threads", type=int, default=2, help="1 is steadier on a CPU shared with other jobs")
     p.add_argument("--fixture", type=Path, default=FIXTURE)
     p.add_argument("--skip-speed", action="store_true")
     a = p.parse_args(argv)
@@ -104,12 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     ref = tts.reference(a.fixture / "inputs" / "ref.wav")
     fast = {}
     for name in a.precisions.split(","):
-        fast[name] = TTS(tts.gpt, tts.vocoder, tts.tokenizer, None, precision=name, references=tts.references)
+        fast[name] = TTS(tts.gpt, tts.vocoder, tts.tokenizer, None, precision=name, references=tts.references,
+                         max_sentence_tokens=SENTENCE_TOKENS)
         fast[name].fast_gpt  # noqa: B018 - build the reduced copy outside the timings
     print(f"built full-size v1.5 (random init) in {time.perf_counter() - t0:.1f} s; torch {torch.__version__}, "
           f"{a.threads} threads", flush=True)
     if not a.skip_speed:
-        speed(tts, fast, ref, a.tokens, a.sentences)
+        timed = {k: v for k, v in fast.items() if k in a.speed_precisions.split(",")}
+        speed(tts, timed, ref, a.tokens, a.sentences, a.paragraph_tokens)
     quality(tts, fast, ref, a.tokens)
     return 0
 

@@ -7,12 +7,12 @@ Both sides train the same random-init GPT with the same LoRA (rank 16, all four 
 with an Elise-like length mix (1-10 s of speech, ~3.5 text tokens per second):
 
 * tagtune: length-bucketed batches, SDPA attention, padding masked, speaker latents computed once per clip
-  (the conditioning encoder is frozen); fp32, and again with bf16 autocast (``runtime.precision: bf16``).
+  (the conditioning encoder is frozen); fp32 (``--bf16`` adds a run with bf16 autocast).
 * baseline: pad-to-longest batches in random order, eager attention (an explicit softmax(QK^T)V, switched
   on inside this script only), the conditioning encoder run on every step, the official unmasked loss, fp32.
 
 Throughput counts real sequence positions (32 speaker latents + text + 2 + kept codes + 2 per clip) per
-second of optimizer steps. Each measurement runs in its own process so that peak RSS belongs to it.
+second of optimizer step, median over steps and over alternating rounds (the CPUs may be shared). Each measurement runs in its own process so that peak RSS belongs to it.
 The goal is tagtune >= 2x the baseline.
 """
 
@@ -23,6 +23,7 @@ import json
 import math
 import multiprocessing as mp
 import resource
+import statistics
 import time
 
 import torch
@@ -34,10 +35,9 @@ TOKENS_PER_SECOND = 3.5
 POOL = 256  # clips per simulated epoch
 BUCKET_BATCHES = 50
 REF_SECONDS = (1.0, 6.0)  # reference (conditioning) audio, cropped like the data pipeline does
-VARIANTS = ("tagtune", "tagtune-bf16")  # fp32, and runtime.precision: bf16 (CPU autocast)
-SETTINGS = {  # model -> (batch size, timed steps, warm-up steps)
-    "tiny": (8, 12, 2),
-    "v1.5": (4, 2, 1),
+SETTINGS = {  # model -> (batch size, timed steps, warm-up steps, rounds)
+    "tiny": (8, 12, 2, 3),
+    "v1.5": (4, 1, 1, 1),
 }
 
 
@@ -120,7 +120,7 @@ def measure(name: str, variant: str, queue) -> None:
     from tagtune.train_data import PadSpec, collate, precompute_conds
     from tagtune.train_loss import RowLosses, combine
 
-    batch_size, steps, warmup = SETTINGS[name]
+    batch_size, steps, warmup, _ = SETTINGS[name]
     gpt, cfg, optimizer = build(name)
     dataset = make_clips(cfg, elise_like_lengths(POOL))
     pad = PadSpec(cfg.stop_text_token, cfg.stop_mel_token, cfg.mel_length_compression)
@@ -142,7 +142,7 @@ def measure(name: str, variant: str, queue) -> None:
     setup_s = time.perf_counter() - t0
     settings = LossSettings(text_weight=0.1, mask_padding=ours)
     losses = RowLosses(gpt, settings)
-    positions, elapsed = 0, 0.0
+    rates = []  # positions/s of each timed step; the median resists other processes' bursts
     for n, idx in enumerate(batches):
         batch = collate(dataset, idx, pad, conds)
         t = time.perf_counter()
@@ -152,10 +152,9 @@ def measure(name: str, variant: str, queue) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if n >= warmup:
-            elapsed += time.perf_counter() - t
-            positions += batch.real_positions
+            rates.append(batch.real_positions / (time.perf_counter() - t))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put({"model": name, "variant": variant, "positions_per_s": positions / elapsed, "peak_rss_mb": peak_mb,
+    queue.put({"model": name, "variant": variant, "positions_per_s": statistics.median(rates), "peak_rss_mb": peak_mb,
                "steps": steps, "batch_size": batch_size, "setup_s": setup_s})
 
 
@@ -172,13 +171,19 @@ def run(name: str, variant: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "v1.5"], choices=sorted(SETTINGS))
+    parser.add_argument("--bf16", action="store_true", help="also measure tagtune with bf16 autocast on CPU")
     args = parser.parse_args()
+    variants = ["baseline", "tagtune"] + (["tagtune-bf16"] if args.bf16 else [])
     for name in args.models:
-        base = run(name, "baseline")
-        print(json.dumps(base))
-        for variant in VARIANTS:
-            ours = run(name, variant)
-            print(json.dumps(ours))
+        rounds: dict[str, list[dict]] = {v: [] for v in variants}
+        for _ in range(SETTINGS[name][3]):  # alternate the variants so that load changes hit both
+            for variant in variants:
+                rounds[variant].append(run(name, variant))
+                print(json.dumps(rounds[variant][-1]), flush=True)
+        median = {v: sorted(rs, key=lambda r: r["positions_per_s"])[len(rs) // 2] for v, rs in rounds.items()}
+        base = median["baseline"]
+        for variant in variants[1:]:
+            ours = median[variant]
             ratio = ours["positions_per_s"] / base["positions_per_s"]
             print(f"{name} {variant}: {ours['positions_per_s']:.0f} vs baseline {base['positions_per_s']:.0f} "
                   f"positions/s -> {ratio:.2f}x (goal >= 2x); peak RSS {ours['peak_rss_mb']:.0f} vs "

@@ -9,6 +9,7 @@ from transformers.pytorch_utils import Conv1D
 
 from tagtune.checkpoint import load_bigvgan, load_gpt
 from tagtune.fast import (
+    PrecisionError,
     batched_latents,
     conv1d_to_linear,
     prepare_gpt,
@@ -48,7 +49,7 @@ def test_resolve_precision():
     assert resolve_precision("auto", "cpu") == "int8"
     assert resolve_precision("bf16", "cpu") == "bf16"
     for bad, device in (("fp16", "cpu"), ("int4", "cpu")):
-        with pytest.raises(ValueError):
+        with pytest.raises(PrecisionError):
             resolve_precision(bad, device)
 
 

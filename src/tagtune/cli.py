@@ -77,6 +77,19 @@ def _eval(a) -> int:
     return 0
 
 
+def _demo(a) -> int:
+    from .demo import DemoSettings, format_summary, run_demo
+
+    settings = DemoSettings.quick(a.seed) if a.quick else DemoSettings(seed=a.seed)
+    if a.steps is not None:
+        settings.steps = a.steps
+    if a.clips is not None:
+        settings.clips = a.clips
+    summary = run_demo(a.out, settings)
+    print(format_summary(summary))
+    return 0
+
+
 def _add_tag_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag-map", help="YAML/JSON file mapping tag spellings to canonical tags (null drops)")
     p.add_argument("--multiword", choices=("own", "base", "drop"), default="own",
@@ -140,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=_eval)
+
+    s = sub.add_parser("demo", help="the whole job on bundled defaults: corpus -> prepare -> train -> export -> "
+                       "synth -> eval")
+    s.add_argument("--out", type=Path, default=Path("tagtune-demo"))
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quick", action="store_true", help="a small, fast variant (used by the tests)")
+    s.add_argument("--steps", type=int, help="training steps (default: the demo recipe's)")
+    s.add_argument("--clips", type=int, help="corpus size")
+    s.set_defaults(func=_demo)
     return p
 
 

@@ -21,8 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .errors import UserError
+
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 FLOAT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class PrecisionError(UserError, ValueError):
+    """A precision that does not exist or does not run on the chosen device."""
 
 
 def resolve_precision(precision: str, device) -> str:
@@ -31,11 +37,11 @@ def resolve_precision(precision: str, device) -> str:
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "int8"
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS} or 'auto', got {precision!r}")
+        raise PrecisionError(f"precision must be one of {PRECISIONS} or 'auto', got {precision!r}")
     if precision == "fp16" and device.type == "cpu":
-        raise ValueError("fp16 decoding is for GPUs; on a CPU use bf16 or int8")
+        raise PrecisionError("fp16 decoding is for GPUs; on a CPU use bf16 or int8")
     if precision == "int8" and device.type != "cpu":
-        raise ValueError("int8 dynamic quantisation runs on the CPU only; on a GPU use fp16 or bf16")
+        raise PrecisionError("int8 dynamic quantisation runs on the CPU only; on a GPU use fp16 or bf16")
     return precision
 
 

@@ -68,7 +68,8 @@ class TTS:
 
     gpt: fp32 UnifiedVoice (eval); vocoder: BigVGAN with weight norm folded; tokenizer: TextTokenizer;
     mel: MelSpectrogram. ``precision`` ("fp32", "bf16", "fp16", "int8", "auto") applies to the fast path's
-    GPT decode only; compat mode always runs the fp32 model.
+    GPT decode only; compat mode always runs the fp32 model. ``position_mode`` ("train" or "official") is
+    the fast path's mel positions; ``batch_size`` the sentences generated together.
     """
 
     def __init__(self, gpt, vocoder, tokenizer, mel, *, precision: str = "fp32", batch_size: int = DEFAULT_BATCH,
@@ -82,7 +83,11 @@ class TTS:
         self.batch_size, self.position_mode, self.name = batch_size, position_mode, name
         # a sentence can never exceed what the text position table holds
         self.max_sentence_tokens = min(max_sentence_tokens, gpt.cfg.max_text_tokens)
-        self.references = references or ReferenceCache(gpt, vocoder, mel)
+        if references is None:
+            from .audio import MelSpectrogram
+
+            references = ReferenceCache(gpt, vocoder, mel if mel is not None else MelSpectrogram())
+        self.references = references
         self._fast_gpt = None
 
     @classmethod

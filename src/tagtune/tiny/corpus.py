@@ -19,7 +19,6 @@ from tagtune.audio import MelSpectrogram
 from tagtune.synthetic import generate_corpus
 
 MANIFEST = "metadata.jsonl"
-MEL_BATCH_SAMPLES = 24000 * 60  # mel computed over ~1 minute of audio at a time
 SILENCE_PAD_SAMPLES = 2048  # digital silence framing each clip: teaches the silence code and the stop
 
 
@@ -73,10 +72,3 @@ def split_by_speaker(clips: list[Clip], val_fraction: float, seed: int) -> tuple
         train += order[n_val:]
     return sorted(train), sorted(val)
 
-
-def same_speaker_pools(clips: list[Clip], indices: list[int]) -> dict[str, list[int]]:
-    """Speaker -> clip indices among ``indices`` (the prompts a clip may be conditioned on)."""
-    pools: dict[str, list[int]] = {}
-    for i in indices:
-        pools.setdefault(clips[i].speaker, []).append(i)
-    return pools

@@ -1,0 +1,134 @@
+"""``tagtune demo``: the whole job on bundled defaults, on one CPU, in minutes.
+
+synthetic tagged corpus -> prepare (shipped tiny base model) -> LoRA + tag rows -> export (official format)
+-> synthesise a few tagged sentences -> evaluate base vs tuned -> summary table with the acceptance checks.
+Everything is deterministic by seed and lands in one output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEMO_TAGS = ("giggles", "laughs", "sighs")
+SAMPLE_SENTENCES = (
+    "Seriously? <giggles> That is the cutest thing I have ever heard!",
+    "He told the joke again <laughs> and nobody could stop.",
+    "Well <sighs> I suppose we have to start over.",
+    "The weather is quite nice today, so we went for a walk.",
+)
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of the demo; ``quick()`` is the CI-sized variant."""
+
+    clips: int = 1200
+    untagged_fraction: float = 0.5  # replay of untagged speech keeps the model from emitting events anywhere
+    steps: int = 300
+    free_prompts: int = 48
+    seed: int = 0
+    recipe: str = "demo.yaml"
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> "DemoSettings":
+        return cls(clips=160, steps=20, free_prompts=6, seed=seed)
+
+
+def shipped_base() -> Path:
+    """The tiny base model that ships with tagtune (rebuilt by ``python -m tagtune.tiny.build``)."""
+    return Path(str(resources.files("tagtune") / "assets" / "tiny-base"))
+
+
+def shipped_recipe(name: str) -> Path:
+    return Path(str(resources.files("tagtune") / "configs" / name))
+
+
+def _stage(name: str, timings: dict):
+    class _Timer:
+        def __enter__(self):
+            log.info("demo: %s ...", name)
+            self.t0 = time.perf_counter()
+
+        def __exit__(self, *exc):
+            timings[name] = round(time.perf_counter() - self.t0, 1)
+            log.info("demo: %s done in %.1f s", name, timings[name])
+
+    return _Timer()
+
+
+def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir: str | Path | None = None) -> dict:
+    """Run every stage into ``out_dir``; returns the summary (also written as ``summary.json``)."""
+    from .data.for_model import prepare_for_model
+    from .evaluate import evaluate
+    from .export import export
+    from .synthetic import generate_corpus
+    from .train import train
+    from .train_config import TrainConfig
+
+    s = settings or DemoSettings()
+    out = Path(out_dir)
+    base = Path(base_dir) if base_dir else shipped_base()
+    t: dict[str, float] = {}
+    with _stage("corpus", t):
+        generate_corpus(out / "corpus", n_clips=s.clips, seed=s.seed, tags=DEMO_TAGS,
+                        untagged_fraction=s.untagged_fraction)
+    with _stage("prepare", t):
+        manifest = prepare_for_model(base, str(out / "corpus"), out / "data", tags="auto", progress=False,
+                                     seed=s.seed, overwrite=True)
+    with _stage("train", t):
+        cfg = TrainConfig.from_yaml(shipped_recipe(s.recipe)).with_overrides(max_steps=s.steps, seed=s.seed)
+        run = train(out / "data", out / "run", cfg, resume=(out / "run").exists())
+    with _stage("export", t):
+        export(out / "run", out / "model")
+    with _stage("synthesise", t):
+        samples = synthesise_samples(out / "model", base, out / "corpus", out / "samples", s.seed)
+    with _stage("evaluate", t):
+        report = evaluate(out / "model", out / "data", out / "report", base_dir=base, n_free=s.free_prompts,
+                          seed=s.seed)
+    summary = {"seed": s.seed, "settings": s.__dict__, "timings_s": t, "total_s": round(sum(t.values()), 1),
+               "data": manifest["counts"] if manifest else None, "train": _run_summary(run),
+               "samples": samples, "report": report, "acceptance": report["acceptance"]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def synthesise_samples(model_dir: Path, base_dir: Path, corpus: Path, out: Path, seed: int) -> list[str]:
+    """A few tagged sentences, tuned and base, in the voice of a corpus clip."""
+    from .infer import TTS
+    from .synth import write_wav
+
+    ref = sorted((corpus / "wavs").glob("*.wav"))[0]
+    written = []
+    for name, folder, unknown in (("tuned", model_dir, "error"), ("base", base_dir, "drop")):
+        tts = TTS.load(folder, unknown_tags=unknown)
+        for i, text in enumerate(SAMPLE_SENTENCES):
+            res = tts.synthesize(text, ref, seed=seed + i)
+            written.append(str(write_wav(out / f"{name}-{i}.wav", res.audio, res.sample_rate)))
+    return written
+
+
+def _run_summary(run) -> dict:
+    return {k: getattr(run, k) for k in ("steps", "train_loss", "best_val_loss", "best_step",
+                                         "base_untagged_loss", "forgetting_pct")}
+
+
+def format_summary(summary: dict) -> str:
+    """The table printed at the end of the demo."""
+    lines = [f"tagtune demo (seed {summary['seed']}) in {summary['total_s']:.0f} s: "
+             + ", ".join(f"{k} {v:.0f} s" for k, v in summary["timings_s"].items()), ""]
+    lines.append(f"{'acceptance check':<44} {'value':>8}  ok")
+    for c in summary["acceptance"]["checks"]:
+        v, ok = c["value"], c["passed"]
+        shown = "-" if v is None else f"{v:.3f}"
+        lines.append(f"{c['name']:<44} {shown:>8}  {'-' if ok is None else 'yes' if ok else 'NO'}")
+    lines.append("")
+    lines.append(f"samples: {len(summary['samples'])} wav files; report: report/report.md")
+    return "\n".join(lines)
