@@ -52,31 +52,15 @@ def _write_corpus(folder: Path) -> Path:
 
 
 def build_data_dir(root: Path, checkpoint_dir: Path) -> Path:
-    """Prepare the tiny corpus into ``root/data`` (reused when already there)."""
-    from tagtune.checkpoint import folder_fingerprint
-    from tagtune.data import PrepareSettings, open_source, prepare
-    from tagtune.data.encoders import TokenizerTextEncoder, clip_encoder_from_model
-    from tagtune.text.spm_extend import extend_model_file
-    from tagtune.text.tags import TagSet
-    from tagtune.text.tokenizer import TextTokenizer
+    """Prepare the tiny corpus into ``root/data`` with the real ``prepare`` path (reused when already there)."""
+    from tagtune.data.for_model import prepare_for_model
 
     data_dir = root / "data"
     if (data_dir / "manifest.json").is_file():
         return data_dir
     listing = _write_corpus(root / "corpus")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    ids = extend_model_file(checkpoint_dir / "bpe.model", data_dir / "bpe.model", TAGS)
-    tagset = TagSet(TAGS).with_token_ids(ids)
-    tagset.save(data_dir / "tags.json")
-    text_encoder = TokenizerTextEncoder(TextTokenizer(data_dir / "bpe.model", tagset, normalizer=None))
-    settings = PrepareSettings(max_text_tokens=40, max_mel_tokens=60, val_fraction=0.2, cond_max_seconds=2.0,
-                               shard_size=16, seed=3)
-    manifest = prepare(open_source(listing), data_dir, clip_encoder_from_model(checkpoint_dir, device="cpu"),
-                       text_encoder, settings, base_checkpoint_hash=folder_fingerprint(checkpoint_dir),
-                       progress=False)
-    manifest |= {"base_checkpoint": {"dir": str(checkpoint_dir), "hash": manifest["base_checkpoint_hash"]},
-                 "tokenizer": "bpe.model", "tags_file": "tags.json"}
-    (data_dir / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    prepare_for_model(checkpoint_dir, str(listing), data_dir, tags=list(TAGS), progress=False,
+                      val_fraction=0.2, cond_max_seconds=2.0, shard_size=16, seed=3)
     return data_dir
 
 

@@ -90,6 +90,29 @@ def _demo(a) -> int:
     return 0
 
 
+def _train(a) -> int:
+    from .demo import shipped_recipe
+    from .train import train
+    from .train_config import TrainConfig
+
+    cfg = TrainConfig.from_yaml(a.config or shipped_recipe("lora.yaml")).with_overrides(
+        max_steps=a.max_steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, rank=a.rank, seed=a.seed)
+    res = train(a.data, a.out, cfg, resume=a.resume)
+    print(f"trained {res.steps} steps; best val loss {res.best_val_loss} at step {res.best_step}; "
+          f"weights in {res.weights_dir}")
+    if res.forgetting_pct is not None:
+        print(f"untagged val loss vs base: {res.forgetting_pct:+.2f}%")
+    return 0
+
+
+def _export(a) -> int:
+    from .export import export
+
+    out = export(a.run, a.out, adapter_only=a.adapter_only, dtype=a.dtype, which=a.which, overwrite=a.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
 def _add_tag_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag-map", help="YAML/JSON file mapping tag spellings to canonical tags (null drops)")
     p.add_argument("--multiword", choices=("own", "base", "drop"), default="own",
@@ -142,6 +165,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     _add_tag_options(s)
     s.set_defaults(func=_prepare)
+
+    s = sub.add_parser("train", help="LoRA-fine-tune the base model of a DATA_DIR on its tags")
+    s.add_argument("--data", required=True, type=Path, help="a DATA_DIR written by `tagtune prepare`")
+    s.add_argument("--out", required=True, type=Path, help="RUN_DIR (checkpoints, metrics, best weights)")
+    s.add_argument("--config", type=Path, help="YAML recipe (default: the shipped configs/lora.yaml)")
+    s.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
+    s.add_argument("--max-steps", type=int)
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--rank", type=int)
+    s.add_argument("--seed", type=int)
+    s.set_defaults(func=_train)
+
+    s = sub.add_parser("export", help="a model folder the official IndexTTS loader accepts, or a PEFT adapter")
+    s.add_argument("--run", required=True, type=Path, help="RUN_DIR of `tagtune train`")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--adapter-only", action="store_true", help="write a PEFT adapter folder instead of merging")
+    s.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
+    s.add_argument("--which", choices=("best", "last"), default="best", help="best-by-validation or last weights")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=_export)
 
     s = sub.add_parser("eval", help="measure tag reliance, forgetting and free-running tag hits")
     s.add_argument("--model", type=Path, help="tuned model folder (or the base, with --adapter)")

@@ -51,10 +51,8 @@ def open_data(data_dir: str | Path) -> DataBundle:
     data_dir = Path(data_dir)
     train, val = PreparedDataset(data_dir, "train"), PreparedDataset(data_dir, "val")
     manifest = train.manifest
-    tags_path = _manifest_file(data_dir, manifest, ("tags_file", "tags_path"), DEFAULT_TAGS)
-    base = manifest.get("base_checkpoint") or manifest.get("base_checkpoint_dir")
-    if isinstance(base, dict):
-        base = base.get("dir") or base.get("path")
+    tags_path = _manifest_file(data_dir, manifest, "tags_file", DEFAULT_TAGS)
+    base = (manifest.get("base_checkpoint") or {}).get("dir")
     if not base:
         raise UserError(f"{data_dir}/manifest.json does not name the base checkpoint folder (base_checkpoint)")
     return DataBundle(
@@ -62,7 +60,7 @@ def open_data(data_dir: str | Path) -> DataBundle:
         manifest=manifest,
         manifest_hash=file_sha256(data_dir / MANIFEST)[:16],
         base_dir=(data_dir / base).resolve(),
-        tokenizer_path=_manifest_file(data_dir, manifest, ("tokenizer", "bpe_model"), DEFAULT_TOKENIZER),
+        tokenizer_path=_manifest_file(data_dir, manifest, "tokenizer", DEFAULT_TOKENIZER),
         tags_path=tags_path,
         tagset=TagSet.load(tags_path),
         train=train,
@@ -70,11 +68,8 @@ def open_data(data_dir: str | Path) -> DataBundle:
     )
 
 
-def _manifest_file(data_dir: Path, manifest: dict, keys: tuple[str, ...], default: str) -> Path:
-    entry = next((manifest[k] for k in keys if manifest.get(k)), None)
-    if isinstance(entry, dict):
-        entry = entry.get("path")
-    path = data_dir / (entry or default)
+def _manifest_file(data_dir: Path, manifest: dict, key: str, default: str) -> Path:
+    path = data_dir / (manifest.get(key) or default)
     if not path.is_file():
         raise UserError(f"{path}: not found (named by {data_dir}/{MANIFEST})")
     return path

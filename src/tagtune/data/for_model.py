@@ -66,6 +66,7 @@ def prepare_for_model(model_dir: str | Path, data: str, out_dir: str | Path, *, 
         source, out_dir, clip_encoder_from_model(model_dir, device), TokenizerTextEncoder(tokenizer),
         PrepareSettings.for_model(cfg.gpt, **settings), num_workers=workers,
         base_checkpoint_hash=folder_fingerprint(model_dir, cfg), overwrite=overwrite, progress=progress,
-        manifest_extra={"base_model": str(model_dir.resolve()), "tokenizer": DATA_BPE_FILE,
+        manifest_extra={"base_checkpoint": {"dir": str(model_dir.resolve()), "hash": folder_fingerprint(model_dir, cfg)},
+                        "tokenizer": DATA_BPE_FILE,
                         "tags_file": TAGS_FILE_NAME, "tag_ids": dict(tagset.token_ids)},
     )

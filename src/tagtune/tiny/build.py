@@ -1,6 +1,6 @@
 """Build the tiny IndexTTS base model in the official folder format, deterministically, on a CPU.
 
-    python -m tagtune.tiny.build [OUT_DIR] [--seed 0] [--minutes 6] [--quick]
+    python -m tagtune.tiny.build [OUT_DIR] [--seed 0] [--minutes 4] [--quick]
 
 Steps: untagged synthetic corpus -> sentencepiece ``bpe.model`` -> DVAE (random encoder, k-means
 codebook, fitted decoder) -> GPT pre-training -> BigVGAN fit -> files. Every stage is seeded and bounded
@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -96,8 +96,7 @@ def build_tiny_model(out_dir: str | Path = DEFAULT_OUT, seed: int = 0, minutes: 
     deterministic, since steps, not time, are fixed). ``settings`` overrides the recipe (e.g.
     ``BuildSettings.quick()`` for tests); its seed is replaced by ``seed``.
     """
-    s = settings or BuildSettings()
-    s.seed = seed
+    s = replace(settings or BuildSettings(), seed=seed)
     if minutes is not None:
         s = s.scaled(minutes)
     timer = Timer()
@@ -129,7 +128,8 @@ def build_tiny_model(out_dir: str | Path = DEFAULT_OUT, seed: int = 0, minutes: 
                                                seeds["vocoder"], log)
     with timer.stage("write", log):
         paths = files.write_folder(Path(out_dir), cfg, bpe, gpt, dvae, vocoder)
-    record = files.build_record(s, seeds, corpus, timer, paths, cfg,
+    command = "python -m tagtune.tiny.build" + f" --seed {seed}" + (f" --minutes {minutes}" if minutes else "")
+    record = files.build_record(s, command, seeds, corpus, timer, paths, cfg,
                                 {"dvae": dvae_stats, "gpt": gpt_history, "vocoder": voc_stats})
     files.write_build_json(Path(out_dir), record)
     return record
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     settings = BuildSettings.quick() if a.quick else BuildSettings()
     if a.threads:
-        settings.threads = a.threads
+        settings = replace(settings, threads=a.threads)
     record = build_tiny_model(a.out_dir, a.seed, a.minutes, settings)
     print(f"tiny base written to {a.out_dir} in {record['timings_s']['total']:.0f} s "
           f"({record['folder_mb']:.2f} MB); python {platform.python_version()}, torch {torch.__version__}")

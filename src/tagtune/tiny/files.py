@@ -70,13 +70,13 @@ def _environment(threads: int) -> dict:
             "sentencepiece": sentencepiece.__version__, "machine": platform.machine(), "torch_threads": threads}
 
 
-def build_record(settings, seeds: dict, corpus: dict, timer, paths: dict[str, Path], cfg: ModelConfig,
-                 results: dict) -> dict:
+def build_record(settings, command: str, seeds: dict, corpus: dict, timer, paths: dict[str, Path],
+                 cfg: ModelConfig, results: dict) -> dict:
     """The BUILD.json content: how to rebuild, what came out, how long it took."""
     sizes = {p.name: p.stat().st_size for p in paths.values()}
     return {
         "builder": "tagtune.tiny.build",
-        "command": f"python -m tagtune.tiny.build --seed {settings.seed}",
+        "command": command,
         "seed": settings.seed,
         "stage_seeds": seeds,
         "settings": settings.to_dict(),

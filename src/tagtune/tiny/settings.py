@@ -104,4 +104,4 @@ class BuildSettings:
         return asdict(self)
 
 
-NOMINAL_TRAIN_MINUTES = 6.0  # the default GPT + vocoder steps take about this long on one core
+NOMINAL_TRAIN_MINUTES = 4.0  # CPU minutes the default GPT + vocoder steps took on one core of a 2-core build machine

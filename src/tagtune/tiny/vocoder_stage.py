@@ -87,6 +87,7 @@ def build_vocoder(cfg: BigVGANConfig, gpt: UnifiedVoice, examples: list[Example]
                          seed=seed)
     before = mel_l1(voc, *data["val"], full_stages=vs.full_stages)
     stats = train_vocoder(voc, *data["fit"], vs, log)
-    stats |= {"clips": len(fit_idx), "val_mel_l1_init": round(before, 4),
-              "val_mel_l1": round(mel_l1(voc, *data["val"], full_stages=vs.full_stages), 4), "ecapa": "seeded random init (not trained)"}
+    after = mel_l1(voc, *data["val"], full_stages=vs.full_stages)
+    stats |= {"clips": len(fit_idx), "val_mel_l1_init": round(before, 4), "val_mel_l1": round(after, 4),
+              "ecapa": "seeded random init (not trained)"}
     return voc, stats

@@ -75,7 +75,8 @@ class MultiResolutionMelLoss(torch.nn.Module):
         super().__init__()
         self.resolutions = resolutions
         for n_fft, _, n_mels in resolutions:
-            self.register_buffer(f"fb{n_fft}", mel_filterbank(n_fft // 2 + 1, n_mels, SAMPLE_RATE, 0.0, SAMPLE_RATE / 2))
+            fb = mel_filterbank(n_fft // 2 + 1, n_mels, SAMPLE_RATE, 0.0, SAMPLE_RATE / 2)  # (F, n_mels)
+            self.register_buffer(f"fb{n_fft}", fb)
             self.register_buffer(f"win{n_fft}", torch.hann_window(n_fft))
 
     def log_mel(self, wav: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
@@ -161,7 +162,10 @@ def mel_l1(voc: BigVGAN, latents: list[torch.Tensor], wavs: list[torch.Tensor], 
     loss_fn = MultiResolutionMelLoss()
     total = 0.0
     for lat, wav, spk in zip(latents, wavs, speakers):
-        fake = voc(lat[None], speaker=spk[None]) if full_stages is None else fast_forward(voc, lat[None], spk[None], full_stages)
+        if full_stages is None:
+            fake = voc(lat[None], speaker=spk[None])  # (1, 1, N * 1024)
+        else:
+            fake = fast_forward(voc, lat[None], spk[None], full_stages)
         n = min(fake.shape[-1], wav.shape[-1])
         total += loss_fn(fake[:, 0, :n], wav[None, :n]).item()
     return total / max(len(latents), 1)
