@@ -124,3 +124,14 @@ def test_free_running_rates_from_trials():
     assert s["per_tag"]["<sighs>"]["hit_rate"] == 0.0 and s["mean_hit_rate"] == 0.25
     assert s["false_event_rate"] == 0.25 and s["any_event_rate"] == pytest.approx(2 / 3)
     assert s["confusion"]["counts"]["<laughs>"] == {"<laughs>": 1, "<sighs>": 1, NONE: 0}
+
+
+def test_strip_tags_at_the_end_and_adjacent():
+    import torch
+
+    from tagtune.evaluate.freerun import strip_tags
+
+    space, a, b = 5, 100, 101
+    ids = torch.tensor([7, 8, space, a, 9, space, b, space, a])
+    assert strip_tags(ids, {a, b}, space).tolist() == [7, 8, 9]
+    assert strip_tags(torch.tensor([a, b, 3]), {a, b}, space).tolist() == [3]

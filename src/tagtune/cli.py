@@ -113,6 +113,27 @@ def _export(a) -> int:
     return 0
 
 
+def _synth(a) -> int:
+    from .synth import synth_command
+
+    sampling = {k: getattr(a, k) for k in ("num_beams", "top_k", "top_p", "temperature", "repetition_penalty",
+                                            "max_new_tokens")}
+    written = synth_command(a.model, ref=a.ref, text=a.text, batch=a.batch, out=a.out, adapter=a.adapter,
+                            seed=a.seed, compat=a.compat, precision=a.precision, greedy=a.greedy, device=a.device,
+                            unknown_tags="drop" if a.drop_unknown_tags else "error", **sampling)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _webui(a) -> int:
+    from .webui import launch_webui
+
+    launch_webui(a.model, base_dir=a.base, adapter=a.adapter, host=a.host, port=a.port, precision=a.precision,
+                 device=a.device)
+    return 0
+
+
 def _add_tag_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag-map", help="YAML/JSON file mapping tag spellings to canonical tags (null drops)")
     p.add_argument("--multiword", choices=("own", "base", "drop"), default="own",
@@ -187,6 +208,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--which", choices=("best", "last"), default="best", help="best-by-validation or last weights")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=_export)
+
+    s = sub.add_parser("synth", help="speak tagged text in the voice of a reference clip")
+    s.add_argument("--model", required=True, type=Path, help="official or exported model folder")
+    s.add_argument("--adapter", type=Path, help="PEFT adapter folder from `tagtune export --adapter-only`")
+    s.add_argument("--ref", type=Path, help="reference voice (wav/flac/ogg, any rate, mono or stereo)")
+    s.add_argument("--text", help='e.g. "Seriously? <giggles> That is so cute!"')
+    s.add_argument("--batch", type=Path, help="JSONL file: one {text, ref, out[, seed, sampling...]} per line")
+    s.add_argument("--out", type=Path, help="output wav (24 kHz, 16-bit) for --text")
+    s.add_argument("--seed", type=int, help="makes sampling reproducible")
+    s.add_argument("--compat", choices=("official",), help="reproduce the official decoding exactly")
+    s.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
+    s.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16", "int8"),
+                   help="GPT decode precision of the fast path")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--drop-unknown-tags", action="store_true", help="drop unknown tags with a warning")
+    s.add_argument("--num-beams", type=int)
+    s.add_argument("--top-k", type=int)
+    s.add_argument("--top-p", type=float)
+    s.add_argument("--temperature", type=float)
+    s.add_argument("--repetition-penalty", type=float)
+    s.add_argument("--max-new-tokens", type=int)
+    s.set_defaults(func=_synth)
+
+    s = sub.add_parser("webui", help="a web page to try the model (needs the webui extra: gradio)")
+    s.add_argument("--model", required=True, type=Path)
+    s.add_argument("--base", type=Path, help="base model, synthesised side by side")
+    s.add_argument("--adapter", type=Path)
+    s.add_argument("--host", default="127.0.0.1", help="listen address (default: this machine only)")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16", "int8"))
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=_webui)
 
     s = sub.add_parser("eval", help="measure tag reliance, forgetting and free-running tag hits")
     s.add_argument("--model", type=Path, help="tuned model folder (or the base, with --adapter)")

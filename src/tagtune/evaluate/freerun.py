@@ -55,9 +55,11 @@ class Prompt:
 
 def strip_tags(text_ids: torch.Tensor, tag_ids: set[int], space_id: int | None) -> torch.Tensor:
     """Text ids with every tag (and the bare "▁" before it) removed."""
-    for k in reversed(range(len(text_ids))):
+    k = len(text_ids) - 1
+    while k >= 0:  # right to left, so removals never shift the positions still to visit
         if int(text_ids[k]) in tag_ids:
             text_ids = without_tag(text_ids, k, space_id)
+        k = min(k - 1, len(text_ids) - 1)
     return text_ids
 
 
