@@ -37,3 +37,19 @@ def official_keys_dir() -> Path:
     if not OFFICIAL_KEYS.is_dir():
         pytest.skip(f"official key lists not found at {OFFICIAL_KEYS}")
     return OFFICIAL_KEYS
+
+
+def read_key_list(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Official dump ``key<TAB>(shape)<TAB>dtype`` -> {key: (shape, dtype)}; '#' lines are comments."""
+    out = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, shape, dtype = line.split("\t")
+        out[key] = (tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), dtype)
+    return out
+
+
+def official_param_count(path: Path) -> int:
+    line = next(ln for ln in path.read_text().splitlines() if ln.startswith("# params:"))
+    return int(line.split(":")[1])

@@ -15,13 +15,6 @@ from tagtune.config import MelConfig
 MEL_ATOL = 2e-3  # fp32 rounding of quiet bins after the log (fixture README); we reach ~1.1e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny-model tensors are small: on a shared CPU, handing work to a second thread costs more than it saves."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

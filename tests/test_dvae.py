@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
+from conftest import official_param_count, read_key_list
 
 from tagtune import audio
 from tagtune.config import ModelConfig, v1_0, v1_5
@@ -13,30 +14,6 @@ from tagtune.models.dvae import PAD_CODE, DiscreteVAE
 SILENCE_CODE = 52
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny-model tensors are small: on a shared CPU, handing work to a second thread costs more than it saves."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def read_key_list(path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Official dump ``key<TAB>(shape)<TAB>dtype`` -> {key: (shape, dtype)}; '#' lines are comments."""
-    out = {}
-    for line in path.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, shape, dtype = line.split("\t")
-        out[key] = (tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), dtype)
-    return out
-
-
-def official_param_count(path) -> int:
-    """The ``# params: N`` line of an official dump."""
-    line = next(ln for ln in path.read_text().splitlines() if ln.startswith("# params:"))
-    return int(line.split(":")[1])
 
 
 def state_shapes(module: torch.nn.Module) -> dict[str, tuple[tuple[int, ...], str]]:

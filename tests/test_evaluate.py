@@ -23,13 +23,6 @@ RUN_CONFIG = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CPU is shared; one thread avoids oversubscription stalls in these tiny workloads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +30,6 @@ def untrained_report(eval_data, fixture_dir, tmp_path_factory):
     """The tag-extended fixture (tag rows never trained) against the plain fixture as base."""
     from tagtune.evaluate import evaluate
 
-    torch.set_num_threads(1)
     model_dir, data_dir = eval_data
     out = tmp_path_factory.mktemp("report")
     return out, evaluate(model_dir, data_dir, out, base_dir=fixture_dir / "checkpoint", n_free=6, seed=3)

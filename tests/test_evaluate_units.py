@@ -16,13 +16,6 @@ TAGS = TagSet(["<laughs>", "<sighs>"], token_ids={"<laughs>": 320, "<sighs>": 32
 TAG_IDS = {"<laughs>": 320, "<sighs>": 321}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CPU is shared; one thread avoids oversubscription stalls in these tiny workloads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_text_variants_remove_the_tag_with_its_space_piece_or_swap_it():

@@ -24,13 +24,6 @@ MAX_NEW = 40  # max_generate_length of every fixture generation
 INF = float("inf")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Decoding a tiny model is per-op overhead: a second thread only adds contention on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,6 @@ HOP = 1024
 JOIN_REACH = 24 * HOP  # BigVGAN's receptive field: ~20 latent frames either side of a sentence join
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are per-op overhead: a second thread only adds contention on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,6 @@ def adapter_dir(fixture_dir, tmp_path_factory):
 
 
 def test_adapter_model_speaks_tags_and_leaves_plain_text_alone(fixture_dir, adapter_dir):
-    torch.set_num_threads(1)
     ckpt, ref = fixture_dir / "checkpoint", fixture_dir / "inputs" / "ref.wav"
     tuned = TTS.load(ckpt, adapter_dir, precision="fp32")
     base = TTS.load(ckpt, precision="fp32")

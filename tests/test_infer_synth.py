@@ -21,12 +21,6 @@ TEXT = "Hello, World! This is IndexTTS speaking."
 FAST = {"greedy": True, "max_new_tokens": 6, "precision": "fp32"}  # short, deterministic runs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from conftest import read_key_list
 
 from tagtune.checkpoint import file_sha256, load_model, read_state_dict
 from tagtune.config import ModelConfig
@@ -23,13 +24,6 @@ MAX_FOLDER_BYTES = 20 * 1000 * 1000
 WEIGHT_FILES = ("gpt.pth", "dvae.pth", "bigvgan_generator.pth")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small tensors on a shared CPU: a second thread costs more than it saves."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +71,7 @@ def test_shipped_folder_has_official_keys(shipped):
 def test_shipped_key_patterns_match_official_dumps(shipped, official_keys_dir):
     dumps = {"gpt.pth": "sd_gpt_v15.txt", "dvae.pth": "sd_dvae.txt", "bigvgan_generator.pth": "sd_bigvgan_v15.txt"}
     for name, dump in dumps.items():
-        official = [ln.split("\t")[0] for ln in (official_keys_dir / dump).read_text().splitlines()
-                    if ln.strip() and not ln.startswith("#")]
+        official = list(read_key_list(official_keys_dir / dump))
         assert key_pattern(read_state_dict(SHIPPED / name)) == key_pattern(official), name
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import official_param_count, read_key_list
 
 from tagtune.config import ModelConfig, v1_0, v1_5
 from tagtune.models.unified_voice import IGNORE_INDEX, UnifiedVoice
@@ -33,15 +34,6 @@ def _batch(expected):
     return tuple(expected[k].clone() for k in keys)
 
 
-def _read_keys(path) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, shape, _dtype = line.split("\t")
-            shapes[key] = tuple(int(n) for n in shape.strip("(,)").split(",") if n.strip())
-    return shapes
-
-
 # ------------------------------------------------------------------------------------ structure
 
 
@@ -51,10 +43,10 @@ def test_full_size_state_dict_matches_official_keys(official_keys_dir, name, mak
     with torch.device("meta"):
         model = UnifiedVoice(make().gpt)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    official = _read_keys(official_keys_dir / name)
+    official = {k: shape for k, (shape, _dtype) in read_key_list(official_keys_dir / name).items()}
     assert sorted(set(official) - set(ours)) == [] and sorted(set(ours) - set(official)) == []
     assert {k: s for k, s in ours.items() if official[k] != s} == {}
-    assert sum(p.numel() for p in model.parameters()) == params
+    assert sum(p.numel() for p in model.parameters()) == params == official_param_count(official_keys_dir / name)
     assert dict(model.named_buffers()).keys() == {"conditioning_encoder.embed.pos_enc.pe"}
 
 

@@ -28,7 +28,6 @@ PAGE_TIMEOUT = 60
 @pytest.fixture(scope="module")
 def models(fixture_dir):
     """A "tuned" TTS knowing <laughs> (id 320, the checkpoint's spare text row) and the plain base."""
-    torch.set_num_threads(1)
     base = TTS.load(fixture_dir / "checkpoint", precision="fp32", unknown_tags="drop")
     bpe, _ = add_tag_pieces(fixture_dir / "checkpoint" / "bpe.model", ["<laughs>"])
     tagged = TextTokenizer(bpe, tagset=TagSet(["<laughs>"]))
