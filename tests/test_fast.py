@@ -40,7 +40,7 @@ def test_conv1d_to_linear_is_exact():
 
 
 def test_resolve_precision():
-    assert resolve_precision("auto", "cpu") == "int8"
+    assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16"
     for bad, device in (("fp16", "cpu"), ("int4", "cpu")):
         with pytest.raises(PrecisionError):

@@ -5,6 +5,12 @@ described by its DVAE codebook vectors (mean, standard deviation and mean absolu
 and a class-balanced multinomial logistic regression tells "none" from each tag. Training windows come
 from the prepared training clips: a window is an event of tag t when the event covers most of it, "none"
 when no event touches it, and is skipped otherwise. Detection marks runs of event windows.
+
+Real recordings alone teach "recorded speech" vs "event", and a model's generated codes (a tiny model's
+speech is rougher than the recordings) then read as events everywhere. So ``fit`` also takes *generated
+negatives*: codes a base model that has never produced an event samples for tag-free prompts of the
+training split. They join the "none" class as a pool of their own (capped like a class), so the detector
+learns "speech, recorded or generated" vs "event".
 """
 
 from __future__ import annotations
@@ -93,15 +99,20 @@ class CodeEventDetector:
             return torch.zeros(0, 3 * self.codebook.shape[1]), torch.zeros(0, dtype=torch.long)
         return torch.stack(xs), torch.tensor(ys)
 
-    def fit(self, clips: list[tuple[torch.Tensor, list]], seed: int = 0) -> dict:
-        """Train on (codes, [(tag, first, last)]) clips; returns the window counts per class."""
+    def fit(self, clips: list[tuple[torch.Tensor, list]], seed: int = 0,
+            negatives: list[torch.Tensor] | None = None) -> dict:
+        """Train on (codes, [(tag, first, last)]) clips plus ``negatives`` (event-free generated code
+        sequences, every window "none"); returns the window counts per class (and of generated negatives)."""
         x, y = self._xy(clips, STRIDE_TRAIN)
         x, y = _cap_per_class(x, y, len(self.classes), seed)
+        gx, gy = self._xy([(c, []) for c in negatives or []], STRIDE_TRAIN)
+        gx, gy = _cap_per_class(gx, gy, 1, seed)
+        x, y = torch.cat([x, gx]), torch.cat([y, gy])
         self.mean, self.std = x.mean(0), x.std(0).clamp_min(1e-6)
         counts = torch.bincount(y, minlength=len(self.classes)).float()
         weights = torch.where(counts > 0, counts.sum() / (len(self.classes) * counts.clamp_min(1)), 0.0)
         self.weight, self.bias = _logistic_regression((x - self.mean) / self.std, y, weights, len(self.classes))
-        return {c: int(n) for c, n in zip(self.classes, counts.tolist())}
+        return {**{c: int(n) for c, n in zip(self.classes, counts.tolist())}, "generated_none": len(gy)}
 
     def window_probs(self, codes: torch.Tensor) -> torch.Tensor:
         """(N - window + 1, classes) probabilities of every window."""
@@ -117,6 +128,19 @@ class CodeEventDetector:
         recall = {c: float((pred[y == k] == k).float().mean()) for k, c in enumerate(self.classes) if (y == k).any()}
         return {"windows": len(y), "accuracy": float((pred == y).float().mean()),
                 "balanced_accuracy": sum(recall.values()) / len(recall), "recall": recall}
+
+    def false_positives(self, sequences: list[torch.Tensor]) -> dict:
+        """On event-free code sequences: the share of windows called an event and of sequences with a detection."""
+        windows = flagged = 0
+        for codes in sequences:
+            codes = codes[codes < len(self.codebook)]
+            if len(codes) >= self.window:
+                windows += len(codes) - self.window + 1
+                flagged += int(((1 - self.window_probs(codes)[:, 0]) >= THRESHOLD).sum())
+        hits = [bool(self.detect(c)) for c in sequences]
+        return {"sequences": len(sequences), "windows": windows,
+                "window_rate": flagged / windows if windows else None,
+                "sequence_rate": sum(hits) / len(hits) if hits else None}
 
     def detect(self, codes: torch.Tensor) -> list[Detection]:
         """Runs of at least MIN_RUN windows whose "not none" probability passes THRESHOLD."""

@@ -2,9 +2,9 @@
 
 The tuned model is a model folder (official layout or a tagtune export) or a base folder plus an adapter
 folder. The base is a model folder too. When the base does not know the tags (an official checkpoint),
-it is grown with the tuned model's tags at the same ids, initialised as ``tagtune tags add`` would: tag rows
-that were never trained. A tag-blind base then scores a reliance gap near zero, which is the point of
-measuring it.
+it is grown with the tuned model's tags at the same ids, initialised as training initialised them
+(``tag_init`` and its seed: pass the recipe's): tag rows that were never trained. A tag-blind base then
+scores a reliance gap near zero, which is the point of measuring it.
 """
 
 from __future__ import annotations
@@ -70,11 +70,30 @@ def _load_folder(folder: Path, name: str, device) -> tuple[nn.Module, TagSet | N
     return load_gpt(folder, device=device).eval(), _folder_tags(folder)
 
 
-def _grown_base(base_dir: Path, tags: TagSet, device) -> nn.Module:
+@dataclass(frozen=True)
+class TagInit:
+    """How the base's untrained tag rows are made: ``text.grow`` init name, its seed and the tokenizer folder
+    whose word pieces the "words" init reads."""
+
+    name: str = "mean"
+    seed: int = 0
+    text_dir: Path | None = None
+
+    def word_ids(self, tags: TagSet):
+        if self.name != "words":
+            return None
+        from ..text.tokenizer import TextTokenizer
+
+        if self.text_dir is None:
+            raise EvaluationError("tag_init 'words' needs the tuned model's tokenizer folder")
+        return TextTokenizer(self.text_dir / "bpe.model", tags).word_piece_ids
+
+
+def _grown_base(base_dir: Path, tags: TagSet, device, init: TagInit) -> nn.Module:
     """The base GPT with untrained rows for ``tags`` at the ids the tuned model uses."""
     from ..lora import load_grown_base
 
-    gpt, _, new_ids = load_grown_base(base_dir, list(tags.tags))
+    gpt, _, new_ids = load_grown_base(base_dir, list(tags.tags), init.name, init.seed, word_ids=init.word_ids(tags))
     wanted = [tags.token_ids[t] for t in tags.tags]
     if new_ids != wanted:
         raise EvaluationError(f"{base_dir}: growing it with {tags.tags} gives ids {new_ids}, the tuned model "
@@ -82,11 +101,11 @@ def _grown_base(base_dir: Path, tags: TagSet, device) -> nn.Module:
     return gpt.to(device).eval()
 
 
-def _base_model(base_dir: Path, tags: TagSet, device) -> EvalModel:
+def _base_model(base_dir: Path, tags: TagSet, device, init: TagInit) -> EvalModel:
     base_tags = _folder_tags(base_dir)
     if base_tags is None or not base_tags.tags:
-        return EvalModel(BASE, _grown_base(base_dir, tags, device), f"{base_dir} (tag rows untrained)",
-                         dict(tags.token_ids))
+        return EvalModel(BASE, _grown_base(base_dir, tags, device, init),
+                         f"{base_dir} (tag rows untrained, init {init.name!r})", dict(tags.token_ids))
     gpt, _ = _load_folder(base_dir, BASE, device)
     if base_tags.token_ids != tags.token_ids:
         raise EvaluationError(f"{base_dir}: its tags {base_tags.token_ids} differ from the tuned model's "
@@ -95,10 +114,12 @@ def _base_model(base_dir: Path, tags: TagSet, device) -> EvalModel:
 
 
 def load_models(model_dir: str | Path | None, base_dir: str | Path | None = None,
-                adapter: str | Path | None = None, device: str | torch.device = "cpu"):
+                adapter: str | Path | None = None, device: str | torch.device = "cpu",
+                tag_init: str = "mean", tag_seed: int = 0):
     """``(tuned, base or None, tagset, space_id)`` for a model folder, or a base folder plus an adapter.
 
-    ``space_id`` is the tokenizer's bare "▁" piece (None when the tokenizer has none).
+    ``space_id`` is the tokenizer's bare "▁" piece (None when the tokenizer has none). A base that does
+    not know the tags gets rows made by ``text.grow``'s ``tag_init`` with ``tag_seed``, as training did.
     """
     if adapter is not None:
         from ..lora import load_adapter_model
@@ -118,5 +139,6 @@ def load_models(model_dir: str | Path | None, base_dir: str | Path | None = None
     if tags is None or not tags.tags:
         raise EvaluationError(f"{text_dir}: no tags.json with tags; evaluate a tag-extended model")
     tuned = EvalModel(TUNED, gpt.eval(), source, dict(tags.token_ids))
-    base = _base_model(Path(base_dir), tags, device) if base_dir is not None else None
+    init = TagInit(tag_init, tag_seed, text_dir)
+    base = _base_model(Path(base_dir), tags, device, init) if base_dir is not None else None
     return tuned, base, tags, _space_id(text_dir)

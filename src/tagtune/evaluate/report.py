@@ -60,6 +60,10 @@ def _overall(s: dict) -> dict:
         "base": {k: _get(free, "base", k) for k in ("false_event_rate", "any_event_rate", "mean_hit_rate")},
         "detector_accuracy": _get(s, "detector", "held_out", "accuracy"),
         "detector_balanced_accuracy": _get(s, "detector", "held_out", "balanced_accuracy"),
+        # the detector on held-out generations of the base, which never emits events
+        "detector_false_positive_rate": _get(free, "detector_on_base", "sequence_rate"),
+        "detector_false_positive_window_rate": _get(free, "detector_on_base", "window_rate"),
+        "detector_generated_negatives": _get(s, "detector", "generated_negatives"),
     }
 
 

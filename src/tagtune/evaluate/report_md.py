@@ -40,7 +40,10 @@ def _overall(report: dict) -> list[str]:
         f"- free running (base): mean hit rate {_fmt(o['base']['mean_hit_rate'], True)}, false-event rate "
         f"{_fmt(o['base']['false_event_rate'], True)}",
         f"- detector held-out window accuracy {_fmt(o['detector_accuracy'], True)} "
-        f"(class-balanced {_fmt(o['detector_balanced_accuracy'], True)})",
+        f"(class-balanced {_fmt(o['detector_balanced_accuracy'], True)}) on real clips; trained with "
+        f"{o['detector_generated_negatives'] or 0} generated negatives; false positives on the base's held-out "
+        f"generations: {_fmt(o['detector_false_positive_rate'], True)} of clips, "
+        f"{_fmt(o['detector_false_positive_window_rate'], True)} of windows",
     ]
 
 

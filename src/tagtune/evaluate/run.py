@@ -3,7 +3,9 @@
     evaluate(model_dir, data_dir, out_dir, base_dir=None, adapter=None, ...) -> report dict
 
 writes ``report.json``, ``report.md`` and PNG plots to ``out_dir``. Every number is computed from the
-validation split of the prepared DATA_DIR (the detector trains on its training split).
+validation split of the prepared DATA_DIR (the detector trains on its training split, plus codes the base
+samples for tag-free training prompts as generated negatives; its false-positive rate is then measured on
+the base's generations for the held-out validation prompts).
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ import torch
 from ..data import PreparedDataset
 from .detector import CodeEventDetector, choose_window
 from .forgetting import forgetting_summary, untagged_nll
-from .freerun import FreeRunSettings, generate, make_prompts, score_clips, settings_dict, summarize_free
-from .loading import EvaluationError, load_models
+from .freerun import (FreeRunSettings, Prompt, generate, make_prompts, score_clips, settings_dict, strip_tags,
+                      summarize_free)
+from .loading import BASE, EvaluationError, load_models
 from .reliance import occurrences, score_reliance, summarize
 from .report import build_report, write_report
 
 log = logging.getLogger(__name__)
 MAX_DETECTOR_CLIPS = 2000
+GENERATED_NEGATIVES = 160  # training clips whose tag-free text the base speaks as the detector's negatives
+NEGATIVES_SEED_OFFSET = 10_000  # their sampling seeds never coincide with the evaluation's
 
 
 def _split(data_dir: Path, split: str) -> list[dict]:
@@ -52,7 +57,17 @@ def _codebook(model_dir: Path | None, base_dir: Path | None) -> torch.Tensor:
     return load_dvae(folder).codebook.embed.t().contiguous()  # (n_codes, dim)
 
 
-def train_detector(codebook, train: list[dict], val: list[dict], tags, tag_ids, seed: int):
+def generated_negatives(base, train: list[dict], space_id, settings: FreeRunSettings, seed: int,
+                        n: int = GENERATED_NEGATIVES) -> list[torch.Tensor]:
+    """Codes ``base`` (an EvalModel that never emits events) samples for ``n`` tag-free training prompts."""
+    picks = random.Random(seed + NEGATIVES_SEED_OFFSET).sample(train, min(n, len(train)))
+    tag_ids = set(base.tag_ids.values())
+    prompts = [Prompt(k, strip_tags(it["text_ids"], tag_ids, space_id), False) for k, it in enumerate(picks)]
+    return generate(base, prompts, picks, settings, seed + NEGATIVES_SEED_OFFSET)
+
+
+def train_detector(codebook, train: list[dict], val: list[dict], tags, tag_ids, seed: int,
+                   negatives: list[torch.Tensor] | None = None):
     """The code-level event detector and its report (None when the corpus has no event boundaries)."""
     fit_clips = _event_clips(train, tags, tag_ids)
     if not any(spans for _, spans in fit_clips):
@@ -61,8 +76,9 @@ def train_detector(codebook, train: list[dict], val: list[dict], tags, tag_ids, 
     fit_clips = fit_clips[:MAX_DETECTOR_CLIPS]
     window = choose_window([b - a for _, spans in fit_clips for _, a, b in spans])
     det = CodeEventDetector(codebook, list(tags.tags), window)
-    counts = det.fit(fit_clips, seed)
+    counts = det.fit(fit_clips, seed, negatives)
     return det, {"available": True, "window_codes": window, "train_windows": counts,
+                 "generated_negatives": len(negatives or []),
                  "held_out": det.accuracy(_event_clips(val, tags, tag_ids))}
 
 
@@ -83,6 +99,8 @@ def _free_running(models, detector, tagged, untagged, tags, space_id, settings, 
         out[m.name] = summarize_free(score_clips(detector, prompts, codes, items, tags, tag_ids), list(tags.tags))
         out[m.name]["seconds"] = round(time.perf_counter() - started, 2)
         out[m.name]["mean_generated_codes"] = sum(len(c) for c in codes) / max(1, len(codes))
+        if m.name == BASE:  # held-out generated speech without events: every detection is a false positive
+            out["detector_on_base"] = detector.false_positives(codes)
     return out
 
 
@@ -102,17 +120,18 @@ def _teacher_forced(models, tagged: list[dict], untagged: list[dict], tags, spac
 def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | Path,
              base_dir: str | Path | None = None, adapter: str | Path | None = None, n_free: int = 48,
              seed: int = 0, device: str = "cpu", free_settings: FreeRunSettings | None = None,
-             plots: bool = True) -> dict:
+             plots: bool = True, tag_init: str = "mean", tag_seed: int = 0) -> dict:
     """Evaluate a tuned model (folder, or ``base_dir`` + ``adapter``) on DATA_DIR; write and return the report.
 
     ``n_free`` tagged validation clips are used for free-running generation (0 skips it; ``free_settings``,
     when given, replaces it and the sampling defaults); ``seed`` fixes the prompt choice and the sampling.
-    ``base_dir`` adds the base model's numbers and the forgetting ratio.
+    ``base_dir`` adds the base model's numbers and the forgetting ratio; when it lacks the tags it is grown
+    with ``tag_init`` rows (seed ``tag_seed``): pass the training recipe's ``lora.tag_init`` and seed.
     """
     started = time.perf_counter()
     settings = free_settings or FreeRunSettings(prompts=n_free)
     model_dir = Path(model_dir) if model_dir is not None else None
-    tuned, base, tags, space_id = load_models(model_dir, base_dir, adapter, device)
+    tuned, base, tags, space_id = load_models(model_dir, base_dir, adapter, device, tag_init, tag_seed)
     models = [m for m in (tuned, base) if m is not None]
     val = _split(Path(data_dir), "val")
     by_id = {i: t for t, i in tuned.tag_ids.items()}
@@ -121,14 +140,16 @@ def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | 
     if not tagged:
         raise EvaluationError(f"{data_dir}: no validation clip carries one of the tags {list(tags.tags)}")
     sections = _teacher_forced(models, tagged, untagged, tags, space_id)
+    train = _split(Path(data_dir), "train")
+    negatives = generated_negatives(base, train, space_id, settings, seed) if base and settings.prompts else None
     det, sections["detector"] = train_detector(_codebook(model_dir, Path(base_dir) if base_dir else None),
-                                               _split(Path(data_dir), "train"), val, tags, tuned.tag_ids, seed)
+                                               train, val, tags, tuned.tag_ids, seed, negatives)
     sections["free"] = None
     if det is not None and settings.prompts > 0:
         sections["free"] = _free_running(models, det, tagged, untagged, tags, space_id, settings, seed)
     meta = {"model": tuned.source, "base": base.source if base else None, "data": str(data_dir), "seed": seed,
             "tags": list(tags.tags), "validation": {"tagged": len(tagged), "untagged": len(untagged)},
-            "free_running": settings_dict(settings), "seconds": round(time.perf_counter() - started, 2)}
+            "free_running": settings_dict(settings), "base_tag_init": tag_init, "seconds": round(time.perf_counter() - started, 2)}
     report = build_report(meta, sections)
     write_report(report, Path(out_dir), plots=plots)
     return report

@@ -8,6 +8,9 @@ Getting this wrong silently scrambles the new tokens.
 Initialisations:
   "mean":  embedding = direction of the mean old row plus small noise, scaled to the median old-row norm
            (a plain mean is much shorter than real rows); head = mean old weight row and mean old bias.
+  "plain": embedding = the plain mean old row plus small noise at the same relative size (~1/8 of a real
+           row's norm on the shipped tiny base): a short row barely perturbs the base before training, and
+           Adam grows it within a few steps; head as for "mean".
   "words": embedding, head row and bias = means over the pieces of the tag's spelled-out words
            (``<laughs>`` → pieces of "LAUGHS"); needs ``tags`` and a ``word_ids`` callable.
 """
@@ -24,7 +27,7 @@ EMBEDDING_KEY = "text_embedding.weight"
 HEAD_WEIGHT_KEY = "text_head.weight"
 HEAD_BIAS_KEY = "text_head.bias"
 TEXT_KEYS = (EMBEDDING_KEY, HEAD_WEIGHT_KEY, HEAD_BIAS_KEY)
-INITS = ("mean", "words")
+INITS = ("mean", "words", "plain")
 MEAN_NOISE = 0.1  # noise norm relative to the unit mean direction, so tags start distinguishable
 
 
@@ -46,6 +49,13 @@ def _mean_embedding_rows(old: torch.Tensor, n_new: int, generator: torch.Generat
     return rows / rows.norm(dim=1, keepdim=True) * old.norm(dim=1).median()
 
 
+def _plain_embedding_rows(old: torch.Tensor, n_new: int, generator: torch.Generator) -> torch.Tensor:
+    """(n_new, D) rows: the plain mean old row, jittered by MEAN_NOISE of its own norm."""
+    mean = old.mean(0)  # (D,)
+    noise = torch.randn(n_new, old.shape[1], generator=generator, dtype=old.dtype) / old.shape[1] ** 0.5
+    return mean + MEAN_NOISE * mean.norm() * noise  # (n_new, D)
+
+
 def _word_rows(tables: list[torch.Tensor], tags: Sequence[str], word_ids) -> list[torch.Tensor]:
     """For each table, (n_new, ...) rows: the mean over each tag's word pieces."""
     picks = []
@@ -63,8 +73,9 @@ def _new_rows(old: dict[str, torch.Tensor], n_new: int, init: str, seed: int, ta
             raise ValueError(f"init='words' needs {n_new} tags and a word_ids callable (word -> piece ids)")
         return dict(zip(TEXT_KEYS, _word_rows([old[k] for k in TEXT_KEYS], tags, word_ids)))
     generator = torch.Generator().manual_seed(seed)
+    embedding_rows = _plain_embedding_rows if init == "plain" else _mean_embedding_rows
     return {
-        EMBEDDING_KEY: _mean_embedding_rows(old[EMBEDDING_KEY], n_new, generator),
+        EMBEDDING_KEY: embedding_rows(old[EMBEDDING_KEY], n_new, generator),
         HEAD_WEIGHT_KEY: old[HEAD_WEIGHT_KEY].mean(0).expand(n_new, -1),
         HEAD_BIAS_KEY: old[HEAD_BIAS_KEY].mean(0).expand(n_new),
     }
