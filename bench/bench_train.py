@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import multiprocessing as mp
-import resource
 import statistics
 import time
 
@@ -153,7 +152,8 @@ def measure(name: str, variant: str, queue) -> None:
         optimizer.zero_grad(set_to_none=True)
         if n >= warmup:
             rates.append(batch.real_positions / (time.perf_counter() - t))
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: this process's own peak (ru_maxrss would carry the parent's peak across fork/exec)
+    peak_mb = next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM")) / 1024
     queue.put({"model": name, "variant": variant, "positions_per_s": statistics.median(rates), "peak_rss_mb": peak_mb,
                "steps": steps, "batch_size": batch_size, "setup_s": setup_s})
 

@@ -159,13 +159,23 @@ class UnifiedVoice(nn.Module):
         return torch.cat([conds, text_emb, mel_emb], dim=1)
 
     def _segment_hidden(self, conds, tokens: TrainingTokens, mask_padding: bool):
-        """Backbone + final_norm over the training layout -> (text hidden (B, Lt+2, D), mel hidden (B, Lm+2, D))."""
-        emb = self.build_training_inputs(conds, tokens)
-        key_mask = None
-        if mask_padding:  # hide padding keys so every row sees exactly what its unpadded run sees
+        """Backbone + final_norm over the training layout -> (text hidden (B, Lt+2, D), mel hidden (B, Lm+2, D)).
+
+        With ``mask_padding`` each row's real positions are packed to the front before the backbone (text
+        padding otherwise sits between the text and mel segments), so plain causal attention gives every
+        real position exactly what its unpadded run sees, and SDPA keeps its fast causal kernels (no mask).
+        Padding positions come back with hidden states of no meaning; mask them out of any loss.
+        """
+        emb = self.build_training_inputs(conds, tokens)  # (B, S, D)
+        if mask_padding:
             keep = torch.ones(conds.shape[:2], dtype=torch.bool, device=conds.device)
-            key_mask = torch.cat([keep, tokens.text_mask, tokens.mel_mask], dim=1)  # (B, S)
-        h = self.final_norm(self.gpt(emb, key_mask=key_mask)[:, conds.shape[1]:])
+            real = torch.cat([keep, tokens.text_mask, tokens.mel_mask], dim=1)  # (B, S)
+            order = torch.argsort((~real).to(torch.uint8), dim=1, stable=True)  # real positions first, in order
+            packed = self.gpt(emb.gather(1, order[..., None].expand_as(emb)))
+            h = torch.empty_like(packed).scatter_(1, order[..., None].expand_as(packed), packed)
+        else:
+            h = self.gpt(emb)
+        h = self.final_norm(h[:, conds.shape[1]:])
         n_text = tokens.text_inputs.shape[1]
         return h[:, :n_text], h[:, n_text:]
 
