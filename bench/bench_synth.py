@@ -20,7 +20,7 @@ import torch
 
 from tagtune.audio import MelSpectrogram
 from tagtune.config import v1_5
-from tagtune.fast import prepare_gpt, teacher_forced_quality
+from tagtune.fast import teacher_forced_quality
 from tagtune.generation import GenerationConfig
 from tagtune.infer import TTS
 from tagtune.models.bigvgan import BigVGAN

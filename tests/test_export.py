@@ -9,7 +9,6 @@ import pytest
 import torch
 import yaml
 
-from test_train_corpus import tiny_data, trained_run  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 TEXT_KEYS = ("text_embedding.weight", "text_head.weight", "text_head.bias")

@@ -8,7 +8,6 @@ import logging
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from tagtune.errors import UserError
 from tagtune.infer import TTS, TextError

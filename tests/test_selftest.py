@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from tagtune.cli import main

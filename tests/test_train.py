@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_train_corpus import RUN_CONFIG, tiny_data, trained_run, write_launcher  # noqa: F401 (fixtures)
+from train_fixtures import N_CLIPS, RUN_CONFIG, TAGS, write_launcher
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -111,3 +111,20 @@ def test_two_processes_on_cpu_match_one_process(trained_run, tiny_data, tmp_path
         torch.testing.assert_close(ddp[k], single[k], atol=1e-5, rtol=1e-4, msg=k)
     moved = max(float((_adapter(trained_run[0] / "last")[k]).abs().max()) for k in single if "lora_B" in k)
     assert moved > 1e-3  # the comparison is not between two untouched adapters
+
+
+def test_corpus_has_tagged_and_untagged_clips_in_both_splits(tiny_data):
+    from tagtune.train_data import open_data
+
+    data = open_data(tiny_data)
+    assert data.tag_names == TAGS
+    assert data.tagset.token_ids == {"<laughs>": 320, "<sighs>": 321}
+    for split in (data.train, data.val):
+        flags = [split[i]["has_tag"] for i in range(len(split))]
+        assert any(flags) and not all(flags)
+    assert len(data.train) + len(data.val) == N_CLIPS
+    example = data.train[0]
+    assert example["cond_mel"].shape[0] == 100 and example["codes"].max() < 128
+
+
+# --------------------------------------------------------------------------------- a trained run

@@ -11,7 +11,6 @@ import urllib.request
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from tagtune.errors import UserError
 from tagtune.generation import GenerationConfig

@@ -11,7 +11,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from tagtune.data.decode import (MODEL_SAMPLE_RATE, TOO_LONG, DecodedClip, DecodeSettings, Rejection,

@@ -1,8 +1,8 @@
 """A tiny tagged corpus prepared by the real data pipeline, shared by the training and export tests.
 
-``build_data_dir(root, fixture_dir)`` writes synthetic clips (two voices, tones with noise), extends the
-fixture tokenizer with two tags, runs ``tagtune.data.prepare`` with the fixture's DVAE and records the base
-checkpoint, tokenizer and tags file in the manifest. The result is cached under pytest's base temp dir.
+``build_data_dir(root, fixture_dir)`` writes synthetic clips (two voices, tones with noise) and runs
+``tagtune prepare``'s own entry point with the fixture model and two tags. Fixtures: ``tiny_data`` (the
+prepared DATA_DIR) and ``trained_run`` (a short training run on it). Cached under pytest's base temp dir.
 """
 
 from __future__ import annotations
@@ -68,22 +68,6 @@ def build_data_dir(root: Path, checkpoint_dir: Path) -> Path:
 def tiny_data(fixture_dir, tmp_path_factory) -> Path:
     return build_data_dir(tmp_path_factory.getbasetemp() / "train-corpus", fixture_dir / "checkpoint")
 
-
-def test_corpus_has_tagged_and_untagged_clips_in_both_splits(tiny_data):
-    from tagtune.train_data import open_data
-
-    data = open_data(tiny_data)
-    assert data.tag_names == TAGS
-    assert data.tagset.token_ids == {"<laughs>": 320, "<sighs>": 321}
-    for split in (data.train, data.val):
-        flags = [split[i]["has_tag"] for i in range(len(split))]
-        assert any(flags) and not all(flags)
-    assert len(data.train) + len(data.val) == N_CLIPS
-    example = data.train[0]
-    assert example["cond_mel"].shape[0] == 100 and example["codes"].max() < 128
-
-
-# --------------------------------------------------------------------------------- a trained run
 
 RUN_CONFIG = {
     "seed": 11,
