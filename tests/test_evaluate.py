@@ -74,7 +74,18 @@ def test_untrained_tag_rows_score_the_same_as_the_grown_base(untrained_report):
 def test_detector_is_trained_and_checked_on_the_corpus(untrained_report):
     _, report = untrained_report
     det = report["details"]["detector"]
-    assert det["available"] and set(det["train_windows"]) == {"none", *TAGS}
+    assert det["available"] and set(det["train_windows"]) == {"none", "generated_none", *TAGS}
+    from tagtune.data import PreparedDataset
+    from tagtune.evaluate.run import GENERATED_NEGATIVES
+
+    # the base spoke tag-free training prompts as negatives; its held-out generations measure false positives
+    n_train = len(PreparedDataset(report["meta"]["data"], "train"))
+    assert det["generated_negatives"] == min(GENERATED_NEGATIVES, n_train) > 0
+    assert det["train_windows"]["generated_none"] > 0 and det["min_run_windows"] >= 2
+    fp = report["details"]["free"]["detector_on_base"]
+    base_free = report["details"]["free"]["base"]
+    assert fp["sequences"] == base_free["tagged_prompts"] + base_free["untagged_prompts"]  # every base generation
+    assert report["overall"]["detector_false_positive_rate"] == fp["sequence_rate"]
     assert det["held_out"]["windows"] > 100 and det["held_out"]["accuracy"] > 0.85
     real = report["details"]["free"]["real_clips"]  # the detector on the reference clips themselves
     assert real["mean_hit_rate"] >= 0.8 and real["false_event_rate"] <= 0.2

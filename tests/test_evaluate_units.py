@@ -128,3 +128,51 @@ def test_strip_tags_at_the_end_and_adjacent():
     ids = torch.tensor([7, 8, space, a, 9, space, b, space, a])
     assert strip_tags(ids, {a, b}, space).tolist() == [7, 8, 9]
     assert strip_tags(torch.tensor([a, b, 3]), {a, b}, space).tolist() == [3]
+
+
+def test_generated_negatives_teach_the_detector_that_rough_speech_is_no_event():
+    # "generated speech" uses codes 10..14, which real speech never does and which look like the event's
+    g = torch.Generator().manual_seed(2)
+    codebook = torch.randn(25, 4, generator=g)
+    codebook[10:, 0] += 2.0
+
+    def real(onset: int | None, n: int = 40):
+        codes = torch.randint(0, 10, (n,), generator=g)
+        if onset is None:
+            return codes, []
+        codes[onset : onset + 12] = torch.randint(15, 25, (12,), generator=g)
+        return codes, [("<sighs>", onset, onset + 12)]
+
+    def generated(n: int = 40):
+        return torch.where(torch.rand(n, generator=g) < 0.5, torch.randint(0, 10, (n,), generator=g),
+                           torch.randint(10, 15, (n,), generator=g))
+
+    fit = [real(o) for o in (5, 10, 20, None, 15, None)]
+    held_out = [generated() for _ in range(8)]
+    plain = CodeEventDetector(codebook, ["<sighs>"], window=6)
+    counts = plain.fit(fit, seed=0)
+    calibrated = CodeEventDetector(codebook, ["<sighs>"], window=6)
+    with_negatives = calibrated.fit(fit, seed=0, negatives=[generated() for _ in range(8)])
+    assert counts["generated_none"] == 0 and with_negatives["generated_none"] == 8 * 18  # (40 - 6 + 1) / 2
+    before, fp = plain.false_positives(held_out), calibrated.false_positives(held_out)
+    assert before["sequence_rate"] > 0.5 and before["window_rate"] > 0.2
+    assert fp["sequences"] == 8 and fp["windows"] == 8 * 35
+    assert fp["sequence_rate"] <= 0.25 and fp["window_rate"] < 0.25 * before["window_rate"]
+    codes, _ = real(17)
+    found = calibrated.detect(codes)  # the real event is still found
+    assert any(d.tag == "<sighs>" and abs(d.onset - 17) <= 2 for d in found)
+
+
+def test_plain_tag_rows_are_the_short_mean_row():
+    from tagtune.text.grow import grow_text_rows
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 30, 16
+    state = {"text_embedding.weight": torch.randn(n + 1, d, generator=g) + 0.2,
+             "text_head.weight": torch.randn(n + 1, d, generator=g), "text_head.bias": torch.randn(n + 1, generator=g)}
+    grown = grow_text_rows(state, 3, n, init="plain", seed=4)
+    new, mean = grown["text_embedding.weight"][n : n + 3], state["text_embedding.weight"][:n].mean(0)
+    assert ((new - mean).norm(dim=1) / mean.norm()).max() < 0.3 and not torch.equal(new[0], new[1])
+    assert new.norm(dim=1).max() < 0.5 * state["text_embedding.weight"][:n].norm(dim=1).median()
+    torch.testing.assert_close(grown["text_head.bias"][n : n + 3], state["text_head.bias"][:n].mean().expand(3))
+    assert torch.equal(grown["text_embedding.weight"][-1], state["text_embedding.weight"][-1])

@@ -14,12 +14,12 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .text.grow import INITS as TAG_INITS
 
 DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 MODES = ("lora", "full")
-TAG_INITS = ("mean", "words")
 # CLI flag name -> dotted field it overrides
 CLI_OVERRIDES = {
     "max_steps": "schedule.max_steps",

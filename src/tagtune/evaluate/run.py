@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 MAX_DETECTOR_CLIPS = 2000
 GENERATED_NEGATIVES = 160  # training clips whose tag-free text the base speaks as the detector's negatives
 NEGATIVES_SEED_OFFSET = 10_000  # their sampling seeds never coincide with the evaluation's
+UNTAGGED_PROMPTS = 24  # tag-free prompts from untagged clips: at least this many, or half the tagged ones
 
 
 def _split(data_dir: Path, split: str) -> list[dict]:
@@ -77,7 +78,7 @@ def train_detector(codebook, train: list[dict], val: list[dict], tags, tag_ids, 
     window = choose_window([b - a for _, spans in fit_clips for _, a, b in spans])
     det = CodeEventDetector(codebook, list(tags.tags), window)
     counts = det.fit(fit_clips, seed, negatives)
-    return det, {"available": True, "window_codes": window, "train_windows": counts,
+    return det, {"available": True, "window_codes": window, "min_run_windows": det.min_run, "train_windows": counts,
                  "generated_negatives": len(negatives or []),
                  "held_out": det.accuracy(_event_clips(val, tags, tag_ids))}
 
@@ -129,7 +130,7 @@ def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | 
     with ``tag_init`` rows (seed ``tag_seed``): pass the training recipe's ``lora.tag_init`` and seed.
     """
     started = time.perf_counter()
-    settings = free_settings or FreeRunSettings(prompts=n_free)
+    settings = free_settings or FreeRunSettings(n_free, untagged_prompts=max(UNTAGGED_PROMPTS, n_free // 2))
     model_dir = Path(model_dir) if model_dir is not None else None
     tuned, base, tags, space_id = load_models(model_dir, base_dir, adapter, device, tag_init, tag_seed)
     models = [m for m in (tuned, base) if m is not None]
@@ -149,7 +150,8 @@ def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | 
         sections["free"] = _free_running(models, det, tagged, untagged, tags, space_id, settings, seed)
     meta = {"model": tuned.source, "base": base.source if base else None, "data": str(data_dir), "seed": seed,
             "tags": list(tags.tags), "validation": {"tagged": len(tagged), "untagged": len(untagged)},
-            "free_running": settings_dict(settings), "base_tag_init": tag_init, "seconds": round(time.perf_counter() - started, 2)}
+            "free_running": settings_dict(settings), "base_tag_init": tag_init,
+            "seconds": round(time.perf_counter() - started, 2)}
     report = build_report(meta, sections)
     write_report(report, Path(out_dir), plots=plots)
     return report
