@@ -35,7 +35,7 @@ def resolve_precision(precision: str, device) -> str:
     """"auto" -> fp16 on CUDA, fp32 on CPU; checks that the choice runs on ``device``.
 
     CPU reduced precision is opt-in: measured against fp32 (teacher-forced, BENCHMARKS.md), int8 keeps the
-    mel NLL within 0.2 % but agrees on the top-1 code only 97 % (trained tiny model) / 79 % (full-size
+    mel NLL within 0.2 % but agrees on the top-1 code only 97 % (trained tiny model) / 80-83 % (full-size
     random init), below the 98 % we require of a default; bf16 agrees 99.5 % / 95 % and is not faster than
     fp32 on a CPU without AMX.
     """
