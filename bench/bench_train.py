@@ -102,7 +102,7 @@ def eager_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **_
 def build(name: str):
     from tagtune import lora
     from tagtune.models.unified_voice import UnifiedVoice
-    from tagtune.train_config import LoraSettings, OptimSettings
+    from tagtune.train.config import LoraSettings, OptimSettings
 
     torch.manual_seed(0)
     cfg = model_config(name)
@@ -115,9 +115,9 @@ def build(name: str):
 def measure(name: str, variant: str, queue) -> None:
     """One process: build, warm up, time optimizer steps; report positions/s and peak RSS."""
     torch.set_num_threads(2)
-    from tagtune.train_config import LossSettings
-    from tagtune.train_data import PadSpec, collate, precompute_conds
-    from tagtune.train_loss import RowLosses, combine
+    from tagtune.train.config import LossSettings
+    from tagtune.train.data import PadSpec, collate, precompute_conds
+    from tagtune.train.loss import RowLosses, combine
 
     batch_size, steps, warmup, _ = SETTINGS[name]
     gpt, cfg, optimizer = build(name)

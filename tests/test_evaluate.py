@@ -133,7 +133,7 @@ def test_a_model_that_ignores_tags_has_no_reliance_gap(eval_data, fixture_dir):
 def test_a_tuned_adapter_relies_on_its_tags(eval_data, fixture_dir, tmp_path):
     from tagtune.evaluate import evaluate
     from tagtune.train import train
-    from tagtune.train_config import TrainConfig
+    from tagtune.train.config import TrainConfig
 
     _, data_dir = eval_data
     run = train(data_dir, tmp_path / "run", TrainConfig.from_dict(RUN_CONFIG))

@@ -9,7 +9,7 @@ from tagtune import lora
 from tagtune.generation import GenerationConfig
 from tagtune.infer import TTS
 from tagtune.text import TagSet, add_tag_pieces
-from tagtune.train_config import LoraSettings
+from tagtune.train.config import LoraSettings
 
 TAGS = ["<laughs>", "<sighs>"]
 HOP = 1024

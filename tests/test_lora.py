@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tagtune import lora
-from tagtune.train_config import LoraSettings, OptimSettings
+from tagtune.train.config import LoraSettings, OptimSettings
 
 TAGS = ["<laughs>", "<sighs>"]
 NEW_IDS = [320, 321]

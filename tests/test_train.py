@@ -114,7 +114,7 @@ def test_two_processes_on_cpu_match_one_process(trained_run, tiny_data, tmp_path
 
 
 def test_corpus_has_tagged_and_untagged_clips_in_both_splits(tiny_data):
-    from tagtune.train_data import open_data
+    from tagtune.train.data import open_data
 
     data = open_data(tiny_data)
     assert data.tag_names == TAGS

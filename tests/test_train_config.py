@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tagtune.train_config import TrainConfig, TrainConfigError
+from tagtune.train.config import TrainConfig, TrainConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

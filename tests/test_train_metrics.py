@@ -8,10 +8,10 @@ import logging
 import pytest
 import torch
 
-from tagtune import train_state as ts
-from tagtune.train import _scheduler, _warn_forgetting
-from tagtune.train_config import TrainConfig
-from tagtune.train_metrics import MetricsLog, forgetting
+from tagtune.train import state as ts
+from tagtune.train.loop import _scheduler, _warn_forgetting
+from tagtune.train.config import TrainConfig
+from tagtune.train.metrics import MetricsLog, forgetting
 
 
 def test_forgetting_percent_and_warning(caplog):

@@ -85,7 +85,7 @@ RUN_CONFIG = {
 def trained_run(tiny_data, tmp_path_factory):
     """(run_dir, RunResult) of an 8-step single-process run with dropout off."""
     from tagtune.train import train
-    from tagtune.train_config import TrainConfig
+    from tagtune.train.config import TrainConfig
 
     run_dir = tmp_path_factory.mktemp("run") / "run"
     return run_dir, train(tiny_data, run_dir, TrainConfig.from_dict(RUN_CONFIG))
@@ -94,7 +94,7 @@ def trained_run(tiny_data, tmp_path_factory):
 LAUNCH_SCRIPT = """
 import json, os, signal, sys
 from tagtune.train import train
-from tagtune.train_config import TrainConfig
+from tagtune.train.config import TrainConfig
 data, out, cfg, resume, kill_at = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4] == "1", int(sys.argv[5])
 def hook(step, **_):
     if step == kill_at:

@@ -93,7 +93,7 @@ def _demo(a) -> int:
 def _train(a) -> int:
     from .demo import shipped_recipe
     from .train import train
-    from .train_config import TrainConfig
+    from .train.config import TrainConfig
 
     cfg = TrainConfig.from_yaml(a.config or shipped_recipe("lora.yaml")).with_overrides(
         max_steps=a.max_steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, rank=a.rank, seed=a.seed)

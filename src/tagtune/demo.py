@@ -74,7 +74,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir
     from .export import export
     from .synthetic import generate_corpus
     from .train import train
-    from .train_config import TrainConfig
+    from .train.config import TrainConfig
 
     s = settings or DemoSettings()
     out = Path(out_dir)

@@ -23,7 +23,7 @@ from . import lora
 from .checkpoint import (PROVENANCE_FILE, TAGS_FILE, atomic_write_bytes, atomic_write_text, folder_fingerprint,
                          read_config, read_state_dict, save_pth, write_config)
 from .errors import UserError
-from .train_run import BEST, FULL_WEIGHTS, LAST, TOKENIZER, read_run_info
+from .train.run import BEST, FULL_WEIGHTS, LAST, TOKENIZER, read_run_info
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 GPT_FILE = "gpt.pth"

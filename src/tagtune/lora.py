@@ -23,7 +23,7 @@ from peft.tuners.lora import LoraLayer
 from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 from torch import nn
 
-from .train_config import LoraSettings, OptimSettings
+from .train.config import LoraSettings, OptimSettings
 
 ADAPTER = "default"
 ADAPTER_CONFIG = "adapter_config.json"

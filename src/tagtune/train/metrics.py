@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_bytes, atomic_write_text
-from .train_config import LossSettings
-from .train_loss import Batch, RowLosses, combine
+from ..checkpoint import atomic_write_bytes, atomic_write_text
+from .config import LossSettings
+from .loss import Batch, RowLosses, combine
 
 log = logging.getLogger(__name__)
 

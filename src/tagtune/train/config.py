@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
-from .text.grow import INITS as TAG_INITS
+from ..errors import UserError
+from ..text.grow import INITS as TAG_INITS
 
 DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

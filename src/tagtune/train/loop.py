@@ -23,13 +23,14 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from . import lora, train_run as rundir, train_state as ts
-from .errors import UserError
-from .train_config import TrainConfig
-from .train_data import (clip_lengths, collate, epoch_batches, micro_batch, open_data, precompute_conds,
+from .. import lora
+from . import run as rundir, state as ts
+from ..errors import UserError
+from .config import TrainConfig
+from .data import (clip_lengths, collate, epoch_batches, micro_batch, open_data, precompute_conds,
                          pad_spec)
-from .train_loss import RowLosses, combine, split_means
-from .train_metrics import MetricsLog, forgetting, validate
+from .loss import RowLosses, combine, split_means
+from .metrics import MetricsLog, forgetting, validate
 
 log = logging.getLogger(__name__)
 

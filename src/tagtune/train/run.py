@@ -4,7 +4,7 @@
       run.json             data manifest hash, base checkpoint fingerprint, tags, token ids, versions
       train_config.yaml    the resolved recipe
       bpe.model, tags.json the extended tokenizer and tag set the run trained with
-      checkpoints/         resumable checkpoints (see train_state) and LATEST
+      checkpoints/         resumable checkpoints (see state.py) and LATEST
       best/, last/         release weights: a PEFT adapter folder (or merged weights in full mode)
       metrics.jsonl, metrics.csv, loss_curve.png, tensorboard/, samples/
 """
@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import lora, train_state as ts
-from .checkpoint import atomic_write_bytes, atomic_write_text, folder_fingerprint, save_safetensors
-from .errors import UserError
-from .train_config import TrainConfig
+from .. import lora
+from . import state as ts
+from ..checkpoint import atomic_write_bytes, atomic_write_text, folder_fingerprint, save_safetensors
+from ..errors import UserError
+from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def _versions() -> dict[str, str]:
     import peft
     import transformers
 
-    from . import __version__
+    from .. import __version__
 
     return {"tagtune": __version__, "torch": torch.__version__, "peft": peft.__version__,
             "accelerate": accelerate.__version__, "transformers": transformers.__version__,
@@ -91,8 +92,8 @@ def weights_meta(data, model_cfg, new_ids: list[int], config: TrainConfig) -> di
 
 def word_ids(data):
     """Tokenizer lookup for ``tag_init: words`` (a tag's spelled-out word -> piece ids)."""
-    from .text.tags import TagSet
-    from .text.tokenizer import TextTokenizer
+    from ..text.tags import TagSet
+    from ..text.tokenizer import TextTokenizer
 
     return TextTokenizer(data.tokenizer_path, TagSet.load(data.tags_path)).word_piece_ids
 
