@@ -16,8 +16,9 @@ OFFICIAL_KEYS = SHARED / "spec" / "official-keys"
 # Tiny models: thread start-up costs more than it saves; one thread is also what the fixture used.
 torch.set_num_threads(1)
 
-# shared fixtures of the training, export and synthesis tests (a tiny prepared corpus and a trained run)
-pytest_plugins = ["train_fixtures"]
+# shared fixtures: a tiny prepared corpus and a trained run (training, export, synthesis), and a corpus
+# with exact event boundaries (evaluation)
+pytest_plugins = ["train_fixtures", "eval_fixtures"]
 
 
 @pytest.fixture(scope="session")

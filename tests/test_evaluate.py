@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from test_evaluate_corpus import TAGS, eval_data  # noqa: F401 (fixture)
+from eval_fixtures import N_CLIPS, TAGS
 
 RUN_CONFIG = {
     "seed": 11,
@@ -173,3 +173,19 @@ def test_bad_inputs_are_explained(eval_data, fixture_dir, tmp_path):
         evaluate(fixture_dir / "checkpoint", data_dir, tmp_path)
     with pytest.raises(EvaluationError, match="run `tagtune prepare` first"):
         evaluate(model_dir, tmp_path / "nothing", tmp_path)
+
+
+def test_corpus_keeps_every_clip_with_its_event_boundaries(eval_data):
+    from tagtune.data import PreparedDataset
+
+    _, data_dir = eval_data
+    every = PreparedDataset(data_dir, "all")
+    assert len(every) == N_CLIPS  # nothing rejected: all clips fit 60 codes
+    tagged = [every[i] for i in range(len(every)) if every[i]["has_tag"]]
+    assert len(tagged) == N_CLIPS - N_CLIPS // 3
+    for item in tagged:
+        (event,) = item["events"]
+        assert 0 < event["start_sample"] < event["end_sample"] <= item["wav_len"]
+        assert f"<{event['tag']}>" in item["tags"] and sum(int(i) >= 320 for i in item["text_ids"]) == 1
+    val = PreparedDataset(data_dir, "val")
+    assert {t for i in range(len(val)) for t in val[i]["tags"]} == set(TAGS)

@@ -102,19 +102,3 @@ def build_eval_data(root: Path, checkpoint_dir: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def eval_data(fixture_dir, tmp_path_factory) -> tuple[Path, Path]:
     return build_eval_data(tmp_path_factory.getbasetemp() / "eval-corpus", fixture_dir / "checkpoint")
-
-
-def test_corpus_keeps_every_clip_with_its_event_boundaries(eval_data):
-    from tagtune.data import PreparedDataset
-
-    _, data_dir = eval_data
-    every = PreparedDataset(data_dir, "all")
-    assert len(every) == N_CLIPS  # nothing rejected: all clips fit 60 codes
-    tagged = [every[i] for i in range(len(every)) if every[i]["has_tag"]]
-    assert len(tagged) == N_CLIPS - N_CLIPS // 3
-    for item in tagged:
-        (event,) = item["events"]
-        assert 0 < event["start_sample"] < event["end_sample"] <= item["wav_len"]
-        assert f"<{event['tag']}>" in item["tags"] and sum(int(i) >= 320 for i in item["text_ids"]) == 1
-    val = PreparedDataset(data_dir, "val")
-    assert {t for i in range(len(val)) for t in val[i]["tags"]} == set(TAGS)
