@@ -31,8 +31,8 @@ from .checkpoint import (
     write_config,
 )
 from .atomic import atomic_write_bytes, atomic_write_text
-from .text import TagSet, TextTokenizer, add_tag_pieces, grow_text_rows, load_tag_map
-from .text.tags import TAGS_FILE_NAME
+from .text import TagSet, TextTokenizer, UnknownTagError, add_tag_pieces, grow_text_rows, load_tag_map
+from .text.tags import TAGS_FILE_NAME, format_tag, tag_name
 
 log = logging.getLogger(__name__)
 COPIED_FILES = ("dvae_checkpoint", "bigvgan_checkpoint")
@@ -60,17 +60,17 @@ def base_tagset(model_dir: Path) -> TagSet:
     return TagSet.from_dict(data) if data else TagSet()
 
 
-def _new_tags(existing: TagSet, wanted: list[str], aliases: dict) -> list[str]:
-    """Canonical forms of ``wanted`` that ``existing`` does not already resolve."""
-    probe = TagSet(existing.tags, existing.aliases, existing.multiword, existing.merge_variants)
+def _new_tags(known: list[str], wanted: list[str], aliases: dict, multiword: str) -> list[str]:
+    """Canonical spellings of ``wanted`` (after ``aliases``) that the ``known`` tags do not already cover."""
+    probe = TagSet(tags=known, multiword=multiword)
     fresh = []
-    for tag in wanted:
+    for tag in (format_tag(tag_name(t)) for t in wanted):
         target = aliases.get(tag, tag)
         if target is None:
             continue
         try:
             probe.resolve(target)
-        except Exception:  # UnknownTagError: a genuinely new tag
+        except UnknownTagError:  # a genuinely new tag
             if target not in fresh:
                 fresh.append(target)
     return fresh
@@ -83,8 +83,7 @@ def add_tags(model_dir: str | Path, tags: list[str], out_dir: str | Path, *, ini
     cfg = read_config(model_dir)
     existing = base_tagset(model_dir)
     aliases = {**existing.aliases, **(load_tag_map(tag_map) if tag_map else {})}
-    probe_set = TagSet(tags=[*existing.tags], multiword=multiword)
-    fresh = _new_tags(probe_set, [TagSet(tags=[t]).tags[0] for t in tags], aliases)
+    fresh = _new_tags(existing.tags, tags, aliases, multiword)
     n_old = cfg.gpt.number_text_tokens
     sp = spm.SentencePieceProcessor(model_file=str(bpe_path(model_dir, cfg)))
     if sp.get_piece_size() != n_old:
