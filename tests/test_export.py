@@ -50,7 +50,7 @@ def test_merged_folder_is_complete_and_loads_strictly(merged, fixture_dir, offic
     from tagtune.models.unified_voice import UnifiedVoice
 
     assert {p.name for p in merged.iterdir()} == {"config.yaml", "gpt.pth", "bpe.model", "tags.json", "dvae.pth",
-                                                  "bigvgan_generator.pth", "provenance.json"}
+                                                  "bigvgan_generator.pth", "provenance.json", "tag_init.safetensors"}
     cfg = yaml.safe_load((merged / "config.yaml").read_text())
     assert cfg["gpt"]["number_text_tokens"] == 322 and cfg["gpt_checkpoint"] == "gpt.pth"
     state = torch.load(merged / "gpt.pth", weights_only=True)  # what the official loader does

@@ -2,7 +2,8 @@
 
 Merged (``export(run, out)``): ``config.yaml`` (number_text_tokens counts the tags), ``gpt.pth`` with exactly
 the official key set in fp32 or fp16, the extended ``bpe.model``, ``tags.json``, the base model's
-``dvae.pth`` and ``bigvgan_generator.pth``, and ``provenance.json``. The official strict loader accepts it
+``dvae.pth`` and ``bigvgan_generator.pth``, ``provenance.json`` and ``tag_init.safetensors`` (the tag rows
+before training, which ``tagtune eval`` grows the base with). The official strict loader accepts it
 and so does ``tagtune.checkpoint.load_model``.
 
 Adapter (``adapter_only=True``): the run's PEFT folder (adapter_config.json + adapter_model.safetensors,
@@ -23,7 +24,7 @@ from . import lora
 from .checkpoint import (PROVENANCE_FILE, TAGS_FILE, atomic_write_bytes, atomic_write_text, folder_fingerprint,
                          read_config, read_state_dict, save_pth, write_config)
 from .errors import UserError
-from .train.run import BEST, FULL_WEIGHTS, LAST, TOKENIZER, read_run_info
+from .train.run import BEST, FULL_WEIGHTS, LAST, START_ROWS, TOKENIZER, read_run_info
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 GPT_FILE = "gpt.pth"
@@ -101,6 +102,8 @@ def _export_merged(info: dict, base_dir: Path, weights: Path, out_dir: Path, dty
     write_config(out_dir, cfg)
     atomic_write_bytes(out_dir / TOKENIZER, (weights / TOKENIZER).read_bytes())
     atomic_write_bytes(out_dir / TAGS_FILE, (weights / TAGS_FILE).read_bytes())
+    if (weights / START_ROWS).is_file():  # the untrained tag rows: lets `tagtune eval` rebuild the start
+        atomic_write_bytes(out_dir / START_ROWS, (weights / START_ROWS).read_bytes())
     for name in (base_cfg.dvae_checkpoint, base_cfg.bigvgan_checkpoint):
         shutil.copy2(base_dir / name, out_dir / name)
 

@@ -111,6 +111,40 @@ def _tag_row_params(gpt: nn.Module) -> list[nn.Parameter]:
     return [head.weight, head.bias, layer.trainable_tokens_delta[ADAPTER]]
 
 
+def current_tag_rows(gpt: nn.Module, new_token_ids: list[int]) -> dict[str, torch.Tensor]:
+    """The rows forward uses for ``new_token_ids``: text embedding (n, D), head weight (n, D), head bias (n,)."""
+    ids = torch.tensor(list(new_token_ids), device=next(gpt.parameters()).device)
+    head = trainable_head(gpt)
+    with torch.no_grad():
+        rows = {"text_embedding.weight": gpt.text_embedding(ids), "text_head.weight": head.weight[ids],
+                "text_head.bias": head.bias[ids]}
+    return {k: v.detach().float().cpu().contiguous() for k, v in rows.items()}
+
+
+def set_tag_rows(gpt: nn.Module, new_token_ids: list[int], rows: dict[str, torch.Tensor]) -> None:
+    """Write ``rows`` (as ``current_tag_rows`` gives them; missing keys stay) where forward reads them.
+
+    With adapters injected the embedding rows live in peft's trainable-token copy, which forward uses
+    instead of the base table; both are written so that merging gives the same rows.
+    """
+    ids = list(new_token_ids)
+    with torch.no_grad():
+        if "text_embedding.weight" in rows:
+            row = rows["text_embedding.weight"]
+            emb = gpt.text_embedding
+            adapter = getattr(emb, "token_adapter", None)
+            table = adapter.base_layer.weight if adapter is not None else emb.weight
+            table[ids] = row.to(table)
+            if adapter is not None:
+                delta = adapter.trainable_tokens_delta[ADAPTER]
+                delta.copy_(row.to(delta))
+        head = trainable_head(gpt)
+        if "text_head.weight" in rows:
+            head.weight[ids] = rows["text_head.weight"].to(head.weight)
+        if "text_head.bias" in rows:
+            head.bias[ids] = rows["text_head.bias"].to(head.bias)
+
+
 def trainable_state(gpt: nn.Module) -> dict[str, torch.Tensor]:
     """Every trainable tensor by its (wrapped) name: what a resumable checkpoint stores."""
     return {n: p.detach().clone() for n, p in gpt.named_parameters() if p.requires_grad}

@@ -2,9 +2,9 @@
 
 The tuned model is a model folder (official layout or a tagtune export) or a base folder plus an adapter
 folder. The base is a model folder too. When the base does not know the tags (an official checkpoint),
-it is grown with the tuned model's tags at the same ids, initialised as training initialised them
-(``tag_init`` and its seed: pass the recipe's): tag rows that were never trained. A tag-blind base then
-scores a reliance gap near zero, which is the point of measuring it.
+it is grown with the tuned model's tags at the same ids, with the rows training started from: the
+``tag_init.safetensors`` a tagtune export carries, or else rows made by ``tag_init`` and its seed (pass the
+recipe's). Those tag rows were never trained, so the base measures what an untrained tag does.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..tag_rows import START_ROWS_FILE as START_ROWS
 from ..text.tags import SPACE_PIECE, TagSet
 
 TUNED, BASE = "tuned", "base"
@@ -33,6 +34,7 @@ class EvalModel:
     gpt: nn.Module
     source: str  # where it came from, for the report
     tag_ids: dict[str, int]  # canonical tag -> text id this model reads it at
+    tag_rows: str | None = None  # for a grown base: where its untrained tag rows came from
 
     @property
     def stop_text(self) -> int:
@@ -78,6 +80,11 @@ class TagInit:
     name: str = "mean"
     seed: int = 0
     text_dir: Path | None = None
+    rows_file: Path | None = None  # the run's recorded start rows; replace the formula when given
+
+    @property
+    def description(self) -> str:
+        return "as training started them" if self.rows_file is not None else f"init {self.name!r}"
 
     def word_ids(self, tags: TagSet):
         if self.name != "words":
@@ -91,13 +98,18 @@ class TagInit:
 
 def _grown_base(base_dir: Path, tags: TagSet, device, init: TagInit) -> nn.Module:
     """The base GPT with untrained rows for ``tags`` at the ids the tuned model uses."""
-    from ..lora import load_grown_base
+    from ..lora import load_grown_base, set_tag_rows
+    from ..tag_rows import read_start_rows
 
-    gpt, _, new_ids = load_grown_base(base_dir, list(tags.tags), init.name, init.seed, word_ids=init.word_ids(tags))
+    formula = "plain" if init.rows_file is not None else init.name
+    word_ids = init.word_ids(tags) if formula == "words" else None
+    gpt, _, new_ids = load_grown_base(base_dir, list(tags.tags), formula, init.seed, word_ids=word_ids)
     wanted = [tags.token_ids[t] for t in tags.tags]
     if new_ids != wanted:
         raise EvaluationError(f"{base_dir}: growing it with {tags.tags} gives ids {new_ids}, the tuned model "
                               f"reads them at {wanted}; is this the tuned model's base?")
+    if init.rows_file is not None:
+        set_tag_rows(gpt, new_ids, read_start_rows(init.rows_file, len(new_ids)))
     return gpt.to(device).eval()
 
 
@@ -105,7 +117,8 @@ def _base_model(base_dir: Path, tags: TagSet, device, init: TagInit) -> EvalMode
     base_tags = _folder_tags(base_dir)
     if base_tags is None or not base_tags.tags:
         return EvalModel(BASE, _grown_base(base_dir, tags, device, init),
-                         f"{base_dir} (tag rows untrained, init {init.name!r})", dict(tags.token_ids))
+                         f"{base_dir} (tag rows untrained, {init.description})", dict(tags.token_ids),
+                         "recorded start rows" if init.rows_file is not None else f"init {init.name}")
     gpt, _ = _load_folder(base_dir, BASE, device)
     if base_tags.token_ids != tags.token_ids:
         raise EvaluationError(f"{base_dir}: its tags {base_tags.token_ids} differ from the tuned model's "
@@ -119,7 +132,8 @@ def load_models(model_dir: str | Path | None, base_dir: str | Path | None = None
     """``(tuned, base or None, tagset, space_id)`` for a model folder, or a base folder plus an adapter.
 
     ``space_id`` is the tokenizer's bare "▁" piece (None when the tokenizer has none). A base that does
-    not know the tags gets rows made by ``text.grow``'s ``tag_init`` with ``tag_seed``, as training did.
+    not know the tags gets the tuned folder's recorded start rows, or else rows made by ``text.grow``'s
+    ``tag_init`` with ``tag_seed``, as training did.
     """
     if adapter is not None:
         from ..lora import load_adapter_model
@@ -139,6 +153,7 @@ def load_models(model_dir: str | Path | None, base_dir: str | Path | None = None
     if tags is None or not tags.tags:
         raise EvaluationError(f"{text_dir}: no tags.json with tags; evaluate a tag-extended model")
     tuned = EvalModel(TUNED, gpt.eval(), source, dict(tags.token_ids))
-    init = TagInit(tag_init, tag_seed, text_dir)
+    rows_file = text_dir / START_ROWS if (text_dir / START_ROWS).is_file() else None
+    init = TagInit(tag_init, tag_seed, text_dir, rows_file)
     base = _base_model(Path(base_dir), tags, device, init) if base_dir is not None else None
     return tuned, base, tags, _space_id(text_dir)

@@ -150,7 +150,7 @@ def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | 
         sections["free"] = _free_running(models, det, tagged, untagged, tags, space_id, settings, seed)
     meta = {"model": tuned.source, "base": base.source if base else None, "data": str(data_dir), "seed": seed,
             "tags": list(tags.tags), "validation": {"tagged": len(tagged), "untagged": len(untagged)},
-            "free_running": settings_dict(settings), "base_tag_init": tag_init,
+            "free_running": settings_dict(settings), "base_tag_rows": base.tag_rows if base else None,
             "seconds": round(time.perf_counter() - started, 2)}
     report = build_report(meta, sections)
     write_report(report, Path(out_dir), plots=plots)

@@ -14,7 +14,9 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
-from ..text.grow import INITS as TAG_INITS
+from ..text.grow import INITS as GROW_INITS
+
+TAG_INITS = (*GROW_INITS, "neutral")  # "neutral": fitted on the base so an untrained tag reads as absent
 
 DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -28,6 +30,7 @@ CLI_OVERRIDES = {
     "lr": "optim.lr",
     "rank": "lora.rank",
     "seed": "seed",
+    "neutral_steps": "lora.neutral_steps",
 }
 
 
@@ -51,7 +54,12 @@ class LoraSettings:
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     layers: list[int] | None = None  # block indices; None = every block
     train_conditioning: bool = False  # conditioning encoder + perceiver (frozen by default)
-    tag_init: str = "mean"  # new tag rows: "mean" (mean row direction at typical norm) or "words"
+    # new tag rows: "mean" (mean row direction at typical norm), "plain" (the plain mean row), "words"
+    # (mean of the tag's word pieces) or "neutral" (one row fitted so the untrained tag leaves the base's
+    # predictions as they are without it; tagtune.tag_rows)
+    tag_init: str = "mean"
+    neutral_steps: int = 100  # Adam steps of the "neutral" fit (8 untagged clips each)
+    neutral_lr: float = 1e-2
 
     def __post_init__(self):
         _check(self.mode in MODES, f"lora.mode must be one of {MODES}, got {self.mode!r}")
@@ -60,6 +68,8 @@ class LoraSettings:
         _check(0.0 <= self.dropout < 1.0, f"lora.dropout must be in [0, 1), got {self.dropout}")
         _check(bool(self.targets), "lora.targets must name at least one module")
         _check(self.tag_init in TAG_INITS, f"lora.tag_init must be one of {TAG_INITS}, got {self.tag_init!r}")
+        _check(self.neutral_steps >= 0, f"lora.neutral_steps must be >= 0, got {self.neutral_steps}")
+        _check(self.neutral_lr > 0, f"lora.neutral_lr must be > 0, got {self.neutral_lr}")
         _check(self.layers is None or (len(self.layers) > 0 and min(self.layers) >= 0),
                f"lora.layers must be null or non-negative block indices, got {self.layers}")
 

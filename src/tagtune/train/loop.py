@@ -24,11 +24,12 @@ import torch
 from tqdm import tqdm
 
 from .. import lora
-from . import run as rundir, state as ts
 from ..errors import UserError
+from ..tag_rows import (NeutralFit, fit_neutral_row, read_start_rows, save_start_rows, tokenizer_layout,
+                        untagged_examples)
+from . import run as rundir, state as ts
 from .config import TrainConfig
-from .data import (clip_lengths, collate, epoch_batches, micro_batch, open_data, precompute_conds,
-                         pad_spec)
+from .data import clip_lengths, collate, epoch_batches, micro_batch, open_data, pad_spec, precompute_conds
 from .loss import RowLosses, combine, split_means
 from .metrics import MetricsLog, forgetting, validate
 
@@ -109,14 +110,18 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
 
     # ---- setup: data, model (grown base + adapters), optimizer, schedule, resume state
     data = open_data(data_dir)
+    grow_init = "plain" if config.lora.tag_init == "neutral" else config.lora.tag_init  # neutral: fitted below
     gpt, model_cfg, new_ids = lora.load_grown_base(
-        data.base_dir, data.tag_names, config.lora.tag_init, config.seed,
+        data.base_dir, data.tag_names, grow_init, config.seed,
         word_ids=rundir.word_ids(data) if config.lora.tag_init == "words" else None,
         dropout=config.model.dropout)
     _check_tag_ids(data, new_ids)
     gpt.gpt.gradient_checkpointing = config.model.gradient_checkpointing
     lora.apply_lora(gpt, config.lora, new_ids)
     gpt.to(accel.device).train()
+    rows_file = run_dir / rundir.START_ROWS
+    if resume and rows_file.is_file():  # the rows the run started from; a checkpoint then overrides them
+        lora.set_tag_rows(gpt, new_ids, read_start_rows(rows_file, len(new_ids)))
     optimizer = torch.optim.AdamW(lora.param_groups(gpt, config.optim), betas=tuple(config.optim.betas),
                                   eps=config.optim.eps)
     total_steps, global_batch = _total_steps(len(data.train), config, world)
@@ -126,11 +131,14 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
         progress = rundir.restore(run_dir, gpt, optimizer, scheduler, rank, config, data)
     elif main:
         rundir.start(run_dir, config, data, model_cfg, new_ids, world)
+    need_start_rows = progress.step == 0 and not rows_file.is_file()  # decided by every process before any writes
     accel.wait_for_everyone()
     meta = rundir.weights_meta(data, model_cfg, new_ids, config)
     metrics = MetricsLog(run_dir, main, progress.step if resume else None)
     conds = None if config.lora.train_conditioning else precompute_conds(gpt, data.train, accel.device)
     val_conds = None if config.lora.train_conditioning else precompute_conds(gpt, data.val, accel.device)
+    if need_start_rows:
+        _start_tag_rows(gpt, data, new_ids, config, conds, accel, rows_file)
     pad = pad_spec(gpt)
     val_batches = [collate(data.val, list(range(i, min(i + VAL_BATCH_SIZE, len(data.val)))), pad, val_conds)
                    for i in range(0, len(data.val), VAL_BATCH_SIZE)]
@@ -211,6 +219,35 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
     return RunResult(run_dir, progress.step, last_train.get("loss"), progress.best_val_loss, progress.best_step,
                      progress.base_untagged_loss, last_val, (last_val or {}).get("forgetting_pct"),
                      run_dir / rundir.BEST)
+
+
+def _start_tag_rows(gpt, data, new_ids: list[int], config: TrainConfig, conds, accel, rows_file: Path) -> None:
+    """Fit the "neutral" tag row when the recipe asks for it, and record the rows training starts from.
+
+    The main process fits and writes ``rows_file``; the others read it, so every process starts alike.
+    """
+    if accel.is_main_process:
+        report = None
+        if config.lora.tag_init == "neutral" and config.lora.neutral_steps > 0:
+            fit = NeutralFit(steps=config.lora.neutral_steps, lr=config.lora.neutral_lr, seed=config.seed)
+            clips = untagged_examples(data.train, fit.max_clips, fit.seed)
+            latents = _clip_conds(gpt, data.train, clips, conds, accel.device)
+            starts, space_id = tokenizer_layout(data.tokenizer_path)
+            row, report = fit_neutral_row(gpt, new_ids, clips, latents, starts, space_id, fit)
+            lora.set_tag_rows(gpt, new_ids, {"text_embedding.weight": row.expand(len(new_ids), -1)})
+        save_start_rows(rows_file, lora.current_tag_rows(gpt, new_ids), data.tag_names, config.lora.tag_init, report)
+    accel.wait_for_everyone()
+    if not accel.is_main_process:
+        lora.set_tag_rows(gpt, new_ids, read_start_rows(rows_file, len(new_ids)))
+
+
+def _clip_conds(gpt, dataset, clips: list[dict], conds, device) -> list[torch.Tensor]:
+    """Speaker latents of ``clips``: the cached ones when the conditioning is frozen, else computed now."""
+    if conds is not None:
+        index = {e["id"]: i for i, e in enumerate(dataset.examples)}
+        return [conds[index[c["id"]]] for c in clips]
+    fresh = precompute_conds(gpt, clips, device)
+    return [fresh[k] for k in range(len(clips))]
 
 
 def _check_tag_ids(data, new_ids: list[int]) -> None:

@@ -5,6 +5,8 @@
       train_config.yaml    the resolved recipe
       bpe.model, tags.json the extended tokenizer and tag set the run trained with
       checkpoints/         resumable checkpoints (see state.py) and LATEST
+      tag_init.safetensors the tag rows before training (copied into weights folders: eval grows the base
+                           with them)
       best/, last/         release weights: a PEFT adapter folder (or merged weights in full mode)
       metrics.jsonl, metrics.csv, loss_curve.png, tensorboard/, samples/
 """
@@ -26,6 +28,7 @@ from .. import lora
 from . import state as ts
 from ..checkpoint import atomic_write_bytes, atomic_write_text, folder_fingerprint, save_safetensors
 from ..errors import UserError
+from ..tag_rows import START_ROWS_FILE
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ BEST = "best"
 LAST = "last"
 SAMPLES = "samples"
 FULL_WEIGHTS = "gpt.safetensors"
+START_ROWS = START_ROWS_FILE  # the untrained tag rows the run started from
 
 
 def _versions() -> dict[str, str]:
@@ -102,7 +106,7 @@ def save_weights(gpt, folder: Path, meta: dict, data, config: TrainConfig) -> No
     """Write release weights to ``folder``, replacing it whole (staged beside it, then renamed)."""
     staged = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(staged, ignore_errors=True)
-    write_weights(gpt, staged, meta, data.tokenizer_path, data.tags_path, config.lora.mode)
+    write_weights(gpt, staged, meta, data.tokenizer_path, data.tags_path, config.lora.mode, folder.parent / START_ROWS)
     old = folder.with_name(f".{folder.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -111,8 +115,11 @@ def save_weights(gpt, folder: Path, meta: dict, data, config: TrainConfig) -> No
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_weights(gpt, folder: Path, meta: dict, tokenizer: Path, tags: Path, mode: str) -> None:
+def write_weights(gpt, folder: Path, meta: dict, tokenizer: Path, tags: Path, mode: str,
+                  start_rows: Path | None = None) -> None:
     files = {TOKENIZER: tokenizer, TAGS: tags}
+    if start_rows is not None and start_rows.is_file():
+        files[START_ROWS] = start_rows
     if mode == "lora":
         lora.save_adapter(gpt, folder, meta, files)
         return
@@ -138,7 +145,7 @@ def save_checkpoint(accel, run_dir: Path, gpt, optimizer, scheduler, progress: t
         kept = [s for s in progress.kept if s != step] + [step]
         drop, progress.kept = kept[: -config.eval.keep_last], kept[-config.eval.keep_last :]
         write_weights(gpt, staged / ts.WEIGHTS, meta | {"step": step}, data.tokenizer_path, data.tags_path,
-                      config.lora.mode)
+                      config.lora.mode, run_dir / START_ROWS)
         ts.write_state(staged, lora.trainable_state(gpt), optimizer, scheduler, progress)
         ts.publish(run_dir, step)
         for old in drop:
