@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -39,7 +39,6 @@ class DemoSettings:
     seed: int = 0
     neutral_steps: int | None = None  # steps of the neutral tag-row fit; None = the recipe's
     recipe: str = "demo.yaml"
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def quick(cls, seed: int = 0) -> "DemoSettings":

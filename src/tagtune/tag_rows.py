@@ -73,11 +73,15 @@ def tokenizer_layout(bpe_model: str | Path) -> tuple[torch.Tensor, int | None]:
             None if space == sp.unk_id() else space)
 
 
-def untagged_examples(dataset, max_clips: int, seed: int) -> list[dict]:
-    """Up to ``max_clips`` untagged examples of a PreparedDataset, a seeded random choice."""
+def untagged_indices(dataset, max_clips: int, seed: int) -> list[int]:
+    """Indices of up to ``max_clips`` untagged examples of a PreparedDataset, a seeded random choice."""
     untagged = [i for i, e in enumerate(dataset.examples) if not e["has_tag"]]
-    picks = sorted(random.Random(seed).sample(untagged, min(max_clips, len(untagged))))
-    return [dataset[i] for i in picks]
+    return sorted(random.Random(seed).sample(untagged, min(max_clips, len(untagged))))
+
+
+def untagged_examples(dataset, max_clips: int, seed: int) -> list[dict]:
+    """The examples of ``untagged_indices``."""
+    return [dataset[i] for i in untagged_indices(dataset, max_clips, seed)]
 
 
 def insertion_points(text_ids: torch.Tensor, starts: torch.Tensor) -> list[int]:

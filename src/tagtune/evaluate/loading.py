@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..tag_rows import START_ROWS_FILE as START_ROWS
+from ..tag_rows import START_ROWS_FILE
 from ..text.tags import SPACE_PIECE, TagSet
 
 TUNED, BASE = "tuned", "base"
@@ -84,7 +84,7 @@ class TagInit:
 
     @property
     def description(self) -> str:
-        return "as training started them" if self.rows_file is not None else f"init {self.name!r}"
+        return "recorded start rows" if self.rows_file is not None else f"init {self.name}"
 
     def word_ids(self, tags: TagSet):
         if self.name != "words":
@@ -118,7 +118,7 @@ def _base_model(base_dir: Path, tags: TagSet, device, init: TagInit) -> EvalMode
     if base_tags is None or not base_tags.tags:
         return EvalModel(BASE, _grown_base(base_dir, tags, device, init),
                          f"{base_dir} (tag rows untrained, {init.description})", dict(tags.token_ids),
-                         "recorded start rows" if init.rows_file is not None else f"init {init.name}")
+                         init.description)
     gpt, _ = _load_folder(base_dir, BASE, device)
     if base_tags.token_ids != tags.token_ids:
         raise EvaluationError(f"{base_dir}: its tags {base_tags.token_ids} differ from the tuned model's "
@@ -153,7 +153,7 @@ def load_models(model_dir: str | Path | None, base_dir: str | Path | None = None
     if tags is None or not tags.tags:
         raise EvaluationError(f"{text_dir}: no tags.json with tags; evaluate a tag-extended model")
     tuned = EvalModel(TUNED, gpt.eval(), source, dict(tags.token_ids))
-    rows_file = text_dir / START_ROWS if (text_dir / START_ROWS).is_file() else None
+    rows_file = text_dir / START_ROWS_FILE if (text_dir / START_ROWS_FILE).is_file() else None
     init = TagInit(tag_init, tag_seed, text_dir, rows_file)
     base = _base_model(Path(base_dir), tags, device, init) if base_dir is not None else None
     return tuned, base, tags, _space_id(text_dir)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .. import lora
 from ..errors import UserError
 from ..tag_rows import (NeutralFit, fit_neutral_row, read_start_rows, save_start_rows, tokenizer_layout,
-                        untagged_examples)
+                        untagged_indices)
 from . import run as rundir, state as ts
 from .config import TrainConfig
 from .data import clip_lengths, collate, epoch_batches, micro_batch, open_data, pad_spec, precompute_conds
@@ -230,8 +230,9 @@ def _start_tag_rows(gpt, data, new_ids: list[int], config: TrainConfig, conds, a
         report = None
         if config.lora.tag_init == "neutral" and config.lora.neutral_steps > 0:
             fit = NeutralFit(steps=config.lora.neutral_steps, lr=config.lora.neutral_lr, seed=config.seed)
-            clips = untagged_examples(data.train, fit.max_clips, fit.seed)
-            latents = _clip_conds(gpt, data.train, clips, conds, accel.device)
+            picks = untagged_indices(data.train, fit.max_clips, fit.seed)
+            clips = [data.train[i] for i in picks]
+            latents = _clip_conds(gpt, picks, clips, conds, accel.device)
             starts, space_id = tokenizer_layout(data.tokenizer_path)
             row, report = fit_neutral_row(gpt, new_ids, clips, latents, starts, space_id, fit)
             lora.set_tag_rows(gpt, new_ids, {"text_embedding.weight": row.expand(len(new_ids), -1)})
@@ -241,11 +242,10 @@ def _start_tag_rows(gpt, data, new_ids: list[int], config: TrainConfig, conds, a
         lora.set_tag_rows(gpt, new_ids, read_start_rows(rows_file, len(new_ids)))
 
 
-def _clip_conds(gpt, dataset, clips: list[dict], conds, device) -> list[torch.Tensor]:
-    """Speaker latents of ``clips``: the cached ones when the conditioning is frozen, else computed now."""
+def _clip_conds(gpt, picks: list[int], clips: list[dict], conds, device) -> list[torch.Tensor]:
+    """Speaker latents of ``clips`` (training examples ``picks``): cached when the conditioning is frozen."""
     if conds is not None:
-        index = {e["id"]: i for i, e in enumerate(dataset.examples)}
-        return [conds[index[c["id"]]] for c in clips]
+        return [conds[i] for i in picks]
     fresh = precompute_conds(gpt, clips, device)
     return [fresh[k] for k in range(len(clips))]
 
