@@ -75,8 +75,8 @@ def build_eval_data(root: Path, checkpoint_dir: Path) -> tuple[Path, Path]:
     from tagtune.checkpoint import folder_fingerprint
     from tagtune.data import PrepareSettings, open_source, prepare
     from tagtune.data.encoders import TokenizerTextEncoder, clip_encoder_from_model
-    from tagtune.tagging import add_tags
-    from tagtune.text.tags import TagSet
+    from tagtune.tags.add import add_tags
+    from tagtune.tags.vocab import TagSet
     from tagtune.text.tokenizer import TextTokenizer
 
     model_dir, data_dir = root / "tagged", root / "data"

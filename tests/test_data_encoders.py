@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tagtune.data.encode import Rejection, encode_text
 from tagtune.data.encoders import TokenizerTextEncoder
-from tagtune.text.spm_extend import add_tag_pieces
-from tagtune.text.tags import TagSet
+from tagtune.tags.pieces import add_tag_pieces
+from tagtune.tags.vocab import TagSet
 from tagtune.text.tokenizer import TextTokenizer
 
 

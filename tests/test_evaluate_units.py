@@ -9,7 +9,7 @@ from tagtune.evaluate.detector import NONE, CodeEventDetector, window_features, 
 from tagtune.evaluate.freerun import strip_tags, summarize_free
 from tagtune.evaluate.nll import ScoreRow, code_nll, code_span
 from tagtune.evaluate.reliance import TrialScore, occurrences, summarize, with_other_tag, without_tag
-from tagtune.text.tags import TagSet
+from tagtune.tags.vocab import TagSet
 
 SPACE = 7
 TAGS = TagSet(["<laughs>", "<sighs>"], token_ids={"<laughs>": 320, "<sighs>": 321})
@@ -164,7 +164,7 @@ def test_generated_negatives_teach_the_detector_that_rough_speech_is_no_event():
 
 
 def test_plain_tag_rows_are_the_short_mean_row():
-    from tagtune.text.grow import grow_text_rows
+    from tagtune.tags.rows import grow_text_rows
 
     g = torch.Generator().manual_seed(0)
     n, d = 30, 16

@@ -8,7 +8,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from tagtune.checkpoint import load_bigvgan, load_gpt
-from tagtune.fast import (
+from tagtune.synthesis.precision import (
     PrecisionError,
     batched_latents,
     conv1d_to_linear,

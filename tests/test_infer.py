@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tagtune.generation import GenerationConfig
-from tagtune.infer import TTS
+from tagtune.synthesis.tts import TTS
 
 MAX_NEW = 40  # the fixture's max_mel_tokens for every generation
 HOP = 1024

@@ -7,8 +7,8 @@ import torch
 
 from tagtune import lora
 from tagtune.generation import GenerationConfig
-from tagtune.infer import TTS
-from tagtune.text import TagSet, add_tag_pieces
+from tagtune.synthesis.tts import TTS
+from tagtune.tags import TagSet, add_tag_pieces
 from tagtune.train.config import LoraSettings
 
 TAGS = ["<laughs>", "<sighs>"]

@@ -10,10 +10,11 @@ import pytest
 import soundfile as sf
 
 from tagtune.errors import UserError
-from tagtune.infer import TTS, TextError
-from tagtune.reference import ReferenceAudioError, ReferenceCache
-from tagtune.synth import BatchFileError, read_batch_file, synth_command
-from tagtune.text import TagSet, TextTokenizer, UnknownTagError, add_tag_pieces
+from tagtune.synthesis.tts import TTS, TextError
+from tagtune.synthesis.reference import ReferenceAudioError, ReferenceCache
+from tagtune.synthesis.jobs import BatchFileError, read_batch_file, synth_command
+from tagtune.text import TextTokenizer
+from tagtune.tags import TagSet, UnknownTagError, add_tag_pieces
 
 HOP = 1024
 TEXT = "Hello, World! This is IndexTTS speaking."

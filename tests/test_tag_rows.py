@@ -1,4 +1,4 @@
-"""Neutral tag rows (tagtune.tag_rows): the fit, where the rows live in a wrapped model, and how a run records them."""
+"""Neutral tag rows (tagtune.tags.neutral): the fit, where the rows live in a wrapped model, and how a run records them."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from safetensors.torch import load_file
 
 from tagtune import lora
 from tagtune.demo import shipped_base
-from tagtune.tag_rows import (Insertion, NeutralFit, divergence, fit_neutral_row, insertion_points,
+from tagtune.tags.neutral import (Insertion, NeutralFit, divergence, fit_neutral_row, insertion_points,
                               tokenizer_layout, untagged_examples, with_tag)
-from tagtune.text.grow import TEXT_KEYS
+from tagtune.tags.rows import TEXT_KEYS
 from tagtune.train.config import LoraSettings
 
 TAGS = ["<a>", "<b>", "<c>"]

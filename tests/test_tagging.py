@@ -9,8 +9,8 @@ import torch
 
 from tagtune import checkpoint as ckpt
 from tagtune.cli import main
-from tagtune.tagging import add_tags, parse_tag_list
-from tagtune.text import UnknownTagError
+from tagtune.tags.add import add_tags, parse_tag_list
+from tagtune.tags import UnknownTagError
 
 
 @pytest.fixture(scope="module")

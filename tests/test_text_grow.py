@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tagtune.text import TextTokenizer, add_tag_pieces, grow_text_rows
+from tagtune.text import TextTokenizer
+
+from tagtune.tags import add_tag_pieces
+
+from tagtune.tags.rows import grow_text_rows
 
 N, D = 10, 16  # tokenizer pieces, model width; the tables have N + 1 rows
 KEYS = ("text_embedding.weight", "text_head.weight", "text_head.bias")

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from tagtune.text import TagSet, TextNormalizer, TextTokenizer, TokenizerError, add_tag_pieces, extend_model_file
+from tagtune.text import TextNormalizer, TextTokenizer, TokenizerError
+
+from tagtune.tags import TagSet, add_tag_pieces, extend_model_file
 from tagtune.text.sentences import split_sentences
 
 BASE_VOCAB = 320

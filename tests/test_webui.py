@@ -14,8 +14,9 @@ import soundfile as sf
 
 from tagtune.errors import UserError
 from tagtune.generation import GenerationConfig
-from tagtune.infer import TTS
-from tagtune.text import TagSet, TextTokenizer, add_tag_pieces
+from tagtune.synthesis.tts import TTS
+from tagtune.text import TextTokenizer
+from tagtune.tags import TagSet, add_tag_pieces
 from tagtune.webui import Limits, synthesize_pair
 
 HOP = 1024

@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from .errors import UserError
+from tagtune.errors import UserError
 
 SAMPLE_RATE = 24000
 N_FFT = 1024

@@ -22,10 +22,10 @@ import torch
 import yaml
 from torch import nn
 
-from .config import ConfigError, ModelConfig
-from .atomic import atomic_write_bytes, atomic_write_text
-from .errors import UserError
-from .text.tags import TAGS_FILE_NAME as TAGS_FILE
+from tagtune.config import ConfigError, ModelConfig
+from tagtune.atomic import atomic_write_bytes, atomic_write_text
+from tagtune.errors import UserError
+from tagtune.tags.vocab import TAGS_FILE_NAME as TAGS_FILE
 
 CONFIG_FILE = "config.yaml"
 PROVENANCE_FILE = "provenance.json"
@@ -146,7 +146,7 @@ def _build(factory: Callable[[], nn.Module]) -> nn.Module:
 
 def load_gpt(model_dir: str | Path, cfg: ModelConfig | None = None, *, dtype=None, device="cpu"):
     """The UnifiedVoice GPT of a model folder, in eval mode."""
-    from .models.unified_voice import UnifiedVoice
+    from tagtune.models.unified_voice import UnifiedVoice
 
     cfg = cfg or read_config(model_dir)
     path = Path(model_dir) / cfg.gpt_checkpoint
@@ -168,7 +168,7 @@ def _check_text_rows(state: dict, cfg: ModelConfig, path: Path) -> None:
 
 
 def load_dvae(model_dir: str | Path, cfg: ModelConfig | None = None, *, device="cpu"):
-    from .models.dvae import DiscreteVAE
+    from tagtune.models.dvae import DiscreteVAE
 
     cfg = cfg or read_config(model_dir)
     path = Path(model_dir) / cfg.dvae_checkpoint
@@ -178,7 +178,7 @@ def load_dvae(model_dir: str | Path, cfg: ModelConfig | None = None, *, device="
 
 def load_bigvgan(model_dir: str | Path, cfg: ModelConfig | None = None, *, device="cpu"):
     """BigVGAN with weight norm folded into plain weights (as the official code does after loading)."""
-    from .models.bigvgan import BigVGAN
+    from tagtune.models.bigvgan import BigVGAN
 
     cfg = cfg or read_config(model_dir)
     path = Path(model_dir) / cfg.bigvgan_checkpoint
@@ -284,13 +284,13 @@ class IndexTTSModel:
 
     @property
     def tokenizer(self):
-        from .text.tokenizer import TextTokenizer
+        from tagtune.text.tokenizer import TextTokenizer
 
         return self._get("tokenizer", lambda: TextTokenizer.from_model_dir(self.model_dir, self.config))
 
     @property
     def mel(self):
-        from .audio import MelSpectrogram
+        from tagtune.audio import MelSpectrogram
 
         return self._get("mel", lambda: MelSpectrogram.from_config(self.config.dataset.mel))
 

@@ -11,7 +11,7 @@ EXIT_USER_ERROR = 2
 
 
 def _selftest(a) -> int:
-    from .selftest import run_selftest
+    from tagtune.selftest import run_selftest
 
     return run_selftest(a.fixture, verbose=a.verbose)
 
@@ -19,8 +19,8 @@ def _selftest(a) -> int:
 def _tags_scan(a) -> int:
     import json
 
-    from .data.sources import open_source
-    from .text import load_tag_map, scan_texts
+    from tagtune.data.sources import open_source
+    from tagtune.tags import load_tag_map, scan_texts
 
     texts = [r.text for r in open_source(a.data, kind=a.kind).records() if isinstance(r.text, str)]
     scan = scan_texts(texts, tag_map=load_tag_map(a.tag_map) if a.tag_map else {}, multiword=a.multiword)
@@ -36,7 +36,7 @@ def _tags_scan(a) -> int:
 
 
 def _tags_add(a) -> int:
-    from .tagging import add_tags, parse_tag_list
+    from tagtune.tags.add import add_tags, parse_tag_list
 
     res = add_tags(a.model, parse_tag_list(a.tags), a.out, init=a.init, tag_map=a.tag_map,
                    multiword=a.multiword, seed=a.seed)
@@ -49,8 +49,8 @@ def _tags_add(a) -> int:
 
 
 def _prepare(a) -> int:
-    from .data.for_model import prepare_for_model
-    from .tagging import parse_tag_list
+    from tagtune.data.for_model import prepare_for_model
+    from tagtune.tags.add import parse_tag_list
 
     tags = "auto" if a.tags == "auto" else parse_tag_list(a.tags)
     extra = {k: v for k, v in (("cond_mode", a.cond), ("val_fraction", a.val_fraction), ("seed", a.seed),
@@ -69,7 +69,7 @@ def _prepare(a) -> int:
 
 
 def _eval(a) -> int:
-    from .evaluate import evaluate
+    from tagtune.evaluate import evaluate
 
     report = evaluate(a.model, a.data, a.out, base_dir=a.base, adapter=a.adapter, n_free=a.n_free, seed=a.seed,
                       device=a.device)
@@ -78,7 +78,7 @@ def _eval(a) -> int:
 
 
 def _demo(a) -> int:
-    from .demo import DemoSettings, format_summary, run_demo
+    from tagtune.demo import DemoSettings, format_summary, run_demo
 
     settings = DemoSettings.quick(a.seed) if a.quick else DemoSettings(seed=a.seed)
     if a.steps is not None:
@@ -91,9 +91,9 @@ def _demo(a) -> int:
 
 
 def _train(a) -> int:
-    from .demo import shipped_recipe
-    from .train import train
-    from .train.config import TrainConfig
+    from tagtune.demo import shipped_recipe
+    from tagtune.train import train
+    from tagtune.train.config import TrainConfig
 
     cfg = TrainConfig.from_yaml(a.config or shipped_recipe("lora.yaml")).with_overrides(
         max_steps=a.max_steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, rank=a.rank, seed=a.seed)
@@ -106,7 +106,7 @@ def _train(a) -> int:
 
 
 def _export(a) -> int:
-    from .export import export
+    from tagtune.export import export
 
     out = export(a.run, a.out, adapter_only=a.adapter_only, dtype=a.dtype, which=a.which, overwrite=a.overwrite)
     print(f"wrote {out}")
@@ -114,7 +114,7 @@ def _export(a) -> int:
 
 
 def _synth(a) -> int:
-    from .synth import synth_command
+    from tagtune.synthesis.jobs import synth_command
 
     sampling = {k: getattr(a, k) for k in ("num_beams", "top_k", "top_p", "temperature", "repetition_penalty",
                                             "max_new_tokens")}
@@ -127,7 +127,7 @@ def _synth(a) -> int:
 
 
 def _webui(a) -> int:
-    from .webui import launch_webui
+    from tagtune.webui import launch_webui
 
     launch_webui(a.model, base_dir=a.base, adapter=a.adapter, host=a.host, port=a.port, precision=a.precision,
                  device=a.device)
@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    from .errors import UserError
+    from tagtune.errors import UserError
 
     try:
         return int(args.func(args) or 0)

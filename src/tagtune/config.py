@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UserError
+from tagtune.errors import UserError
 
 SUPPORTED_VERSIONS = (1.0, 1.5)
 

@@ -69,12 +69,12 @@ def _stage(name: str, timings: dict):
 
 def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir: str | Path | None = None) -> dict:
     """Run every stage into ``out_dir``; returns the summary (also written as ``summary.json``)."""
-    from .data.for_model import prepare_for_model
-    from .evaluate import evaluate
-    from .export import export
-    from .synthetic import generate_corpus
-    from .train import train
-    from .train.config import TrainConfig
+    from tagtune.data.for_model import prepare_for_model
+    from tagtune.evaluate import evaluate
+    from tagtune.export import export
+    from tagtune.synthetic import generate_corpus
+    from tagtune.train import train
+    from tagtune.train.config import TrainConfig
 
     s = settings or DemoSettings()
     out = Path(out_dir)
@@ -108,8 +108,8 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir
 
 def synthesise_samples(model_dir: Path, base_dir: Path, corpus: Path, out: Path, seed: int) -> list[str]:
     """A few tagged sentences, tuned and base, in the voice of a corpus clip."""
-    from .infer import TTS
-    from .synth import write_wav
+    from tagtune.synthesis.tts import TTS
+    from tagtune.synthesis.jobs import write_wav
 
     ref = sorted((corpus / "wavs").glob("*.wav"))[0]
     written = []

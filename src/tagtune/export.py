@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from . import lora
-from .checkpoint import (PROVENANCE_FILE, TAGS_FILE, atomic_write_bytes, atomic_write_text, folder_fingerprint,
+from tagtune import lora
+from tagtune.checkpoint import (PROVENANCE_FILE, TAGS_FILE, atomic_write_bytes, atomic_write_text, folder_fingerprint,
                          read_config, read_state_dict, save_pth, write_config)
-from .errors import UserError
-from .train.run import BEST, FULL_WEIGHTS, LAST, START_ROWS, TOKENIZER, read_run_info
+from tagtune.errors import UserError
+from tagtune.train.run import BEST, FULL_WEIGHTS, LAST, START_ROWS, TOKENIZER, read_run_info
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 GPT_FILE = "gpt.pth"
@@ -80,7 +80,7 @@ def merged_state(info: dict, base_dir: Path, weights: Path) -> tuple[dict[str, t
 
 def official_shapes(gpt_config) -> dict[str, tuple[int, ...]]:
     """Key -> shape of the official ``gpt.pth`` for this config (built on the meta device)."""
-    from .models.unified_voice import UnifiedVoice
+    from tagtune.models.unified_voice import UnifiedVoice
 
     with torch.device("meta"):
         model = UnifiedVoice(gpt_config)

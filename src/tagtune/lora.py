@@ -23,7 +23,7 @@ from peft.tuners.lora import LoraLayer
 from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 from torch import nn
 
-from .train.config import LoraSettings, OptimSettings
+from tagtune.train.config import LoraSettings, OptimSettings
 
 ADAPTER = "default"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -189,7 +189,7 @@ def save_adapter(gpt: nn.Module, out_dir: str | Path, meta: dict, files: dict[st
     ``meta`` (base fingerprint, tag ids, text rows ...) goes to ``tagtune_adapter.json``; ``files``
     (name -> source path, e.g. the extended ``bpe.model`` and ``tags.json``) are copied beside it.
     """
-    from .checkpoint import atomic_write_bytes, atomic_write_text, save_safetensors
+    from tagtune.checkpoint import atomic_write_bytes, atomic_write_text, save_safetensors
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,7 +213,7 @@ def read_adapter_config(adapter_dir: str | Path) -> LoraConfig:
 
 def load_adapter(gpt: nn.Module, adapter_dir: str | Path) -> nn.Module:
     """Inject the adapter stored in ``adapter_dir`` into ``gpt`` (grown to the adapter's rows) and load it."""
-    from .checkpoint import read_state_dict
+    from tagtune.checkpoint import read_state_dict
 
     adapter_dir = Path(adapter_dir)
     config = read_adapter_config(adapter_dir)
@@ -242,9 +242,9 @@ def load_grown_base(base_dir: str | Path, tag_names: list[str], init: str = "mea
 
     Returns ``(gpt, model_config, new_token_ids)``; ``model_config.gpt.number_text_tokens`` counts the tags.
     """
-    from .checkpoint import load_into, read_config, read_state_dict
-    from .models.unified_voice import UnifiedVoice
-    from .text.grow import grow_text_rows
+    from tagtune.checkpoint import load_into, read_config, read_state_dict
+    from tagtune.models.unified_voice import UnifiedVoice
+    from tagtune.tags.rows import grow_text_rows
 
     cfg = read_config(base_dir)
     path = Path(base_dir) / cfg.gpt_checkpoint

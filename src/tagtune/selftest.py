@@ -54,12 +54,12 @@ class Fixture:
     def __init__(self, root: Path):
         from safetensors.torch import load_file
 
-        from .checkpoint import load_model
+        from tagtune.checkpoint import load_model
 
         self.root = Path(root)
         for need in ("checkpoint", "inputs", "expected.safetensors"):
             if not (self.root / need).exists():
-                from .errors import UserError
+                from tagtune.errors import UserError
 
                 raise UserError(f"{self.root}: not a fixture folder (missing {need})")
         self.exp = load_file(str(self.root / "expected.safetensors"))
@@ -80,7 +80,7 @@ class Fixture:
 
 
 def check_audio(fx: Fixture) -> list[Result]:
-    from .audio import load_audio, load_reference, resample, to_mono
+    from tagtune.audio import load_audio, load_reference, resample, to_mono
 
     out = []
     mel = fx.model.mel
@@ -98,7 +98,7 @@ def check_audio(fx: Fixture) -> list[Result]:
 
 
 def check_text(fx: Fixture) -> list[Result]:
-    from .text import TextTokenizer
+    from tagtune.text import TextTokenizer
 
     bpe = fx.model.model_dir / fx.model.config.dataset.bpe_model
     raw = TextTokenizer(bpe, normalizer=None)
@@ -188,7 +188,7 @@ GEN_NAME = re.compile(r"codes_greedy(?P<batch>_batch)?(?:_rep(?P<rep>\d+))?_?(?P
 
 
 def check_generation(fx: Fixture) -> list[Result]:
-    from .generation import GenerationConfig, generate_codes
+    from tagtune.generation import GenerationConfig, generate_codes
 
     e, out = fx.exp, []
     if not fx.has("cond_mel"):
@@ -218,7 +218,7 @@ def check_generation(fx: Fixture) -> list[Result]:
 
 
 def check_postprocess(fx: Fixture) -> list[Result]:
-    from .generation import remove_long_silence
+    from tagtune.generation import remove_long_silence
 
     e, stop, out = fx.exp, fx.model.config.gpt.stop_mel_token, []
     for prefix, rows in (("rls", None), ("rls1", slice(0, 1))):
@@ -232,9 +232,9 @@ def check_postprocess(fx: Fixture) -> list[Result]:
 
 def check_end_to_end(fx: Fixture) -> list[Result]:
     """The official ``infer(ref.wav, texts[0])`` with greedy decoding, stage by stage from the raw inputs."""
-    from .audio import load_reference
-    from .generation import GenerationConfig, generate_codes, latents_for_vocoder, remove_long_silence
-    from .text import TextTokenizer
+    from tagtune.audio import load_reference
+    from tagtune.generation import GenerationConfig, generate_codes, latents_for_vocoder, remove_long_silence
+    from tagtune.text import TextTokenizer
 
     e = fx.exp
     if not (fx.has("e2e_codes") or fx.has("e2e_pcm16")) or not fx.texts:

@@ -1,4 +1,4 @@
-"""``tagtune webui``: a Gradio page that only calls :class:`tagtune.infer.TTS`.
+"""``tagtune webui``: a Gradio page that only calls :class:`tagtune.synthesis.tts.TTS`.
 
 Upload a reference voice, type text, insert tags with buttons, synthesise with the tuned model and (when a
 base model is given) the base model side by side; play and download. Gradio is an optional extra
@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from .errors import UserError
+from tagtune.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def launch_webui(model_dir, base_dir=None, adapter=None, host: str = DEFAULT_HOS
         import gradio  # noqa: F401
     except ImportError:
         raise UserError("the web UI needs gradio: pip install 'tagtune[webui]'") from None
-    from .infer import TTS
+    from tagtune.synthesis.tts import TTS
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     tuned = TTS.load(model_dir, adapter, device=device, precision=precision)

@@ -16,8 +16,9 @@ from tagtune.checkpoint import bpe_path, folder_fingerprint, read_config, read_t
 from tagtune.data.encoders import TokenizerTextEncoder, clip_encoder_from_model
 from tagtune.data.prepare import PrepareSettings, prepare
 from tagtune.data.sources import ColumnMap, open_source
-from tagtune.text import TagSet, TextTokenizer, add_tag_pieces, load_tag_map, scan_texts
-from tagtune.text.tags import TAGS_FILE_NAME
+from tagtune.text import TextTokenizer
+from tagtune.tags import TagSet, add_tag_pieces, load_tag_map, scan_texts
+from tagtune.tags.vocab import TAGS_FILE_NAME
 
 log = logging.getLogger(__name__)
 DATA_BPE_FILE = "bpe.model"

@@ -10,8 +10,8 @@
     run.py         evaluate(): the whole evaluation
 """
 
-from .freerun import FreeRunSettings
-from .loading import EvalModel, EvaluationError, load_models
-from .run import evaluate
+from tagtune.evaluate.freerun import FreeRunSettings
+from tagtune.evaluate.loading import EvalModel, EvaluationError, load_models
+from tagtune.evaluate.run import evaluate
 
 __all__ = ["EvalModel", "EvaluationError", "FreeRunSettings", "evaluate", "load_models"]

@@ -6,7 +6,7 @@ tuned / base above 1 is what fine-tuning cost on ordinary speech.
 
 from __future__ import annotations
 
-from .nll import ScoreRow, code_nll, speaker_latents
+from tagtune.evaluate.nll import ScoreRow, code_nll, speaker_latents
 
 
 def untagged_nll(model, items: list[dict]) -> dict:

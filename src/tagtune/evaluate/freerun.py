@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from .detector import NONE, CodeEventDetector
-from .nll import SAMPLES_PER_CODE, speaker_latents
-from .reliance import MODEL_SAMPLE_RATE, occurrences, without_tag
+from tagtune.evaluate.detector import NONE, CodeEventDetector
+from tagtune.evaluate.nll import SAMPLES_PER_CODE, speaker_latents
+from tagtune.evaluate.reliance import MODEL_SAMPLE_RATE, occurrences, without_tag
 
 HIT_TOLERANCE_S = 1.0
 TOLERANCE_FRACTION = 0.25
@@ -39,7 +39,7 @@ class FreeRunSettings:
     position_mode: str = "train"  # training positions, as tagtune synthesis uses by default
 
     def generation_config(self, max_new_tokens: int):
-        from ..generation import GenerationConfig
+        from tagtune.generation import GenerationConfig
 
         return GenerationConfig(do_sample=True, num_beams=1, top_k=self.top_k, top_p=self.top_p,
                                 temperature=self.temperature, repetition_penalty=self.repetition_penalty,
@@ -77,7 +77,7 @@ def make_prompts(tagged: list[dict], untagged: list[dict], tag_ids: set[int], sp
 def generate(model, prompts: list[Prompt], items: list[dict], settings: FreeRunSettings,
              seed: int) -> list[torch.Tensor]:
     """Sampled codes (without the stop code) for every prompt; batch b draws from seed + b."""
-    from ..generation import generate_codes
+    from tagtune.generation import generate_codes
 
     conds = speaker_latents(model.gpt, [it["cond_mel"] for it in items])
     limit = model.gpt.mel_pos_embedding.emb.num_embeddings - 2

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..tag_rows import START_ROWS_FILE
-from ..text.tags import SPACE_PIECE, TagSet
+from tagtune.errors import UserError
+from tagtune.tags.neutral import START_ROWS_FILE
+from tagtune.tags.vocab import SPACE_PIECE, TagSet
 
 TUNED, BASE = "tuned", "base"
 
@@ -46,7 +46,7 @@ class EvalModel:
 
 
 def _folder_tags(folder: Path) -> TagSet | None:
-    from ..checkpoint import read_tags
+    from tagtune.checkpoint import read_tags
 
     data = read_tags(folder)
     return TagSet.from_dict(data) if data else None
@@ -65,7 +65,7 @@ def _space_id(folder: Path) -> int | None:
 
 
 def _load_folder(folder: Path, name: str, device) -> tuple[nn.Module, TagSet | None]:
-    from ..checkpoint import load_gpt
+    from tagtune.checkpoint import load_gpt
 
     if not folder.is_dir():
         raise EvaluationError(f"{folder}: not a model folder")
@@ -89,7 +89,7 @@ class TagInit:
     def word_ids(self, tags: TagSet):
         if self.name != "words":
             return None
-        from ..text.tokenizer import TextTokenizer
+        from tagtune.text.tokenizer import TextTokenizer
 
         if self.text_dir is None:
             raise EvaluationError("tag_init 'words' needs the tuned model's tokenizer folder")
@@ -98,8 +98,8 @@ class TagInit:
 
 def _grown_base(base_dir: Path, tags: TagSet, device, init: TagInit) -> nn.Module:
     """The base GPT with untrained rows for ``tags`` at the ids the tuned model uses."""
-    from ..lora import load_grown_base, set_tag_rows
-    from ..tag_rows import read_start_rows
+    from tagtune.lora import load_grown_base, set_tag_rows
+    from tagtune.tags.neutral import read_start_rows
 
     formula = "plain" if init.rows_file is not None else init.name
     word_ids = init.word_ids(tags) if formula == "words" else None
@@ -136,7 +136,7 @@ def load_models(model_dir: str | Path | None, base_dir: str | Path | None = None
     ``tag_init`` with ``tag_seed``, as training did.
     """
     if adapter is not None:
-        from ..lora import load_adapter_model
+        from tagtune.lora import load_adapter_model
 
         if base_dir is None:
             raise EvaluationError("an adapter needs its base model folder (--base)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from .report import MAX_FALSE_EVENT_RATE, MIN_RELIANCE_GAP, MIN_TAG_HIT_RATE
+from tagtune.evaluate.report import MAX_FALSE_EVENT_RATE, MIN_RELIANCE_GAP, MIN_TAG_HIT_RATE
 
 MODELS = ("tuned", "base")
 BAR_WIDTH = 0.38

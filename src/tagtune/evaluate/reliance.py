@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..text.tags import TagError, TagSet
-from .nll import ScoreRow, code_nll, code_span, speaker_latents
+from tagtune.tags.vocab import TagError, TagSet
+from tagtune.evaluate.nll import ScoreRow, code_nll, code_span, speaker_latents
 
 MODEL_SAMPLE_RATE = 24_000  # event boundaries are converted to this rate when they name their own
 EVENT, CLIP = "event", "clip"

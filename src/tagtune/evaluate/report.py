@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..atomic import atomic_write_bytes, atomic_write_text
+from tagtune.atomic import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 REPORT_JSON = "report.json"
@@ -112,13 +112,13 @@ def _have_matplotlib() -> bool:
 
 def write_report(report: dict, out_dir: Path, plots: bool = True) -> None:
     """Write report.json, report.md and (with ``plots``) the PNG figures."""
-    from .report_md import render_markdown
+    from tagtune.evaluate.report_md import render_markdown
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / REPORT_JSON, json.dumps(report, indent=1, ensure_ascii=False, default=float))
     atomic_write_text(out_dir / REPORT_MD, render_markdown(report))
     if plots and _have_matplotlib():
-        from .plots import render_plots
+        from tagtune.evaluate.plots import render_plots
 
         for name, png in render_plots(report).items():
             atomic_write_bytes(out_dir / name, png)

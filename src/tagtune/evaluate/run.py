@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from ..data import PreparedDataset
-from .detector import CodeEventDetector, choose_window
-from .forgetting import forgetting_summary, untagged_nll
-from .freerun import (FreeRunSettings, Prompt, generate, make_prompts, score_clips, settings_dict, strip_tags,
+from tagtune.data import PreparedDataset
+from tagtune.evaluate.detector import CodeEventDetector, choose_window
+from tagtune.evaluate.forgetting import forgetting_summary, untagged_nll
+from tagtune.evaluate.freerun import (FreeRunSettings, Prompt, generate, make_prompts, score_clips, settings_dict, strip_tags,
                       summarize_free)
-from .loading import BASE, EvaluationError, load_models
-from .reliance import occurrences, score_reliance, summarize
-from .report import build_report, write_report
+from tagtune.evaluate.loading import BASE, EvaluationError, load_models
+from tagtune.evaluate.reliance import occurrences, score_reliance, summarize
+from tagtune.evaluate.report import build_report, write_report
 
 log = logging.getLogger(__name__)
 MAX_DETECTOR_CLIPS = 2000
@@ -52,7 +52,7 @@ def _event_clips(items: list[dict], tags, tag_ids) -> list[tuple[torch.Tensor, l
 
 
 def _codebook(model_dir: Path | None, base_dir: Path | None) -> torch.Tensor:
-    from ..checkpoint import load_dvae
+    from tagtune.checkpoint import load_dvae
 
     folder = model_dir if model_dir is not None and (model_dir / "config.yaml").is_file() else base_dir
     return load_dvae(folder).codebook.embed.t().contiguous()  # (n_codes, dim)

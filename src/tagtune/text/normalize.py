@@ -18,7 +18,7 @@ import logging
 import re
 import warnings
 
-from .tags import DEFAULT_DELIMITERS, tag_regex
+from tagtune.tags.vocab import DEFAULT_DELIMITERS, tag_regex
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from sentencepiece import SentencePieceProcessor
 
-from ..errors import UserError
-from .normalize import TextNormalizer
-from .sentences import DEFAULT_MAX_TOKENS, split_sentences
-from .tags import SPACE_PIECE, TAGS_FILE_NAME, UNKNOWN_POLICIES, TagSet, find_tags, tag_piece
+from tagtune.errors import UserError
+from tagtune.text.normalize import TextNormalizer
+from tagtune.text.sentences import DEFAULT_MAX_TOKENS, split_sentences
+from tagtune.tags.vocab import SPACE_PIECE, TAGS_FILE_NAME, UNKNOWN_POLICIES, TagSet, find_tags, tag_piece
 
 BOS_ID = 0  # also the GPT's start_text token
 EOS_ID = 1  # also the GPT's stop_text token

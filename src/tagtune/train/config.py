@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from ..errors import UserError
-from ..text.grow import INITS as GROW_INITS
+from tagtune.errors import UserError
+from tagtune.tags.rows import INITS as GROW_INITS
 
 TAG_INITS = (*GROW_INITS, "neutral")  # "neutral": fitted on the base so an untrained tag reads as absent
 
@@ -56,7 +56,7 @@ class LoraSettings:
     train_conditioning: bool = False  # conditioning encoder + perceiver (frozen by default)
     # new tag rows: "mean" (mean row direction at typical norm), "plain" (the plain mean row), "words"
     # (mean of the tag's word pieces) or "neutral" (one row fitted so the untrained tag leaves the base's
-    # predictions as they are without it; tagtune.tag_rows)
+    # predictions as they are without it; tagtune.tags.neutral)
     tag_init: str = "mean"
     neutral_steps: int = 100  # Adam steps of the "neutral" fit (8 untagged clips each)
     neutral_lr: float = 1e-2

@@ -15,8 +15,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
-from .loss import Batch
+from tagtune.errors import UserError
+from tagtune.train.loss import Batch
 
 MANIFEST = "manifest.json"
 DEFAULT_TOKENIZER = "bpe.model"
@@ -44,9 +44,9 @@ class DataBundle:
 
 def open_data(data_dir: str | Path) -> DataBundle:
     """Open DATA_DIR and resolve the base checkpoint, tokenizer and tags file its manifest names."""
-    from ..checkpoint import file_sha256
-    from ..data import PreparedDataset
-    from ..text.tags import TagSet
+    from tagtune.checkpoint import file_sha256
+    from tagtune.data import PreparedDataset
+    from tagtune.tags.vocab import TagSet
 
     data_dir = Path(data_dir)
     train, val = PreparedDataset(data_dir, "train"), PreparedDataset(data_dir, "val")
@@ -77,7 +77,7 @@ def _manifest_file(data_dir: Path, manifest: dict, key: str, default: str) -> Pa
 
 def epoch_batches(lengths: list[int], size: int, seed: int, epoch: int) -> list[list[int]]:
     """Global batches of ``size`` clip indices for one epoch, bucketed by length (incomplete ones dropped)."""
-    from ..data import LengthBucketSampler
+    from tagtune.data import LengthBucketSampler
 
     sampler = LengthBucketSampler(lengths, size, shuffle=True, seed=seed, drop_last=True)
     sampler.set_epoch(epoch)
@@ -97,7 +97,7 @@ def collate(dataset, indices: list[int], pad: PadSpec, conds: dict[int, torch.Te
     than the DVAE produced; codes are padded with stop codes to at least that width, so every clip keeps
     the same positions whichever clips share its batch.
     """
-    from ..data import collate as collate_examples
+    from tagtune.data import collate as collate_examples
 
     d = collate_examples([dataset[i] for i in indices], text_pad=pad.stop_text, code_pad=pad.stop_mel)
     kept = (d["wav_lengths"] + pad.compression - 1) // pad.compression + 1  # (B,)

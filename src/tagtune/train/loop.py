@@ -23,15 +23,15 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from .. import lora
-from ..errors import UserError
-from ..tag_rows import (NeutralFit, fit_neutral_row, read_start_rows, save_start_rows, tokenizer_layout,
+from tagtune import lora
+from tagtune.errors import UserError
+from tagtune.tags.neutral import (NeutralFit, fit_neutral_row, read_start_rows, save_start_rows, tokenizer_layout,
                         untagged_indices)
-from . import run as rundir, state as ts
-from .config import TrainConfig
-from .data import clip_lengths, collate, epoch_batches, micro_batch, open_data, pad_spec, precompute_conds
-from .loss import RowLosses, combine, split_means
-from .metrics import MetricsLog, forgetting, validate
+from tagtune.train import run as rundir, state as ts
+from tagtune.train.config import TrainConfig
+from tagtune.train.data import clip_lengths, collate, epoch_batches, micro_batch, open_data, pad_spec, precompute_conds
+from tagtune.train.loss import RowLosses, combine, split_means
+from tagtune.train.metrics import MetricsLog, forgetting, validate
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.unified_voice import IGNORE_INDEX
-from .config import LossSettings
+from tagtune.models.unified_voice import IGNORE_INDEX
+from tagtune.train.config import LossSettings
 
 COND_LATENTS = 32  # speaker latents in front of every sequence
 MEL_COMPRESSION = 1024  # 24 kHz samples per DVAE code

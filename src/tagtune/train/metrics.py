@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_bytes, atomic_write_text
-from .config import LossSettings
-from .loss import Batch, RowLosses, combine
+from tagtune.checkpoint import atomic_write_bytes, atomic_write_text
+from tagtune.train.config import LossSettings
+from tagtune.train.loss import Batch, RowLosses, combine
 
 log = logging.getLogger(__name__)
 

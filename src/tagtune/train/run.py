@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from .. import lora
-from . import state as ts
-from ..checkpoint import atomic_write_bytes, atomic_write_text, folder_fingerprint, save_safetensors
-from ..errors import UserError
-from ..tag_rows import START_ROWS_FILE
-from .config import TrainConfig
+from tagtune import lora
+from tagtune.train import state as ts
+from tagtune.checkpoint import atomic_write_bytes, atomic_write_text, folder_fingerprint, save_safetensors
+from tagtune.errors import UserError
+from tagtune.tags.neutral import START_ROWS_FILE
+from tagtune.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def _versions() -> dict[str, str]:
     import peft
     import transformers
 
-    from .. import __version__
+    from tagtune import __version__
 
     return {"tagtune": __version__, "torch": torch.__version__, "peft": peft.__version__,
             "accelerate": accelerate.__version__, "transformers": transformers.__version__,
@@ -96,8 +96,8 @@ def weights_meta(data, model_cfg, new_ids: list[int], config: TrainConfig) -> di
 
 def word_ids(data):
     """Tokenizer lookup for ``tag_init: words`` (a tag's spelled-out word -> piece ids)."""
-    from ..text.tags import TagSet
-    from ..text.tokenizer import TextTokenizer
+    from tagtune.tags.vocab import TagSet
+    from tagtune.text.tokenizer import TextTokenizer
 
     return TextTokenizer(data.tokenizer_path, TagSet.load(data.tags_path)).word_piece_ids
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_text, read_state_dict, save_safetensors
+from tagtune.checkpoint import atomic_write_text, read_state_dict, save_safetensors
 
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from tagtune.errors import UserError
 
 TOKENIZER_FILE = "bpe.model"
 
@@ -22,8 +22,9 @@ def load_tokenizer(folder: str | Path, bpe_file: Path, unknown_tags: str = "erro
     An empty tag set (rather than none) makes a tag in the text an error that lists the known tags,
     instead of letting "<laughs>" be read out as letters.
     """
-    from .checkpoint import read_tags
-    from .text import TagSet, TextTokenizer
+    from tagtune.checkpoint import read_tags
+    from tagtune.text import TextTokenizer
+    from tagtune.tags import TagSet
 
     data = read_tags(folder)
     tagset = TagSet.from_dict(data) if data is not None else TagSet()
@@ -32,9 +33,9 @@ def load_tokenizer(folder: str | Path, bpe_file: Path, unknown_tags: str = "erro
 
 def merged_adapter_gpt(model_dir: str | Path, adapter_dir: str | Path, device):
     """The base GPT with the adapter folded in: a plain UnifiedVoice (fast paths need plain layers)."""
-    from .checkpoint import load_into
-    from .lora import load_adapter_model, merge
-    from .models.unified_voice import UnifiedVoice
+    from tagtune.checkpoint import load_into
+    from tagtune.lora import load_adapter_model, merge
+    from tagtune.models.unified_voice import UnifiedVoice
 
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
@@ -52,8 +53,8 @@ def merged_adapter_gpt(model_dir: str | Path, adapter_dir: str | Path, device):
 
 def load_components(model_dir: str | Path, adapter: str | Path | None, device, unknown_tags: str = "error"):
     """(gpt fp32, vocoder, tokenizer, mel) for synthesis."""
-    from .audio import MelSpectrogram
-    from .checkpoint import CheckpointError, bpe_path, load_bigvgan, load_gpt, read_config
+    from tagtune.audio import MelSpectrogram
+    from tagtune.checkpoint import CheckpointError, bpe_path, load_bigvgan, load_gpt, read_config
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from .text.grow import TEXT_KEYS
+from tagtune.tags.rows import TEXT_KEYS
 
 log = logging.getLogger(__name__)
 START_ROWS_FILE = "tag_init.safetensors"
@@ -213,7 +213,7 @@ def save_start_rows(path: Path, rows: dict[str, torch.Tensor], tag_names: list[s
     """Write the untrained tag rows (``lora.current_tag_rows``) with how they were made."""
     import json
 
-    from .checkpoint import save_safetensors
+    from tagtune.checkpoint import save_safetensors
 
     meta = {"tags": json.dumps(tag_names), "init": init, "report": json.dumps(report or {})}
     save_safetensors(path, rows, metadata=meta)
@@ -221,7 +221,7 @@ def save_start_rows(path: Path, rows: dict[str, torch.Tensor], tag_names: list[s
 
 def read_start_rows(path: Path, n_tags: int) -> dict[str, torch.Tensor]:
     """Rows written by ``save_start_rows``; checks they hold ``n_tags`` rows of each table."""
-    from .checkpoint import CheckpointError, read_state_dict
+    from tagtune.checkpoint import CheckpointError, read_state_dict
 
     rows = read_state_dict(path)
     for key in TEXT_KEYS:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .errors import UserError
+from tagtune.errors import UserError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 FLOAT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
-from .generation import GenerationConfig, generate_codes, latents_for_vocoder, remove_long_silence
-from .reference import Reference, ReferenceCache
+from tagtune.errors import UserError
+from tagtune.generation import GenerationConfig, generate_codes, latents_for_vocoder, remove_long_silence
+from tagtune.synthesis.reference import Reference, ReferenceCache
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class TTS:
     def __init__(self, gpt, vocoder, tokenizer, mel, *, precision: str = "fp32", batch_size: int = DEFAULT_BATCH,
                  max_sentence_tokens: int = MAX_SENTENCE_TOKENS, position_mode: str = "train",
                  references: ReferenceCache | None = None, name: str = "model"):
-        from .fast import resolve_precision
+        from tagtune.synthesis.precision import resolve_precision
 
         self.gpt, self.vocoder, self.tokenizer = gpt, vocoder, tokenizer
         self.device = gpt.mel_head.weight.device
@@ -84,7 +84,7 @@ class TTS:
         # a sentence can never exceed what the text position table holds
         self.max_sentence_tokens = min(max_sentence_tokens, gpt.cfg.max_text_tokens)
         if references is None:
-            from .audio import MelSpectrogram
+            from tagtune.audio import MelSpectrogram
 
             references = ReferenceCache(gpt, vocoder, mel if mel is not None else MelSpectrogram())
         self.references = references
@@ -94,7 +94,7 @@ class TTS:
     def load(cls, model_dir: str | Path, adapter: str | Path | None = None, *, device: str = "cpu",
              precision: str = "auto", unknown_tags: str = "error", **options) -> "TTS":
         """Open an official or exported model folder, optionally with a LoRA adapter folder on top."""
-        from .infer_setup import load_components
+        from tagtune.synthesis.setup import load_components
 
         gpt, vocoder, tokenizer, mel = load_components(model_dir, adapter, device, unknown_tags)
         return cls(gpt, vocoder, tokenizer, mel, precision=precision, name=str(adapter or model_dir), **options)
@@ -174,7 +174,7 @@ class TTS:
 
     def _run_fast(self, ref: Reference, sentences, cfg, generator) -> Synthesis:
         """Batched generation, latent pass and vocoder; GPT decode in ``self.precision``."""
-        from .fast import batched_latents, vocode_joined
+        from tagtune.synthesis.precision import batched_latents, vocode_joined
 
         timings = {"gpt": 0.0, "latents": 0.0, "vocoder": 0.0}
         order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))  # similar lengths share a batch
@@ -212,7 +212,7 @@ class TTS:
     def fast_gpt(self):
         """The GPT the fast path decodes with (a reduced-precision copy unless fp32), built on first use."""
         if self._fast_gpt is None:
-            from .fast import prepare_gpt
+            from tagtune.synthesis.precision import prepare_gpt
 
             self._fast_gpt = self.gpt if self.precision == "fp32" else prepare_gpt(self.gpt, self.precision)
         return self._fast_gpt

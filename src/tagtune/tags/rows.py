@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .tags import tag_words
+from tagtune.tags.vocab import tag_words
 
 EMBEDDING_KEY = "text_embedding.weight"
 HEAD_WEIGHT_KEY = "text_head.weight"

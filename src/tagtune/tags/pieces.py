@@ -18,8 +18,8 @@ from pathlib import Path
 
 from sentencepiece import SentencePieceProcessor
 
-from ..atomic import atomic_write_bytes
-from .tags import format_tag, tag_piece
+from tagtune.atomic import atomic_write_bytes
+from tagtune.tags.vocab import format_tag, tag_piece
 
 PIECES_FIELD = 1  # ModelProto.pieces
 PIECE_FIELD, SCORE_FIELD, TYPE_FIELD = 1, 2, 3  # ModelProto.SentencePiece.{piece, score, type}

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE, AudioError, load_reference, resample
-from .errors import UserError
+from tagtune.audio import SAMPLE_RATE, AudioError, load_reference, resample
+from tagtune.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import soundfile as sf
 
-from .errors import UserError
-from .generation import GenerationConfig
-from .reference import ReferenceAudioError
+from tagtune.errors import UserError
+from tagtune.generation import GenerationConfig
+from tagtune.synthesis.reference import ReferenceAudioError
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def wav_bytes(audio, sample_rate: int) -> bytes:
 
 def write_wav(path: str | Path, audio, sample_rate: int) -> Path:
     """Write int16 samples atomically as a 16-bit PCM wav."""
-    from .checkpoint import atomic_write_bytes
+    from tagtune.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(path, wav_bytes(audio, sample_rate))
     return Path(path)
@@ -118,7 +118,7 @@ def synth_command(model_dir, ref=None, text: str | None = None, batch=None, out=
     for item in items:  # before the model loads: a typo should cost nothing
         if not item.ref.is_file():
             raise ReferenceAudioError(f"reference audio {item.ref}: not found")
-    from .infer import TTS
+    from tagtune.synthesis.tts import TTS
 
     options = {"batch_size": batch_size} if batch_size else {}
     tts = TTS.load(model_dir, adapter, device=device, precision="fp32" if compat else precision,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from . import __version__
-from .checkpoint import (
+from tagtune import __version__
+from tagtune.checkpoint import (
     PROVENANCE_FILE,
     CheckpointError,
     bpe_path,
@@ -30,9 +30,11 @@ from .checkpoint import (
     save_pth,
     write_config,
 )
-from .atomic import atomic_write_bytes, atomic_write_text
-from .text import TagSet, TextTokenizer, UnknownTagError, add_tag_pieces, grow_text_rows, load_tag_map
-from .text.tags import TAGS_FILE_NAME, format_tag, tag_name
+from tagtune.atomic import atomic_write_bytes, atomic_write_text
+from tagtune.text import TextTokenizer
+from tagtune.tags import TagSet, UnknownTagError, add_tag_pieces, load_tag_map
+from tagtune.tags.rows import grow_text_rows
+from tagtune.tags.vocab import TAGS_FILE_NAME, format_tag, tag_name
 
 log = logging.getLogger(__name__)
 COPIED_FILES = ("dvae_checkpoint", "bigvgan_checkpoint")

@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import atomic_write_text
-from ..errors import UserError
+from tagtune.atomic import atomic_write_text
+from tagtune.errors import UserError
 
 DEFAULT_DELIMITERS = ("<", ">")
 MULTIWORD_POLICIES = ("own", "base", "drop")
