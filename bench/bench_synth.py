@@ -20,7 +20,7 @@ import torch
 
 from tagtune.audio import MelSpectrogram
 from tagtune.config import v1_5
-from tagtune.synthesis.precision import teacher_forced_quality
+from tagtune.evaluate.quality import teacher_forced_quality
 from tagtune.generation import GenerationConfig
 from tagtune.synthesis.tts import TTS
 from tagtune.models.bigvgan import BigVGAN

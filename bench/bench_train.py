@@ -102,13 +102,13 @@ def eager_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **_
 def build(name: str):
     from tagtune import lora
     from tagtune.models.unified_voice import UnifiedVoice
-    from tagtune.train.config import LoraSettings, OptimSettings
+    from tagtune.lora import LoraSpec
 
     torch.manual_seed(0)
     cfg = model_config(name)
     gpt = UnifiedVoice(cfg, dropout=0.0)
-    lora.apply_lora(gpt, LoraSettings(rank=16, alpha=32, dropout=0.0), [cfg.number_text_tokens - 1])
-    optimizer = torch.optim.AdamW(lora.param_groups(gpt, OptimSettings(lr=1e-4)))
+    lora.apply_lora(gpt, LoraSpec(rank=16, alpha=32, dropout=0.0), [cfg.number_text_tokens - 1])
+    optimizer = torch.optim.AdamW(lora.param_groups(gpt, lr=1e-4, weight_decay=0.01, tag_lr_scale=5.0))
     return gpt.train(), cfg, optimizer
 
 

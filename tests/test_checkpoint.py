@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from tagtune import checkpoint as ckpt
+from tagtune.loaders import load_model
 from tagtune.config import ConfigError, ModelConfig, v1_0, v1_5
 
 
@@ -27,7 +28,7 @@ def _gpt_state(d):
 
 
 def test_official_folder_loads(fixture_dir):
-    m = ckpt.load_model(fixture_dir / "checkpoint")
+    m = load_model(fixture_dir / "checkpoint")
     assert m.config.is_v15 and m.config.gpt.model_dim == 64
     sd = _gpt_state(fixture_dir / "checkpoint")
     got = m.gpt.state_dict()
@@ -102,7 +103,7 @@ def test_wrong_version_and_indextts2_config(model_copy):
 
 def test_missing_file_and_folder(tmp_path, model_copy):
     with pytest.raises(ckpt.CheckpointError, match="not a folder"):
-        ckpt.load_model(tmp_path / "nope")
+        load_model(tmp_path / "nope")
     (model_copy / "dvae.pth").unlink()
     with pytest.raises(ckpt.CheckpointError, match="dvae.pth: not found"):
         ckpt.load_dvae(model_copy)
@@ -122,7 +123,7 @@ def test_v10_style_config_roundtrip(model_copy):
 def test_own_format_roundtrip(fixture_dir, tmp_path):
     """tagtune's own folder: safetensors weights named by config.yaml, reloaded bit-identically."""
     src = fixture_dir / "checkpoint"
-    m = ckpt.load_model(src)
+    m = load_model(src)
     out = tmp_path / "own"
     cfg = copy.deepcopy(m.config)
     cfg.gpt_checkpoint = "gpt.safetensors"
@@ -130,7 +131,7 @@ def test_own_format_roundtrip(fixture_dir, tmp_path):
     for name in ("dvae.pth", "bigvgan_generator.pth", "bpe.model"):
         shutil.copy(src / name, out / name)
     ckpt.write_config(out, cfg)
-    again = ckpt.load_model(out)
+    again = load_model(out)
     a, b = m.gpt.state_dict(), again.gpt.state_dict()
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -8,9 +8,9 @@ import wave
 import pytest
 import yaml
 
-from tagtune.checkpoint import load_model
+from tagtune.loaders import load_model
 from tagtune.cli import main
-from tagtune.demo import shipped_base, shipped_recipe
+from tagtune.folders import shipped_base, shipped_recipe
 from tagtune.synthetic import generate_corpus
 
 TAGS = ["<giggles>", "<laughs>", "<sighs>"]

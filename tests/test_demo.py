@@ -38,7 +38,7 @@ def test_corpus_and_prepared_data(demo):
 
 @pytest.mark.slow
 def test_run_and_exported_model(demo):
-    from tagtune.checkpoint import load_model
+    from tagtune.loaders import load_model
 
     out, summary = demo
     assert summary["train"]["steps"] == DemoSettings.quick().steps

@@ -46,7 +46,8 @@ def test_full_size_layout_equals_the_official_one_with_grown_text_rows(official_
 
 
 def test_merged_folder_is_complete_and_loads_strictly(merged, fixture_dir, official_keys_dir):
-    from tagtune.checkpoint import load_gpt, load_model
+    from tagtune.checkpoint import load_gpt
+    from tagtune.loaders import load_model
     from tagtune.models.unified_voice import UnifiedVoice
 
     assert {p.name for p in merged.iterdir()} == {"config.yaml", "gpt.pth", "bpe.model", "tags.json", "dvae.pth",
@@ -61,7 +62,7 @@ def test_merged_folder_is_complete_and_loads_strictly(merged, fixture_dir, offic
     for name in ("dvae.pth", "bigvgan_generator.pth"):
         assert (merged / name).read_bytes() == (fixture_dir / "checkpoint" / name).read_bytes()
     model = load_model(merged)
-    assert model.tokenizer.vocab_size == 322 and model.tags is not None
+    assert model.tokenizer.vocab_size == 322 and model.tagset is not None
     provenance = json.loads((merged / "provenance.json").read_text())
     assert provenance["format"] == "indextts-merged" and provenance["new_token_ids"] == [320, 321]
 
@@ -69,7 +70,7 @@ def test_merged_folder_is_complete_and_loads_strictly(merged, fixture_dir, offic
 def test_merged_and_adapter_exports_agree(merged, trained_run, fixture_dir, expected, tmp_path):
     from tagtune.checkpoint import load_gpt
     from tagtune.export import export
-    from tagtune.lora import load_adapter_model
+    from tagtune.loaders import load_adapter_model
 
     adapter = export(trained_run[0], tmp_path / "adapter", adapter_only=True)
     assert {"adapter_config.json", "adapter_model.safetensors", "bpe.model", "tags.json",

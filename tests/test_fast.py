@@ -8,15 +8,10 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from tagtune.checkpoint import load_bigvgan, load_gpt
-from tagtune.synthesis.precision import (
-    PrecisionError,
-    batched_latents,
-    conv1d_to_linear,
-    prepare_gpt,
-    resolve_precision,
-    teacher_forced_quality,
-    vocode_joined,
-)
+from tagtune.evaluate.quality import teacher_forced_quality
+from tagtune.generation.batched import batched_latents, vocode_joined
+from tagtune.precision import PrecisionError, resolve_precision
+from tagtune.synthesis.fast_gpt import conv1d_to_linear, prepare_gpt
 from tagtune.generation import latents_for_vocoder
 
 HOP = 1024

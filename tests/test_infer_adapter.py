@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from tagtune import lora
+from tagtune.tags.rows import grow_base
 from tagtune.generation import GenerationConfig
 from tagtune.synthesis.tts import TTS
 from tagtune.tags import TagSet, add_tag_pieces
-from tagtune.train.config import LoraSettings
+from tagtune.lora import LoraSpec
 
 TAGS = ["<laughs>", "<sighs>"]
 HOP = 1024
@@ -20,8 +21,8 @@ def adapter_dir(fixture_dir, tmp_path_factory):
     """An untrained adapter (LoRA B = 0): the tuned model must speak untagged text exactly as the base."""
     torch.manual_seed(0)
     ckpt, out = fixture_dir / "checkpoint", tmp_path_factory.mktemp("adapter")
-    gpt, _, new_ids = lora.load_grown_base(ckpt, TAGS, dropout=0.0)
-    lora.apply_lora(gpt, LoraSettings(rank=4), new_ids)
+    gpt, _, new_ids = grow_base(ckpt, TAGS, dropout=0.0)
+    lora.apply_lora(gpt, LoraSpec(rank=4), new_ids)
     bpe, ids = add_tag_pieces(ckpt / "bpe.model", TAGS)
     (out / "src").mkdir()
     (out / "src" / "bpe.model").write_bytes(bpe)

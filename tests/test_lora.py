@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from tagtune import lora
-from tagtune.train.config import LoraSettings, OptimSettings
+from tagtune.tags.rows import grow_base
+from tagtune.loaders import load_adapter_model
+from tagtune.lora import LoraSpec
 
 TAGS = ["<laughs>", "<sighs>"]
 NEW_IDS = [320, 321]
@@ -17,7 +19,7 @@ NEW_IDS = [320, 321]
 @pytest.fixture()
 def grown(fixture_dir):
     torch.manual_seed(0)
-    gpt, cfg, new_ids = lora.load_grown_base(fixture_dir / "checkpoint", TAGS, dropout=0.0)
+    gpt, cfg, new_ids = grow_base(fixture_dir / "checkpoint", TAGS, dropout=0.0)
     return gpt, cfg, new_ids, {k: v.clone() for k, v in gpt.state_dict().items()}
 
 
@@ -29,8 +31,8 @@ def _batch(expected):
 
 
 def _train(gpt, batch, steps=4, settings=None):
-    lora.apply_lora(gpt, settings or LoraSettings(rank=4, alpha=8), NEW_IDS)
-    opt = torch.optim.AdamW(lora.param_groups(gpt, OptimSettings(lr=1e-2, weight_decay=0.1)))
+    lora.apply_lora(gpt, settings or LoraSpec(rank=4, alpha=8), NEW_IDS)
+    opt = torch.optim.AdamW(lora.param_groups(gpt, lr=1e-2, weight_decay=0.1, tag_lr_scale=5.0))
     gpt.train()
     for _ in range(steps):
         loss_text, loss_mel, _ = gpt(*batch)
@@ -54,13 +56,13 @@ def test_grown_rows_sit_before_the_spare_row(grown, fixture_dir):
 
 def test_trainable_tensors_and_param_groups(grown):
     gpt, _, _, _ = grown
-    lora.apply_lora(gpt, LoraSettings(rank=4, layers=[1]), NEW_IDS)
+    lora.apply_lora(gpt, LoraSpec(rank=4, layers=(1,)), NEW_IDS)
     names = {n for n, p in gpt.named_parameters() if p.requires_grad}
     assert names == {"text_embedding.token_adapter.trainable_tokens_delta.default",
                      "text_head.modules_to_save.default.weight", "text_head.modules_to_save.default.bias"} | {
         f"gpt.h.1.{m}.lora_{ab}.default.weight" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
         for ab in "AB"}
-    groups = lora.param_groups(gpt, OptimSettings(lr=1e-4, tag_lr_scale=5.0, weight_decay=0.01))
+    groups = lora.param_groups(gpt, lr=1e-4, weight_decay=0.01, tag_lr_scale=5.0)
     assert [(g["name"], len(g["params"]), g["lr"], g["weight_decay"]) for g in groups] == [
         ("adapters", 8, 1e-4, 0.01), ("tag_rows", 3, pytest.approx(5e-4), 0.0)]
 
@@ -103,7 +105,7 @@ def test_untrained_adapter_changes_nothing(grown, expected):
     batch = _batch(expected)
     with torch.no_grad():
         ref = gpt.logits(*batch)
-    lora.apply_lora(gpt, LoraSettings(rank=4), NEW_IDS)
+    lora.apply_lora(gpt, LoraSpec(rank=4), NEW_IDS)
     with torch.no_grad():
         out = gpt.logits(*batch)
     assert torch.equal(out.mel_logits, ref.mel_logits) and torch.equal(out.text_logits, ref.text_logits)
@@ -121,7 +123,7 @@ def test_adapter_folder_round_trip(grown, expected, fixture_dir, tmp_path):
     assert names == {"adapter_config.json", "adapter_model.safetensors", "tagtune_adapter.json", "bpe.model"}
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["trainable_token_indices"] == {"text_embedding": NEW_IDS}
-    reloaded, cfg = lora.load_adapter_model(fixture_dir / "checkpoint", tmp_path / "adapter")
+    reloaded, cfg = load_adapter_model(fixture_dir / "checkpoint", tmp_path / "adapter")
     assert cfg.gpt.number_text_tokens == 322
     with torch.no_grad():
         a, b = gpt.logits(*batch), reloaded.logits(*batch)
@@ -130,7 +132,7 @@ def test_adapter_folder_round_trip(grown, expected, fixture_dir, tmp_path):
 
 def test_full_mode_trains_the_gpt_but_not_the_conditioning(grown):
     gpt, _, _, _ = grown
-    lora.apply_lora(gpt, LoraSettings(mode="full"), NEW_IDS)
+    lora.apply_lora(gpt, LoraSpec(mode="full"), NEW_IDS)
     trainable = {n for n, p in gpt.named_parameters() if p.requires_grad}
     assert "gpt.h.0.attn.c_attn.weight" in trainable and "text_head.bias" in trainable
     assert not any(n.startswith(("conditioning_encoder", "perceiver_encoder")) for n in trainable)
@@ -138,13 +140,13 @@ def test_full_mode_trains_the_gpt_but_not_the_conditioning(grown):
 
 def test_bad_layer_index_is_reported(grown):
     gpt, _, _, _ = grown
-    with pytest.raises(ValueError, match=r"lora.layers \[5\] out of range: the model has 2 blocks"):
-        lora.apply_lora(gpt, LoraSettings(layers=[0, 5]), NEW_IDS)
+    with pytest.raises(ValueError, match=r"LoRA layers \[5\] out of range: the model has 2 blocks"):
+        lora.apply_lora(gpt, LoraSpec(layers=(0, 5)), NEW_IDS)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(grown, expected):
     gpt, _, _, _ = grown
-    lora.apply_lora(gpt, LoraSettings(rank=4, dropout=0.0), NEW_IDS)
+    lora.apply_lora(gpt, LoraSpec(rank=4, dropout=0.0), NEW_IDS)
     with torch.no_grad():
         for n, p in gpt.named_parameters():
             if "lora_B" in n:

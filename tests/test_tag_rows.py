@@ -6,11 +6,11 @@ import torch
 from safetensors.torch import load_file
 
 from tagtune import lora
-from tagtune.demo import shipped_base
+from tagtune.folders import shipped_base
 from tagtune.tags.neutral import (Insertion, NeutralFit, divergence, fit_neutral_row, insertion_points,
                               tokenizer_layout, untagged_examples, with_tag)
-from tagtune.tags.rows import TEXT_KEYS
-from tagtune.train.config import LoraSettings
+from tagtune.tags.rows import TEXT_KEYS, TagInit, current_tag_rows, grow_base, set_tag_rows
+from tagtune.lora import LoraSpec
 
 TAGS = ["<a>", "<b>", "<c>"]
 
@@ -32,11 +32,11 @@ def test_tokenizer_layout_and_insertion_points():
 
 
 def test_tag_rows_round_trip_through_peft_wrapping():
-    gpt, _, ids = lora.load_grown_base(shipped_base(), TAGS, "plain", seed=1)
-    lora.apply_lora(gpt, LoraSettings(rank=2, alpha=4), ids)
-    rows = {k: torch.randn_like(v) for k, v in lora.current_tag_rows(gpt, ids).items()}
-    lora.set_tag_rows(gpt, ids, rows)
-    got = lora.current_tag_rows(gpt, ids)
+    gpt, _, ids = grow_base(shipped_base(), TAGS, TagInit("plain", 1))
+    lora.apply_lora(gpt, LoraSpec(rank=2, alpha=4), ids)
+    rows = {k: torch.randn_like(v) for k, v in current_tag_rows(gpt, ids).items()}
+    set_tag_rows(gpt, ids, rows)
+    got = current_tag_rows(gpt, ids)
     assert all(torch.equal(got[k], rows[k]) for k in TEXT_KEYS)
     # forward reads them, and merging keeps them
     merged = lora.merge(gpt)
@@ -57,7 +57,7 @@ def test_neutral_fit_lowers_the_divergence_and_leaves_the_base_alone(tiny_data):
     from tagtune.train.data import open_data
 
     data = open_data(tiny_data)
-    gpt, _, ids = lora.load_grown_base(data.base_dir, data.tag_names, "mean", seed=0)
+    gpt, _, ids = grow_base(data.base_dir, data.tag_names, TagInit("mean", 0))
     before = {k: v.clone() for k, v in gpt.state_dict().items()}
     flags = [p.requires_grad for p in gpt.parameters()]
     clips, conds = _clips_and_conds(gpt, tiny_data)
@@ -70,7 +70,7 @@ def test_neutral_fit_lowers_the_divergence_and_leaves_the_base_alone(tiny_data):
     assert all(torch.equal(before[k], after[k]) for k in before)  # only the returned row changed
     assert [p.requires_grad for p in gpt.parameters()] == flags and not gpt.training
     # the divergence with the row written into the table is the fitted one
-    lora.set_tag_rows(gpt, ids, {"text_embedding.weight": row.expand(len(ids), -1)})
+    set_tag_rows(gpt, ids, {"text_embedding.weight": row.expand(len(ids), -1)})
     probe = [Insertion(c["text_ids"], c["codes"], int(c["wav_len"]), z, len(c["text_ids"])) for c, z in
              zip(clips[:8], conds[:8])]
     with torch.no_grad():
@@ -99,7 +99,7 @@ def test_neutral_run_records_its_start_rows_and_eval_grows_the_base_with_them(ti
     _, base, tags, _ = load_models(model, base_dir=config_base(tiny_data))
     ids = [tags.token_ids[t] for t in tags.tags]
     assert base.tag_rows == "recorded start rows"
-    grown = lora.current_tag_rows(base.gpt, ids)
+    grown = current_tag_rows(base.gpt, ids)
     assert all(torch.equal(grown[k], start[k]) for k in TEXT_KEYS)
 
 

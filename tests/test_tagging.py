@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tagtune import checkpoint as ckpt
+from tagtune.loaders import load_model
 from tagtune.cli import main
 from tagtune.tags.add import add_tags, parse_tag_list
 from tagtune.tags import UnknownTagError
@@ -37,8 +38,8 @@ def test_ids_contiguous_after_base_vocab(grown, fixture_dir):
     assert res.added == {"<laughs>": 320, "<giggles>": 321, "<sigh>": 322}
     cfg = ckpt.read_config(out)
     assert cfg.gpt.number_text_tokens == 323
-    tok = ckpt.load_model(out).tokenizer
-    base_tok = ckpt.load_model(fixture_dir / "checkpoint").tokenizer
+    tok = load_model(out).tokenizer
+    base_tok = load_model(fixture_dir / "checkpoint").tokenizer
     assert tok.vocab_size == 323
     for i in range(base_tok.vocab_size):  # every old piece keeps its id
         assert tok.convert_ids_to_tokens([i]) == base_tok.convert_ids_to_tokens([i])
@@ -79,7 +80,7 @@ def test_add_again_appends_only_new(grown, tmp_path):
 
 
 def test_unknown_tag_error_lists_known(grown):
-    tok = ckpt.load_model(grown[0]).tokenizer
+    tok = load_model(grown[0]).tokenizer
     with pytest.raises(UnknownTagError) as e:
         tok.encode("hello <coughs> there")
     assert "<laughs>" in str(e.value) and "<giggles>" in str(e.value)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import read_key_list
 
-from tagtune.checkpoint import file_sha256, load_model, read_state_dict
+from tagtune.checkpoint import file_sha256, read_state_dict
+from tagtune.loaders import load_model
 from tagtune.config import ModelConfig
 from tagtune.models.bigvgan import BigVGAN
 from tagtune.models.dvae import DiscreteVAE

@@ -1,5 +1,7 @@
 """Audio in, features out: decoding, mono, resampling to 24 kHz and the 100-band log-mel of IndexTTS.
 
+Audio out: ``write_wav`` writes int16 samples as a 16-bit PCM wav, atomically.
+
 Everything here reproduces the official reference path (``torchaudio.load`` -> channel mean ->
 ``torchaudio.transforms.Resample(sr, 24000)`` -> ``MelSpectrogramFeatures``) without torchaudio: the
 sinc resampler and the HTK filterbank are written out below from their definitions.
@@ -11,12 +13,14 @@ import io
 import math
 import os
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 from torch import nn
 
+from tagtune.atomic import atomic_write_bytes
 from tagtune.errors import UserError
 
 SAMPLE_RATE = 24000
@@ -178,3 +182,16 @@ class MelSpectrogram(nn.Module):
 def num_frames(num_samples: int, hop_length: int = HOP) -> int:
     """Mel frames produced for ``num_samples`` samples (centred STFT)."""
     return num_samples // hop_length + 1
+
+
+def wav_bytes(audio, sample_rate: int) -> bytes:
+    """int16 samples -> a 16-bit PCM mono wav file."""
+    buf = io.BytesIO()
+    sf.write(buf, audio, sample_rate, subtype="PCM_16", format="WAV")
+    return buf.getvalue()
+
+
+def write_wav(path: str | Path, audio, sample_rate: int) -> Path:
+    """Write int16 samples atomically as a 16-bit PCM wav."""
+    atomic_write_bytes(path, wav_bytes(audio, sample_rate))
+    return Path(path)

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import pickle
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,10 +23,8 @@ from torch import nn
 from tagtune.config import ConfigError, ModelConfig
 from tagtune.atomic import atomic_write_bytes, atomic_write_text
 from tagtune.errors import UserError
-from tagtune.tags.vocab import TAGS_FILE_NAME as TAGS_FILE
+from tagtune.folders import CONFIG_FILE
 
-CONFIG_FILE = "config.yaml"
-PROVENANCE_FILE = "provenance.json"
 WRAPPER_KEYS = ("model", "generator", "state_dict")
 
 
@@ -197,17 +193,6 @@ def bpe_path(model_dir: str | Path, cfg: ModelConfig | None = None) -> Path:
     return path
 
 
-def read_tags(model_dir: str | Path) -> dict | None:
-    """The tags file of a tag-extended folder (canonical tags, aliases, ids), or None for a base model."""
-    path = Path(model_dir) / TAGS_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
-
-
 # -------------------------------------------------------------------------------------------------- writing
 
 
@@ -246,63 +231,3 @@ def folder_fingerprint(model_dir: str | Path, cfg: ModelConfig | None = None) ->
         h.update(name.encode())
         h.update(file_sha256(p).encode() if p.is_file() else b"-")
     return h.hexdigest()[:16]
-
-
-# ------------------------------------------------------------------------------------------------ bundle
-
-
-@dataclass
-class IndexTTSModel:
-    """A loaded model folder. Components load on first use; ``load_model`` is the public entry point."""
-
-    model_dir: Path
-    config: ModelConfig
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    dtype: torch.dtype = torch.float32
-    _cache: dict = field(default_factory=dict, repr=False)
-
-    def _get(self, name: str, make: Callable[[], Any]):
-        if name not in self._cache:
-            self._cache[name] = make()
-        return self._cache[name]
-
-    @property
-    def gpt(self):
-        return self._get("gpt", lambda: load_gpt(self.model_dir, self.config, dtype=self.dtype, device=self.device))
-
-    @property
-    def dvae(self):
-        return self._get("dvae", lambda: load_dvae(self.model_dir, self.config, device=self.device))
-
-    @property
-    def vocoder(self):
-        return self._get("vocoder", lambda: load_bigvgan(self.model_dir, self.config, device=self.device))
-
-    @property
-    def tags(self) -> dict | None:
-        return self._get("tags", lambda: read_tags(self.model_dir))
-
-    @property
-    def tokenizer(self):
-        from tagtune.text.tokenizer import TextTokenizer
-
-        return self._get("tokenizer", lambda: TextTokenizer.from_model_dir(self.model_dir, self.config))
-
-    @property
-    def mel(self):
-        from tagtune.audio import MelSpectrogram
-
-        return self._get("mel", lambda: MelSpectrogram.from_config(self.config.dataset.mel))
-
-
-def load_model(model_dir: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-               eager: bool = False) -> IndexTTSModel:
-    """Open an IndexTTS 1.0/1.5 folder (official or tagtune's). Components load lazily unless ``eager``."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise CheckpointError(f"{model_dir}: not a folder")
-    cfg = read_config(model_dir)
-    m = IndexTTSModel(model_dir, cfg, torch.device(device), dtype)
-    if eager:
-        m.gpt, m.vocoder, m.tokenizer  # noqa: B018 - force loading
-    return m

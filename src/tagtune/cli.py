@@ -91,11 +91,11 @@ def _demo(a) -> int:
 
 
 def _train(a) -> int:
-    from tagtune.demo import shipped_recipe
+    from tagtune.folders import shipped_recipe
     from tagtune.train import train
     from tagtune.train.config import TrainConfig
 
-    cfg = TrainConfig.from_yaml(a.config or shipped_recipe("lora.yaml")).with_overrides(
+    cfg = TrainConfig.from_yaml(a.config or shipped_recipe()).with_overrides(
         max_steps=a.max_steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, rank=a.rank, seed=a.seed)
     res = train(a.data, a.out, cfg, resume=a.resume)
     print(f"trained {res.steps} steps; best val loss {res.best_val_loss} at step {res.best_step}; "

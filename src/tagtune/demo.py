@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from importlib import resources
+from tagtune.folders import shipped_base, shipped_recipe
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -43,15 +43,6 @@ class DemoSettings:
     @classmethod
     def quick(cls, seed: int = 0) -> "DemoSettings":
         return cls(clips=160, val_fraction=0.2, steps=20, free_prompts=6, seed=seed, neutral_steps=30)
-
-
-def shipped_base() -> Path:
-    """The tiny base model that ships with tagtune (rebuilt by ``python -m tagtune.tiny.build``)."""
-    return Path(str(resources.files("tagtune") / "assets" / "tiny-base"))
-
-
-def shipped_recipe(name: str) -> Path:
-    return Path(str(resources.files("tagtune") / "configs" / name))
 
 
 def _stage(name: str, timings: dict):
@@ -109,7 +100,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir
 def synthesise_samples(model_dir: Path, base_dir: Path, corpus: Path, out: Path, seed: int) -> list[str]:
     """A few tagged sentences, tuned and base, in the voice of a corpus clip."""
     from tagtune.synthesis.tts import TTS
-    from tagtune.synthesis.jobs import write_wav
+    from tagtune.audio import write_wav
 
     ref = sorted((corpus / "wavs").glob("*.wav"))[0]
     written = []

@@ -4,10 +4,10 @@ Merged (``export(run, out)``): ``config.yaml`` (number_text_tokens counts the ta
 the official key set in fp32 or fp16, the extended ``bpe.model``, ``tags.json``, the base model's
 ``dvae.pth`` and ``bigvgan_generator.pth``, ``provenance.json`` and ``tag_init.safetensors`` (the tag rows
 before training, which ``tagtune eval`` grows the base with). The official strict loader accepts it
-and so does ``tagtune.checkpoint.load_model``.
+and so does ``tagtune.load_model``.
 
 Adapter (``adapter_only=True``): the run's PEFT folder (adapter_config.json + adapter_model.safetensors,
-tokenizer, tags) plus provenance; ``tagtune.lora.load_adapter_model(base_dir, adapter_dir)`` applies it.
+tokenizer, tags) plus provenance; ``tagtune.load_model(base_dir, adapter=adapter_dir)`` applies it.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 
 from tagtune import lora
-from tagtune.checkpoint import (PROVENANCE_FILE, TAGS_FILE, atomic_write_bytes, atomic_write_text, folder_fingerprint,
+from tagtune.checkpoint import (atomic_write_bytes, atomic_write_text, folder_fingerprint,
                          read_config, read_state_dict, save_pth, write_config)
 from tagtune.errors import UserError
-from tagtune.train.run import BEST, FULL_WEIGHTS, LAST, START_ROWS, TOKENIZER, read_run_info
+from tagtune.loaders import load_adapter_model, read_run_info
+from tagtune.folders import (ADAPTER_META_FILE, PROVENANCE_FILE, TAGS_FILE, BEST_DIR as BEST, FULL_WEIGHTS_FILE as FULL_WEIGHTS, GPT_FILE, LAST_DIR as LAST,
+                             START_ROWS_FILE as START_ROWS, TOKENIZER_FILE as TOKENIZER)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-GPT_FILE = "gpt.pth"
 
 
 def export(run_dir: str | Path, out_dir: str | Path, adapter_only: bool = False, dtype: str = "fp32",
@@ -71,7 +72,7 @@ def _base_dir(info: dict) -> Path:
 def merged_state(info: dict, base_dir: Path, weights: Path) -> tuple[dict[str, torch.Tensor], object]:
     """(official-key state dict, grown ModelConfig) of a run's weights folder."""
     if info["mode"] == "lora":
-        gpt, cfg = lora.load_adapter_model(base_dir, weights)
+        gpt, cfg = load_adapter_model(base_dir, weights)
         return lora.merge(gpt), cfg
     cfg = read_config(base_dir)
     cfg = dataclasses.replace(cfg, gpt=dataclasses.replace(cfg.gpt, number_text_tokens=info["number_text_tokens"]))
@@ -109,7 +110,7 @@ def _export_merged(info: dict, base_dir: Path, weights: Path, out_dir: Path, dty
 
 
 def _provenance(info: dict, run_dir: Path, weights: Path, dtype: str, adapter_only: bool) -> dict:
-    meta = json.loads((weights / lora.ADAPTER_META).read_text(encoding="utf-8"))
+    meta = json.loads((weights / ADAPTER_META_FILE).read_text(encoding="utf-8"))
     return {
         "format": "peft-adapter" if adapter_only else "indextts-merged",
         "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

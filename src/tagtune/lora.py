@@ -13,22 +13,24 @@ What trains in ``lora`` mode (everything else is frozen and stays bit-identical)
 
 from __future__ import annotations
 
-import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tagtune.atomic import atomic_write_bytes, atomic_write_text
+from tagtune.checkpoint import CheckpointError, read_state_dict, save_safetensors
+from tagtune.errors import UserError
+from tagtune.folders import ADAPTER_CONFIG_FILE, ADAPTER_META_FILE, ADAPTER_WEIGHTS_FILE
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 from torch import nn
 
-from tagtune.train.config import LoraSettings, OptimSettings
 
+DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+MODES = ("lora", "full")
 ADAPTER = "default"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_META = "tagtune_adapter.json"
 CONDITIONING_MODULES = ("conditioning_encoder", "perceiver_encoder")
 # peft wrapper names that appear inside state-dict keys and are not part of the official layout
 WRAPPER_PARTS = ("base_layer", "token_adapter", "original_module")
@@ -36,7 +38,27 @@ SAVED_COPY = "modules_to_save." + ADAPTER
 ADAPTER_MARKERS = ("lora_", "trainable_tokens_", "lora_magnitude_vector")
 
 
-def lora_config(settings: LoraSettings, new_token_ids: list[int]) -> LoraConfig:
+class LoraError(UserError, ValueError):
+    """A LoRA setting that does not fit the model (e.g. a block index it does not have)."""
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """What trains: LoRA on the GPT-2 blocks (``mode="lora"``) or every GPT weight (``mode="full"``).
+
+    Plain values, so that any caller (the training recipe, a notebook, a test) can build one.
+    """
+
+    mode: str = "lora"
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    layers: tuple[int, ...] | None = None  # block indices; None = every block
+    train_conditioning: bool = False  # conditioning encoder + perceiver (frozen by default)
+
+
+def lora_config(settings: LoraSpec, new_token_ids: list[int]) -> LoraConfig:
     """The peft config for ``settings`` with ``new_token_ids`` as the trainable text rows."""
     to_save = ["text_head"] + (list(CONDITIONING_MODULES) if settings.train_conditioning else [])
     return LoraConfig(
@@ -53,7 +75,7 @@ def lora_config(settings: LoraSettings, new_token_ids: list[int]) -> LoraConfig:
     )
 
 
-def apply_lora(gpt: nn.Module, settings: LoraSettings, new_token_ids: list[int]) -> nn.Module:
+def apply_lora(gpt: nn.Module, settings: LoraSpec, new_token_ids: list[int]) -> nn.Module:
     """Make ``gpt`` trainable as ``settings`` says (in place) and return it.
 
     ``lora`` mode injects adapters; ``full`` mode unfreezes the GPT (blocks, embeddings, heads) and, when
@@ -69,7 +91,7 @@ def apply_lora(gpt: nn.Module, settings: LoraSettings, new_token_ids: list[int])
         n_layers = len(gpt.gpt.h)
         bad = [i for i in settings.layers if i >= n_layers]
         if bad:
-            raise ValueError(f"lora.layers {bad} out of range: the model has {n_layers} blocks")
+            raise LoraError(f"LoRA layers {bad} out of range: the model has {n_layers} blocks (0-{n_layers - 1})")
     inject_adapter_in_model(lora_config(settings, new_token_ids), gpt, adapter_name=ADAPTER)
     _mask_old_head_rows(gpt, new_token_ids)
     return gpt
@@ -90,16 +112,16 @@ def trainable_head(gpt: nn.Module) -> nn.Linear:
     return head.modules_to_save[ADAPTER] if hasattr(head, "modules_to_save") else head
 
 
-def param_groups(gpt: nn.Module, optim: OptimSettings) -> list[dict]:
+def param_groups(gpt: nn.Module, lr: float, weight_decay: float, tag_lr_scale: float = 1.0) -> list[dict]:
     """AdamW groups: adapters (lr, weight decay) and tag rows (lr x tag_lr_scale, no weight decay)."""
     tag_ids = {id(p) for p in _tag_row_params(gpt)}
     main, tags = [], []
     for p in gpt.parameters():
         if p.requires_grad:
             (tags if id(p) in tag_ids else main).append(p)
-    groups = [{"params": main, "lr": optim.lr, "weight_decay": optim.weight_decay, "name": "adapters"}]
+    groups = [{"params": main, "lr": lr, "weight_decay": weight_decay, "name": "adapters"}]
     if tags:
-        groups.append({"params": tags, "lr": optim.lr * optim.tag_lr_scale, "weight_decay": 0.0, "name": "tag_rows"})
+        groups.append({"params": tags, "lr": lr * tag_lr_scale, "weight_decay": 0.0, "name": "tag_rows"})
     return groups
 
 
@@ -109,40 +131,6 @@ def _tag_row_params(gpt: nn.Module) -> list[nn.Parameter]:
     head = trainable_head(gpt)
     layer = gpt.text_embedding.token_adapter
     return [head.weight, head.bias, layer.trainable_tokens_delta[ADAPTER]]
-
-
-def current_tag_rows(gpt: nn.Module, new_token_ids: list[int]) -> dict[str, torch.Tensor]:
-    """The rows forward uses for ``new_token_ids``: text embedding (n, D), head weight (n, D), head bias (n,)."""
-    ids = torch.tensor(list(new_token_ids), device=next(gpt.parameters()).device)
-    head = trainable_head(gpt)
-    with torch.no_grad():
-        rows = {"text_embedding.weight": gpt.text_embedding(ids), "text_head.weight": head.weight[ids],
-                "text_head.bias": head.bias[ids]}
-    return {k: v.detach().float().cpu().contiguous() for k, v in rows.items()}
-
-
-def set_tag_rows(gpt: nn.Module, new_token_ids: list[int], rows: dict[str, torch.Tensor]) -> None:
-    """Write ``rows`` (as ``current_tag_rows`` gives them; missing keys stay) where forward reads them.
-
-    With adapters injected the embedding rows live in peft's trainable-token copy, which forward uses
-    instead of the base table; both are written so that merging gives the same rows.
-    """
-    ids = list(new_token_ids)
-    with torch.no_grad():
-        if "text_embedding.weight" in rows:
-            row = rows["text_embedding.weight"]
-            emb = gpt.text_embedding
-            adapter = getattr(emb, "token_adapter", None)
-            table = adapter.base_layer.weight if adapter is not None else emb.weight
-            table[ids] = row.to(table)
-            if adapter is not None:
-                delta = adapter.trainable_tokens_delta[ADAPTER]
-                delta.copy_(row.to(delta))
-        head = trainable_head(gpt)
-        if "text_head.weight" in rows:
-            head.weight[ids] = rows["text_head.weight"].to(head.weight)
-        if "text_head.bias" in rows:
-            head.bias[ids] = rows["text_head.bias"].to(head.bias)
 
 
 def trainable_state(gpt: nn.Module) -> dict[str, torch.Tensor]:
@@ -189,15 +177,13 @@ def save_adapter(gpt: nn.Module, out_dir: str | Path, meta: dict, files: dict[st
     ``meta`` (base fingerprint, tag ids, text rows ...) goes to ``tagtune_adapter.json``; ``files``
     (name -> source path, e.g. the extended ``bpe.model`` and ``tags.json``) are copied beside it.
     """
-    from tagtune.checkpoint import atomic_write_bytes, atomic_write_text, save_safetensors
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = gpt.peft_config[ADAPTER]
-    atomic_write_text(out / ADAPTER_CONFIG, json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list))
+    atomic_write_text(out / ADAPTER_CONFIG_FILE, json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list))
     state = get_peft_model_state_dict(gpt, adapter_name=ADAPTER)
-    save_safetensors(out / ADAPTER_WEIGHTS, state, metadata={"format": "pt"})
-    atomic_write_text(out / ADAPTER_META, json.dumps(meta, indent=2, sort_keys=True))
+    save_safetensors(out / ADAPTER_WEIGHTS_FILE, state, metadata={"format": "pt"})
+    atomic_write_text(out / ADAPTER_META_FILE, json.dumps(meta, indent=2, sort_keys=True))
     for name, src in (files or {}).items():
         atomic_write_bytes(out / name, Path(src).read_bytes())
     return out
@@ -205,71 +191,20 @@ def save_adapter(gpt: nn.Module, out_dir: str | Path, meta: dict, files: dict[st
 
 def read_adapter_config(adapter_dir: str | Path) -> LoraConfig:
     """The LoraConfig stored in an adapter folder."""
-    path = Path(adapter_dir) / ADAPTER_CONFIG
+    path = Path(adapter_dir) / ADAPTER_CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (is {adapter_dir} a PEFT adapter folder?)")
+        raise CheckpointError(f"{path}: not found (is {adapter_dir} a PEFT adapter folder?)")
     return LoraConfig.from_pretrained(str(adapter_dir))
 
 
 def load_adapter(gpt: nn.Module, adapter_dir: str | Path) -> nn.Module:
     """Inject the adapter stored in ``adapter_dir`` into ``gpt`` (grown to the adapter's rows) and load it."""
-    from tagtune.checkpoint import read_state_dict
-
     adapter_dir = Path(adapter_dir)
     config = read_adapter_config(adapter_dir)
     inject_adapter_in_model(config, gpt, adapter_name=ADAPTER)
-    state = read_state_dict(adapter_dir / ADAPTER_WEIGHTS)
+    state = read_state_dict(adapter_dir / ADAPTER_WEIGHTS_FILE)
     result = set_peft_model_state_dict(gpt, state, adapter_name=ADAPTER)
     if result.unexpected_keys:
-        raise RuntimeError(f"{adapter_dir / ADAPTER_WEIGHTS}: unexpected keys {result.unexpected_keys[:5]}")
+        raise CheckpointError(f"{adapter_dir / ADAPTER_WEIGHTS_FILE}: unexpected keys {result.unexpected_keys[:5]}")
     gpt.requires_grad_(False)
     return gpt
-
-
-def read_adapter_meta(adapter_dir: str | Path) -> dict:
-    path = Path(adapter_dir) / ADAPTER_META
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (not an adapter written by tagtune)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-# ----------------------------------------------------------------------------------- model assembly
-
-
-def load_grown_base(base_dir: str | Path, tag_names: list[str], init: str = "mean", seed: int = 0,
-                    word_ids=None, dropout: float | None = None):
-    """The base GPT of ``base_dir`` with one new text row per tag, inserted before the spare row.
-
-    Returns ``(gpt, model_config, new_token_ids)``; ``model_config.gpt.number_text_tokens`` counts the tags.
-    """
-    from tagtune.checkpoint import load_into, read_config, read_state_dict
-    from tagtune.models.unified_voice import UnifiedVoice
-    from tagtune.tags.rows import grow_text_rows
-
-    cfg = read_config(base_dir)
-    path = Path(base_dir) / cfg.gpt_checkpoint
-    n_old, n_new = cfg.gpt.number_text_tokens, len(tag_names)
-    state = grow_text_rows(read_state_dict(path, "model"), n_new, n_old, init=init, seed=seed,
-                           tags=tag_names, word_ids=word_ids)
-    cfg = dataclasses.replace(cfg, gpt=dataclasses.replace(cfg.gpt, number_text_tokens=n_old + n_new))
-    with torch.device("meta"):
-        gpt = UnifiedVoice(cfg.gpt)
-    load_into(gpt, state, path)
-    if dropout is not None:
-        gpt.gpt.set_dropout(dropout)
-    return gpt.eval(), cfg, list(range(n_old, n_old + n_new))
-
-
-def load_adapter_model(base_dir: str | Path, adapter_dir: str | Path, device: str | torch.device = "cpu"):
-    """Base folder + adapter folder -> the tuned GPT in eval mode (adapters active, not merged).
-
-    Returns ``(gpt, model_config)``; the config has the grown ``number_text_tokens``. The adapter folder
-    also holds the extended ``bpe.model`` and ``tags.json`` a tokenizer needs.
-    """
-    meta = read_adapter_meta(adapter_dir)
-    gpt, cfg, new_ids = load_grown_base(base_dir, meta["tag_names"])
-    if new_ids != meta["new_token_ids"]:
-        raise ValueError(f"{adapter_dir}: adapter expects tag rows {meta['new_token_ids']}, the base gives {new_ids}")
-    if meta.get("mode") == "full":
-        raise ValueError(f"{adapter_dir}: a full fine-tuning run has no adapter; export it merged")
-    return load_adapter(gpt, adapter_dir).to(device).eval(), cfg

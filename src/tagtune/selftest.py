@@ -54,7 +54,7 @@ class Fixture:
     def __init__(self, root: Path):
         from safetensors.torch import load_file
 
-        from tagtune.checkpoint import load_model
+        from tagtune.loaders import load_model
 
         self.root = Path(root)
         for need in ("checkpoint", "inputs", "expected.safetensors"):

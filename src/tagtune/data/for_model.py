@@ -12,16 +12,15 @@ import logging
 from pathlib import Path
 
 from tagtune.atomic import atomic_write_bytes, atomic_write_text
-from tagtune.checkpoint import bpe_path, folder_fingerprint, read_config, read_tags
+from tagtune.checkpoint import bpe_path, folder_fingerprint, read_config
 from tagtune.data.encoders import TokenizerTextEncoder, clip_encoder_from_model
 from tagtune.data.prepare import PrepareSettings, prepare
 from tagtune.data.sources import ColumnMap, open_source
 from tagtune.text import TextTokenizer
-from tagtune.tags import TagSet, add_tag_pieces, load_tag_map, scan_texts
-from tagtune.tags.vocab import TAGS_FILE_NAME
+from tagtune.tags import TagSet, extend_tokenizer, load_tag_map, read_tagset, scan_texts
+from tagtune.folders import TAGS_FILE, TOKENIZER_FILE
 
 log = logging.getLogger(__name__)
-DATA_BPE_FILE = "bpe.model"
 
 
 def corpus_tagset(texts: list[str], tags: str | list[str], tag_map=None, multiword: str = "own",
@@ -34,19 +33,6 @@ def corpus_tagset(texts: list[str], tags: str | list[str], tag_map=None, multiwo
     return TagSet(tags=[*tags, *sorted(targets - set(tags))], aliases=aliases, multiword=multiword)
 
 
-def tagged_tokenizer(model_dir: Path, tagset: TagSet) -> tuple[bytes, TagSet]:
-    """The base bpe.model extended with ``tagset``'s tags the base does not have yet."""
-    cfg = read_config(model_dir)
-    base_bytes = bpe_path(model_dir, cfg).read_bytes()
-    known = read_tags(model_dir)
-    base_set = TagSet.from_dict(known) if known else TagSet()
-    new = [t for t in tagset.tags if t not in base_set.tags]
-    data, ids = add_tag_pieces(base_bytes, new)
-    merged = TagSet([*base_set.tags, *new], {**base_set.aliases, **tagset.aliases}, tagset.multiword,
-                    tagset.merge_variants, tagset.delimiters, {**base_set.token_ids, **ids})
-    return data, merged
-
-
 def prepare_for_model(model_dir: str | Path, data: str, out_dir: str | Path, *, tags: str | list[str] = "auto",
                       tag_map=None, multiword: str = "own", kind: str = "auto", columns: ColumnMap | None = None,
                       workers: int = 0, overwrite: bool = False, progress: bool = True, device=None,
@@ -57,17 +43,17 @@ def prepare_for_model(model_dir: str | Path, data: str, out_dir: str | Path, *, 
     source = open_source(data, kind=kind, columns=columns)
     texts = [r.text for r in source.records() if isinstance(r.text, str)]
     tagset = corpus_tagset(texts, tags, tag_map, multiword)
-    bpe_bytes, tagset = tagged_tokenizer(model_dir, tagset)
+    bpe_bytes, tagset = extend_tokenizer(bpe_path(model_dir, cfg).read_bytes(), read_tagset(model_dir), tagset)
     log.info("tags: %s", ", ".join(f"{t}={tagset.token_ids[t]}" for t in tagset.tags) or "none")
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_dir / DATA_BPE_FILE, bpe_bytes)
-    atomic_write_text(out_dir / TAGS_FILE_NAME, json.dumps(tagset.to_dict(), ensure_ascii=False, indent=2))
+    atomic_write_bytes(out_dir / TOKENIZER_FILE, bpe_bytes)
+    atomic_write_text(out_dir / TAGS_FILE, json.dumps(tagset.to_dict(), ensure_ascii=False, indent=2))
     tokenizer = TextTokenizer(bpe_bytes, tagset, unknown_tags="drop")
     return prepare(
         source, out_dir, clip_encoder_from_model(model_dir, device), TokenizerTextEncoder(tokenizer),
         PrepareSettings.for_model(cfg.gpt, **settings), num_workers=workers,
         base_checkpoint_hash=folder_fingerprint(model_dir, cfg), overwrite=overwrite, progress=progress,
         manifest_extra={"base_checkpoint": {"dir": str(model_dir.resolve()), "hash": folder_fingerprint(model_dir, cfg)},
-                        "tokenizer": DATA_BPE_FILE,
-                        "tags_file": TAGS_FILE_NAME, "tag_ids": dict(tagset.token_ids)},
+                        "tokenizer": TOKENIZER_FILE,
+                        "tags_file": TAGS_FILE, "tag_ids": dict(tagset.token_ids)},
     )

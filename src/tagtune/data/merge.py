@@ -12,10 +12,8 @@ import tagtune
 from tagtune.data.pipeline import ShardJob
 from tagtune.data.shards import atomic_write_text, read_shard_meta
 from tagtune.data.split import TRAIN, VAL, assign_references, stratified_split
+from tagtune.folders import EXAMPLES_FILE, MANIFEST_FILE, REJECTED_FILE
 
-MANIFEST_FILE = "manifest.json"
-EXAMPLES_FILE = "examples.jsonl"
-REJECTED_FILE = "rejected.jsonl"
 SECONDS_PER_HOUR = 3600.0
 
 

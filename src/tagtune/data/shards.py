@@ -26,8 +26,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from tagtune.atomic import atomic_write_text  # noqa: F401  (re-exported for the data package)
+from tagtune.folders import SHARDS_DIR as SHARD_DIR
 
-SHARD_DIR = "shards"
 META_KEY = "tagtune"
 OFFSETS_OF = {"text_ids": "text_offsets", "codes": "code_offsets", "mels": "mel_offsets"}
 

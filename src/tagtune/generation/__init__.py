@@ -6,8 +6,10 @@
     beam.py         beam search and beam-search multinomial sampling (the official default)
     generate.py     GenerationConfig and generate_codes
     postprocess.py  remove_long_silence and the latent pass for the vocoder
+    batched.py      several sentences at once: generation, latent pass, one joined vocoder call
 """
 
+from tagtune.generation.batched import batched_latents, generate_sentences, vocode_joined
 from tagtune.generation.decoder import MelDecoder, Prompt, mel_position, prepare_prompt
 from tagtune.generation.generate import GenerationConfig, code_lengths, generate_codes
 from tagtune.generation.postprocess import latents_for_vocoder, remove_long_silence
@@ -15,6 +17,9 @@ from tagtune.generation.postprocess import latents_for_vocoder, remove_long_sile
 __all__ = [
     "GenerationConfig",
     "MelDecoder",
+    "batched_latents",
+    "generate_sentences",
+    "vocode_joined",
     "Prompt",
     "code_lengths",
     "generate_codes",

@@ -8,14 +8,12 @@ the first one is synthesised, so a typo on line 90 does not cost 89 syntheses.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import soundfile as sf
-
+from tagtune.audio import write_wav
 from tagtune.errors import UserError
 from tagtune.generation import GenerationConfig
 from tagtune.synthesis.reference import ReferenceAudioError
@@ -85,21 +83,6 @@ def _parse_line(line: str, where: str, folder: Path, base: GenerationConfig | No
     except UserError as e:
         raise BatchFileError(f"{where}: {e}") from None
     return SynthItem(data["text"], folder / data["ref"], folder / data["out"], seed, gen)
-
-
-def wav_bytes(audio, sample_rate: int) -> bytes:
-    """int16 samples -> a 16-bit PCM mono wav file."""
-    buf = io.BytesIO()
-    sf.write(buf, audio, sample_rate, subtype="PCM_16", format="WAV")
-    return buf.getvalue()
-
-
-def write_wav(path: str | Path, audio, sample_rate: int) -> Path:
-    """Write int16 samples atomically as a 16-bit PCM wav."""
-    from tagtune.checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(path, wav_bytes(audio, sample_rate))
-    return Path(path)
 
 
 def synth_command(model_dir, ref=None, text: str | None = None, batch=None, out=None, adapter=None,

@@ -6,7 +6,7 @@ Two decoding paths share the models:
   KV-cache mel positions (k-th code at position k+1), ``remove_long_silence``, unbatched latent pass and
   vocoder, float -> int16 by truncation.
 * the fast path (default) packs sentences into batches for generation and the latent pass, vocodes them
-  joined in one call (context crosses sentence boundaries, as in the official ``infer_fast``), and runs the GPT decode in reduced precision (``fast.py``) when asked. Mel positions default to the
+  joined in one call (context crosses sentence boundaries, as in the official ``infer_fast``), and runs the GPT decode in reduced precision (``fast_gpt.py``) when asked. Mel positions default to the
   training ones ("train"); under greedy fp32 decoding with equal positions its codes equal the compat path's.
 """
 
@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 from tagtune.errors import UserError
-from tagtune.generation import GenerationConfig, generate_codes, latents_for_vocoder, remove_long_silence
+from tagtune.generation import (GenerationConfig, batched_latents, generate_codes, generate_sentences, latents_for_vocoder,
+                                remove_long_silence, vocode_joined)
+from tagtune.precision import resolve_precision
 from tagtune.synthesis.reference import Reference, ReferenceCache
 
 log = logging.getLogger(__name__)
@@ -75,8 +77,6 @@ class TTS:
     def __init__(self, gpt, vocoder, tokenizer, mel, *, precision: str = "fp32", batch_size: int = DEFAULT_BATCH,
                  max_sentence_tokens: int = MAX_SENTENCE_TOKENS, position_mode: str = "train",
                  references: ReferenceCache | None = None, name: str = "model"):
-        from tagtune.synthesis.precision import resolve_precision
-
         self.gpt, self.vocoder, self.tokenizer = gpt, vocoder, tokenizer
         self.device = gpt.mel_head.weight.device
         self.precision = resolve_precision(precision, self.device)
@@ -94,10 +94,12 @@ class TTS:
     def load(cls, model_dir: str | Path, adapter: str | Path | None = None, *, device: str = "cpu",
              precision: str = "auto", unknown_tags: str = "error", **options) -> "TTS":
         """Open an official or exported model folder, optionally with a LoRA adapter folder on top."""
-        from tagtune.synthesis.setup import load_components
+        from tagtune.loaders import load_model
 
-        gpt, vocoder, tokenizer, mel = load_components(model_dir, adapter, device, unknown_tags)
-        return cls(gpt, vocoder, tokenizer, mel, precision=precision, name=str(adapter or model_dir), **options)
+        m = load_model(model_dir, adapter, device=device, unknown_tags=unknown_tags)
+        m.check_vocabulary()
+        return cls(m.gpt, m.vocoder, m.tokenizer, m.mel, precision=precision, name=str(adapter or model_dir),
+                   **options)
 
     # ------------------------------------------------------------------------------------------ text
 
@@ -174,8 +176,6 @@ class TTS:
 
     def _run_fast(self, ref: Reference, sentences, cfg, generator) -> Synthesis:
         """Batched generation, latent pass and vocoder; GPT decode in ``self.precision``."""
-        from tagtune.synthesis.precision import batched_latents, vocode_joined
-
         timings = {"gpt": 0.0, "latents": 0.0, "vocoder": 0.0}
         order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))  # similar lengths share a batch
         codes: list[torch.Tensor] = [None] * len(sentences)  # type: ignore[list-item]
@@ -183,7 +183,7 @@ class TTS:
         for first in range(0, len(order), self.batch_size):
             group = order[first : first + self.batch_size]
             t0 = time.perf_counter()
-            found, n = self._generate_group(ref, [sentences[i] for i in group], cfg, generator)
+            found, n = generate_sentences(self.fast_gpt, [sentences[i] for i in group], cfg, ref.conds, generator)
             timings["gpt"] += time.perf_counter() - t0
             steps += n
             for i, c in zip(group, found):
@@ -196,23 +196,11 @@ class TTS:
         audio = _to_int16([torch.clamp(PCM_SCALE * w, -PCM_SCALE, PCM_SCALE)[None] for w in waves])
         return Synthesis(audio, SAMPLE_RATE, sentences, codes, timings, steps)
 
-    def _generate_group(self, ref: Reference, group: list[list[int]], cfg, generator):
-        """Codes (after silence removal) for a batch of sentences, and the decode steps it took."""
-        pad = self.gpt.cfg.stop_text_token  # v1.5 batches are right-padded with stop_text
-        width = max(len(s) for s in group)
-        text_ids = torch.tensor([s + [pad] * (width - len(s)) for s in group], device=self.device)
-        codes, _ = generate_codes(self.fast_gpt, text_ids, cfg, conds=ref.conds, generator=generator)
-        out = []
-        for row in codes:
-            kept, lens = remove_long_silence(row[None], stop_token=self.gpt.cfg.stop_mel_token)
-            out.append(kept[0, : int(lens[0])])
-        return out, codes.shape[1]
-
     @property
     def fast_gpt(self):
         """The GPT the fast path decodes with (a reduced-precision copy unless fp32), built on first use."""
         if self._fast_gpt is None:
-            from tagtune.synthesis.precision import prepare_gpt
+            from tagtune.synthesis.fast_gpt import prepare_gpt
 
             self._fast_gpt = self.gpt if self.precision == "fp32" else prepare_gpt(self.gpt, self.precision)
         return self._fast_gpt

@@ -7,7 +7,7 @@ the rows forward uses), ``neutral`` (the fitted neutral row) and ``add`` (``tagt
 This module exports the vocabulary only, so importing it never loads torch.
 """
 
-from tagtune.tags.pieces import add_tag_pieces, extend_model_file
+from tagtune.tags.pieces import add_tag_pieces, extend_model_file, extend_tokenizer
 from tagtune.tags.scan import TagScan, infer_tagset, scan_texts
 from tagtune.tags.vocab import (
     TagError,
@@ -17,10 +17,12 @@ from tagtune.tags.vocab import (
     find_tags,
     format_tag,
     load_tag_map,
+    read_tagset,
     tag_piece,
 )
 
 __all__ = [
     "TagError", "TagMatch", "TagScan", "TagSet", "UnknownTagError", "add_tag_pieces", "extend_model_file",
+    "extend_tokenizer", "read_tagset",
     "find_tags", "format_tag", "infer_tagset", "load_tag_map", "scan_texts", "tag_piece",
 ]

@@ -19,22 +19,12 @@ from pathlib import Path
 import sentencepiece as spm
 
 from tagtune import __version__
-from tagtune.checkpoint import (
-    PROVENANCE_FILE,
-    CheckpointError,
-    bpe_path,
-    file_sha256,
-    read_config,
-    read_state_dict,
-    read_tags,
-    save_pth,
-    write_config,
-)
 from tagtune.atomic import atomic_write_bytes, atomic_write_text
-from tagtune.text import TextTokenizer
-from tagtune.tags import TagSet, UnknownTagError, add_tag_pieces, load_tag_map
-from tagtune.tags.rows import grow_text_rows
-from tagtune.tags.vocab import TAGS_FILE_NAME, format_tag, tag_name
+from tagtune.checkpoint import CheckpointError, bpe_path, file_sha256, read_config, read_state_dict, save_pth, write_config
+from tagtune.folders import PROVENANCE_FILE, TAGS_FILE
+from tagtune.tags.pieces import extend_tokenizer
+from tagtune.tags.rows import TagInit, grow_state
+from tagtune.tags.vocab import TagSet, UnknownTagError, format_tag, load_tag_map, read_tagset, tag_name
 
 log = logging.getLogger(__name__)
 COPIED_FILES = ("dvae_checkpoint", "bigvgan_checkpoint")
@@ -55,11 +45,6 @@ def parse_tag_list(text: str) -> list[str]:
         if raw:
             out.append(raw if raw.startswith("<") else f"<{raw}>")
     return out
-
-
-def base_tagset(model_dir: Path) -> TagSet:
-    data = read_tags(model_dir)
-    return TagSet.from_dict(data) if data else TagSet()
 
 
 def _new_tags(known: list[str], wanted: list[str], aliases: dict, multiword: str) -> list[str]:
@@ -83,7 +68,7 @@ def add_tags(model_dir: str | Path, tags: list[str], out_dir: str | Path, *, ini
     """Write ``out_dir``: ``model_dir`` extended with ``tags`` (only those it does not know yet)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     cfg = read_config(model_dir)
-    existing = base_tagset(model_dir)
+    existing = read_tagset(model_dir) or TagSet()
     aliases = {**existing.aliases, **(load_tag_map(tag_map) if tag_map else {})}
     fresh = _new_tags(existing.tags, tags, aliases, multiword)
     n_old = cfg.gpt.number_text_tokens
@@ -91,18 +76,16 @@ def add_tags(model_dir: str | Path, tags: list[str], out_dir: str | Path, *, ini
     if sp.get_piece_size() != n_old:
         raise CheckpointError(f"{model_dir}: bpe.model has {sp.get_piece_size()} pieces but config.yaml says "
                               f"number_text_tokens={n_old}; the tokenizer and GPT do not belong together")
-    model_bytes, ids = add_tag_pieces(bpe_path(model_dir, cfg).read_bytes(), fresh)
+    wanted = TagSet(fresh, aliases, multiword, existing.merge_variants, existing.delimiters)
+    model_bytes, tagset = extend_tokenizer(bpe_path(model_dir, cfg).read_bytes(), existing, wanted)
+    ids = {t: tagset.token_ids[t] for t in fresh}
     expected = {t: n_old + i for i, t in enumerate(fresh)}
     if ids != expected:
         raise CheckpointError(f"tag ids {ids} are not contiguous after the base vocabulary ({expected})")
 
     gpt_file = model_dir / cfg.gpt_checkpoint
-    state = read_state_dict(gpt_file, "model")
-    word_ids = TextTokenizer(model_bytes, normalizer=None).word_piece_ids if init == "words" else None
-    state = grow_text_rows(state, len(fresh), n_old, init=init, seed=seed, tags=fresh, word_ids=word_ids)
+    state = grow_state(read_state_dict(gpt_file, "model"), fresh, n_old, TagInit(init, seed, model_bytes))
     cfg.gpt.number_text_tokens = n_old + len(fresh)
-    tagset = TagSet([*existing.tags, *fresh], {**aliases}, multiword, existing.merge_variants,
-                    existing.delimiters, {**existing.token_ids, **ids})
 
     staging = _staging_dir(out_dir)
     try:
@@ -112,7 +95,7 @@ def add_tags(model_dir: str | Path, tags: list[str], out_dir: str | Path, *, ini
         for key in COPIED_FILES:
             _link_or_copy(model_dir / getattr(cfg, key), staging / getattr(cfg, key))
         write_config(staging, cfg)
-        atomic_write_text(staging / TAGS_FILE_NAME, json.dumps(tagset.to_dict(), ensure_ascii=False, indent=2))
+        atomic_write_text(staging / TAGS_FILE, json.dumps(tagset.to_dict(), ensure_ascii=False, indent=2))
         _write_provenance(staging, model_dir, cfg, fresh, init, seed)
         _swap_into_place(staging, out_dir)
     except BaseException:

@@ -1,6 +1,6 @@
 """Neutral starting rows for new tag tokens: an untrained tag that the base model reads as nothing.
 
-A row made by a formula (``text.grow``: mean, plain, words) is still a token the base has never seen, and
+A row made by a formula (``tags.rows``: mean, plain, words) is still a token the base has never seen, and
 the base reacts to it: an extra "word" in the sentence changes where it expects the following words, so an
 untrained tag already moves the speech around it, by up to ~1.8 nats per event on the shipped tiny base
 (docs/tag-init.md). ``fit_neutral_row`` finds one embedding row, shared by every new tag, that the base
@@ -11,8 +11,8 @@ learns nothing about any event. Training then starts every tag from the same neu
 each tag's own clips tell them apart within the first steps).
 
 The rows a run starts from are saved as ``tag_init.safetensors`` (embedding, head weight and head bias
-rows) in its weights folders and exports, so ``tagtune eval`` can measure the untrained base exactly as
-training began.
+rows, ``tags.rows.save_start_rows``) in its weights folders and exports, so ``tagtune eval`` can measure the
+untrained base exactly as training began.
 """
 
 from __future__ import annotations
@@ -29,10 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from tagtune.tags.rows import TEXT_KEYS
 
 log = logging.getLogger(__name__)
-START_ROWS_FILE = "tag_init.safetensors"
 SPACE = "\u2581"  # sentencepiece's word-boundary mark
 PROBE_CLIPS = 48  # fixed (clip, insertion point) pairs that report the divergence before and after
 
@@ -203,29 +201,3 @@ def fit_neutral_row(gpt, tag_ids: list[int], clips: list[dict], conds: list[torc
     log.info("neutral tag row: KL %.5f -> %.5f nats per code in %d steps (%.1f s)", before, after,
              settings.steps, report["seconds"])
     return row.detach().cpu(), report
-
-
-# ------------------------------------------------------------------------------- the rows a run starts from
-
-
-def save_start_rows(path: Path, rows: dict[str, torch.Tensor], tag_names: list[str], init: str,
-                    report: dict | None = None) -> None:
-    """Write the untrained tag rows (``lora.current_tag_rows``) with how they were made."""
-    import json
-
-    from tagtune.checkpoint import save_safetensors
-
-    meta = {"tags": json.dumps(tag_names), "init": init, "report": json.dumps(report or {})}
-    save_safetensors(path, rows, metadata=meta)
-
-
-def read_start_rows(path: Path, n_tags: int) -> dict[str, torch.Tensor]:
-    """Rows written by ``save_start_rows``; checks they hold ``n_tags`` rows of each table."""
-    from tagtune.checkpoint import CheckpointError, read_state_dict
-
-    rows = read_state_dict(path)
-    for key in TEXT_KEYS:
-        if key not in rows or rows[key].shape[0] != n_tags:
-            shape = tuple(rows[key].shape) if key in rows else None
-            raise CheckpointError(f"{path}: {key} has shape {shape}, expected {n_tags} tag rows")
-    return rows

@@ -19,7 +19,7 @@ from pathlib import Path
 from sentencepiece import SentencePieceProcessor
 
 from tagtune.atomic import atomic_write_bytes
-from tagtune.tags.vocab import format_tag, tag_piece
+from tagtune.tags.vocab import TagSet, format_tag, tag_piece
 
 PIECES_FIELD = 1  # ModelProto.pieces
 PIECE_FIELD, SCORE_FIELD, TYPE_FIELD = 1, 2, 3  # ModelProto.SentencePiece.{piece, score, type}
@@ -92,3 +92,18 @@ def extend_model_file(src: str | Path, dst: str | Path, tags: Iterable[str]) -> 
     data, ids = add_tag_pieces(src, tags)
     atomic_write_bytes(dst, data)
     return ids
+
+
+def extend_tokenizer(model: bytes | str | Path, base: TagSet | None, wanted: TagSet) -> tuple[bytes, TagSet]:
+    """A base tokenizer extended for ``wanted``'s tags, and the merged tag set that describes it.
+
+    ``base`` is the tag set the tokenizer already knows (None for an official model). Tags it knows keep their
+    ids; the others are appended as pieces after the vocabulary. The merged set lists the base's tags, then the
+    new ones, with both sets' aliases (``wanted``'s win) and ``wanted``'s spelling settings.
+    """
+    base = base or TagSet()
+    new = [t for t in wanted.tags if t not in base.tags]
+    data, ids = add_tag_pieces(model, new)
+    merged = TagSet([*base.tags, *new], {**base.aliases, **wanted.aliases}, wanted.multiword,
+                    wanted.merge_variants, wanted.delimiters, {**base.token_ids, **ids})
+    return data, merged

@@ -1,4 +1,5 @@
-"""New rows for new tag tokens in the GPT's text tables (tensor level; no files).
+"""The GPT's text-table rows of new tag tokens: how they start, how a base model grows them, and where
+forward reads them.
 
 The text tables have ``number_text_tokens + 1`` rows: one per tokenizer piece plus a spare last row.
 New rows go in BEFORE the spare row, so old token k keeps row k, new tag i gets row
@@ -13,22 +14,41 @@ Initialisations:
            Adam grows it within a few steps; head as for "mean".
   "words": embedding, head row and bias = means over the pieces of the tag's spelled-out words
            (``<laughs>`` → pieces of "LAUGHS"); needs ``tags`` and a ``word_ids`` callable.
+  "neutral": one row shared by every tag, fitted on the base so that an untrained tag reads as absent
+           (``tags.neutral``); the formula rows it starts from are "plain".
+
+``grow_base`` is the one way a base model gets tag rows: training starts from it and evaluation builds the
+untrained base with it. The rows a run started from are kept as ``tag_init.safetensors`` (``save_start_rows``)
+and replace the formula wherever they exist, so the base is rebuilt exactly as training began.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from torch import nn
 
+from tagtune.checkpoint import CheckpointError, load_into, read_config, read_state_dict, save_safetensors
+from tagtune.errors import UserError
+from tagtune.lora import ADAPTER, trainable_head
 from tagtune.tags.vocab import tag_words
 
 EMBEDDING_KEY = "text_embedding.weight"
 HEAD_WEIGHT_KEY = "text_head.weight"
 HEAD_BIAS_KEY = "text_head.bias"
 TEXT_KEYS = (EMBEDDING_KEY, HEAD_WEIGHT_KEY, HEAD_BIAS_KEY)
-INITS = ("mean", "words", "plain")
+FORMULA_INITS = ("mean", "words", "plain")  # rows made from the base's own rows, no data needed
+TAG_INITS = (*FORMULA_INITS, "neutral")  # every name a recipe's ``lora.tag_init`` may take
 MEAN_NOISE = 0.1  # noise norm relative to the unit mean direction, so tags start distinguishable
+
+
+class TagInitError(UserError, ValueError):
+    """Tag rows that cannot be made as asked (unknown init, missing tokenizer, rows of the wrong shape)."""
 
 
 def _check_shapes(state_dict: dict, number_text_tokens: int) -> None:
@@ -95,8 +115,8 @@ def grow_text_rows(
     Other entries are shared with ``state_dict``, which is not modified. ``word_ids`` (for init="words")
     maps a spelled-out word such as "LAUGHS" to piece ids, e.g. ``TextTokenizer.word_piece_ids``.
     """
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init not in FORMULA_INITS:
+        raise TagInitError(f"tag row init must be one of {FORMULA_INITS}, got {init!r}")
     _check_shapes(state_dict, number_text_tokens)
     if n_new <= 0:
         return dict(state_dict)
@@ -109,3 +129,131 @@ def grow_text_rows(
         rows = new[key].to(table.dtype)
         grown[key] = torch.cat([table[:number_text_tokens], rows, table[number_text_tokens:]])
     return grown
+
+
+# ------------------------------------------------------------------------------ growing a base model
+
+
+@dataclass(frozen=True)
+class TagInit:
+    """How new tag rows start: an init name of ``TAG_INITS`` with its seed, or recorded start rows.
+
+    ``tokenizer`` (a ``bpe.model`` path or bytes) is read by the "words" init; ``rows_file`` (a
+    ``tag_init.safetensors``) replaces the formula when given. "neutral" grows "plain" rows here: the fit
+    that makes them neutral needs training data and runs in training (``tags.neutral``).
+    """
+
+    name: str = "mean"
+    seed: int = 0
+    tokenizer: Path | bytes | None = None
+    rows_file: Path | None = None
+
+    def __post_init__(self):
+        if self.name not in TAG_INITS:
+            raise TagInitError(f"tag row init must be one of {TAG_INITS}, got {self.name!r}")
+
+    @property
+    def description(self) -> str:
+        return "recorded start rows" if self.rows_file is not None else f"init {self.name}"
+
+    @property
+    def formula(self) -> str:
+        return "plain" if self.name == "neutral" or self.rows_file is not None else self.name
+
+    def word_ids(self) -> Callable[[str], Sequence[int]] | None:
+        if self.formula != "words":
+            return None
+        if self.tokenizer is None:
+            raise TagInitError("tag row init 'words' needs the tag-extended tokenizer (bpe.model)")
+        from tagtune.text.tokenizer import TextTokenizer
+
+        return TextTokenizer(self.tokenizer, normalizer=None).word_piece_ids
+
+
+def grow_state(state: dict[str, torch.Tensor], tag_names: Sequence[str], number_text_tokens: int,
+               init: TagInit) -> dict[str, torch.Tensor]:
+    """A GPT state dict with one formula row per tag (``init``'s rows file is applied by ``grow_base``)."""
+    return grow_text_rows(state, len(tag_names), number_text_tokens, init=init.formula, seed=init.seed,
+                          tags=list(tag_names), word_ids=init.word_ids())
+
+
+def grow_base(base_dir: str | Path, tag_names: Sequence[str], init: TagInit = TagInit(),
+              dropout: float | None = None):
+    """The base GPT of ``base_dir`` with one new text row per tag, inserted before the spare row.
+
+    Returns ``(gpt, model_config, new_token_ids)`` with the GPT in eval mode on the CPU;
+    ``model_config.gpt.number_text_tokens`` counts the tags.
+    """
+    from tagtune.models.unified_voice import UnifiedVoice
+
+    cfg = read_config(base_dir)
+    path = Path(base_dir) / cfg.gpt_checkpoint
+    n_old, n_new = cfg.gpt.number_text_tokens, len(tag_names)
+    state = grow_state(read_state_dict(path, "model"), tag_names, n_old, init)
+    cfg = dataclasses.replace(cfg, gpt=dataclasses.replace(cfg.gpt, number_text_tokens=n_old + n_new))
+    with torch.device("meta"):
+        gpt = UnifiedVoice(cfg.gpt)
+    load_into(gpt, state, path)
+    if dropout is not None:
+        gpt.gpt.set_dropout(dropout)
+    new_ids = list(range(n_old, n_old + n_new))
+    if init.rows_file is not None:
+        set_tag_rows(gpt, new_ids, read_start_rows(init.rows_file, n_new))
+    return gpt.eval(), cfg, new_ids
+
+
+# ---------------------------------------------------------------------- the rows forward reads
+
+
+def current_tag_rows(gpt: nn.Module, new_token_ids: list[int]) -> dict[str, torch.Tensor]:
+    """The rows forward uses for ``new_token_ids``: text embedding (n, D), head weight (n, D), head bias (n,)."""
+    ids = torch.tensor(list(new_token_ids), device=next(gpt.parameters()).device)
+    head = trainable_head(gpt)
+    with torch.no_grad():
+        rows = {"text_embedding.weight": gpt.text_embedding(ids), "text_head.weight": head.weight[ids],
+                "text_head.bias": head.bias[ids]}
+    return {k: v.detach().float().cpu().contiguous() for k, v in rows.items()}
+
+
+def set_tag_rows(gpt: nn.Module, new_token_ids: list[int], rows: dict[str, torch.Tensor]) -> None:
+    """Write ``rows`` (as ``current_tag_rows`` gives them; missing keys stay) where forward reads them.
+
+    With adapters injected the embedding rows live in peft's trainable-token copy, which forward uses
+    instead of the base table; both are written so that merging gives the same rows.
+    """
+    ids = list(new_token_ids)
+    with torch.no_grad():
+        if "text_embedding.weight" in rows:
+            row = rows["text_embedding.weight"]
+            emb = gpt.text_embedding
+            adapter = getattr(emb, "token_adapter", None)
+            table = adapter.base_layer.weight if adapter is not None else emb.weight
+            table[ids] = row.to(table)
+            if adapter is not None:
+                delta = adapter.trainable_tokens_delta[ADAPTER]
+                delta.copy_(row.to(delta))
+        head = trainable_head(gpt)
+        if "text_head.weight" in rows:
+            head.weight[ids] = rows["text_head.weight"].to(head.weight)
+        if "text_head.bias" in rows:
+            head.bias[ids] = rows["text_head.bias"].to(head.bias)
+
+
+# ------------------------------------------------------------------------------- the rows a run starts from
+
+
+def save_start_rows(path: Path, rows: dict[str, torch.Tensor], tag_names: list[str], init: str,
+                    report: dict | None = None) -> None:
+    """Write the untrained tag rows (``current_tag_rows``) with how they were made."""
+    meta = {"tags": json.dumps(tag_names), "init": init, "report": json.dumps(report or {})}
+    save_safetensors(path, rows, metadata=meta)
+
+
+def read_start_rows(path: Path, n_tags: int) -> dict[str, torch.Tensor]:
+    """Rows written by ``save_start_rows``; checks they hold ``n_tags`` rows of each table."""
+    rows = read_state_dict(path)
+    for key in TEXT_KEYS:
+        if key not in rows or rows[key].shape[0] != n_tags:
+            shape = tuple(rows[key].shape) if key in rows else None
+            raise CheckpointError(f"{path}: {key} has shape {shape}, expected {n_tags} tag rows")
+    return rows

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tagtune.atomic import atomic_write_text
+from tagtune.folders import TAGS_FILE
 from tagtune.errors import UserError
 
 DEFAULT_DELIMITERS = ("<", ">")
@@ -31,7 +32,6 @@ MULTIWORD_POLICIES = ("own", "base", "drop")
 UNKNOWN_POLICIES = ("error", "drop")
 MAX_TAG_WORDS = 4
 SPACE_PIECE = "▁"  # sentencepiece's whitespace symbol
-TAGS_FILE_NAME = "tags.json"  # beside bpe.model in a tag-extended checkpoint or data folder
 TAGS_FILE_FORMAT = "tagtune-tags"
 TAGS_FILE_VERSION = 1
 _WORD = r"[A-Za-z][A-Za-z\-]*"
@@ -269,9 +269,17 @@ class TagSet:
         """Read a JSON tags file written by ``save``."""
         try:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
             raise TagError(f"{path}: unreadable tags file ({e})") from None
+        except TagError as e:
+            raise TagError(f"{path}: {e}") from None
 
     def with_token_ids(self, ids: dict[str, int]) -> "TagSet":
         """A copy whose tags carry these token ids (from ``add_tag_pieces``)."""
         return TagSet(self.tags, self.aliases, self.multiword, self.merge_variants, self.delimiters, ids)
+
+
+def read_tagset(folder: str | Path) -> TagSet | None:
+    """The tag set of a folder's ``tags.json`` (model, adapter, run or data folder); None when it has none."""
+    path = Path(folder) / TAGS_FILE
+    return TagSet.load(path) if path.is_file() else None

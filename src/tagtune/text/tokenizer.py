@@ -17,7 +17,8 @@ from sentencepiece import SentencePieceProcessor
 from tagtune.errors import UserError
 from tagtune.text.normalize import TextNormalizer
 from tagtune.text.sentences import DEFAULT_MAX_TOKENS, split_sentences
-from tagtune.tags.vocab import SPACE_PIECE, TAGS_FILE_NAME, UNKNOWN_POLICIES, TagSet, find_tags, tag_piece
+from tagtune.tags.vocab import SPACE_PIECE, UNKNOWN_POLICIES, TagSet, find_tags, tag_piece
+from tagtune.folders import TAGS_FILE
 
 BOS_ID = 0  # also the GPT's start_text token
 EOS_ID = 1  # also the GPT's stop_text token
@@ -76,7 +77,7 @@ class TextTokenizer:
         ModelConfig is given) and, in a tag-extended folder, its ``tags.json``."""
         model_dir = Path(model_dir)
         bpe_name = config.dataset.bpe_model if config is not None else DEFAULT_BPE_MODEL
-        tags_path = model_dir / TAGS_FILE_NAME
+        tags_path = model_dir / TAGS_FILE
         tagset = TagSet.load(tags_path) if tags_path.is_file() else None
         return cls(model_dir / bpe_name, tagset, normalizer=normalizer, unknown_tags=unknown_tags)
 

@@ -14,14 +14,11 @@ from typing import Any
 import yaml
 
 from tagtune.errors import UserError
-from tagtune.tags.rows import INITS as GROW_INITS
+from tagtune.lora import DEFAULT_TARGETS, MODES, LoraSpec
+from tagtune.precision import TRAINING_PRECISIONS
+from tagtune.tags.rows import TAG_INITS
 
-TAG_INITS = (*GROW_INITS, "neutral")  # "neutral": fitted on the base so an untrained tag reads as absent
-
-DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
-MODES = ("lora", "full")
 # CLI flag name -> dotted field it overrides
 CLI_OVERRIDES = {
     "max_steps": "schedule.max_steps",
@@ -72,6 +69,12 @@ class LoraSettings:
         _check(self.neutral_lr > 0, f"lora.neutral_lr must be > 0, got {self.neutral_lr}")
         _check(self.layers is None or (len(self.layers) > 0 and min(self.layers) >= 0),
                f"lora.layers must be null or non-negative block indices, got {self.layers}")
+
+
+    def spec(self) -> LoraSpec:
+        """The library's LoRA spec for these settings."""
+        return LoraSpec(self.mode, self.rank, self.alpha, self.dropout, tuple(self.targets),
+                        tuple(self.layers) if self.layers is not None else None, self.train_conditioning)
 
 
 @dataclass
@@ -161,13 +164,14 @@ class EvalSettings:
 @dataclass
 class RuntimeSettings:
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16 on a GPU that supports it, else fp32
+    precision: str = "auto"  # tagtune.precision: fp32 on a CPU, bf16 (or fp16) on a GPU
     log_every_steps: int = 10
     progress_bar: bool = True
 
     def __post_init__(self):
         _check(self.device in DEVICES, f"runtime.device must be one of {DEVICES}, got {self.device!r}")
-        _check(self.precision in PRECISIONS, f"runtime.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _check(self.precision in ("auto", *TRAINING_PRECISIONS),
+               f"runtime.precision must be one of {('auto', *TRAINING_PRECISIONS)}, got {self.precision!r}")
         _check(self.log_every_steps >= 1, "runtime.log_every_steps must be >= 1")
 
 

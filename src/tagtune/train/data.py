@@ -17,10 +17,8 @@ import torch.nn.functional as F
 
 from tagtune.errors import UserError
 from tagtune.train.loss import Batch
+from tagtune.folders import MANIFEST_FILE as MANIFEST, TAGS_FILE as DEFAULT_TAGS, TOKENIZER_FILE as DEFAULT_TOKENIZER
 
-MANIFEST = "manifest.json"
-DEFAULT_TOKENIZER = "bpe.model"
-DEFAULT_TAGS = "tags.json"
 
 
 @dataclass

@@ -25,8 +25,9 @@ from tqdm import tqdm
 
 from tagtune import lora
 from tagtune.errors import UserError
-from tagtune.tags.neutral import (NeutralFit, fit_neutral_row, read_start_rows, save_start_rows, tokenizer_layout,
-                        untagged_indices)
+from tagtune.precision import TRAINING_PRECISIONS, PrecisionError, resolve_precision
+from tagtune.tags.neutral import NeutralFit, fit_neutral_row, tokenizer_layout, untagged_indices
+from tagtune.tags.rows import TagInit, current_tag_rows, grow_base, read_start_rows, save_start_rows, set_tag_rows
 from tagtune.train import run as rundir, state as ts
 from tagtune.train.config import TrainConfig
 from tagtune.train.data import clip_lengths, collate, epoch_batches, micro_batch, open_data, pad_spec, precompute_conds
@@ -61,11 +62,10 @@ def _accelerator(config: TrainConfig):
     cuda = torch.cuda.is_available() and rt.device != "cpu"
     if rt.device == "cuda" and not cuda:
         raise UserError("runtime.device is 'cuda' but no CUDA device is available")
-    precision = rt.precision
-    if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp16" and not cuda:
-        raise UserError("runtime.precision fp16 needs a GPU; use fp32 or bf16 on CPU")
+    try:
+        precision = resolve_precision(rt.precision, "cuda" if cuda else "cpu", TRAINING_PRECISIONS)
+    except PrecisionError as e:
+        raise UserError(f"runtime.precision: {e}") from None
     return Accelerator(cpu=not cuda, mixed_precision={"fp32": "no"}.get(precision, precision))
 
 
@@ -110,20 +110,18 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
 
     # ---- setup: data, model (grown base + adapters), optimizer, schedule, resume state
     data = open_data(data_dir)
-    grow_init = "plain" if config.lora.tag_init == "neutral" else config.lora.tag_init  # neutral: fitted below
-    gpt, model_cfg, new_ids = lora.load_grown_base(
-        data.base_dir, data.tag_names, grow_init, config.seed,
-        word_ids=rundir.word_ids(data) if config.lora.tag_init == "words" else None,
-        dropout=config.model.dropout)
+    rows_file = run_dir / rundir.START_ROWS
+    # a resumed run starts from the rows it recorded (a checkpoint then overrides them); "neutral" is fitted below
+    init = TagInit(config.lora.tag_init, config.seed, data.tokenizer_path,
+                   rows_file if resume and rows_file.is_file() else None)
+    gpt, model_cfg, new_ids = grow_base(data.base_dir, data.tag_names, init, dropout=config.model.dropout)
     _check_tag_ids(data, new_ids)
     gpt.gpt.gradient_checkpointing = config.model.gradient_checkpointing
-    lora.apply_lora(gpt, config.lora, new_ids)
+    lora.apply_lora(gpt, config.lora.spec(), new_ids)
     gpt.to(accel.device).train()
-    rows_file = run_dir / rundir.START_ROWS
-    if resume and rows_file.is_file():  # the rows the run started from; a checkpoint then overrides them
-        lora.set_tag_rows(gpt, new_ids, read_start_rows(rows_file, len(new_ids)))
-    optimizer = torch.optim.AdamW(lora.param_groups(gpt, config.optim), betas=tuple(config.optim.betas),
-                                  eps=config.optim.eps)
+    optim = config.optim
+    optimizer = torch.optim.AdamW(lora.param_groups(gpt, optim.lr, optim.weight_decay, optim.tag_lr_scale),
+                                  betas=tuple(optim.betas), eps=optim.eps)
     total_steps, global_batch = _total_steps(len(data.train), config, world)
     scheduler = _scheduler(optimizer, config, total_steps)
     progress = ts.Progress()
@@ -235,11 +233,11 @@ def _start_tag_rows(gpt, data, new_ids: list[int], config: TrainConfig, conds, a
             latents = _clip_conds(gpt, picks, clips, conds, accel.device)
             starts, space_id = tokenizer_layout(data.tokenizer_path)
             row, report = fit_neutral_row(gpt, new_ids, clips, latents, starts, space_id, fit)
-            lora.set_tag_rows(gpt, new_ids, {"text_embedding.weight": row.expand(len(new_ids), -1)})
-        save_start_rows(rows_file, lora.current_tag_rows(gpt, new_ids), data.tag_names, config.lora.tag_init, report)
+            set_tag_rows(gpt, new_ids, {"text_embedding.weight": row.expand(len(new_ids), -1)})
+        save_start_rows(rows_file, current_tag_rows(gpt, new_ids), data.tag_names, config.lora.tag_init, report)
     accel.wait_for_everyone()
     if not accel.is_main_process:
-        lora.set_tag_rows(gpt, new_ids, read_start_rows(rows_file, len(new_ids)))
+        set_tag_rows(gpt, new_ids, read_start_rows(rows_file, len(new_ids)))
 
 
 def _clip_conds(gpt, picks: list[int], clips: list[dict], conds, device) -> list[torch.Tensor]:

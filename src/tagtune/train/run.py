@@ -28,20 +28,14 @@ from tagtune import lora
 from tagtune.train import state as ts
 from tagtune.checkpoint import atomic_write_bytes, atomic_write_text, folder_fingerprint, save_safetensors
 from tagtune.errors import UserError
-from tagtune.tags.neutral import START_ROWS_FILE
+from tagtune.loaders import read_run_info
 from tagtune.train.config import TrainConfig
+from tagtune.folders import (ADAPTER_META_FILE, BEST_DIR as BEST, FULL_WEIGHTS_FILE as FULL_WEIGHTS, LAST_DIR as LAST, RECIPE_FILE as RECIPE,
+                             RUN_INFO_FILE as RUN_INFO, SAMPLES_DIR as SAMPLES, START_ROWS_FILE as START_ROWS,
+                             TAGS_FILE as TAGS, TOKENIZER_FILE as TOKENIZER)
 
 log = logging.getLogger(__name__)
 
-RUN_INFO = "run.json"
-RECIPE = "train_config.yaml"
-TOKENIZER = "bpe.model"
-TAGS = "tags.json"
-BEST = "best"
-LAST = "last"
-SAMPLES = "samples"
-FULL_WEIGHTS = "gpt.safetensors"
-START_ROWS = START_ROWS_FILE  # the untrained tag rows the run started from
 
 
 def _versions() -> dict[str, str]:
@@ -54,13 +48,6 @@ def _versions() -> dict[str, str]:
     return {"tagtune": __version__, "torch": torch.__version__, "peft": peft.__version__,
             "accelerate": accelerate.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}
-
-
-def read_run_info(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / RUN_INFO
-    if not path.is_file():
-        raise UserError(f"{path}: not found ({run_dir} is not a tagtune training run)")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def start(run_dir: Path, config: TrainConfig, data, model_cfg, new_ids: list[int], world: int) -> None:
@@ -88,18 +75,10 @@ def start(run_dir: Path, config: TrainConfig, data, model_cfg, new_ids: list[int
 
 
 def weights_meta(data, model_cfg, new_ids: list[int], config: TrainConfig) -> dict:
-    """What a weights folder records about itself (read back by ``lora.load_adapter_model``)."""
+    """What a weights folder records about itself (read back by ``loaders.load_adapter_model``)."""
     return {"tag_names": data.tag_names, "new_token_ids": new_ids, "mode": config.lora.mode,
             "number_text_tokens": model_cfg.gpt.number_text_tokens,
             "base_fingerprint": folder_fingerprint(data.base_dir), "data_manifest_hash": data.manifest_hash}
-
-
-def word_ids(data):
-    """Tokenizer lookup for ``tag_init: words`` (a tag's spelled-out word -> piece ids)."""
-    from tagtune.tags.vocab import TagSet
-    from tagtune.text.tokenizer import TextTokenizer
-
-    return TextTokenizer(data.tokenizer_path, TagSet.load(data.tags_path)).word_piece_ids
 
 
 def save_weights(gpt, folder: Path, meta: dict, data, config: TrainConfig) -> None:
@@ -125,7 +104,7 @@ def write_weights(gpt, folder: Path, meta: dict, tokenizer: Path, tags: Path, mo
         return
     folder.mkdir(parents=True, exist_ok=True)
     save_safetensors(folder / FULL_WEIGHTS, lora.merge(gpt))
-    atomic_write_text(folder / lora.ADAPTER_META, json.dumps(meta, indent=2, sort_keys=True))
+    atomic_write_text(folder / ADAPTER_META_FILE, json.dumps(meta, indent=2, sort_keys=True))
     for name, src in files.items():
         atomic_write_bytes(folder / name, Path(src).read_bytes())
 

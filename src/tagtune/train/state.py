@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from tagtune.checkpoint import atomic_write_text, read_state_dict, save_safetensors
+from tagtune.folders import CHECKPOINTS_DIR as CHECKPOINTS
 
-CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
