@@ -1,4 +1,4 @@
-"""Atomic file writes: readers see the old content or the whole new one, never a part of it.
+"""Atomic writes of files and folders: readers see the old content or the whole new one, never a part of it.
 
 A temporary file in the destination folder is written, flushed to disk and renamed over the target, so
 Ctrl-C, a kill or a full disk leaves the previous file intact.
@@ -6,8 +6,11 @@ Ctrl-C, a kill or a full disk leaves the previous file intact.
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -39,3 +42,73 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# ------------------------------------------------------------------------------------------- folders
+
+STAGING_MARK = ".staging-"
+OLD_MARK = ".old-"
+
+
+@contextmanager
+def publish_folder(out_dir: str | Path):
+    """Build a folder beside ``out_dir`` and rename it into place when the block ends without an error.
+
+    Yields the staging folder. Until the rename nothing at ``out_dir`` changes: a kill or an error leaves the
+    previous folder (or none) as it was, never a half-written one that looks complete. An existing
+    ``out_dir`` is replaced whole (no stale files survive) and removed only once the new one is in place.
+    Staging folders left by killed processes are swept the next time the same folder is published.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(out_dir)
+    staging = out_dir.parent / f".{out_dir.name}{STAGING_MARK}{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        _swap_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _swap_into_place(staging: Path, out_dir: Path) -> None:
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}{OLD_MARK}{os.getpid()}"
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def sweep_stale(out_dir: Path) -> None:
+    """Remove staging and replaced copies of ``out_dir`` left by processes that no longer run."""
+    for marker in (STAGING_MARK, OLD_MARK):
+        for path in out_dir.parent.glob(f".{glob.escape(out_dir.name)}{marker}*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep_temp_files(folder: str | Path, pattern: str = ".*.tmp") -> list[Path]:
+    """Remove temporary files an interrupted atomic write left in ``folder`` (recursively); returns them."""
+    removed = []
+    for path in Path(folder).rglob(pattern):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

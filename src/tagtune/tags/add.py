@@ -19,7 +19,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from tagtune import __version__
-from tagtune.atomic import atomic_write_bytes, atomic_write_text
+from tagtune.atomic import atomic_write_bytes, atomic_write_text, publish_folder
 from tagtune.checkpoint import CheckpointError, bpe_path, file_sha256, read_config, read_state_dict, save_pth, write_config
 from tagtune.folders import PROVENANCE_FILE, TAGS_FILE
 from tagtune.tags.pieces import extend_tokenizer
@@ -87,8 +87,7 @@ def add_tags(model_dir: str | Path, tags: list[str], out_dir: str | Path, *, ini
     state = grow_state(read_state_dict(gpt_file, "model"), fresh, n_old, TagInit(init, seed, model_bytes))
     cfg.gpt.number_text_tokens = n_old + len(fresh)
 
-    staging = _staging_dir(out_dir)
-    try:
+    with publish_folder(out_dir) as staging:
         save_pth(staging / Path(cfg.gpt_checkpoint).with_suffix(".pth").name, state)
         cfg.gpt_checkpoint = Path(cfg.gpt_checkpoint).with_suffix(".pth").name
         atomic_write_bytes(staging / cfg.dataset.bpe_model, model_bytes)
@@ -97,20 +96,8 @@ def add_tags(model_dir: str | Path, tags: list[str], out_dir: str | Path, *, ini
         write_config(staging, cfg)
         atomic_write_text(staging / TAGS_FILE, json.dumps(tagset.to_dict(), ensure_ascii=False, indent=2))
         _write_provenance(staging, model_dir, cfg, fresh, init, seed)
-        _swap_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info("added %d tag(s) %s to %s", len(fresh), fresh, out_dir)
     return TagsAdded(out_dir, ids, dict(existing.token_ids))
-
-
-def _staging_dir(out_dir: Path) -> Path:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return staging
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -120,17 +107,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def _swap_into_place(staging: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by ``staging``; an existing folder is only removed once the new one is in place."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_provenance(folder: Path, base: Path, cfg, fresh: list[str], init: str, seed: int) -> None:

@@ -26,7 +26,8 @@ import yaml
 
 from tagtune import lora
 from tagtune.train import state as ts
-from tagtune.checkpoint import atomic_write_bytes, atomic_write_text, folder_fingerprint, save_safetensors
+from tagtune.atomic import atomic_write_bytes, atomic_write_text, publish_folder
+from tagtune.checkpoint import folder_fingerprint, save_safetensors
 from tagtune.errors import UserError
 from tagtune.loaders import read_run_info
 from tagtune.train.config import TrainConfig
@@ -83,15 +84,9 @@ def weights_meta(data, model_cfg, new_ids: list[int], config: TrainConfig) -> di
 
 def save_weights(gpt, folder: Path, meta: dict, data, config: TrainConfig) -> None:
     """Write release weights to ``folder``, replacing it whole (staged beside it, then renamed)."""
-    staged = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(staged, ignore_errors=True)
-    write_weights(gpt, staged, meta, data.tokenizer_path, data.tags_path, config.lora.mode, folder.parent / START_ROWS)
-    old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(staged, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    with publish_folder(folder) as staged:
+        write_weights(gpt, staged, meta, data.tokenizer_path, data.tags_path, config.lora.mode,
+                      folder.parent / START_ROWS)
 
 
 def write_weights(gpt, folder: Path, meta: dict, tokenizer: Path, tags: Path, mode: str,
