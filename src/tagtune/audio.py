@@ -31,6 +31,7 @@ N_MELS = 100
 MEL_FMIN = 0.0
 LOG_FLOOR = 1e-7  # ln(max(x, 1e-7)): the official "safe_log" clip
 FRAMES_PER_SECOND = SAMPLE_RATE / HOP  # 93.75
+SAMPLES_PER_CODE = 4 * HOP  # one DVAE code per 4 mel frames (the GPT config's mel_length_compression)
 
 # torchaudio.transforms.Resample defaults (method "sinc_interp_hann")
 RESAMPLE_LOWPASS_WIDTH = 6

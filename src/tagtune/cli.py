@@ -141,6 +141,8 @@ def _add_tag_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tagtune.tags.rows import FORMULA_INITS
+
     p = argparse.ArgumentParser(prog="tagtune", description=__doc__ and "Teach IndexTTS 1.0/1.5 expressive tags.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -162,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, type=Path, help="base model folder (official or tagtune)")
     s.add_argument("--tags", required=True, help='comma-separated, e.g. "<laughs>,<giggles>,<sighs>"')
     s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--init", choices=("mean", "words"), default="mean",
-                   help="new rows: mean of the old rows (scaled to a typical norm) or the tag's spelled-out words")
+    s.add_argument("--init", choices=FORMULA_INITS, default="mean",
+                   help="new rows: the mean old row scaled to a typical norm (mean), the plain mean row (plain), or "
+                        "the tag's spelled-out words (words)")
     s.add_argument("--seed", type=int, default=0)
     _add_tag_options(s)
     s.set_defaults(func=_tags_add)

@@ -137,6 +137,12 @@ class GPTConfig:
         """Rows of ``text_embedding`` / ``text_head``: the vocabulary plus one spare row."""
         return self.number_text_tokens + 1
 
+    def kept_codes(self, wav_lengths):
+        """Mel positions a clip of ``wav_lengths`` samples fills in training (int or tensor): one code per
+        ``mel_length_compression`` samples rounded up, plus the stop code (the official alignment, spec §2.4)."""
+        c = self.mel_length_compression
+        return (wav_lengths + c - 1) // c + 1
+
 
 @dataclass
 class DVAEConfig:

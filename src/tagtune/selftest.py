@@ -19,11 +19,13 @@ from typing import Callable
 
 import torch
 
+from tagtune.audio import SAMPLE_RATE
+from tagtune.generation.postprocess import SILENT_TOKEN
+
 FLOAT_ATOL = 1e-4
 MEL_ATOL = 2e-3
 LOSS_RTOL = 1e-5
 DEFAULT_MAX_TOKENS = 600
-SILENT_CODE = 52
 
 
 @dataclass
@@ -93,7 +95,7 @@ def check_audio(fx: Fixture) -> list[Result]:
             out.append(compare(key, mel(load_reference(wav)), fx.exp[key], MEL_ATOL))
         if m := re.fullmatch(r"ref_(\w+)_mono_resampled", key):
             wav, sr = load_audio(fx.root / "inputs" / f"ref_{m.group(1)}.wav")
-            out.append(compare(key, resample(to_mono(wav), sr, 24000), fx.exp[key], FLOAT_ATOL))
+            out.append(compare(key, resample(to_mono(wav), sr, SAMPLE_RATE), fx.exp[key], FLOAT_ATOL))
     return out
 
 
@@ -224,7 +226,7 @@ def check_postprocess(fx: Fixture) -> list[Result]:
     for prefix, rows in (("rls", None), ("rls1", slice(0, 1))):
         if fx.has("rls_codes_in", f"{prefix}_codes_out", f"{prefix}_lens_out"):
             src = e["rls_codes_in"] if rows is None else e["rls_codes_in"][rows]
-            codes, lens = remove_long_silence(src, SILENT_CODE, 30, stop_token=stop)
+            codes, lens = remove_long_silence(src, SILENT_TOKEN, 30, stop_token=stop)
             out.append(compare(f"{prefix}_codes_out", codes, e[f"{prefix}_codes_out"]))
             out.append(compare(f"{prefix}_lens_out", lens, e[f"{prefix}_lens_out"]))
     return out
@@ -246,7 +248,7 @@ def check_end_to_end(fx: Fixture) -> list[Result]:
         cond = m.mel(load_reference(fx.root / "inputs" / "ref.wav"))
         conds = gpt.get_conditioning(cond, torch.tensor([cond.shape[-1]]))
         codes, _ = generate_codes(gpt, ids, GenerationConfig.greedy(max_new_tokens=fx.max_tokens), conds=conds)
-        codes, lens = remove_long_silence(codes, SILENT_CODE, 30, stop_token=m.config.gpt.stop_mel_token)
+        codes, lens = remove_long_silence(codes, SILENT_TOKEN, 30, stop_token=m.config.gpt.stop_mel_token)
         out = [compare("e2e_codes", codes, e["e2e_codes"])] if "e2e_codes" in e else []
         lat = latents_for_vocoder(gpt, conds, ids, codes, lens)
         wav = m.vocoder(lat, cond.transpose(1, 2))

@@ -15,14 +15,15 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from tagtune.evaluate.detector import NONE, CodeEventDetector
-from tagtune.evaluate.nll import SAMPLES_PER_CODE, speaker_latents
-from tagtune.evaluate.reliance import MODEL_SAMPLE_RATE, occurrences, without_tag
+from tagtune.audio import SAMPLE_RATE, SAMPLES_PER_CODE
+from tagtune.evaluate.nll import speaker_latents
+from tagtune.evaluate.reliance import occurrences, without_tag
 
 HIT_TOLERANCE_S = 1.0
 TOLERANCE_FRACTION = 0.25
 LENGTH_FACTOR = 1.5  # max_new_tokens = LENGTH_FACTOR x the longest reference clip of the batch (+ margin)
 LENGTH_MARGIN = 8
-MS_PER_CODE = 1000.0 * SAMPLES_PER_CODE / MODEL_SAMPLE_RATE
+MS_PER_CODE = 1000.0 * SAMPLES_PER_CODE / SAMPLE_RATE
 
 
 @dataclass

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-SAMPLES_PER_CODE = 1024  # one DVAE code covers 4 mel frames of 256 samples
+from tagtune.audio import SAMPLES_PER_CODE
+
 MAX_BATCH_ROWS = 16
 MAX_BATCH_POSITIONS = 4096  # rows x padded (text + codes) per forward, to bound memory on long clips
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tagtune.audio import SAMPLE_RATE
 from tagtune.tags.vocab import TagError, TagSet
 from tagtune.evaluate.nll import ScoreRow, code_nll, code_span, speaker_latents
 
-MODEL_SAMPLE_RATE = 24_000  # event boundaries are converted to this rate when they name their own
 EVENT, CLIP = "event", "clip"
 
 
@@ -70,7 +70,7 @@ def _event_tag(event: dict, tags: TagSet) -> str | None:
 
 
 def _event_samples(event: dict, wav_len: int) -> tuple[int, int]:
-    scale = MODEL_SAMPLE_RATE / float(event.get("sample_rate", MODEL_SAMPLE_RATE))
+    scale = SAMPLE_RATE / float(event.get("sample_rate", SAMPLE_RATE))  # boundaries may name their own rate
     start = int(round(event["start_sample"] * scale))
     return start, min(wav_len, int(round(event["end_sample"] * scale)))
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tagtune.audio import HOP, SAMPLE_RATE
 from tagtune.config import ConditionConfig
 
 MEL_BANDS = 100  # input features of the conditioning encoder
@@ -31,7 +32,7 @@ CONV_KERNEL = 15  # depthwise conv of the Conformer ConvModule
 LN_EPS = 1e-5
 PERCEIVER_DEPTH = 2
 PERCEIVER_DIM_HEAD = 64
-REFERENCE_FRAME_SECONDS = SUBSAMPLE_STRIDE * 256 / 24000  # one subsampled frame: 2 mel hops at 24 kHz
+REFERENCE_FRAME_SECONDS = SUBSAMPLE_STRIDE * HOP / SAMPLE_RATE  # one subsampled frame: 2 mel hops at 24 kHz
 
 
 def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:

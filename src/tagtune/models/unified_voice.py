@@ -143,7 +143,7 @@ class UnifiedVoice(nn.Module):
     def training_tokens(self, text_ids, text_lengths, codes, wav_lengths) -> TrainingTokens:
         """Official padding and alignment (§2.4) of text ids (B, Lt) and codes (B, Lm); inputs are not modified."""
         c = self.cfg
-        code_lengths = (wav_lengths + c.mel_length_compression - 1) // c.mel_length_compression + 1
+        code_lengths = c.kept_codes(wav_lengths)
         text = _overwrite_tail(text_ids.long(), text_lengths, c.stop_text_token)
         mel = _overwrite_tail(codes.long(), code_lengths, c.stop_mel_token)
         text_in, text_tgt = _wrap(text, c.start_text_token, c.stop_text_token)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tagtune.audio import SAMPLE_RATE, write_wav
 from tagtune.errors import UserError
 from tagtune.generation import (GenerationConfig, batched_latents, generate_codes, generate_sentences, latents_for_vocoder,
                                 remove_long_silence, vocode_joined)
@@ -28,7 +29,6 @@ from tagtune.synthesis.reference import Reference, ReferenceCache
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 24000
 PCM_SCALE = 32767.0  # official: clamp(32767 * wav, ±32767), then an int16 cast (truncation toward zero)
 MAX_SENTENCE_TOKENS = 120  # official ``infer`` packing limit (``infer_fast`` uses 100)
 DEFAULT_BATCH = 8  # sentences per generation batch on the fast path
@@ -58,6 +58,10 @@ class Synthesis:
     def tokens(self) -> int:
         """Codes kept (stop codes excluded), summed over sentences."""
         return sum(int(c.numel()) for c in self.codes)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the audio as a 16-bit PCM wav (atomically); returns ``path``."""
+        return write_wav(path, self.audio, self.sample_rate)
 
     @property
     def rtf(self) -> float:

@@ -130,7 +130,7 @@ def _code_log_probs(gpt, texts: list[torch.Tensor], batch: list[Insertion]) -> t
     cfg, device = gpt.cfg, next(gpt.parameters()).device
     text = pad_sequence(texts, batch_first=True, padding_value=cfg.stop_text_token)
     codes = pad_sequence([b.codes.long() for b in batch], batch_first=True, padding_value=cfg.stop_mel_token)
-    kept = max((b.wav_len + cfg.mel_length_compression - 1) // cfg.mel_length_compression + 1 for b in batch)
+    kept = max(cfg.kept_codes(b.wav_len) for b in batch)
     codes = F.pad(codes, (0, max(0, kept - codes.shape[1])), value=cfg.stop_mel_token)
     out = gpt.logits(None, text.to(device), torch.tensor([len(t) for t in texts], device=device), codes.to(device),
                      torch.tensor([b.wav_len for b in batch], device=device),
