@@ -8,6 +8,17 @@ import sys
 from pathlib import Path
 
 EXIT_USER_ERROR = 2
+# library argument -> the flag that sets it, for error messages (the library speaks in its own terms)
+FLAGS = {"out_dir": "--out", "resume": "--resume", "overwrite": "--overwrite", "dtype": "--dtype",
+         "adapter_only": "--adapter-only", "batch": "--batch", "text": "--text", "ref": "--ref", "out": "--out",
+         "model_dir": "--model", "data_dir": "--data", "val_fraction": "--val-fraction", "config": "--config",
+         "seed": "--seed", "which": "--which", "base_dir": "--base", "adapter": "--adapter"}
+
+
+def _describe(error) -> str:
+    """The library's message, then the flags it concerns."""
+    flags = [FLAGS[p] for p in getattr(error, "params", ()) if p in FLAGS]
+    return str(error) + (f" ({', '.join(dict.fromkeys(flags))})" if flags else "")
 
 
 def _selftest(a) -> int:
@@ -274,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"tagtune {args.command}: error: {e}", file=sys.stderr)
+        print(f"tagtune {args.command}: error: {_describe(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"tagtune {args.command}: interrupted", file=sys.stderr)
