@@ -28,26 +28,23 @@ from tagtune.tags.rows import grow_base
 from tagtune.tags.vocab import TagSet, read_tagset
 
 
-def read_adapter_meta(adapter_dir: str | Path) -> dict:
-    """What a tagtune adapter (or weights) folder records about itself: tag names and ids, mode, base."""
-    path = AdapterFolder(adapter_dir).meta
+def _read_json(path: Path, what: str, error=CheckpointError) -> dict:
     if not path.is_file():
-        raise CheckpointError(f"{path}: not found (not an adapter written by tagtune)")
+        raise error(f"{path}: not found ({what})")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
+        raise error(f"{path}: invalid JSON ({e})") from None
+
+
+def read_adapter_meta(adapter_dir: str | Path) -> dict:
+    """What a tagtune adapter (or weights) folder records about itself: tag names and ids, mode, base."""
+    return _read_json(AdapterFolder(adapter_dir).meta, "not an adapter written by tagtune")
 
 
 def read_run_info(run_dir: str | Path) -> dict:
     """A training run's ``run.json``: data and base it came from, tags, token ids, mode, versions."""
-    path = Path(run_dir) / RUN_INFO_FILE
-    if not path.is_file():
-        raise UserError(f"{path}: not found ({run_dir} is not a tagtune training run)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: invalid JSON ({e})") from None
+    return _read_json(Path(run_dir) / RUN_INFO_FILE, f"{run_dir} is not a tagtune training run", UserError)
 
 
 def load_adapter_model(base_dir: str | Path, adapter_dir: str | Path, device: str | torch.device = "cpu"):

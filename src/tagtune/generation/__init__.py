@@ -9,7 +9,7 @@
     batched.py      several sentences at once: generation, latent pass, one joined vocoder call
 """
 
-from tagtune.generation.batched import batched_latents, generate_sentences, vocode_joined
+from tagtune.generation.batched import batched_latents, generate_sentences, length_groups, vocode_joined
 from tagtune.generation.decoder import MelDecoder, Prompt, mel_position, prepare_prompt
 from tagtune.generation.generate import GenerationConfig, code_lengths, generate_codes
 from tagtune.generation.postprocess import latents_for_vocoder, remove_long_silence
@@ -19,6 +19,7 @@ __all__ = [
     "MelDecoder",
     "batched_latents",
     "generate_sentences",
+    "length_groups",
     "vocode_joined",
     "Prompt",
     "code_lengths",

@@ -45,21 +45,6 @@ def generate_sentences(gpt, sentences: list[list[int]], cfg: GenerationConfig, c
     return out, codes.shape[1]
 
 
-def length_groups(lengths: list[int], size: int) -> list[list[int]]:
-    """Indices grouped ``size`` at a time in order of length, so padding stays small."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i : i + size] for i in range(0, len(order), size)]
-
-
-def pad_rows(rows: list[list[int] | torch.Tensor], value: int, device) -> torch.Tensor:
-    """Right-pad id rows to a (B, L) long tensor."""
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), value, dtype=torch.long, device=device)
-    for b, r in enumerate(rows):
-        out[b, : len(r)] = torch.as_tensor(r, dtype=torch.long, device=device)
-    return out
-
-
 @torch.no_grad()
 def batched_latents(gpt, conds: torch.Tensor, sentences: list[list[int]], codes: list[torch.Tensor],
                     batch_size: int) -> list[torch.Tensor]:

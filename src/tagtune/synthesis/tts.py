@@ -23,6 +23,7 @@ import torch
 from tagtune.audio import SAMPLE_RATE, write_wav
 from tagtune.errors import UserError
 from tagtune.generation import (GenerationConfig, batched_latents, generate_codes, generate_sentences, latents_for_vocoder,
+                                length_groups,
                                 remove_long_silence, vocode_joined)
 from tagtune.precision import resolve_precision
 from tagtune.synthesis.reference import Reference, ReferenceCache
@@ -181,11 +182,9 @@ class TTS:
     def _run_fast(self, ref: Reference, sentences, cfg, generator) -> Synthesis:
         """Batched generation, latent pass and vocoder; GPT decode in ``self.precision``."""
         timings = {"gpt": 0.0, "latents": 0.0, "vocoder": 0.0}
-        order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))  # similar lengths share a batch
         codes: list[torch.Tensor] = [None] * len(sentences)  # type: ignore[list-item]
         steps = 0
-        for first in range(0, len(order), self.batch_size):
-            group = order[first : first + self.batch_size]
+        for group in length_groups([len(s) for s in sentences], self.batch_size):  # similar lengths share a batch
             t0 = time.perf_counter()
             found, n = generate_sentences(self.fast_gpt, [sentences[i] for i in group], cfg, ref.conds, generator)
             timings["gpt"] += time.perf_counter() - t0
