@@ -13,6 +13,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from tagtune.errors import UserError
+
 
 def _file_mode() -> int:
     """The mode a plain ``open(path, "w")`` would give (mkstemp creates 0600 files)."""
@@ -112,3 +114,37 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# ------------------------------------------------------------------------------------------- checks
+
+
+class OutputError(UserError):
+    """An output path that cannot be written: a folder where a file is wanted, a read-only place, ..."""
+
+
+def check_writable(path: str | Path, folder: bool = False) -> None:
+    """Raise OutputError unless a file (or, with ``folder``, a folder) can be written at ``path``.
+
+    Checked before any work is done, by creating and removing a probe file in the nearest existing folder
+    on the way to ``path`` (``os.access`` misses read-only mounts and answers yes to root). Nothing at
+    ``path`` is created or changed.
+    """
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if not folder and (path.is_dir() or not path.is_file()):
+            kind = "a folder" if path.is_dir() else "not a regular file"
+            raise OutputError(f"cannot write {path}: it is {kind}; give a file name")
+        if folder and not path.is_dir():
+            raise OutputError(f"cannot write the folder {path}: a file of that name exists")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {path}: {parent} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".tagtune-probe-", suffix=".tmp")
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {parent} is not writable ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)

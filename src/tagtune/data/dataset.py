@@ -15,11 +15,29 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from tagtune.data.merge import EXAMPLES_FILE, MANIFEST_FILE
-from tagtune.data.shards import SHARD_DIR, ShardReader
+from tagtune.data.shards import SHARD_DIR, DataDirError, ShardError, ShardReader, shard_meta
 
 STOP_TEXT_TOKEN = 1  # gpt.stop_text_token: the official forward turns text padding into it anyway
 STOP_MEL_TOKEN = 8193  # gpt.stop_mel_token: likewise for code padding
 BUCKET_BATCHES = 50  # a shuffled window of this many batches is sorted by length before batching
+
+
+class NotPreparedError(DataDirError, FileNotFoundError):
+    """The folder holds no prepared data (no ``manifest.json``)."""
+
+
+def _read_json(data_dir: Path, name: str) -> dict:
+    path = data_dir / name
+    if not path.is_file():
+        what = "is not a folder" if not data_dir.is_dir() else f"has no {name}"
+        raise NotPreparedError(f"{data_dir} {what}: no prepared data; run `tagtune prepare` first")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataDirError(f"{path}: unreadable ({type(e).__name__}); prepare the corpus again") from None
+    if not isinstance(data, dict):
+        raise DataDirError(f"{path}: not a JSON object; prepare the corpus again")
+    return data
 
 
 class PreparedDataset(Dataset):
@@ -28,17 +46,32 @@ class PreparedDataset(Dataset):
     Each item: ``text_ids`` (L_t,) int64, ``codes`` (L_c,) int64, ``wav_len`` int, ``cond_mel``
     (n_mels, T) float32 (the reference clip's log-mel), ``tags`` list[str], ``has_tag`` bool, ``events``,
     ``speaker``, ``source_id``, ``cond_source_id``, ``id``.
+
+    Opening checks the whole folder (index files, every shard's header and row count), so a damaged folder
+    fails here with a ``DataDirError`` naming the file, not later in the middle of training.
     """
 
     def __init__(self, data_dir: str | Path, split: str = "train"):
         self.data_dir = Path(data_dir)
-        if not (self.data_dir / MANIFEST_FILE).exists():
-            raise FileNotFoundError(f"{self.data_dir} has no {MANIFEST_FILE}: run `tagtune prepare` first")
-        self.manifest = json.loads((self.data_dir / MANIFEST_FILE).read_text())
-        lines = (self.data_dir / EXAMPLES_FILE).read_text(encoding="utf-8").splitlines()
-        self.all_examples = [json.loads(x) for x in lines]
-        self.examples = [e for e in self.all_examples if split in ("all", e["split"])]
-        self._readers = {name: ShardReader(self.data_dir / SHARD_DIR / name) for name in self.manifest["shards"]}
+        self.manifest = _read_json(self.data_dir, MANIFEST_FILE)
+        try:
+            lines = (self.data_dir / EXAMPLES_FILE).read_text(encoding="utf-8").splitlines()
+            self.all_examples = [json.loads(x) for x in lines]
+            shards = list(self.manifest["shards"])
+            self.examples = [e for e in self.all_examples if split in ("all", e["split"])]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataDirError(f"{self.data_dir}: damaged prepared data ({EXAMPLES_FILE} or {MANIFEST_FILE}: "
+                               f"{type(e).__name__} {e}); prepare it again"[:300]) from None
+        self._readers = {name: ShardReader(self.data_dir / SHARD_DIR / name) for name in shards}
+        self._check_shards()
+
+    def _check_shards(self) -> None:
+        rows = {name: shard_meta(reader.path)["rows"] for name, reader in self._readers.items()}
+        for e in self.all_examples:
+            for shard, row in ((e.get("shard"), e.get("row")), (e.get("cond_shard"), e.get("cond_row"))):
+                if shard not in rows or not isinstance(row, int) or not 0 <= row < rows[shard]:
+                    raise ShardError(f"{self.data_dir}: example {e.get('id')} points at row {row} of shard "
+                                     f"{shard}, which does not hold it; prepare it again")
 
     def __len__(self) -> int:
         return len(self.examples)

@@ -1,19 +1,26 @@
 """Audio bytes or files -> checked mono float32 waveform at the model rate.
 
 Everything here is numpy + soundfile + soxr (no torch), so it runs cheaply in decoding worker processes.
-Every failure is returned as a :class:`Rejection` with a reason code from the table below; nothing raises.
+Every failure of a clip is returned as a :class:`Rejection` with a reason code from the table below; only
+invalid settings raise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
+import os
+import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+from tagtune.errors import UserError
 
 MODEL_SAMPLE_RATE = 24000
 SAMPLES_PER_CODE = 1024  # gpt.mel_length_compression: one DVAE code per 1024 samples
@@ -23,9 +30,13 @@ MAX_CHANNELS = 8  # more than 7.1 surround is not a speech recording
 SILENCE_PEAK = 1e-3  # -60 dBFS: a clip whose loudest sample is below this holds no speech
 MIN_SAMPLES = 512  # the centred STFT's reflect padding (n_fft / 2) needs more samples than this
 TRIM_FRAME = 512  # samples per RMS frame when trimming (21 ms at 24 kHz)
+DIGEST_CHARS = 16  # hex digits of the sha256 that identifies a clip's encoded audio (duplicate detection)
+MAX_DETAIL_CHARS = 200
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")  # "<_io.BytesIO object at 0x7f...>"
 
 # Rejection reason codes (also the keys of the manifest's rejection counts).
 MISSING_AUDIO = "missing_audio"
+NOT_A_FILE = "not_a_file"  # a folder, FIFO, device or socket where an audio file was expected
 UNDECODABLE_AUDIO = "undecodable_audio"
 EMPTY_AUDIO = "empty_audio"
 BAD_SAMPLE_RATE = "bad_sample_rate"
@@ -44,6 +55,18 @@ class Rejection:
     detail: str = ""
 
 
+class SettingsError(UserError, ValueError):
+    """Preparation settings that cannot work (a fraction outside [0, 1), a negative duration, ...)."""
+
+
+@dataclass(frozen=True)
+class EncodedAudio:
+    """Encoded audio bytes with the name the corpus gives them (a parquet cell's ``audio.path``)."""
+
+    data: bytes
+    name: str
+
+
 @dataclass(frozen=True)
 class DecodeSettings:
     """How clips are decoded and which durations the model accepts."""
@@ -56,8 +79,13 @@ class DecodeSettings:
     max_codes: int = 800  # gpt.max_mel_tokens of the target model
 
     def __post_init__(self):
-        if self.min_seconds < 0 or self.max_codes <= 0 or self.trim_db <= 0:
-            raise ValueError(f"invalid decode settings: {self}")
+        for name in ("min_seconds", "trim_db", "trim_margin_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise SettingsError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.trim_db == 0 or self.max_codes <= 0 or self.sample_rate <= 0:
+            raise SettingsError(f"trim_db, max_codes and sample_rate must be positive, got {self.trim_db!r}, "
+                                f"{self.max_codes!r}, {self.sample_rate!r}")
 
 
 def codes_for_samples(n: int, hop: int = 256) -> int:
@@ -66,20 +94,84 @@ def codes_for_samples(n: int, hop: int = 256) -> int:
     return math.ceil(math.ceil(frames / 2) / 2)
 
 
-def read_audio(blob: bytes | str | Path | None) -> tuple[np.ndarray, int] | Rejection:
-    """Decode a file path or encoded bytes to ``(frames, channels)`` float32 and its sample rate."""
+_SPECIAL_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _kind(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _SPECIAL_KINDS if test(mode)), "another kind of file")
+
+
+def special_kind(path: str | Path) -> str | None:
+    """What ``path`` is when it exists but is no regular file ("a FIFO", "a folder", ...); else None.
+
+    Follows symbolic links; only ``stat`` is called, so a FIFO or a device is never opened.
+    """
+    try:
+        return _kind(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return None
+
+
+def _file_problem(path: str | Path) -> Rejection | None:
+    """Why ``path`` cannot be read as an audio file (missing, a broken link, a device, ...); None if it can."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return Rejection(MISSING_AUDIO, f"broken symbolic link: {path} -> {os.readlink(path)}")
+        return Rejection(MISSING_AUDIO, f"file not found: {path}")
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte, no permission on a folder
+        why = getattr(e, "strerror", None) or e
+        return Rejection(MISSING_AUDIO, f"cannot read {str(path)[:MAX_DETAIL_CHARS]}: {why}")
+    kind = _kind(mode)
+    return Rejection(NOT_A_FILE, f"not a regular file ({kind}): {path}") if kind else None
+
+
+def _load(blob: bytes | str | Path | EncodedAudio) -> tuple[bytes, str] | Rejection:
+    """The encoded bytes of a clip and the name to report it by (its path, or the corpus's name for it)."""
+    if isinstance(blob, EncodedAudio):
+        return blob.data, blob.name
+    if isinstance(blob, (bytes, bytearray)):
+        return bytes(blob), ""
+    if (problem := _file_problem(blob)) is not None:
+        return problem
+    try:
+        return Path(blob).read_bytes(), str(blob)
+    except OSError as e:
+        return Rejection(MISSING_AUDIO, f"cannot read {blob}: {e.strerror or e}")
+
+
+def _decode_error(e: Exception, name: str) -> Rejection:
+    """A readable one-line detail: soundfile's own message, never an object repr."""
+    message = getattr(e, "error_string", None) or _OBJECT_REPR.sub("the audio bytes", str(e))
+    detail = f"{type(e).__name__}: {' '.join(str(message).split())}"
+    return Rejection(UNDECODABLE_AUDIO, (f"{name}: {detail}" if name else detail)[:MAX_DETAIL_CHARS])
+
+
+def read_audio(blob: bytes | str | Path | EncodedAudio | Rejection | None) -> tuple[np.ndarray, int, str] | Rejection:
+    """Decode a file path or encoded bytes to ``(frames, channels)`` float32, its sample rate and a digest.
+
+    The digest (sha256 of the encoded bytes, ``DIGEST_CHARS`` hex digits) identifies identical audio. A
+    ``Rejection`` passes through (a source that could not fetch the clip).
+    """
+    if isinstance(blob, Rejection):
+        return blob
     if blob is None:
         return Rejection(MISSING_AUDIO, "no audio bytes or path")
-    if isinstance(blob, (str, Path)) and not Path(blob).is_file():
-        return Rejection(MISSING_AUDIO, f"file not found: {blob}")
-    if len(blob) == 0 if isinstance(blob, (bytes, bytearray)) else Path(blob).stat().st_size == 0:
-        return Rejection(EMPTY_AUDIO, "zero bytes")
-    source = io.BytesIO(blob) if isinstance(blob, (bytes, bytearray)) else str(blob)
+    loaded = _load(blob)
+    if isinstance(loaded, Rejection):
+        return loaded
+    data, name = loaded
+    if not data:
+        return Rejection(EMPTY_AUDIO, f"{name}: zero bytes" if name else "zero bytes")
     try:
-        data, rate = sf.read(source, dtype="float32", always_2d=True)  # (frames, channels)
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (frames, channels)
     except Exception as e:  # soundfile raises several types (LibsndfileError, RuntimeError, TypeError)
-        return Rejection(UNDECODABLE_AUDIO, f"{type(e).__name__}: {e}".strip()[:200])
-    return data, int(rate)
+        return _decode_error(e, name)
+    return samples, int(rate), hashlib.sha256(data).hexdigest()[:DIGEST_CHARS]
 
 
 def trim_bounds(wav: np.ndarray, settings: DecodeSettings) -> tuple[int, int]:
@@ -137,14 +229,16 @@ class DecodedClip:
     wav: np.ndarray  # float32 (N,) at the model rate
     source_rate: int
     trim_start: int  # samples (model rate) dropped from the start by trimming
+    digest: str = ""  # of the encoded audio (see ``read_audio``)
 
 
-def decode_clip_info(blob: bytes | str | Path | None, settings: DecodeSettings) -> DecodedClip | Rejection:
+def decode_clip_info(blob: bytes | str | Path | EncodedAudio | Rejection | None,
+                     settings: DecodeSettings) -> DecodedClip | Rejection:
     """Decode, check, mix to mono, resample (soxr) and optionally trim one clip."""
     read = read_audio(blob)
     if isinstance(read, Rejection):
         return read
-    data, rate = read  # (frames, channels)
+    data, rate, digest = read  # (frames, channels)
     bad = check_signal(data, rate)
     if bad is not None:
         return bad
@@ -156,10 +250,10 @@ def decode_clip_info(blob: bytes | str | Path | None, settings: DecodeSettings) 
         start, end = trim_bounds(wav, settings)
         wav = wav[start:end]
     bad = check_duration(len(wav), settings)
-    return bad if bad is not None else DecodedClip(np.ascontiguousarray(wav, dtype=np.float32), rate, start)
+    return bad if bad is not None else DecodedClip(np.ascontiguousarray(wav, dtype=np.float32), rate, start, digest)
 
 
-def decode_clip(blob: bytes | str | Path | None, settings: DecodeSettings) -> np.ndarray | Rejection:
+def decode_clip(blob: bytes | str | Path | EncodedAudio | None, settings: DecodeSettings) -> np.ndarray | Rejection:
     """Like ``decode_clip_info`` but returns only the waveform, float32 ``(N,)`` at ``settings.sample_rate``."""
     out = decode_clip_info(blob, settings)
     return out if isinstance(out, Rejection) else out.wav

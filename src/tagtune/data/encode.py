@@ -22,6 +22,9 @@ TEXT_TOO_LONG = "text_too_long"
 UNENCODABLE_TEXT = "unencodable_text"
 BAD_RECORD = "bad_record"
 REPLACEMENT_CHAR = "\ufffd"  # what a lossy decoder left behind: the original bytes are gone
+# A text token covers a few characters (a tag up to ~20); a transcript longer than this many characters per
+# allowed token cannot fit, and normalising a huge one costs minutes and gigabytes, so it is refused unread.
+MAX_CHARS_PER_TEXT_TOKEN = 8
 
 
 @dataclass
@@ -70,11 +73,22 @@ def clean_text(raw: Any) -> str | Rejection:
     return text if text else Rejection(EMPTY_TEXT, "empty or whitespace only")
 
 
+def max_text_chars(max_text_tokens: int) -> int:
+    """The longest transcript (in characters, after whitespace is collapsed) worth tokenizing."""
+    return max_text_tokens * MAX_CHARS_PER_TEXT_TOKEN
+
+
 def encode_text(raw: Any, encoder: TextEncoder, max_text_tokens: int) -> EncodedText | Rejection:
-    """Clean, tokenize and check one transcript against the model's text limit."""
+    """Clean, tokenize and check one transcript against the model's text limit.
+
+    A transcript longer than ``max_text_chars(max_text_tokens)`` is rejected before normalisation.
+    """
     text = clean_text(raw)
     if isinstance(text, Rejection):
         return text
+    if len(text) > (limit := max_text_chars(max_text_tokens)):
+        return Rejection(TEXT_TOO_LONG, f"{len(text)} characters > {limit} ({MAX_CHARS_PER_TEXT_TOKEN} per token "
+                                        f"of max_text_tokens {max_text_tokens})")
     try:
         enc = dataclasses.replace(encoder(text), text=text)
     except (ValueError, RuntimeError) as e:  # unknown tag, normaliser failure, a tag lost in tokenization

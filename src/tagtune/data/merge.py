@@ -5,29 +5,69 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
+import logging
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import tagtune
 from tagtune.data.pipeline import ShardJob
-from tagtune.data.shards import atomic_write_text, read_shard_meta
+from tagtune.data.shards import ShardError, atomic_write_text, shard_meta
 from tagtune.data.split import TRAIN, VAL, assign_references, stratified_split
 from tagtune.folders import EXAMPLES_FILE, MANIFEST_FILE, REJECTED_FILE
 
 SECONDS_PER_HOUR = 3600.0
+DUPLICATE = "duplicate"  # rejection reason: the same audio bytes and text as an earlier clip
+LISTED_IDS = 10  # conflicting ids named in the warning (all of them go to the manifest)
+
+log = logging.getLogger(__name__)
 
 
 def _collect(jobs: list[ShardJob]) -> tuple[list[dict], list[dict]]:
     """All accepted examples (with shard/row) and all rejections, in source order."""
     examples, rejected = [], []
     for job in jobs:
-        meta = read_shard_meta(job.path)
-        if meta is None or meta.get("fingerprint") != job.fingerprint:
-            raise RuntimeError(f"shard {job.path} is missing or stale; run prepare again to finish it")
+        meta = shard_meta(job.path)
+        if meta.get("fingerprint") != job.fingerprint:
+            raise ShardError(f"{job.path}: stale (made from other records or settings); prepare again to remake it")
         for row, e in enumerate(meta["examples"]):
             examples.append({**e, "shard": job.path.name, "row": row})
         rejected.extend(meta["rejected"])
     return examples, rejected
+
+
+def drop_duplicates(examples: list[dict], rejected: list[dict]) -> tuple[list[dict], list[str]]:
+    """Examples without exact duplicates (same audio bytes and text as an earlier one), and the ids that
+    name clips of different content.
+
+    Each duplicate becomes a ``duplicate`` rejection in ``rejected`` (kept in source order), so a clip listed
+    twice cannot land in both train and validation. Clips sharing an id but differing in audio or text are
+    all kept; their ids are returned so the caller can report them.
+    """
+    first: dict[tuple[str, str], dict] = {}
+    kept = []
+    for e in examples:
+        key = (e.get("audio_sha256") or f"#{e['index']}", e["text"])  # shards of old versions have no digest
+        if key in first:
+            rejected.append({"index": e["index"], "source_id": e["source_id"], "reason": DUPLICATE,
+                             "detail": f"same audio and text as record {first[key]['index']} "
+                                       f"({first[key]['source_id']})"})
+        else:
+            first[key] = e
+            kept.append(e)
+    rejected.sort(key=lambda r: r["index"])
+    contents: dict[str, set] = defaultdict(set)
+    for e in kept:
+        contents[e["source_id"]].add((e.get("audio_sha256"), e["text"]))
+    return kept, sorted(i for i, c in contents.items() if len(c) > 1)
+
+
+def _warn_duplicates(rejected: list[dict], conflicting: list[str]) -> None:
+    if n := sum(r["reason"] == DUPLICATE for r in rejected):
+        log.warning("dropped %d duplicate clip(s): the same audio and text as an earlier one (see %s)", n,
+                    REJECTED_FILE)
+    if conflicting:
+        shown = ", ".join(conflicting[:LISTED_IDS]) + (", ..." if len(conflicting) > LISTED_IDS else "")
+        log.warning("%d id(s) name clips with different audio or text, all kept: %s", len(conflicting), shown)
 
 
 def _tag_counts(examples: list[dict]) -> dict[str, dict[str, int]]:
@@ -53,6 +93,8 @@ def merge(data_dir: Path, jobs: list[ShardJob], run: dict, settings, base_checkp
           extra: dict | None = None) -> dict:
     """Write the index files and return the manifest."""
     examples, rejected = _collect(jobs)
+    examples, conflicting = drop_duplicates(examples, rejected)
+    _warn_duplicates(rejected, conflicting)
     splits = stratified_split(examples, settings.val_fraction, settings.seed, settings.min_tag_count)
     refs = assign_references(examples, splits, settings.cond_mode, settings.seed)
     for i, e in enumerate(examples):
@@ -74,6 +116,7 @@ def merge(data_dir: Path, jobs: list[ShardJob], run: dict, settings, base_checkp
         "tags": _tag_counts(examples),
         "rejections": dict(sorted(Counter(r["reason"] for r in rejected).items())),
         "conditioning": dict(sorted(Counter(e["cond_mode"] for e in examples).items())),
+        "conflicting_ids": conflicting,  # ids of several clips with different audio or text (all kept)
         "shards": [j.path.name for j in jobs],
         **(extra or {}),
     }

@@ -86,7 +86,7 @@ def run_shard(job: ShardJob, source: Source, records: list[Record], clip_encoder
             _reject(rejected, job.start + i, recs[i], Rejection(TOO_LONG, f"{codes.numel()} codes > {settings.max_mel_tokens}"))
             continue
         events = map_events(recs[i].events, clips[i], len(wavs[i]), MODEL_SAMPLE_RATE)
-        examples.append(_example(job.start + i, recs[i], texts[i], len(wavs[i]), codes, events))
+        examples.append(_example(job.start + i, recs[i], texts[i], clips[i], codes, events))
         arrays.append({"text_ids": torch.tensor(texts[i].ids), "codes": codes, "wav_len": len(wavs[i]),
                        "mel": mel[:, : settings.cond_max_frames()]})  # (n_mels, T<=max)
     rejected.sort(key=lambda r: r["index"])
@@ -95,8 +95,9 @@ def run_shard(job: ShardJob, source: Source, records: list[Record], clip_encoder
     write_shard(job.path, examples, arrays, meta, n_mels)
 
 
-def _example(index: int, rec: Record, text: EncodedText, wav_len: int, codes: torch.Tensor, events) -> dict:
+def _example(index: int, rec: Record, text: EncodedText, clip: DecodedClip, codes: torch.Tensor, events) -> dict:
     """The JSON record of one accepted clip (the arrays live in the shard's tensors)."""
+    wav_len = len(clip.wav)
     return {
         "index": index,
         "source_id": rec.source_id,
@@ -107,6 +108,7 @@ def _example(index: int, rec: Record, text: EncodedText, wav_len: int, codes: to
         "seconds": round(wav_len / MODEL_SAMPLE_RATE, 4),
         "n_text": len(text.ids),
         "n_codes": int(codes.numel()),
+        "audio_sha256": clip.digest,  # finds clips whose audio is identical (duplicates) at the merge
     }
 
 

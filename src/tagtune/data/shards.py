@@ -25,11 +25,22 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from tagtune.atomic import atomic_write_text  # noqa: F401  (re-exported for the data package)
+from tagtune.atomic import FILE_MODE, atomic_write_text  # noqa: F401  (re-exported for the data package)
+from tagtune.errors import UserError
 from tagtune.folders import SHARDS_DIR as SHARD_DIR
 
 META_KEY = "tagtune"
+TEMP_SUFFIX = ".tmp"
+OLD_TEMP_PATTERN = ".shard-*.safetensors.tmp*"  # temporary shards of earlier versions: ".NAME.tmpPID"
 OFFSETS_OF = {"text_ids": "text_offsets", "codes": "code_offsets", "mels": "mel_offsets"}
+
+
+class DataDirError(UserError, OSError):
+    """A DATA_DIR that cannot be read or written as one: not a folder, someone else's folder, damaged."""
+
+
+class ShardError(DataDirError):
+    """A shard file that is missing, truncated or not one tagtune wrote."""
 
 
 def fingerprint(obj: Any) -> str:
@@ -63,20 +74,40 @@ def write_shard(path: Path, examples: list[dict], arrays: list[dict[str, torch.T
     tensors["mels"], tensors["mel_offsets"] = _concat([a["mel"].T for a in arrays], torch.float32, n_mels)
     tensors["wav_lens"] = torch.tensor([int(a["wav_len"]) for a in arrays], dtype=torch.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps({**meta, "examples": examples}, ensure_ascii=False)})
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")  # what ``atomic.sweep_temp_files`` removes
+    try:
+        header = json.dumps({**meta, "examples": examples}, ensure_ascii=False)
+        save_file(tensors, str(tmp), metadata={META_KEY: header})
+        os.chmod(tmp, FILE_MODE)  # the mode of every other file tagtune writes, not save_file's own
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_shard_meta(path: Path) -> dict | None:
     """The shard's JSON metadata, or None when the file is absent or unreadable."""
     try:
-        with safe_open(str(path), "pt") as f:
-            return json.loads(f.metadata()[META_KEY])
-    except Exception:  # a foreign or damaged file is simply redone
+        return shard_meta(path)
+    except ShardError:  # a foreign or damaged file is simply redone
         return None
+
+
+def shard_meta(path: Path) -> dict:
+    """The shard's JSON metadata (with ``rows``, the number of examples its tensors hold); raises ShardError."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()[META_KEY])
+            rows = f.get_slice("wav_lens").get_shape()[0]
+    except FileNotFoundError:
+        raise ShardError(f"{path}: missing") from None
+    except Exception as e:  # safetensors, JSON and key errors of a damaged or foreign file
+        raise ShardError(f"{path}: damaged or not a tagtune shard ({' '.join(str(e).split())[:160]})") from None
+    if not isinstance(meta, dict) or len(meta.get("examples", ())) != rows:
+        raise ShardError(f"{path}: damaged (its metadata does not match its {rows} rows)")
+    return {**meta, "rows": rows}
 
 
 class ShardReader:

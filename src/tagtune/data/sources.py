@@ -7,6 +7,11 @@ A source lists :class:`Record` s (metadata only, in a fixed order) and fetches a
 * a Hugging Face dataset through ``datasets`` (``kind="hf"``),
 * an LJSpeech folder: ``metadata.csv`` with ``id|text`` or ``id|text|normalized``, wavs in ``wavs/`` or beside,
 * CSV / TSV / JSONL manifests with ``audio`` (path), ``text``, optional ``speaker``, ``id``, ``events``.
+
+Audio paths may point anywhere the user can read, also outside the corpus folder: a relative path is
+resolved against the folder of the file that names it (the manifest, ``metadata.csv``, the parquet file),
+an absolute one is taken as it is. Only audio is decoded from them; a path that is missing, no regular file
+(a folder, FIFO or device, also behind a symbolic link) or not audio is rejected with its reason.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from tagtune.data.decode import special_kind
 from tagtune.errors import UserError
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -26,6 +32,8 @@ FOLDER_MANIFEST = "metadata.jsonl"  # a folder of clips with a JSONL manifest (w
 
 class SourceError(UserError, ValueError):
     """A corpus that cannot be opened at all (single bad items are rejections, not errors)."""
+
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
@@ -71,7 +79,7 @@ def file_key(path: Path) -> str:
     try:
         st = path.stat()
         return f"{path}:{st.st_size}:{st.st_mtime_ns}"
-    except OSError:
+    except (OSError, ValueError):  # missing, a name too long, a NUL byte
         return f"{path}:missing"
 
 
@@ -136,6 +144,8 @@ def _manifest_rows(path: Path) -> list[dict | str]:
                 except json.JSONDecodeError as e:
                     rows.append(f"line {n + 1}: {e}")
         return rows
+    if not lines:
+        return []
     delimiter = "\t" if path.suffix == ".tsv" else ("|" if "|" in lines[0] and "," not in lines[0] else ",")
     return list(csv.DictReader(lines, delimiter=delimiter))
 
@@ -153,10 +163,15 @@ def _events(value: Any) -> Any:
 def manifest_source(path: Path, columns: ColumnMap | None = None) -> PathListSource:
     """A CSV/TSV/JSONL list of clips; relative audio paths are resolved against the manifest's folder."""
     cols = columns or ColumnMap()
+    rows = _manifest_rows(path)
+    header = list(rows[0]) if rows and path.suffix != ".jsonl" else None
+    if header is not None and (missing := [c for c in (cols.audio, cols.text) if c not in header]):
+        raise SourceError(f"{path}: no {' and no '.join(repr(c) for c in missing)} column (the header has "
+                          f"{', '.join(map(repr, header))}); clips need audio and text columns")
     records, paths = [], []
-    for n, row in enumerate(_manifest_rows(path)):
-        if isinstance(row, str) or not row.get(cols.audio):
-            error = row if isinstance(row, str) else f"row {n + 1}: no '{cols.audio}' value"
+    for n, row in enumerate(rows):
+        if isinstance(row, str) or not isinstance(row.get(cols.audio), str) or not row[cols.audio]:
+            error = row if isinstance(row, str) else f"row {n + 1}: no '{cols.audio}' path"
             records.append(Record(f"row{n + 1}", None, error=error))
             paths.append(None)
             continue
@@ -183,17 +198,19 @@ def open_source(spec: str | Path, kind: str = "auto", columns: ColumnMap | None 
     path = Path(spec)
     if not path.exists():
         raise SourceError(f"corpus {spec} not found (for a Hugging Face dataset name pass kind='hf')")
+    if (special := special_kind(path)) not in (None, "a folder"):
+        raise SourceError(f"corpus {spec} is not a regular file or folder ({special})")
     if path.is_file():
         if path.suffix in TABLE_SUFFIXES and kind in ("auto", "table"):
             return TableSource([path], columns)
         if path.suffix in MANIFEST_SUFFIXES and kind in ("auto", "manifest"):
             return manifest_source(path, columns)
         raise SourceError(f"{path}: unsupported corpus file (expected {TABLE_SUFFIXES + MANIFEST_SUFFIXES})")
-    if (path / LJSPEECH_METADATA).exists() and kind in ("auto", "ljspeech"):
+    if (path / LJSPEECH_METADATA).is_file() and kind in ("auto", "ljspeech"):
         return ljspeech_source(path)
     tables = sorted(p for p in path.rglob("*") if p.suffix in TABLE_SUFFIXES)
     if tables and kind in ("auto", "table"):
         return TableSource(tables, columns)
-    if (path / FOLDER_MANIFEST).exists() and kind in ("auto", "manifest"):
+    if (path / FOLDER_MANIFEST).is_file() and kind in ("auto", "manifest"):
         return manifest_source(path / FOLDER_MANIFEST, columns)
     raise SourceError(f"{path}: no {LJSPEECH_METADATA}, no {FOLDER_MANIFEST} and no parquet/arrow files inside")

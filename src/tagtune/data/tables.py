@@ -13,16 +13,22 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tagtune.data.sources import ColumnMap, Record, file_key
+from tagtune.data.decode import UNDECODABLE_AUDIO, EncodedAudio, Rejection
+from tagtune.data.sources import ColumnMap, Record, SourceError, file_key
 
 TABLE_SUFFIXES = (".parquet", ".arrow")
+TABLE_ERRORS = (pa.ArrowException, OSError)  # what pyarrow raises for a damaged or foreign file
 
 
-def _audio_value(cell: Any, base: Path | None) -> bytes | str | None:
-    """An audio cell -> encoded bytes, or a path. Elise stores ``{"bytes": ..., "path": ...}``."""
+def _audio_value(cell: Any, base: Path | None) -> bytes | EncodedAudio | str | None:
+    """An audio cell -> encoded bytes (named by the cell's path when it has one), or a path.
+
+    Elise stores ``{"bytes": ..., "path": ...}``.
+    """
     if isinstance(cell, dict):
         if cell.get("bytes"):
-            return cell["bytes"]
+            name = cell.get("path")
+            return EncodedAudio(bytes(cell["bytes"]), name) if isinstance(name, str) and name else cell["bytes"]
         cell = cell.get("path")
     if isinstance(cell, (bytes, bytearray)):
         return bytes(cell)
@@ -83,11 +89,20 @@ class TableSource:
         self.name = ",".join(str(f) for f in files)
 
     def _read_small_columns(self, path: Path) -> list[Record]:
-        schema = pq.read_schema(path) if path.suffix == ".parquet" else _open_arrow(path).schema
-        if self.columns.text not in schema.names or self.columns.audio not in schema.names:
-            raise ValueError(f"{path}: needs columns '{self.columns.audio}' and '{self.columns.text}', has {schema.names}")
+        kind = "parquet" if path.suffix == ".parquet" else "arrow"
+        try:
+            schema = pq.read_schema(path) if kind == "parquet" else _open_arrow(path).schema
+        except TABLE_ERRORS as e:
+            raise SourceError(f"{path}: not a readable {kind} file ({_one_line(e)})") from None
+        missing = [c for c in (self.columns.audio, self.columns.text) if c not in schema.names]
+        if missing:
+            raise SourceError(f"{path}: no {' and no '.join(repr(c) for c in missing)} column (it has "
+                              f"{', '.join(map(repr, schema.names)) or 'none'}); clips need audio and text columns")
         wanted = [c for c in self.columns.metadata_columns() if c in schema.names]
-        table = pq.read_table(path, columns=wanted) if path.suffix == ".parquet" else _open_arrow(path).select(wanted)
+        try:
+            table = pq.read_table(path, columns=wanted) if kind == "parquet" else _open_arrow(path).select(wanted)
+        except TABLE_ERRORS as e:
+            raise SourceError(f"{path}: damaged {kind} file ({_one_line(e)})") from None
         return _records_from_columns(table.to_pydict(), self.columns, f"{path.stem}:", file_key(path))
 
     def records(self) -> list[Record]:
@@ -98,15 +113,18 @@ class TableSource:
         """Audio bytes (or paths) of rows ``start..stop-1``."""
         return [self._audio_row(i) for i in range(start, stop)]
 
-    def _audio_row(self, index: int) -> bytes | str | None:
+    def _audio_row(self, index: int) -> bytes | EncodedAudio | str | Rejection | None:
         file = next(f for f in self.files if f.offset <= index < f.offset + f.rows)
         row = index - file.offset
-        if file.path.suffix == ".arrow":
-            if self._arrow is None or self._arrow[0] != file.path:
-                self._arrow = (file.path, _open_arrow(file.path))  # zero-copy, memory-mapped
-            cell = self._arrow[1].column(self.columns.audio)[row].as_py()
-        else:
-            cell = self._parquet_cell(file.path, row)
+        try:
+            if file.path.suffix == ".arrow":
+                if self._arrow is None or self._arrow[0] != file.path:
+                    self._arrow = (file.path, _open_arrow(file.path))  # zero-copy, memory-mapped
+                cell = self._arrow[1].column(self.columns.audio)[row].as_py()
+            else:
+                cell = self._parquet_cell(file.path, row)
+        except TABLE_ERRORS as e:  # one damaged row group costs its rows, not the run
+            return Rejection(UNDECODABLE_AUDIO, f"{file.path.name} row {row}: unreadable ({_one_line(e)})")
         return _audio_value(cell, file.path.parent)
 
     def _parquet_cell(self, path: Path, row: int) -> Any:
@@ -120,6 +138,10 @@ class TableSource:
         if self._cache is None or self._cache[:2] != (path, group):
             self._cache = (path, group, reader.read_row_group(group, columns=[self.columns.audio]))
         return self._cache[2].column(self.columns.audio)[row - first].as_py()
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())[:200]
 
 
 class HFSource:

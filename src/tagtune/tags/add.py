@@ -24,7 +24,9 @@ from tagtune.checkpoint import CheckpointError, bpe_path, file_sha256, read_conf
 from tagtune.folders import PROVENANCE_FILE, TAGS_FILE
 from tagtune.tags.pieces import extend_tokenizer
 from tagtune.tags.rows import TagInit, grow_state
-from tagtune.tags.vocab import TagSet, UnknownTagError, format_tag, load_tag_map, read_tagset, tag_name
+from tagtune.tags.vocab import (TagSet, UnknownTagError, format_tag, load_tag_map, merge_variant_list, read_tagset,
+                                tag_name)
+from tagtune.tags.vocab import parse_tag_list  # noqa: F401  (re-exported for callers of tags.add)
 
 log = logging.getLogger(__name__)
 COPIED_FILES = ("dvae_checkpoint", "bigvgan_checkpoint")
@@ -37,19 +39,13 @@ class TagsAdded:
     kept: dict[str, int]  # tags the base already had
 
 
-def parse_tag_list(text: str) -> list[str]:
-    """``"<laughs>,<giggles>, sighs"`` -> ``["<laughs>", "<giggles>", "<sighs>"]``."""
-    out = []
-    for raw in text.split(","):
-        raw = raw.strip()
-        if raw:
-            out.append(raw if raw.startswith("<") else f"<{raw}>")
-    return out
+def _new_tags(known: list[str], wanted: list[str], aliases: dict, multiword: str,
+              merge_variants: bool = True) -> list[str]:
+    """Canonical spellings of ``wanted`` (after ``aliases``) that the ``known`` tags do not already cover.
 
-
-def _new_tags(known: list[str], wanted: list[str], aliases: dict, multiword: str) -> list[str]:
-    """Canonical spellings of ``wanted`` (after ``aliases``) that the ``known`` tags do not already cover."""
-    probe = TagSet(tags=known, multiword=multiword)
+    Variants of one tag (``<Laughs>``, ``<laugh>``) are one new tag, spelled as first listed.
+    """
+    probe = TagSet(tags=known, multiword=multiword, merge_variants=merge_variants)
     fresh = []
     for tag in (format_tag(tag_name(t)) for t in wanted):
         target = aliases.get(tag, tag)
@@ -58,9 +54,8 @@ def _new_tags(known: list[str], wanted: list[str], aliases: dict, multiword: str
         try:
             probe.resolve(target)
         except UnknownTagError:  # a genuinely new tag
-            if target not in fresh:
-                fresh.append(target)
-    return fresh
+            fresh.append(target)
+    return merge_variant_list(fresh, merge_variants)
 
 
 def add_tags(model_dir: str | Path, tags: list[str], out_dir: str | Path, *, init: str = "mean",
@@ -70,7 +65,7 @@ def add_tags(model_dir: str | Path, tags: list[str], out_dir: str | Path, *, ini
     cfg = read_config(model_dir)
     existing = read_tagset(model_dir) or TagSet()
     aliases = {**existing.aliases, **(load_tag_map(tag_map) if tag_map else {})}
-    fresh = _new_tags(existing.tags, tags, aliases, multiword)
+    fresh = _new_tags(existing.tags, tags, aliases, multiword, existing.merge_variants)
     n_old = cfg.gpt.number_text_tokens
     sp = spm.SentencePieceProcessor(model_file=str(bpe_path(model_dir, cfg)))
     if sp.get_piece_size() != n_old:

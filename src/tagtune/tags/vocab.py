@@ -114,18 +114,53 @@ def variant_key(name: str) -> str:
     return " ".join(_singular(w) for w in name.split())
 
 
+def parse_tag_list(text: str) -> list[str]:
+    """``"<laughs>,<giggles>, sighs"`` -> ``["<laughs>", "<giggles>", "<sighs>"]``."""
+    out = []
+    for raw in text.split(","):
+        raw = raw.strip()
+        if raw:
+            out.append(raw if raw.startswith("<") else f"<{raw}>")
+    return out
+
+
+def merge_variant_list(tags: Iterable[str], merge_variants: bool = True) -> list[str]:
+    """Canonical spellings of ``tags`` with repeats removed; variants of a tag listed earlier (``<laugh>``
+    after ``<Laughs>``) are the same tag when ``merge_variants``: ``["<laughs>"]``."""
+    out: dict[str, str] = {}
+    for tag in tags:
+        name = tag_name(tag)
+        out.setdefault(variant_key(name) if merge_variants else name, format_tag(name))
+    return list(out.values())
+
+
+def _read_yaml(path: str | Path):
+    """YAML (or JSON) data of a file, with no constructor beyond plain data (``safe_load``)."""
+    import yaml  # JSON is a subset of YAML
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except OSError as e:
+        raise TagError(f"{path}: cannot read the tag map ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise TagError(f"{path}: the tag map is not UTF-8 text (byte {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise TagError(f"{path}: not a valid tag map{where} ({problem})") from None
+
+
 def load_tag_map(source: str | Path | dict) -> dict[str, str | None]:
     """Read a YAML/JSON tag map (alias → canonical tag, or null to drop) into canonical spellings."""
-    if isinstance(source, dict):
-        raw = source
-    else:
-        import yaml  # JSON is a subset of YAML
-
-        with open(source, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-        if not isinstance(raw, dict):
-            raise TagError(f"{source}: a tag map is a mapping alias -> canonical tag (or null)")
-    return {format_tag(str(k)): None if v is None else format_tag(str(v)) for k, v in raw.items()}
+    raw = source if isinstance(source, dict) else _read_yaml(source) or {}
+    where = "tag map" if isinstance(source, dict) else str(source)
+    if not isinstance(raw, dict):
+        raise TagError(f"{where}: a tag map is a mapping alias -> canonical tag (or null)")
+    if bad := [v for v in raw.values() if v is not None and not isinstance(v, str)]:
+        raise TagError(f"{where}: tag map targets are tags or null, not {bad[0]!r}"[:200])
+    return {format_tag(str(k)): None if v is None else format_tag(v) for k, v in raw.items()}
 
 
 _MISSING = object()
