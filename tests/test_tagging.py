@@ -10,7 +10,8 @@ import torch
 from tagtune import checkpoint as ckpt
 from tagtune.loaders import load_model
 from tagtune.cli import main
-from tagtune.tags.add import add_tags, parse_tag_list
+from tagtune.tags.add import add_tags
+from tagtune.tags.vocab import parse_tag_list
 from tagtune.tags import UnknownTagError
 
 

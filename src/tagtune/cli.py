@@ -47,7 +47,8 @@ def _tags_scan(a) -> int:
 
 
 def _tags_add(a) -> int:
-    from tagtune.tags.add import add_tags, parse_tag_list
+    from tagtune.tags.add import add_tags
+    from tagtune.tags.vocab import parse_tag_list
 
     res = add_tags(a.model, parse_tag_list(a.tags), a.out, init=a.init, tag_map=a.tag_map,
                    multiword=a.multiword, seed=a.seed)
@@ -61,15 +62,20 @@ def _tags_add(a) -> int:
 
 def _prepare(a) -> int:
     from tagtune.data.for_model import prepare_for_model
-    from tagtune.tags.add import parse_tag_list
+    from tagtune.data.prepare import DataDirMismatch
+    from tagtune.tags.vocab import parse_tag_list
 
     tags = "auto" if a.tags == "auto" else parse_tag_list(a.tags)
     extra = {k: v for k, v in (("cond_mode", a.cond), ("val_fraction", a.val_fraction), ("seed", a.seed),
-                               ("trim_silence", a.trim_silence), ("cond_max_seconds", a.cond_max_seconds))
+                               ("trim_silence", a.trim_silence), ("cond_max_seconds", a.cond_max_seconds),
+                               ("shard_size", a.shard_size))
              if v is not None}
-    manifest = prepare_for_model(a.model, a.data, a.out, tags=tags, tag_map=a.tag_map, multiword=a.multiword,
-                                 kind=a.kind, workers=a.workers, overwrite=a.overwrite,
-                                 progress=not a.no_progress, device=a.device, **extra)
+    try:
+        manifest = prepare_for_model(a.model, a.data, a.out, tags=tags, tag_map=a.tag_map, multiword=a.multiword,
+                                     kind=a.kind, workers=a.workers, overwrite=a.overwrite,
+                                     progress=not a.no_progress, device=a.device, **extra)
+    except DataDirMismatch as e:
+        raise DataDirMismatch(e.data_dir, e.reasons, "choose another --out, or add --overwrite to rebuild it") from None
     if manifest is not None:
         c = manifest["counts"]
         print(f"prepared {c['accepted']} of {c['records']} clips ({manifest['hours']['total']:.2f} h; "
@@ -102,13 +108,23 @@ def _demo(a) -> int:
 
 
 def _train(a) -> int:
+    import re
+
     from tagtune.folders import shipped_recipe
     from tagtune.train import train
-    from tagtune.train.config import TrainConfig
+    from tagtune.train.config import CLI_OVERRIDES, TrainConfig, TrainConfigError
 
-    cfg = TrainConfig.from_yaml(a.config or shipped_recipe()).with_overrides(
-        max_steps=a.max_steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, rank=a.rank, seed=a.seed)
-    res = train(a.data, a.out, cfg, resume=a.resume)
+    overrides = {"max_steps": a.max_steps, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
+                 "rank": a.rank, "seed": a.seed}
+    try:
+        cfg = TrainConfig.from_yaml(a.config or shipped_recipe()).with_overrides(**overrides)
+        res = train(a.data, a.out, cfg, resume=a.resume)
+    except TrainConfigError as e:  # a recipe key this command line set: say which flag set it
+        flags = [f"--{name.replace('_', '-')}" for name, value in overrides.items()
+                 if value is not None and re.search(rf"(?<![\w.]){re.escape(CLI_OVERRIDES[name])}\b", str(e))]
+        if flags:
+            raise TrainConfigError(f"{e} (set by {', '.join(flags)})") from None
+        raise
     print(f"trained {res.steps} steps; best val loss {res.best_val_loss} at step {res.best_step}; "
           f"weights in {res.weights_dir}")
     if res.forgetting_pct is not None:
@@ -125,7 +141,13 @@ def _export(a) -> int:
 
 
 def _synth(a) -> int:
+    from tagtune.errors import UserError
     from tagtune.synthesis.jobs import synth_command
+
+    if a.batch is not None and (a.text is not None or a.out is not None):
+        raise UserError("give either --batch FILE or --text with --out, not both")
+    if a.batch is None and (a.text is None or a.ref is None or a.out is None):
+        raise UserError("--text, --ref and --out are required (or --batch FILE)")
 
     sampling = {k: getattr(a, k) for k in ("num_beams", "top_k", "top_p", "temperature", "repetition_penalty",
                                             "max_new_tokens")}
@@ -194,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-fraction", type=float)
     s.add_argument("--trim-silence", action="store_true", default=None)
     s.add_argument("--seed", type=int)
+    s.add_argument("--shard-size", type=int, help="clips per shard file (default 256)")
     s.add_argument("--workers", type=int, default=0, help="decoding processes (0: decode in this process)")
     s.add_argument("--device", help="device for the DVAE (default: best available)")
     s.add_argument("--overwrite", action="store_true", help="rebuild a DATA_DIR made from other inputs/settings")

@@ -20,10 +20,9 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from tagtune.audio import SAMPLE_RATE as MODEL_SAMPLE_RATE
 from tagtune.errors import UserError
 
-MODEL_SAMPLE_RATE = 24000
-SAMPLES_PER_CODE = 1024  # gpt.mel_length_compression: one DVAE code per 1024 samples
 MIN_SAMPLE_RATE = 4000  # below this a file is surely mislabelled, not speech
 MAX_SAMPLE_RATE = 384000  # the highest rate real recorders write
 MAX_CHANNELS = 8  # more than 7.1 surround is not a speech recording

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
+from tagtune.audio import HOP
 from tagtune.data.decode import (MODEL_SAMPLE_RATE, TOO_LONG, DecodedClip, DecodeSettings, Rejection,
                                  decode_clip_info, map_events)
 from tagtune.data.encode import BAD_RECORD, ClipEncoder, EncodedText, TextEncoder, encode_text
 from tagtune.data.shards import write_shard
 from tagtune.data.sources import Record, Source
 
-HOP_LENGTH = 256  # mel hop at 24 kHz: 93.75 frames per second
 
 
 @dataclass(frozen=True)
@@ -114,4 +114,4 @@ def _example(index: int, rec: Record, text: EncodedText, clip: DecodedClip, code
 
 def cond_frames(seconds: float | None) -> int | None:
     """Mel frames in ``seconds`` of 24 kHz audio (None: no limit)."""
-    return None if seconds is None else int(math.floor(seconds * MODEL_SAMPLE_RATE / HOP_LENGTH)) + 1
+    return None if seconds is None else int(math.floor(seconds * MODEL_SAMPLE_RATE / HOP)) + 1

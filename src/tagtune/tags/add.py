@@ -26,7 +26,6 @@ from tagtune.tags.pieces import extend_tokenizer
 from tagtune.tags.rows import TagInit, grow_state
 from tagtune.tags.vocab import (TagSet, UnknownTagError, format_tag, load_tag_map, merge_variant_list, read_tagset,
                                 tag_name)
-from tagtune.tags.vocab import parse_tag_list  # noqa: F401  (re-exported for callers of tags.add)
 
 log = logging.getLogger(__name__)
 COPIED_FILES = ("dvae_checkpoint", "bigvgan_checkpoint")
