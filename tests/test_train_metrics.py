@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 
+from tagtune.checkpoint import CheckpointError
 from tagtune.train import state as ts
 from tagtune.train.loop import _scheduler, _warn_forgetting
 from tagtune.train.config import TrainConfig
@@ -65,10 +66,10 @@ def test_checkpoint_state_round_trip_and_latest_pointer(tmp_path):
     ts.publish(tmp_path, 7)
     folder = ts.latest_checkpoint(tmp_path)
     assert folder.name == "step-000007" and not staged.exists()
-    trainable, optim_state, sched_state, restored, rng = ts.read_checkpoint(folder, 0)
-    assert restored == progress and torch.equal(trainable["w"], p.detach())
-    assert torch.equal(optim_state["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    ckpt = ts.read_checkpoint(folder, 0)
+    assert ckpt.progress == progress and torch.equal(ckpt.trainable["w"], p.detach())
+    assert torch.equal(ckpt.optimizer["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
     assert json.loads((folder / "state.json").read_text())["scheduler"]["last_epoch"] == 0
-    assert torch.equal(rng, torch.get_rng_state())
-    with pytest.raises(FileNotFoundError, match="same number of processes"):
+    assert torch.equal(ckpt.rng, torch.get_rng_state())
+    with pytest.raises(CheckpointError, match="rng-1.safetensors: missing .*same number of processes"):
         ts.read_checkpoint(folder, 1)

@@ -113,6 +113,7 @@ def _train(a) -> int:
     from tagtune.folders import shipped_recipe
     from tagtune.train import train
     from tagtune.train.config import CLI_OVERRIDES, TrainConfig, TrainConfigError
+    from tagtune.train.run import RunExistsError
 
     overrides = {"max_steps": a.max_steps, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
                  "rank": a.rank, "seed": a.seed}
@@ -125,6 +126,8 @@ def _train(a) -> int:
         if flags:
             raise TrainConfigError(f"{e} (set by {', '.join(flags)})") from None
         raise
+    except RunExistsError as e:
+        raise RunExistsError(f"{e} (--resume continues it; --out names another)") from None
     print(f"trained {res.steps} steps; best val loss {res.best_val_loss} at step {res.best_step}; "
           f"weights in {res.weights_dir}")
     if res.forgetting_pct is not None:

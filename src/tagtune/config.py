@@ -8,6 +8,10 @@ training / discriminator settings) are kept verbatim in ``extra`` and written ba
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +24,88 @@ class ConfigError(UserError, ValueError):
     """A config.yaml that does not describe an IndexTTS 1.0/1.5 model."""
 
 
+# ------------------------------------------------------------------------------------------ typed fields
+
+
+def check_fields(obj, prefix: str = "", error: type[Exception] = ConfigError) -> None:
+    """Check every field of dataclass ``obj`` against its annotation; raise ``error`` naming the first bad one.
+
+    Understood annotations: int, float, bool, str, Any, ``X | None``, ``list[X]``, ``dict[K, V]`` and nested
+    dataclasses. Values are checked, never converted: an int is a valid float, a bool is not a number, a
+    string is never a number (``"8"`` for an int field is an error, not an 8). The message reads
+    ``<prefix><field> must be <what>, got <value> (<type>)``, e.g. ``optim.lr must be a number, got '1e-4' (str)``.
+    """
+    hints = _type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, expected = getattr(obj, f.name), hints[f.name]
+        if not _matches(value, expected):
+            raise error(f"{prefix}{f.name} must be {_describe(expected)}, got {value!r} ({type(value).__name__})")
+
+
+def check_positive(obj, prefix: str, names: tuple[str, ...], error: type[Exception] = ConfigError) -> None:
+    """Sizes that must be at least 1 (a zero head count divides by zero, a zero layer count builds nothing)."""
+    for name in names:
+        value = getattr(obj, name)
+        if value < 1:
+            raise error(f"{prefix}{name} must be >= 1, got {value!r}")
+
+
+@functools.cache
+def _type_hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _union_args(tp) -> tuple | None:
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return typing.get_args(tp)
+    return None
+
+
+def _matches(value, tp) -> bool:
+    if tp is Any:
+        return True
+    if (options := _union_args(tp)) is not None:
+        return any(_matches(value, t) for t in options)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if tp is str:
+        return isinstance(value, str)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, tp)
+    raise TypeError(f"check_fields does not understand the annotation {tp!r}")
+
+
+_NAMES = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true or false", "true/false values"),
+          str: ("a string", "strings")}
+
+
+def _describe(tp, plural: bool = False) -> str:
+    if (options := _union_args(tp)) is not None:
+        words = [_describe(t, plural) for t in options if t is not type(None)]
+        return " or ".join(words) + (" or null" if type(None) in options else "")
+    if tp in _NAMES:
+        return _NAMES[tp][plural]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list:
+        return f"{'lists' if plural else 'a list'} of {_describe(args[0], plural=True)}"
+    return "mappings" if plural else "a mapping"
+
+
 def _pick(cls, data: dict[str, Any], section: str):
     """Build dataclass ``cls`` from ``data``; unknown keys are kept in ``extra`` when the class has one."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{section} must be a mapping, got {data!r} ({type(data).__name__})")
     names = {f.name for f in dataclasses.fields(cls)}
     known = {k: v for k, v in data.items() if k in names and k != "extra"}
     unknown = {k: v for k, v in data.items() if k not in names}
@@ -44,8 +128,8 @@ class MelConfig:
     normalize: bool = False
 
     def __post_init__(self):
-        if self.sample_rate <= 0 or self.hop_length <= 0 or self.n_mels <= 0:
-            raise ConfigError(f"invalid mel settings: {self}")
+        check_fields(self, "dataset.mel.")
+        check_positive(self, "dataset.mel.", ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels"))
 
 
 @dataclass
@@ -55,8 +139,14 @@ class DatasetConfig:
     squeeze: bool = False
     mel: MelConfig = field(default_factory=MelConfig)
 
+    def __post_init__(self):
+        check_fields(self, "dataset.")
+        check_positive(self, "dataset.", ("sample_rate",))
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DatasetConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"dataset must be a mapping, got {d!r} ({type(d).__name__})")
         d = dict(d)
         mel = _pick(MelConfig, d.pop("mel", {}) or {}, "dataset.mel")
         return cls(mel=mel, **{k: v for k, v in d.items() if k in ("bpe_model", "sample_rate", "squeeze")})
@@ -72,6 +162,9 @@ class ConditionConfig:
     perceiver_mult: int = 2
 
     def __post_init__(self):
+        check_fields(self, "gpt.condition_module.")
+        check_positive(self, "gpt.condition_module.",
+                       ("output_size", "linear_units", "attention_heads", "num_blocks", "perceiver_mult"))
         if self.input_layer != "conv2d2":
             raise ConfigError(f"condition_module.input_layer '{self.input_layer}' is not supported (only conv2d2)")
         if self.output_size % self.attention_heads:
@@ -104,6 +197,10 @@ class GPTConfig:
     def __post_init__(self):
         if isinstance(self.condition_module, dict):
             self.condition_module = _pick(ConditionConfig, self.condition_module, "gpt.condition_module")
+        check_fields(self, "gpt.")
+        check_positive(self, "gpt.", ("model_dim", "layers", "heads", "max_mel_tokens", "max_text_tokens",
+                                      "number_text_tokens", "number_mel_codes", "mel_length_compression",
+                                      "condition_num_latent"))
         if self.condition_type != "conformer_perceiver":
             raise ConfigError(f"gpt.condition_type '{self.condition_type}' is not supported")
         if self.model_dim % self.heads:
@@ -159,6 +256,9 @@ class DVAEConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        check_fields(self, "vqvae.")
+        check_positive(self, "vqvae.", ("channels", "num_tokens", "hidden_dim", "codebook_dim", "num_layers",
+                                        "kernel_size"))
         if self.positional_dims != 1 or self.use_transposed_convs:
             raise ConfigError("vqvae: only positional_dims=1 without transposed convs is supported")
 
@@ -181,7 +281,10 @@ class BigVGANConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # training/discriminator keys, kept verbatim
 
     def __post_init__(self):
-        self.resblock = str(self.resblock)
+        if isinstance(self.resblock, int) and not isinstance(self.resblock, bool):
+            self.resblock = str(self.resblock)  # the official files write "1"; an unquoted 1 means the same
+        check_fields(self, "bigvgan.")
+        check_positive(self, "bigvgan.", ("gpt_dim", "upsample_initial_channel", "speaker_embedding_dim", "num_mels"))
         if self.resblock != "1" or self.activation != "snakebeta" or self.feat_upsample:
             raise ConfigError("bigvgan: only resblock '1', snakebeta activation and feat_upsample=false are supported")
 
@@ -205,12 +308,13 @@ class ModelConfig:
             try:
                 self.version = float(self.version)
             except (TypeError, ValueError):
-                raise ConfigError(f"config 'version' must be a number, got {self.version!r}") from None
+                raise ConfigError(f"version must be a number, got {self.version!r}") from None
             if self.version not in SUPPORTED_VERSIONS and not (1.0 <= self.version < 2.0):
                 raise ConfigError(
                     f"config says version {self.version}: tagtune supports IndexTTS 1.0 and 1.5 "
                     "(IndexTTS2 checkpoints use a different architecture)"
                 )
+        check_fields(self)
         if self.bigvgan.gpt_dim != self.gpt.model_dim:
             raise ConfigError(f"bigvgan.gpt_dim {self.bigvgan.gpt_dim} != gpt.model_dim {self.gpt.model_dim}")
 

@@ -40,6 +40,27 @@ def tokenize_by_cjk_char(line: str, do_upper_case: bool = True) -> str:
     return " ".join(p.upper() if do_upper_case else p for p in parts if p)
 
 
+def _load_sentencepiece(bpe_model: str | Path | bytes) -> SentencePieceProcessor:
+    """A loaded sentencepiece model; an absent, empty or unparsable one is a TokenizerError naming it."""
+    if isinstance(bpe_model, bytes):
+        name, proto = "tokenizer model (bytes)", bpe_model
+    elif not Path(bpe_model).is_file():
+        raise TokenizerError(f"tokenizer model not found: {bpe_model}")
+    else:
+        name, proto = str(bpe_model), Path(bpe_model).read_bytes()
+    if not proto:  # sentencepiece would load nothing from empty bytes, and fail obscurely later
+        raise TokenizerError(f"{name}: empty file, not a sentencepiece model")
+    sp = SentencePieceProcessor()
+    try:
+        sp.LoadFromSerializedProto(proto)
+    except (RuntimeError, OSError):  # sentencepiece's message is an internal source location
+        raise TokenizerError(f"{name}: not a sentencepiece model (it cannot be parsed: corrupt or truncated?)") \
+            from None
+    if sp.GetPieceSize() == 0:
+        raise TokenizerError(f"{name}: a sentencepiece model without pieces")
+    return sp
+
+
 class TextTokenizer:
     """Sentencepiece tokenizer with the official preprocessing and, optionally, expressive tags.
 
@@ -56,12 +77,7 @@ class TextTokenizer:
 
     def __init__(self, bpe_model: str | Path | bytes, tagset: TagSet | None = None,
                  normalizer: TextNormalizer | str | None = "auto", unknown_tags: str = "error"):
-        if isinstance(bpe_model, bytes):
-            self.sp = SentencePieceProcessor(model_proto=bpe_model)
-        elif not Path(bpe_model).is_file():
-            raise TokenizerError(f"tokenizer model not found: {bpe_model}")
-        else:
-            self.sp = SentencePieceProcessor(model_file=str(bpe_model))
+        self.sp = _load_sentencepiece(bpe_model)
         self.normalizer = TextNormalizer() if normalizer == "auto" else normalizer
         self.tagset = tagset
         if unknown_tags not in UNKNOWN_POLICIES:

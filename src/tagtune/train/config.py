@@ -1,18 +1,24 @@
 """Training recipe settings: typed dataclasses that check themselves, read from and written to YAML.
 
 A recipe (``configs/lora.yaml``) is a serialised ``TrainConfig``. Unknown keys are errors (a typo must not
-silently fall back to a default), and every value is checked in ``__post_init__``.
+silently fall back to a default), and every value is checked in ``__post_init__``: first its type against
+the field's annotation (``tagtune.config.check_fields``), then its range.
+
+Numbers in a recipe follow YAML 1.2, as JSON does: ``1e-4`` is a number (PyYAML's YAML 1.1 would read it
+as a string). A quoted value is a string, and a string is never accepted where a number belongs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tagtune.config import check_fields
 from tagtune.errors import UserError
 from tagtune.lora import DEFAULT_TARGETS, MODES, LoraSpec
 from tagtune.precision import TRAINING_PRECISIONS
@@ -40,6 +46,37 @@ def _check(ok: bool, message: str) -> None:
         raise TrainConfigError(message)
 
 
+def _check_types(settings, section: str) -> None:
+    check_fields(settings, f"{section}." if section else "", TrainConfigError)
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """Safe YAML (plain values only) that also reads exponent numbers without a dot (``1e-4``) as floats."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def read_recipe_yaml(path: Path) -> Any:
+    """The plain data of a recipe file; any YAML problem becomes one line naming the file and the place."""
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader
+    except UnicodeDecodeError as e:
+        raise TrainConfigError(f"{path}: not a text file ({e.reason})") from None
+    except yaml.constructor.ConstructorError as e:
+        where = f" at line {e.problem_mark.line + 1}" if e.problem_mark else ""
+        raise TrainConfigError(f"{path}: refused{where}: {e.problem}; a recipe holds plain values only "
+                               "(YAML tags that build Python objects are never loaded)") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise TrainConfigError(f"{path}: invalid YAML{where}: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise TrainConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
+
+
 @dataclass
 class LoraSettings:
     """What trains: LoRA on the GPT-2 blocks (``mode: lora``) or every GPT weight (``mode: full``)."""
@@ -59,6 +96,7 @@ class LoraSettings:
     neutral_lr: float = 1e-2
 
     def __post_init__(self):
+        _check_types(self, "lora")
         _check(self.mode in MODES, f"lora.mode must be one of {MODES}, got {self.mode!r}")
         _check(self.rank >= 1, f"lora.rank must be >= 1, got {self.rank}")
         _check(self.alpha > 0, f"lora.alpha must be > 0, got {self.alpha}")
@@ -69,7 +107,6 @@ class LoraSettings:
         _check(self.neutral_lr > 0, f"lora.neutral_lr must be > 0, got {self.neutral_lr}")
         _check(self.layers is None or (len(self.layers) > 0 and min(self.layers) >= 0),
                f"lora.layers must be null or non-negative block indices, got {self.layers}")
-
 
     def spec(self) -> LoraSpec:
         """The library's LoRA spec for these settings."""
@@ -89,6 +126,7 @@ class OptimSettings:
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
 
     def __post_init__(self):
+        _check_types(self, "optim")
         _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
         _check(self.tag_lr_scale > 0, f"optim.tag_lr_scale must be > 0, got {self.tag_lr_scale}")
         _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
@@ -106,6 +144,7 @@ class ScheduleSettings:
     min_lr_ratio: float = 0.1
 
     def __post_init__(self):
+        _check_types(self, "schedule")
         _check(self.epochs >= 1, f"schedule.epochs must be >= 1, got {self.epochs}")
         _check(self.max_steps is None or self.max_steps >= 1, f"schedule.max_steps must be >= 1, got {self.max_steps}")
         _check(self.warmup_steps >= 0, f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
@@ -120,6 +159,7 @@ class BatchSettings:
     grad_accum: int = 2
 
     def __post_init__(self):
+        _check_types(self, "batch")
         _check(self.batch_size >= 1, f"batch.batch_size must be >= 1, got {self.batch_size}")
         _check(self.grad_accum >= 1, f"batch.grad_accum must be >= 1, got {self.grad_accum}")
 
@@ -132,6 +172,7 @@ class LossSettings:
     mask_padding: bool = True
 
     def __post_init__(self):
+        _check_types(self, "loss")
         _check(self.text_weight >= 0, f"loss.text_weight must be >= 0, got {self.text_weight}")
 
 
@@ -141,6 +182,7 @@ class ModelSettings:
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
+        _check_types(self, "model")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
@@ -155,6 +197,7 @@ class EvalSettings:
     sample_sentences: list[str] = field(default_factory=list)  # synthesised at each validation by a hook
 
     def __post_init__(self):
+        _check_types(self, "eval")
         _check(self.every_steps >= 1, f"eval.every_steps must be >= 1, got {self.every_steps}")
         _check(self.save_every_steps >= 1, f"eval.save_every_steps must be >= 1, got {self.save_every_steps}")
         _check(self.keep_last >= 1, f"eval.keep_last must be >= 1, got {self.keep_last}")
@@ -169,6 +212,7 @@ class RuntimeSettings:
     progress_bar: bool = True
 
     def __post_init__(self):
+        _check_types(self, "runtime")
         _check(self.device in DEVICES, f"runtime.device must be one of {DEVICES}, got {self.device!r}")
         _check(self.precision in ("auto", *TRAINING_PRECISIONS),
                f"runtime.precision must be one of {('auto', *TRAINING_PRECISIONS)}, got {self.precision!r}")
@@ -198,13 +242,16 @@ class TrainConfig:
     def __post_init__(self):
         for name, cls in SECTIONS.items():
             value = getattr(self, name)
+            if value is None:  # a section whose keys are all commented out
+                value = {}
             if isinstance(value, dict):
                 setattr(self, name, _section(cls, value, name))
-            _check(isinstance(getattr(self, name), cls), f"{name} must be a mapping")
-        _check(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        _check_types(self, "")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "TrainConfig":
+        _check(data is None or isinstance(data, dict),
+               f"a recipe must be a mapping of sections (seed, {', '.join(SECTIONS)}), got a {type(data).__name__}")
         data = dict(data or {})
         unknown = sorted(set(data) - set(SECTIONS) - {"seed"})
         _check(not unknown, f"unknown recipe key(s) {unknown}; known: seed, {', '.join(SECTIONS)}")
@@ -215,10 +262,9 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise TrainConfigError(f"{path}: recipe not found")
+        data = read_recipe_yaml(path)
         try:
-            return cls.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
-        except yaml.YAMLError as e:
-            raise TrainConfigError(f"{path}: invalid YAML ({e})") from None
+            return cls.from_dict(data)
         except TrainConfigError as e:
             raise TrainConfigError(f"{path}: {e}") from None
 

@@ -1,5 +1,9 @@
 """Batches for training: a prepared DATA_DIR, global batches bucketed by length, split over processes.
 
+``open_data`` checks a DATA_DIR before anything is written: its files parse, every shard is whole and holds
+the rows the examples point at, the base checkpoint is the one the data was prepared from (its recorded
+fingerprint), and the tokenizer holds each tag's piece at the id the data was encoded with.
+
 The order of clips is a pure function of (seed, epoch) (the data package's seeded LengthBucketSampler):
 a resumed run regenerates the same epoch and skips the batches already consumed. A *global* batch
 (batch_size x grad_accum x processes clips) is cut into micro-batches by position, so the clips of an
@@ -8,6 +12,7 @@ optimizer step do not depend on the process count.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -17,8 +22,15 @@ import torch.nn.functional as F
 
 from tagtune.errors import UserError
 from tagtune.train.loss import Batch
-from tagtune.folders import MANIFEST_FILE as MANIFEST, TAGS_FILE as DEFAULT_TAGS, TOKENIZER_FILE as DEFAULT_TOKENIZER
+from tagtune.folders import (EXAMPLES_FILE as EXAMPLES, MANIFEST_FILE as MANIFEST, SHARDS_DIR as SHARDS,
+                             TAGS_FILE as DEFAULT_TAGS, TOKENIZER_FILE as DEFAULT_TOKENIZER)
 
+EXAMPLE_KEYS = ("split", "shard", "row", "cond", "cond_shard", "cond_row", "n_text", "n_codes", "tags", "has_tag")
+SHARD_TENSORS = ("text_ids", "text_offsets", "codes", "code_offsets", "mels", "mel_offsets", "wav_lens")
+
+
+class DataError(UserError):
+    """A DATA_DIR that cannot be trained on: missing or damaged files, or another base model or tokenizer."""
 
 
 @dataclass
@@ -29,6 +41,7 @@ class DataBundle:
     manifest: dict
     manifest_hash: str
     base_dir: Path
+    base_fingerprint: str  # tagtune.checkpoint.folder_fingerprint of base_dir, checked against the manifest
     tokenizer_path: Path
     tags_path: Path
     tagset: object  # TagSet: canonical tags in token-id order
@@ -41,36 +54,141 @@ class DataBundle:
 
 
 def open_data(data_dir: str | Path) -> DataBundle:
-    """Open DATA_DIR and resolve the base checkpoint, tokenizer and tags file its manifest names."""
+    """Open and check DATA_DIR; resolve the base checkpoint, tokenizer and tags file its manifest names."""
     from tagtune.checkpoint import file_sha256
     from tagtune.data import PreparedDataset
     from tagtune.tags.vocab import TagSet
 
     data_dir = Path(data_dir)
-    train, val = PreparedDataset(data_dir, "train"), PreparedDataset(data_dir, "val")
-    manifest = train.manifest
+    manifest = _read_manifest(data_dir)
+    _check_examples_and_shards(data_dir, manifest)
     tags_path = _manifest_file(data_dir, manifest, "tags_file", DEFAULT_TAGS)
-    base = (manifest.get("base_checkpoint") or {}).get("dir")
-    if not base:
-        raise UserError(f"{data_dir}/manifest.json does not name the base checkpoint folder (base_checkpoint)")
+    tokenizer_path = _manifest_file(data_dir, manifest, "tokenizer", DEFAULT_TOKENIZER)
+    tagset = TagSet.load(tags_path)
+    base_dir, fingerprint = _check_base(data_dir, manifest)
+    _check_tokenizer(tokenizer_path, tags_path, tagset, data_dir / MANIFEST, manifest.get("tag_ids") or {})
     return DataBundle(
         data_dir=data_dir,
         manifest=manifest,
         manifest_hash=file_sha256(data_dir / MANIFEST)[:16],
-        base_dir=(data_dir / base).resolve(),
-        tokenizer_path=_manifest_file(data_dir, manifest, "tokenizer", DEFAULT_TOKENIZER),
+        base_dir=base_dir,
+        base_fingerprint=fingerprint,
+        tokenizer_path=tokenizer_path,
         tags_path=tags_path,
-        tagset=TagSet.load(tags_path),
-        train=train,
-        val=val,
+        tagset=tagset,
+        train=PreparedDataset(data_dir, "train"),
+        val=PreparedDataset(data_dir, "val"),
     )
+
+
+def _read_manifest(data_dir: Path) -> dict:
+    path = data_dir / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path}: not found ({data_dir} is not a prepared data folder; prepare it first)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: invalid JSON (truncated or corrupt? {e})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise DataError(f"{path}: not a data manifest (no list of shards)")
+    return manifest
+
+
+def _read_examples(data_dir: Path) -> list[dict]:
+    path = data_dir / EXAMPLES
+    if not path.is_file():
+        raise DataError(f"{path}: not found (named by {data_dir / MANIFEST}); prepare the data again")
+    examples = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        try:
+            example = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {n} is not JSON (truncated or corrupt? {e})") from None
+        missing = [k for k in EXAMPLE_KEYS if not isinstance(example, dict) or k not in example]
+        if missing:
+            raise DataError(f"{path}: line {n} lacks {missing}")
+        examples.append(example)
+    return examples
+
+
+def _check_examples_and_shards(data_dir: Path, manifest: dict) -> None:
+    """Every shard opens whole and holds every row an example (or its reference clip) points at."""
+    from safetensors import SafetensorError, safe_open
+
+    rows = {}
+    for name in manifest["shards"]:
+        path = data_dir / SHARDS / str(name)
+        if not path.is_file():
+            raise DataError(f"{path}: shard not found (named by {data_dir / MANIFEST}); prepare the data again")
+        try:
+            with safe_open(str(path), "pt") as f:
+                missing = [k for k in SHARD_TENSORS if k not in f.keys()]
+                rows[name] = f.get_slice("wav_lens").get_shape()[0] if not missing else 0
+        except (SafetensorError, OSError) as e:
+            raise DataError(f"{path}: unreadable shard (truncated or corrupt? {e}); prepare the data again") from None
+        if missing:
+            raise DataError(f"{path}: not a prepared shard (lacks {missing}); prepare the data again")
+    examples = _read_examples(data_dir)
+    for n, e in enumerate(examples, 1):
+        for shard, row in ((e["shard"], e["row"]), (e["cond_shard"], e["cond_row"])):
+            if shard not in rows:
+                raise DataError(f"{data_dir / EXAMPLES}: line {n} names shard {shard!r}, which {MANIFEST} does "
+                                "not list")
+            if not isinstance(row, int) or not 0 <= row < rows[shard]:
+                raise DataError(f"{data_dir / EXAMPLES}: line {n} points at row {row!r} of shard {shard}, which "
+                                f"has {rows[shard]} rows")
+        if not isinstance(e["cond"], int) or not 0 <= e["cond"] < len(examples):
+            raise DataError(f"{data_dir / EXAMPLES}: line {n} names reference example {e['cond']!r}, which does "
+                            "not exist")
 
 
 def _manifest_file(data_dir: Path, manifest: dict, key: str, default: str) -> Path:
     path = data_dir / (manifest.get(key) or default)
     if not path.is_file():
-        raise UserError(f"{path}: not found (named by {data_dir}/{MANIFEST})")
+        raise DataError(f"{path}: not found (named by {data_dir / MANIFEST})")
     return path
+
+
+def _check_base(data_dir: Path, manifest: dict) -> tuple[Path, str]:
+    """The base checkpoint folder the data was prepared from, and its fingerprint (checked when recorded)."""
+    from tagtune.checkpoint import folder_fingerprint, read_config
+
+    path = data_dir / MANIFEST
+    recorded = manifest.get("base_checkpoint") or {}
+    if not isinstance(recorded, dict) or not recorded.get("dir"):
+        raise DataError(f"{path} does not name the base checkpoint folder (base_checkpoint.dir)")
+    base_dir = (data_dir / recorded["dir"]).resolve()
+    if not base_dir.is_dir():
+        raise DataError(f"{path}: the base checkpoint folder {base_dir} (base_checkpoint.dir) does not exist")
+    fingerprint = folder_fingerprint(base_dir, read_config(base_dir))  # read_config names a bad config.yaml
+    want = recorded.get("hash") or manifest.get("base_checkpoint_hash")
+    if want and want != fingerprint:
+        raise DataError(f"{base_dir}: fingerprint {fingerprint} differs from {want} recorded in {path} "
+                        "(base_checkpoint.hash): the base model changed since the data was prepared; prepare the "
+                        "data again for this model")
+    return base_dir, fingerprint
+
+
+def _check_tokenizer(path: Path, tags_path: Path, tagset, manifest_path: Path, recorded: dict) -> None:
+    """Each tag is one piece of the tokenizer, at the id the data was encoded with (manifest ``tag_ids``)."""
+    from tagtune.tags.vocab import tag_piece
+    from tagtune.text.tokenizer import TextTokenizer
+
+    tokenizer = TextTokenizer(path, normalizer=None)  # an empty or garbage file fails here, naming it
+    for tag in tagset.tags:
+        listed, want = tagset.token_ids.get(tag), recorded.get(tag)
+        if want is not None and listed is not None and listed != want:
+            raise DataError(f"{tags_path}: tag {tag} has id {listed}, the data was encoded with {want} "
+                            f"({manifest_path} tag_ids)")
+        want = want if want is not None else listed
+        piece = tag_piece(tag)
+        got = tokenizer.convert_tokens_to_ids(piece)[0]
+        if got == tokenizer.unk_token_id:
+            raise DataError(f"{path}: has no piece {piece} for tag {tag} (the data was encoded with it at id "
+                            f"{want}); this is not the tokenizer the data was prepared with")
+        if want is not None and got != want:
+            raise DataError(f"{path}: tag {tag} is piece id {got}, the data was encoded with id {want} "
+                            f"({manifest_path} tag_ids); this is not the tokenizer the data was prepared with")
 
 
 def epoch_batches(lengths: list[int], size: int, seed: int, epoch: int) -> list[list[int]]:

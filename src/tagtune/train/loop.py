@@ -29,7 +29,7 @@ from tagtune.precision import TRAINING_PRECISIONS, PrecisionError, resolve_preci
 from tagtune.tags.neutral import NeutralFit, fit_neutral_row, tokenizer_layout, untagged_indices
 from tagtune.tags.rows import TagInit, current_tag_rows, grow_base, read_start_rows, save_start_rows, set_tag_rows
 from tagtune.train import run as rundir, state as ts
-from tagtune.train.config import TrainConfig
+from tagtune.train.config import TrainConfig, TrainConfigError
 from tagtune.train.data import clip_lengths, collate, epoch_batches, micro_batch, open_data, pad_spec, precompute_conds
 from tagtune.train.loss import RowLosses, combine, split_means
 from tagtune.train.metrics import MetricsLog, forgetting, validate
@@ -108,8 +108,10 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
     rank, world, main = accel.process_index, accel.num_processes, accel.is_main_process
     torch.manual_seed(config.seed + rank)
 
-    # ---- setup: data, model (grown base + adapters), optimizer, schedule, resume state
+    # ---- setup: data, model (grown base + adapters), optimizer, schedule, resume state. Everything that can
+    # be checked is checked before the first write: a refused run leaves RUN_DIR as it was.
     data = open_data(data_dir)
+    checkpoint = rundir.check_resume(run_dir, config, data, rank, world) if resume else None
     rows_file = run_dir / rundir.START_ROWS
     # a resumed run starts from the rows it recorded (a checkpoint then overrides them); "neutral" is fitted below
     init = TagInit(config.lora.tag_init, config.seed, data.tokenizer_path,
@@ -117,7 +119,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
     gpt, model_cfg, new_ids = grow_base(data.base_dir, data.tag_names, init, dropout=config.model.dropout)
     _check_tag_ids(data, new_ids)
     gpt.gpt.gradient_checkpointing = config.model.gradient_checkpointing
-    lora.apply_lora(gpt, config.lora.spec(), new_ids)
+    _apply_lora(gpt, config, new_ids)
     gpt.to(accel.device).train()
     optim = config.optim
     optimizer = torch.optim.AdamW(lora.param_groups(gpt, optim.lr, optim.weight_decay, optim.tag_lr_scale),
@@ -125,14 +127,17 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
     total_steps, global_batch = _total_steps(len(data.train), config, world)
     scheduler = _scheduler(optimizer, config, total_steps)
     progress = ts.Progress()
-    if resume:
-        progress = rundir.restore(run_dir, gpt, optimizer, scheduler, rank, config, data)
+    if checkpoint is not None:
+        progress = rundir.restore(gpt, optimizer, scheduler, checkpoint)
+    if main and resume:
+        rundir.tidy(run_dir, checkpoint.folder if checkpoint is not None else None)
     elif main:
         rundir.start(run_dir, config, data, model_cfg, new_ids, world)
     need_start_rows = progress.step == 0 and not rows_file.is_file()  # decided by every process before any writes
     accel.wait_for_everyone()
     meta = rundir.weights_meta(data, model_cfg, new_ids, config)
-    metrics = MetricsLog(run_dir, main, progress.step if resume else None)
+    # metric lines after the restored step are replayed; a run without a checkpoint starts its metrics afresh
+    metrics = MetricsLog(run_dir, main, progress.step if checkpoint is not None else None)
     conds = None if config.lora.train_conditioning else precompute_conds(gpt, data.train, accel.device)
     val_conds = None if config.lora.train_conditioning else precompute_conds(gpt, data.val, accel.device)
     if need_start_rows:
@@ -246,6 +251,33 @@ def _clip_conds(gpt, picks: list[int], clips: list[dict], conds, device) -> list
         return [conds[i] for i in picks]
     fresh = precompute_conds(gpt, clips, device)
     return [fresh[k] for k in range(len(clips))]
+
+
+def _apply_lora(gpt, config: TrainConfig, new_ids: list[int]) -> None:
+    """``lora.apply_lora`` with the recipe's settings; settings that do not fit the model name their recipe key."""
+    settings = config.lora
+    if settings.mode == "lora":
+        blocks = gpt.gpt.h
+        if settings.layers is not None and max(settings.layers) >= len(blocks):
+            bad = [i for i in settings.layers if i >= len(blocks)]
+            raise TrainConfigError(f"lora.layers {bad} out of range: the model has {len(blocks)} blocks "
+                                   f"(0-{len(blocks) - 1})")
+        names = _adaptable_layers(blocks[0])
+        unknown = [t for t in settings.targets if not any(n == t or n.endswith("." + t) for n in names)]
+        if unknown:
+            raise TrainConfigError(f"lora.targets {unknown} name no layer of the GPT-2 blocks; the blocks have "
+                                   f"{', '.join(names)}")
+    try:
+        lora.apply_lora(gpt, settings.spec(), new_ids)
+    except lora.LoraError as e:
+        raise TrainConfigError(f"lora: {e}") from None
+
+
+def _adaptable_layers(block: torch.nn.Module) -> list[str]:
+    """Names (inside one block) of the layers LoRA can wrap: GPT-2's Conv1D and plain Linear layers."""
+    from transformers.pytorch_utils import Conv1D
+
+    return [n for n, m in block.named_modules() if isinstance(m, (Conv1D, torch.nn.Linear))]
 
 
 def _check_tag_ids(data, new_ids: list[int]) -> None:

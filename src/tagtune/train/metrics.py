@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from tagtune.checkpoint import atomic_write_bytes, atomic_write_text
+from tagtune.errors import UserError
 from tagtune.train.config import LossSettings
 from tagtune.train.loss import Batch, RowLosses, combine
 
@@ -25,6 +26,10 @@ METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 LOSS_PNG = "loss_curve.png"
 TENSORBOARD_DIR = "tensorboard"
+
+
+class MetricsError(UserError):
+    """A run's metrics file that cannot be continued."""
 
 
 def _mean(values: list[float]) -> float | None:
@@ -77,8 +82,7 @@ class MetricsLog:
             return
         if resume_step is not None and self.path.is_file():
             # lines written after the checkpoint we resume from are replayed by the resumed run
-            old = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            self.records = [r for r in old if r["step"] <= resume_step]
+            self.records = [r for r in read_records(self.path) if r["step"] <= resume_step]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
         self._tb = _tensorboard(self.run_dir / TENSORBOARD_DIR)
 
@@ -109,6 +113,28 @@ class MetricsLog:
         self.flush()
         if self._tb is not None:
             self._tb.close()
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl. Lines are appended, so a kill can cut the last one short: that line is
+    dropped (the resumed run writes it again). A bad line before the last is damage, named with its number."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            ok = isinstance(record, dict) and isinstance(record.get("step"), int)
+        except json.JSONDecodeError:
+            ok = False
+        if ok:
+            records.append(record)
+        elif n == len(lines):
+            log.info("%s: dropped a last line cut short by an interrupted write", path)
+        else:
+            raise MetricsError(f"{path}: line {n} is not a metrics record; remove the line to resume")
+    return records
 
 
 def _clean(v):

@@ -26,17 +26,22 @@ import yaml
 
 from tagtune import lora
 from tagtune.train import state as ts
-from tagtune.atomic import atomic_write_bytes, atomic_write_text, publish_folder
-from tagtune.checkpoint import folder_fingerprint, save_safetensors
+from tagtune.atomic import (OLD_MARK, atomic_write_bytes, atomic_write_text, publish_folder, sweep_stale,
+                            sweep_temp_files)
+from tagtune.checkpoint import CheckpointError, save_safetensors
 from tagtune.errors import UserError
 from tagtune.loaders import read_run_info
-from tagtune.train.config import TrainConfig
+from tagtune.train.config import TrainConfig, TrainConfigError, read_recipe_yaml
+from tagtune.train.metrics import METRICS_JSONL, read_records
 from tagtune.folders import (ADAPTER_META_FILE, BEST_DIR as BEST, FULL_WEIGHTS_FILE as FULL_WEIGHTS, LAST_DIR as LAST, RECIPE_FILE as RECIPE,
                              RUN_INFO_FILE as RUN_INFO, SAMPLES_DIR as SAMPLES, START_ROWS_FILE as START_ROWS,
                              TAGS_FILE as TAGS, TOKENIZER_FILE as TOKENIZER)
 
 log = logging.getLogger(__name__)
 
+# recipe keys that decide which tensors train and their shapes: a resumed run must keep them
+SHAPE_KEYS = (("lora", "mode"), ("lora", "rank"), ("lora", "targets"), ("lora", "layers"),
+              ("lora", "train_conditioning"))
 
 
 def _versions() -> dict[str, str]:
@@ -51,16 +56,24 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+class RunExistsError(UserError):
+    """A fresh run asked for in a folder that already holds one."""
+
+
 def start(run_dir: Path, config: TrainConfig, data, model_cfg, new_ids: list[int], world: int) -> None:
-    """Create RUN_DIR and write its self-description (refuses to overwrite an earlier run)."""
+    """Create RUN_DIR and write its self-description (refuses to overwrite an earlier run).
+
+    ``run.json`` is written last: a folder holding it describes a run completely, and a start killed before
+    it can simply be started again.
+    """
     if (run_dir / RUN_INFO).exists():
-        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        raise RunExistsError(f"{run_dir} already holds a run; resume it or choose another output folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     info = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "data": {"dir": str(Path(data.data_dir).resolve()), "manifest_hash": data.manifest_hash,
                  "counts": data.manifest.get("counts")},
-        "base": {"dir": str(data.base_dir), "fingerprint": folder_fingerprint(data.base_dir),
+        "base": {"dir": str(data.base_dir), "fingerprint": data.base_fingerprint,
                  "number_text_tokens": model_cfg.gpt.number_text_tokens - len(new_ids)},
         "tag_names": data.tag_names,
         "new_token_ids": new_ids,
@@ -69,17 +82,17 @@ def start(run_dir: Path, config: TrainConfig, data, model_cfg, new_ids: list[int
         "processes": world,
         "versions": _versions(),
     }
-    atomic_write_text(run_dir / RUN_INFO, json.dumps(info, indent=1, ensure_ascii=False))
     atomic_write_text(run_dir / RECIPE, yaml.safe_dump(config.to_dict(), sort_keys=False))
     atomic_write_bytes(run_dir / TOKENIZER, Path(data.tokenizer_path).read_bytes())
     atomic_write_bytes(run_dir / TAGS, Path(data.tags_path).read_bytes())
+    atomic_write_text(run_dir / RUN_INFO, json.dumps(info, indent=1, ensure_ascii=False))
 
 
 def weights_meta(data, model_cfg, new_ids: list[int], config: TrainConfig) -> dict:
     """What a weights folder records about itself (read back by ``loaders.load_adapter_model``)."""
     return {"tag_names": data.tag_names, "new_token_ids": new_ids, "mode": config.lora.mode,
             "number_text_tokens": model_cfg.gpt.number_text_tokens,
-            "base_fingerprint": folder_fingerprint(data.base_dir), "data_manifest_hash": data.manifest_hash}
+            "base_fingerprint": data.base_fingerprint, "data_manifest_hash": data.manifest_hash}
 
 
 def save_weights(gpt, folder: Path, meta: dict, data, config: TrainConfig) -> None:
@@ -127,23 +140,93 @@ def save_checkpoint(accel, run_dir: Path, gpt, optimizer, scheduler, progress: t
     accel.wait_for_everyone()
 
 
-def restore(run_dir: Path, gpt, optimizer, scheduler, rank: int, config: TrainConfig, data) -> ts.Progress:
-    """Load the last complete checkpoint into the freshly built run; a run without one starts at step 0."""
+def check_resume(run_dir: Path, config: TrainConfig, data, rank: int, world: int) -> ts.Checkpoint | None:
+    """Check that RUN_DIR can continue with this recipe, data and process count, and read its newest complete
+    checkpoint (None: the run has none yet and starts at step 0). Reads only: nothing is written."""
     info = read_run_info(run_dir)
-    if info["data"]["manifest_hash"] != data.manifest_hash:
-        raise UserError(f"{run_dir} was trained on other data (manifest hash {info['data']['manifest_hash']}, "
-                        f"now {data.manifest_hash}); cannot resume")
-    recorded = yaml.safe_load((run_dir / RECIPE).read_text(encoding="utf-8"))
-    if recorded != config.to_dict():
-        log.warning("%s: the recipe differs from the one the run started with; resuming with the new one", run_dir)
+    trained_on = _recorded(info, run_dir, "data", "manifest_hash")
+    trained_from = _recorded(info, run_dir, "base", "fingerprint")
+    if trained_on != data.manifest_hash:
+        raise UserError(f"{run_dir} was trained on other data (manifest hash {trained_on}, now {data.manifest_hash}); "
+                        "cannot resume")
+    if trained_from != data.base_fingerprint:
+        raise UserError(f"{run_dir} was trained from another base model (fingerprint {trained_from}, now "
+                        f"{data.base_fingerprint}); cannot resume")
+    processes = info.get("processes", 1)  # a dict: _recorded checked it
+    if processes != world:
+        raise UserError(f"{run_dir} was trained with {processes} process(es), this resume has {world}: the "
+                        "global batch and the data order would change; resume with the same number of processes")
+    _check_recipe(run_dir, config)
+    if (run_dir / METRICS_JSONL).is_file():
+        read_records(run_dir / METRICS_JSONL)  # damage is reported now, before anything is written
     folder = ts.latest_checkpoint(run_dir)
     if folder is None:
         log.info("%s has no complete checkpoint yet: starting from step 0", run_dir)
-        return ts.Progress()
-    trainable, optim_state, sched_state, progress, rng = ts.read_checkpoint(folder, rank)
-    ts.load_trainable(gpt, trainable, folder)
-    optimizer.load_state_dict(optim_state)
-    scheduler.load_state_dict(sched_state)
-    torch.set_rng_state(rng)
-    log.info("resuming %s from step %d", run_dir, progress.step)
-    return progress
+        return None
+    return ts.read_checkpoint(folder, rank)
+
+
+def _recorded(info, run_dir: Path, section: str, key: str):
+    """``info[section][key]`` of a run.json, or an error naming the file and the key."""
+    part = info.get(section) if isinstance(info, dict) else None
+    value = part.get(key) if isinstance(part, dict) else None
+    if value is None:
+        raise UserError(f"{run_dir / RUN_INFO}: lacks {section}.{key} (not written by tagtune train?)")
+    return value
+
+
+def _check_recipe(run_dir: Path, config: TrainConfig) -> None:
+    """The recipe may change the schedule or learning rate on resume, never the shapes of what trains."""
+    path = run_dir / RECIPE
+    if not path.is_file():
+        raise UserError(f"{path}: not found ({run_dir} is not a complete training run)")
+    recorded = read_recipe_yaml(path)
+    now = config.to_dict()
+    for section, key in SHAPE_KEYS:
+        before = recorded.get(section, {}).get(key) if isinstance(recorded, dict) and isinstance(
+            recorded.get(section), dict) else None
+        if before != now[section][key]:
+            raise TrainConfigError(f"{path}: the run trained with {section}.{key} {before!r}, the recipe now says "
+                                   f"{now[section][key]!r}; a resumed run keeps the shapes of its checkpoint, so "
+                                   f"{section}.{key} must stay {before!r}")
+    if recorded != now:
+        log.warning("%s: the recipe differs from the one the run started with; resuming with the new one", run_dir)
+
+
+def restore(gpt, optimizer, scheduler, checkpoint: ts.Checkpoint) -> ts.Progress:
+    """Load a checkpoint read by ``check_resume`` into the freshly built run."""
+    ts.load_trainable(gpt, checkpoint.trainable, checkpoint.folder)
+    try:
+        optimizer.load_state_dict(checkpoint.optimizer)
+        scheduler.load_state_dict(checkpoint.scheduler)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{checkpoint.folder / ts.STATE_TENSORS}: the optimizer state does not fit the "
+                              f"run's model ({' '.join(str(e).split())})") from None
+    torch.set_rng_state(checkpoint.rng)
+    log.info("resuming %s from step %d", checkpoint.folder.parent.parent, checkpoint.progress.step)
+    return checkpoint.progress
+
+
+def _recover_swapped(folder: Path) -> None:
+    """A kill between the two renames of ``publish_folder`` leaves the previous ``folder`` moved aside as
+    ``.<name>.old-<pid>``: put it back rather than sweep it."""
+    if folder.exists():
+        return
+    moved = sorted(folder.parent.glob(f".{folder.name}{OLD_MARK}*"), key=lambda p: p.stat().st_mtime)
+    if moved and moved[-1].is_dir():
+        os.replace(moved[-1], folder)
+        log.info("%s: restored from %s", folder, moved[-1].name)
+
+
+def tidy(run_dir: Path, resumed_from: Path | None) -> None:
+    """Remove what killed runs left half-written: temporary files and staging folders (main process, before
+    this run writes anything), and point LATEST at the checkpoint the run resumes from. Complete files and
+    folders are never touched."""
+    if resumed_from is not None:
+        ts.point_latest(run_dir, resumed_from)
+    removed = sweep_temp_files(run_dir) + ts.sweep_staging(run_dir)
+    for name in (BEST, LAST):
+        _recover_swapped(run_dir / name)
+        sweep_stale(run_dir / name)
+    if removed:
+        log.info("removed %d temporary file(s)/folder(s) left by an interrupted run", len(removed))

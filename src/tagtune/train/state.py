@@ -8,28 +8,37 @@ Layout of ``RUN_DIR/checkpoints/step-000120/``:
     state.json           step, data position, scheduler, optimizer groups, run bookkeeping
     rng-<rank>.safetensors  torch RNG state of every process (dropout, LoRA dropout)
 
-A checkpoint is written into a hidden temporary folder and renamed into place, then ``LATEST`` is
-replaced atomically: a SIGKILL at any moment leaves the previous checkpoint intact and named by LATEST.
+A checkpoint is written into a hidden temporary folder (``.step-000120.tmp``) and renamed into place, then
+``LATEST`` is replaced atomically: a SIGKILL at any moment leaves every earlier checkpoint intact. A step
+folder is complete when it holds ``state.json``, the file written last. Resuming takes the newest complete
+step folder, found by scanning them; ``LATEST`` is a pointer for people and tools, and a missing, stale or
+damaged one changes nothing.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
-from tagtune.checkpoint import atomic_write_text, read_state_dict, save_safetensors
+from tagtune.checkpoint import CheckpointError, atomic_write_text, read_state_dict, save_safetensors
 from tagtune.folders import CHECKPOINTS_DIR as CHECKPOINTS
+
+log = logging.getLogger(__name__)
 
 LATEST = "LATEST"
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
 WEIGHTS = "weights"
 STEP_FORMAT = "step-{:06d}"
+STEP_RE = re.compile(r"step-(\d{6,})")
+STAGING_RE = re.compile(r"\.step-\d{6,}\.tmp")
 
 
 @dataclass
@@ -53,13 +62,45 @@ def staging_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f".{STEP_FORMAT.format(step)}.tmp"
 
 
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The complete step folders of a run (those holding ``state.json``), oldest first."""
+    folder = Path(run_dir) / CHECKPOINTS
+    found = []
+    for path in folder.iterdir() if folder.is_dir() else ():
+        match = STEP_RE.fullmatch(path.name)
+        if not match or not path.is_dir():
+            continue
+        if (path / STATE_JSON).is_file():
+            found.append((int(match.group(1)), path))
+        else:
+            log.warning("%s: incomplete checkpoint (no %s); skipped", path, STATE_JSON)
+    return [path for _, path in sorted(found)]
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The folder named by LATEST, or None when the run has no complete checkpoint."""
-    pointer = Path(run_dir) / CHECKPOINTS / LATEST
-    if not pointer.is_file():
+    """The newest complete checkpoint folder, or None when the run has none."""
+    folders = complete_checkpoints(run_dir)
+    if not folders:
         return None
-    folder = Path(run_dir) / CHECKPOINTS / pointer.read_text(encoding="utf-8").strip()
-    return folder if (folder / STATE_JSON).is_file() else None
+    newest = folders[-1]
+    pointer = Path(run_dir) / CHECKPOINTS / LATEST
+    try:
+        named = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        named = None
+    if named != newest.name:
+        log.warning("%s names %r, but the newest complete checkpoint is %s: resuming from that", pointer, named,
+                    newest.name)
+    return newest
+
+
+def sweep_staging(run_dir: str | Path) -> list[Path]:
+    """Remove checkpoint staging folders a killed run left behind (call before this run writes any)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    stale = [p for p in folder.iterdir() if p.is_dir() and STAGING_RE.fullmatch(p.name)] if folder.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -103,29 +144,89 @@ def publish(run_dir: Path, step: int) -> None:
     if final.exists():
         shutil.rmtree(final)
     os.replace(staged, final)
-    atomic_write_text(Path(run_dir) / CHECKPOINTS / LATEST, final.name)
+    point_latest(run_dir, final)
 
 
-def read_checkpoint(folder: Path, rank: int) -> tuple[dict[str, torch.Tensor], dict, dict, Progress, torch.Tensor]:
-    """(trainable tensors, optimizer state dict, scheduler state, progress, this rank's RNG state)."""
-    tensors = read_state_dict(folder / STATE_TENSORS)
-    payload = json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
-    trainable = {k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")}
-    optim = _optimizer_from_flat(tensors, payload["optimizer"])
+def point_latest(run_dir: Path, folder: Path) -> None:
+    """Make LATEST name ``folder`` (rewritten only when it names something else)."""
+    pointer = Path(run_dir) / CHECKPOINTS / LATEST
+    try:
+        if pointer.read_text(encoding="utf-8").strip() == folder.name:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write_text(pointer, folder.name)
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read back for process ``rank``: everything ``train`` needs to continue exactly."""
+
+    folder: Path
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict
+    scheduler: dict
+    progress: Progress
+    rng: torch.Tensor
+
+
+def read_checkpoint(folder: Path, rank: int) -> Checkpoint:
+    """Read a checkpoint folder; a damaged or missing file is a CheckpointError naming it."""
+    payload = _read_payload(folder)
     rng_file = folder / f"rng-{rank}.safetensors"
     if not rng_file.is_file():
-        raise FileNotFoundError(f"{rng_file}: missing (resume with the same number of processes as the run)")
-    rng = read_state_dict(rng_file)["cpu"]
-    return trainable, optim, payload["scheduler"], Progress(**payload["progress"]), rng
+        raise _damaged(folder, f"{rng_file}: missing (every process of the run wrote one; resume with the same "
+                               "number of processes)")
+    try:
+        tensors = read_state_dict(folder / STATE_TENSORS)
+        rng = read_state_dict(rng_file)
+    except CheckpointError as e:
+        raise _damaged(folder, str(e)) from None
+    if "cpu" not in rng:
+        raise _damaged(folder, f"{rng_file}: holds no 'cpu' RNG state")
+    trainable = {k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")}
+    optim = _optimizer_from_flat(tensors, payload["optimizer"])
+    return Checkpoint(folder, trainable, optim, payload["scheduler"], Progress(**payload["progress"]), rng["cpu"])
+
+
+def _read_payload(folder: Path) -> dict:
+    path = folder / STATE_JSON
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _damaged(folder, f"{path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _damaged(folder, f"{path}: unreadable (truncated or corrupt? {e})") from None
+    names = {f.name for f in fields(Progress)}
+    ok = (isinstance(payload, dict) and isinstance(payload.get("progress"), dict)
+          and set(payload["progress"]) == names and isinstance(payload.get("scheduler"), dict)
+          and isinstance(payload.get("optimizer"), dict) and "param_groups" in payload["optimizer"])
+    if not ok:
+        raise _damaged(folder, f"{path}: not a tagtune checkpoint state (progress, scheduler, optimizer)")
+    return payload
+
+
+def _damaged(folder: Path, problem: str) -> CheckpointError:
+    """The error for an unusable checkpoint, saying how to fall back to the one before it."""
+    match = STEP_RE.fullmatch(folder.name)
+    step = int(match.group(1)) if match else -1
+    earlier = [p for p in complete_checkpoints(folder.parent.parent) if int(STEP_RE.fullmatch(p.name).group(1)) < step]
+    if earlier:
+        return CheckpointError(f"{problem}; delete {folder} to resume from {earlier[-1].name}")
+    return CheckpointError(f"{problem}; the run has no earlier checkpoint: start it again in a new folder")
 
 
 def load_trainable(model: torch.nn.Module, trainable: dict[str, torch.Tensor], source: Path) -> None:
-    """Copy saved trainable tensors into ``model``; both sides must name exactly the same tensors."""
+    """Copy saved trainable tensors into ``model``; both sides must name the same tensors with the same shapes."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(params) != set(trainable):
         missing, extra = sorted(set(params) - set(trainable)), sorted(set(trainable) - set(params))
-        raise RuntimeError(f"{source}: trainable tensors differ from the run's model: missing {missing[:5]}, "
-                           f"unexpected {extra[:5]} (was the recipe changed before --resume?)")
+        raise CheckpointError(f"{source}: trainable tensors differ from the run's model: missing {missing[:5]}, "
+                              f"unexpected {extra[:5]} (was the recipe changed before resuming?)")
+    for name, p in params.items():
+        if tuple(trainable[name].shape) != tuple(p.shape):
+            raise CheckpointError(f"{source}: key {name} has shape {tuple(trainable[name].shape)}, the run's model "
+                                  f"expects {tuple(p.shape)} (was the recipe changed before resuming?)")
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(trainable[name])
