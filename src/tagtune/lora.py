@@ -26,6 +26,7 @@ from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model,
 from peft.tuners.lora import LoraLayer
 from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 
 DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -39,7 +40,11 @@ ADAPTER_MARKERS = ("lora_", "trainable_tokens_", "lora_magnitude_vector")
 
 
 class LoraError(UserError, ValueError):
-    """A LoRA setting that does not fit the model (e.g. a block index it does not have)."""
+    """A LoRA setting (``setting``, a LoraSpec field) that does not fit the model; ``detail`` says why."""
+
+    def __init__(self, setting: str, detail: str):
+        self.setting, self.detail = setting, detail
+        super().__init__(f"LoRA {setting} {detail}")
 
 
 @dataclass(frozen=True)
@@ -87,14 +92,27 @@ def apply_lora(gpt: nn.Module, settings: LoraSpec, new_token_ids: list[int]) -> 
         for name, p in gpt.named_parameters():
             p.requires_grad_(settings.train_conditioning or not name.startswith(CONDITIONING_MODULES))
         return gpt
-    if settings.layers is not None:
-        n_layers = len(gpt.gpt.h)
-        bad = [i for i in settings.layers if i >= n_layers]
-        if bad:
-            raise LoraError(f"LoRA layers {bad} out of range: the model has {n_layers} blocks (0-{n_layers - 1})")
+    check_fits(gpt, settings)
     inject_adapter_in_model(lora_config(settings, new_token_ids), gpt, adapter_name=ADAPTER)
     _mask_old_head_rows(gpt, new_token_ids)
     return gpt
+
+
+def check_fits(gpt: nn.Module, settings: LoraSpec) -> None:
+    """Raise LoraError when ``settings`` names blocks or layers the GPT does not have."""
+    blocks = gpt.gpt.h
+    bad = [i for i in settings.layers or () if i >= len(blocks)]
+    if bad:
+        raise LoraError("layers", f"{bad} out of range: the model has {len(blocks)} blocks (0-{len(blocks) - 1})")
+    names = adaptable_layers(blocks[0])
+    unknown = [t for t in settings.targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if unknown:
+        raise LoraError("targets", f"{unknown} name no layer of the GPT-2 blocks; the blocks have {', '.join(names)}")
+
+
+def adaptable_layers(block: nn.Module) -> list[str]:
+    """Names (inside one block) of the layers LoRA can wrap: GPT-2's Conv1D and plain Linear layers."""
+    return [n for n, m in block.named_modules() if isinstance(m, (Conv1D, nn.Linear))]
 
 
 def _mask_old_head_rows(gpt: nn.Module, new_token_ids: list[int]) -> None:

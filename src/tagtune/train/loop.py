@@ -255,29 +255,10 @@ def _clip_conds(gpt, picks: list[int], clips: list[dict], conds, device) -> list
 
 def _apply_lora(gpt, config: TrainConfig, new_ids: list[int]) -> None:
     """``lora.apply_lora`` with the recipe's settings; settings that do not fit the model name their recipe key."""
-    settings = config.lora
-    if settings.mode == "lora":
-        blocks = gpt.gpt.h
-        if settings.layers is not None and max(settings.layers) >= len(blocks):
-            bad = [i for i in settings.layers if i >= len(blocks)]
-            raise TrainConfigError(f"lora.layers {bad} out of range: the model has {len(blocks)} blocks "
-                                   f"(0-{len(blocks) - 1})")
-        names = _adaptable_layers(blocks[0])
-        unknown = [t for t in settings.targets if not any(n == t or n.endswith("." + t) for n in names)]
-        if unknown:
-            raise TrainConfigError(f"lora.targets {unknown} name no layer of the GPT-2 blocks; the blocks have "
-                                   f"{', '.join(names)}")
     try:
-        lora.apply_lora(gpt, settings.spec(), new_ids)
+        lora.apply_lora(gpt, config.lora.spec(), new_ids)
     except lora.LoraError as e:
-        raise TrainConfigError(f"lora: {e}") from None
-
-
-def _adaptable_layers(block: torch.nn.Module) -> list[str]:
-    """Names (inside one block) of the layers LoRA can wrap: GPT-2's Conv1D and plain Linear layers."""
-    from transformers.pytorch_utils import Conv1D
-
-    return [n for n, m in block.named_modules() if isinstance(m, (Conv1D, torch.nn.Linear))]
+        raise TrainConfigError(f"lora.{e.setting} {e.detail}") from None
 
 
 def _check_tag_ids(data, new_ids: list[int]) -> None:
