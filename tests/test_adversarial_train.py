@@ -379,7 +379,7 @@ KILL_POINTS = [
 
 def _arm(kind: str, target: str | None, nth: int) -> None:
     """In the child: SIGKILL this process at the ``nth`` rename onto ``target`` or the ``nth`` training loss."""
-    import tagtune.train.loop as loop
+    from tagtune.train import loop
 
     seen = [0]
 

@@ -136,3 +136,26 @@ def test_readme_python_example_runs_verbatim(tmp_path, monkeypatch):
     for path in written:
         data, rate = sf.read(path, dtype="int16")
         assert rate == 24000 and np.array_equal(data, out.audio)
+
+
+def test_public_calls_survive_importing_their_stage_modules():
+    import tagtune.evaluate
+    import tagtune.export
+    import tagtune.train  # noqa: F401
+
+    for name in ("prepare", "train", "export", "evaluate"):
+        assert callable(getattr(tagtune, name)) and getattr(tagtune, name).__module__ == "tagtune"
+    from tagtune.train import loop
+
+    assert loop.__name__ == "tagtune.train.loop"
+
+
+def test_public_calls_export_and_load_a_run(trained_run, tmp_path):
+    """``tagtune.export`` then ``tagtune.load_model(base, adapter=...)``, as a notebook would."""
+    run_dir, _ = trained_run
+    out = tagtune.export(run_dir, tmp_path / "adapter", adapter_only=True)
+    info = tagtune.load_model(shipped_base(), adapter=out)
+    assert info.tagset is not None and info.tagset.tags
+    assert info.config.gpt.number_text_tokens == tagtune.load_model(shipped_base()).config.gpt.number_text_tokens \
+        + len(info.tagset.tags)
+    info.check_vocabulary()

@@ -17,6 +17,8 @@ name is imported when first used.
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,3 +91,22 @@ def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | 
     from tagtune.evaluate import evaluate as run_evaluation
 
     return run_evaluation(model_dir, data_dir, out_dir, **options)
+
+
+class _PublicFace(types.ModuleType):
+    """The package module, keeping its public functions when a stage module of the same name is imported.
+
+    ``train``, ``export`` and ``evaluate`` name both a call of the public face and a stage package or module;
+    importing ``tagtune.train`` would otherwise rebind ``tagtune.train`` to the package (Python sets a parent
+    attribute for every imported submodule). The stage modules stay reachable as ``from tagtune.train import
+    ...`` and through ``sys.modules``.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _PUBLIC_CALLS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_PUBLIC_CALLS = ("prepare", "train", "export", "evaluate")
+sys.modules[__name__].__class__ = _PublicFace

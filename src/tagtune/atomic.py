@@ -123,28 +123,32 @@ class OutputError(UserError):
     """An output path that cannot be written: a folder where a file is wanted, a read-only place, ..."""
 
 
-def check_writable(path: str | Path, folder: bool = False) -> None:
+def check_writable(path: str | Path, folder: bool = False, param: str | None = None) -> None:
     """Raise OutputError unless a file (or, with ``folder``, a folder) can be written at ``path``.
 
     Checked before any work is done, by creating and removing a probe file in the nearest existing folder
     on the way to ``path`` (``os.access`` misses read-only mounts and answers yes to root). Nothing at
-    ``path`` is created or changed.
+    ``path`` is created or changed. ``param``: the caller's argument that gave ``path``, for the error.
     """
     path = Path(path)
+
+    def refuse(message: str) -> OutputError:
+        return OutputError(message, params=(param,) if param else ())
+
     if path.exists() or path.is_symlink():
         if not folder and (path.is_dir() or not path.is_file()):
             kind = "a folder" if path.is_dir() else "not a regular file"
-            raise OutputError(f"cannot write {path}: it is {kind}; give a file name")
+            raise refuse(f"cannot write {path}: it is {kind}; give a file name")
         if folder and not path.is_dir():
-            raise OutputError(f"cannot write the folder {path}: a file of that name exists")
+            raise refuse(f"cannot write the folder {path}: a file of that name exists")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise OutputError(f"cannot write {path}: {parent} is a file, not a folder")
+        raise refuse(f"cannot write {path}: {parent} is a file, not a folder")
     try:
         fd, probe = tempfile.mkstemp(dir=parent, prefix=".tagtune-probe-", suffix=".tmp")
     except OSError as e:
-        raise OutputError(f"cannot write {path}: {parent} is not writable ({e.strerror or e})") from None
+        raise refuse(f"cannot write {path}: {parent} is not writable ({e.strerror or e})") from None
     os.close(fd)
     os.unlink(probe)

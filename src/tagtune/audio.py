@@ -2,6 +2,10 @@
 
 Audio out: ``write_wav`` writes int16 samples as a 16-bit PCM wav, atomically.
 
+Reading is bounded: ``audio_info`` reads only the header, ``load_audio(max_seconds=...)`` decodes only the
+start of a file, and rates, channel counts and signals no speech recording has (NaN/inf, silence) are refused
+with an ``AudioError`` naming the problem.
+
 Everything here reproduces the official reference path (``torchaudio.load`` -> channel mean ->
 ``torchaudio.transforms.Resample(sr, 24000)`` -> ``MelSpectrogramFeatures``) without torchaudio: the
 sinc resampler and the HTK filterbank are written out below from their definitions.
@@ -12,6 +16,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -36,6 +41,17 @@ SAMPLES_PER_CODE = 4 * HOP  # one DVAE code per 4 mel frames (the GPT config's m
 # torchaudio.transforms.Resample defaults (method "sinc_interp_hann")
 RESAMPLE_LOWPASS_WIDTH = 6
 RESAMPLE_ROLLOFF = 0.99
+# decoded beyond a cut, so that resampling gives the samples before the cut as a whole decode would: the
+# kernel reaches RESAMPLE_LOWPASS_WIDTH / RESAMPLE_ROLLOFF samples of the lower rate each way (1.5 ms at 4 kHz)
+RESAMPLE_LOOKAHEAD_SECONDS = 0.05
+
+# What a speech recording can be (the same bounds as corpus preparation's)
+MIN_SAMPLE_RATE = 4000  # below this a file is surely mislabelled
+MAX_SAMPLE_RATE = 384000  # the highest rate real recorders write
+MAX_CHANNELS = 8  # more than 7.1 surround is not a speech recording
+SILENCE_PEAK = 1e-3  # -60 dBFS: a recording whose loudest sample is below this holds no speech
+NON_FINITE_AUDIO = "non_finite_audio"  # reason codes of ``signal_problem`` (corpus rejections use them too)
+SILENT_AUDIO = "silent_audio"
 
 AudioSource = str | os.PathLike | bytes | bytearray
 
@@ -44,24 +60,96 @@ class AudioError(UserError, ValueError):
     """An audio file or buffer that cannot be used: unreadable, corrupt, empty or too short."""
 
 
-def load_audio(source: AudioSource) -> tuple[torch.Tensor, int]:
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says: frames per channel, sample rate, channels."""
+
+    frames: int
+    sample_rate: int
+    channels: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def _open(source: AudioSource) -> tuple[str, object]:
+    """(name for messages, what soundfile opens) of a path or raw bytes."""
+    if isinstance(source, (bytes, bytearray)):
+        return f"({len(source)} bytes)", io.BytesIO(source)
+    name = os.fspath(source)
+    if not os.path.isfile(name):
+        raise AudioError(f"audio {name}: " + ("not a regular file" if os.path.exists(name) else "not found"))
+    return name, name
+
+
+def _decode_error(name: str, e: Exception) -> AudioError:
+    """One line from libsndfile's own words (its messages name a BytesIO object's address otherwise)."""
+    reason = getattr(e, "error_string", None) or getattr(e, "strerror", None) or str(e)
+    return AudioError(f"audio {name}: cannot decode ({' '.join(str(reason).split())})")
+
+
+def check_format(name: str, sample_rate: int, channels: int) -> None:
+    """Refuse rates and channel counts no speech recording has (AudioError naming ``name``)."""
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"audio {name}: sample rate {sample_rate} Hz is outside "
+                         f"[{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz")
+    if channels > MAX_CHANNELS:
+        raise AudioError(f"audio {name}: {channels} channels (at most {MAX_CHANNELS})")
+
+
+def audio_info(source: AudioSource) -> AudioInfo:
+    """Frames, rate and channels from the header alone; nothing is decoded."""
+    name, handle = _open(source)
+    try:
+        info = sf.info(handle)
+    except (sf.SoundFileError, RuntimeError, OSError) as e:
+        raise _decode_error(name, e) from None
+    check_format(name, int(info.samplerate), int(info.channels))
+    return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
+
+
+def load_audio(source: AudioSource, max_seconds: float | None = None) -> tuple[torch.Tensor, int]:
     """Decode a wav/flac/ogg file (path or raw bytes) to float32 ``(C, N)`` in [-1, 1] and its sample rate.
 
-    16-bit PCM decodes to int16 / 32768, the same values ``torchaudio.load`` returns.
+    16-bit PCM decodes to int16 / 32768, the same values ``torchaudio.load`` returns. With ``max_seconds``
+    only the first ``max_seconds`` are decoded, however long the file is.
     """
-    if isinstance(source, (bytes, bytearray)):
-        name, handle = f"<{len(source)} bytes>", io.BytesIO(source)
-    else:
-        name = handle = os.fspath(source)
-        if not os.path.isfile(name):
-            raise AudioError(f"audio file not found: {name}")
+    name, handle = _open(source)
     try:
-        data, sr = sf.read(handle, dtype="float32", always_2d=True)  # (N, C)
+        with sf.SoundFile(handle) as f:
+            check_format(name, f.samplerate, f.channels)
+            frames = -1 if max_seconds is None else max(0, math.ceil(max_seconds * f.samplerate))
+            data = f.read(frames, dtype="float32", always_2d=True)  # (N, C)
+            sr = f.samplerate
     except (sf.SoundFileError, RuntimeError, OSError) as e:  # libsndfile: unknown format, bad header, ...
-        raise AudioError(f"cannot decode audio {name}: {e}") from None
+        raise _decode_error(name, e) from None
     if data.shape[0] == 0:
-        raise AudioError(f"audio {name} holds no samples")
+        raise AudioError(f"audio {name}: holds no samples")
     return torch.from_numpy(np.ascontiguousarray(data.T)), int(sr)
+
+
+def signal_problem(samples) -> tuple[str, str] | None:
+    """(reason code, detail) when decoded samples cannot be a speech recording, else None.
+
+    NaN/inf samples (a corrupt file) and silence (peak below ``SILENCE_PEAK``); ``samples`` is any array
+    (numpy or a CPU tensor) of float samples.
+    """
+    x = np.asarray(samples)
+    bad = int(x.size - np.isfinite(x).sum())
+    if bad:
+        return NON_FINITE_AUDIO, f"{bad} of {x.size} samples are NaN or infinite (a corrupt recording)"
+    peak = float(np.abs(x).max()) if x.size else 0.0
+    if peak < SILENCE_PEAK:
+        return SILENT_AUDIO, f"silent (loudest sample {peak:.1e}, below {SILENCE_PEAK:g}, i.e. -60 dBFS)"
+    return None
+
+
+def check_signal(samples, name: str) -> None:
+    """Raise AudioError naming ``name`` when ``signal_problem`` finds one."""
+    problem = signal_problem(samples)
+    if problem is not None:
+        raise AudioError(f"audio {name}: {problem[1]}")
 
 
 def to_mono(wav: torch.Tensor) -> torch.Tensor:
@@ -118,9 +206,16 @@ def resample_soxr(wav: torch.Tensor, orig_sr: int, new_sr: int = SAMPLE_RATE) ->
     return torch.from_numpy(np.ascontiguousarray(out.T, dtype=np.float32))
 
 
-def load_reference(source: AudioSource) -> torch.Tensor:
-    """Reference audio as the official inference reads it: mono (channel mean), 24 kHz, ``(1, N)``."""
-    wav, sr = load_audio(source)
+def load_reference(source: AudioSource, max_seconds: float | None = None) -> torch.Tensor:
+    """Reference audio as the official inference reads it: mono (channel mean), 24 kHz, ``(1, N)``.
+
+    NaN/inf samples and silence are refused (AudioError). With ``max_seconds`` only the start of the file is
+    decoded, a little more than ``max_seconds`` so that those come out as a whole decode gives them: cut the
+    result to ``max_seconds`` afterwards.
+    """
+    head = None if max_seconds is None else max_seconds + RESAMPLE_LOOKAHEAD_SECONDS
+    wav, sr = load_audio(source, max_seconds=head)
+    check_signal(wav, _open(source)[0] if isinstance(source, (bytes, bytearray)) else os.fspath(source))
     return resample(to_mono(wav), sr, SAMPLE_RATE)
 
 
@@ -162,7 +257,7 @@ class MelSpectrogram(nn.Module):
         self.register_buffer("fb", fb, persistent=False)  # (n_freqs, n_mels)
 
     @classmethod
-    def from_config(cls, mel) -> "MelSpectrogram":
+    def from_config(cls, mel) -> MelSpectrogram:
         """Build from a :class:`tagtune.config.MelConfig` (``normalize`` must be false, as in IndexTTS)."""
         if mel.normalize:
             raise ValueError("normalised mel spectrograms are not used by IndexTTS 1.x")

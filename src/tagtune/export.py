@@ -8,12 +8,18 @@ and so does ``tagtune.load_model``.
 
 Adapter (``adapter_only=True``): the run's PEFT folder (adapter_config.json + adapter_model.safetensors,
 tokenizer, tags) plus provenance; ``tagtune.load_model(base_dir, adapter=adapter_dir)`` applies it.
+
+Everything is checked before anything is written. The folder is built beside ``out_dir`` and renamed into
+place whole (``atomic.publish_folder``): a kill leaves the previous folder, or none, never a partial one that
+looks like a model; ``overwrite`` replaces an earlier export whole, stale files included, and refuses any
+other non-empty folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -21,14 +27,32 @@ from pathlib import Path
 import torch
 
 from tagtune import lora
-from tagtune.checkpoint import (atomic_write_bytes, atomic_write_text, folder_fingerprint,
-                         read_config, read_state_dict, save_pth, write_config)
+from tagtune.atomic import check_writable, publish_folder
+from tagtune.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_text,
+    folder_fingerprint,
+    read_config,
+    read_state_dict,
+    save_pth,
+    write_config,
+)
 from tagtune.errors import UserError
-from tagtune.loaders import load_adapter_model, read_run_info
-from tagtune.folders import (ADAPTER_META_FILE, PROVENANCE_FILE, TAGS_FILE, BEST_DIR as BEST, FULL_WEIGHTS_FILE as FULL_WEIGHTS, GPT_FILE, LAST_DIR as LAST,
-                             START_ROWS_FILE as START_ROWS, TOKENIZER_FILE as TOKENIZER)
+from tagtune.folders import (
+    BEST_DIR,
+    FULL_WEIGHTS_FILE,
+    GPT_FILE,
+    LAST_DIR,
+    PROVENANCE_FILE,
+    RUN_INFO_FILE,
+    START_ROWS_FILE,
+    TAGS_FILE,
+    TOKENIZER_FILE,
+)
+from tagtune.loaders import load_adapter_model, read_adapter_meta, read_run_info
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+FORMATS = {"adapter": "peft-adapter", "merged": "indextts-merged"}  # provenance "format" of each kind
 
 
 def export(run_dir: str | Path, out_dir: str | Path, adapter_only: bool = False, dtype: str = "fp32",
@@ -37,26 +61,80 @@ def export(run_dir: str | Path, out_dir: str | Path, adapter_only: bool = False,
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    if which not in (BEST, LAST):
-        raise UserError(f"which must be '{BEST}' or '{LAST}', got {which!r}")
-    info = read_run_info(run_dir)
+    if which not in (BEST_DIR, LAST_DIR):
+        raise UserError(f"which must be '{BEST_DIR}' or '{LAST_DIR}', got {which!r}")
+    info = _check_run_info(read_run_info(run_dir), run_dir)
     weights = run_dir / which
     if not weights.is_dir():
         raise UserError(f"{weights}: not found (has the run finished or validated yet?)")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise UserError(f"{out_dir} is not empty; choose another --out")
-    base_dir = _base_dir(info)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if adapter_only and info["mode"] != "lora":
+        raise UserError(f"{run_dir} fine-tuned every weight (mode {info['mode']}): export it merged")
+    _check_out_dir(out_dir, overwrite, {"the training run": run_dir, "the base model": Path(info["base"]["dir"])})
+    base_dir = _base_dir(info)  # hashes the base's files: after the cheap checks
     provenance = _provenance(info, run_dir, weights, dtype, adapter_only)
-    if adapter_only:
-        if info["mode"] != "lora":
-            raise UserError(f"{run_dir} fine-tuned every weight (mode {info['mode']}): export it merged")
-        for item in weights.iterdir():
-            shutil.copy2(item, out_dir / item.name)
-    else:
-        _export_merged(info, base_dir, weights, out_dir, DTYPES[dtype])
-    atomic_write_text(out_dir / PROVENANCE_FILE, json.dumps(provenance, indent=1, ensure_ascii=False))
+    with publish_folder(out_dir) as staging:
+        if adapter_only:
+            for item in weights.iterdir():
+                _copy(item, staging / item.name)
+        else:
+            _export_merged(info, base_dir, weights, staging, DTYPES[dtype])
+        atomic_write_text(staging / PROVENANCE_FILE, json.dumps(provenance, indent=1, ensure_ascii=False))
     return out_dir
+
+
+RUN_FIELDS = {"mode": str, "base": dict, "data": dict, "tag_names": list, "new_token_ids": list,
+              "number_text_tokens": int, "versions": dict}
+
+
+def _check_run_info(info, run_dir: Path) -> dict:
+    """The fields of ``run.json`` an export reads, each present with its type (a damaged file is one error)."""
+    bad = [k for k, kind in RUN_FIELDS.items() if not isinstance(info, dict) or not isinstance(info.get(k), kind)]
+    if not bad and not all(isinstance(info["base"].get(k), str) for k in ("dir", "fingerprint")):
+        bad = ["base.dir", "base.fingerprint"]
+    if bad:
+        raise UserError(f"{run_dir / RUN_INFO_FILE}: missing or malformed {', '.join(bad)}; is this a tagtune "
+                        "training run?")
+    return info
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool, protected: dict[str, Path]) -> None:
+    """``out_dir`` can be written, holds nothing an export would destroy, and is outside ``protected``."""
+    check_writable(out_dir, folder=True, param="out_dir")
+    target = out_dir.resolve()
+    for what, folder in protected.items():
+        folder = folder.resolve()
+        if target == folder or folder in target.parents or target in folder.parents:
+            raise UserError(f"{out_dir} overlaps {what} {folder}; export to a folder outside it", params=("out_dir",))
+    if not (out_dir.is_dir() and any(out_dir.iterdir())):
+        return
+    if not overwrite:
+        raise UserError(f"{out_dir} is not empty; choose another folder, or overwrite an earlier export",
+                        params=("out_dir", "overwrite"))
+    if not _is_export(out_dir):
+        raise UserError(f"{out_dir} is not empty and is not a tagtune export (no valid {PROVENANCE_FILE}); it is "
+                        "left alone: choose another folder", params=("out_dir",))
+
+
+def _is_export(folder: Path) -> bool:
+    """Whether ``folder`` was written by ``export`` (and so may be replaced whole)."""
+    try:
+        provenance = json.loads((folder / PROVENANCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(provenance, dict) and provenance.get("format") in FORMATS.values()
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """Copy a file (flushed to disk before the folder is published) or a folder."""
+    if src.is_dir():
+        shutil.copytree(src, dst)
+        return
+    shutil.copy2(src, dst)
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _base_dir(info: dict) -> Path:
@@ -76,7 +154,7 @@ def merged_state(info: dict, base_dir: Path, weights: Path) -> tuple[dict[str, t
         return lora.merge(gpt), cfg
     cfg = read_config(base_dir)
     cfg = dataclasses.replace(cfg, gpt=dataclasses.replace(cfg.gpt, number_text_tokens=info["number_text_tokens"]))
-    return read_state_dict(weights / FULL_WEIGHTS), cfg
+    return read_state_dict(weights / FULL_WEIGHTS_FILE), cfg
 
 
 def official_shapes(gpt_config) -> dict[str, tuple[int, ...]]:
@@ -99,20 +177,21 @@ def _export_merged(info: dict, base_dir: Path, weights: Path, out_dir: Path, dty
     save_pth(out_dir / GPT_FILE, state)
     base_cfg = read_config(base_dir)
     cfg = dataclasses.replace(cfg, gpt_checkpoint=GPT_FILE,
-                              dataset=dataclasses.replace(cfg.dataset, bpe_model=TOKENIZER))
+                              dataset=dataclasses.replace(cfg.dataset, bpe_model=TOKENIZER_FILE))
     write_config(out_dir, cfg)
-    atomic_write_bytes(out_dir / TOKENIZER, (weights / TOKENIZER).read_bytes())
+    atomic_write_bytes(out_dir / TOKENIZER_FILE, (weights / TOKENIZER_FILE).read_bytes())
     atomic_write_bytes(out_dir / TAGS_FILE, (weights / TAGS_FILE).read_bytes())
-    if (weights / START_ROWS).is_file():  # the untrained tag rows: lets `tagtune eval` rebuild the start
-        atomic_write_bytes(out_dir / START_ROWS, (weights / START_ROWS).read_bytes())
+    if (weights / START_ROWS_FILE).is_file():  # the untrained tag rows: lets `tagtune eval` rebuild the start
+        atomic_write_bytes(out_dir / START_ROWS_FILE, (weights / START_ROWS_FILE).read_bytes())
     for name in (base_cfg.dvae_checkpoint, base_cfg.bigvgan_checkpoint):
-        shutil.copy2(base_dir / name, out_dir / name)
+        _copy(base_dir / name, out_dir / name)
 
 
 def _provenance(info: dict, run_dir: Path, weights: Path, dtype: str, adapter_only: bool) -> dict:
-    meta = json.loads((weights / ADAPTER_META_FILE).read_text(encoding="utf-8"))
+    meta = read_adapter_meta(weights)
+    meta = meta if isinstance(meta, dict) else {}
     return {
-        "format": "peft-adapter" if adapter_only else "indextts-merged",
+        "format": FORMATS["adapter" if adapter_only else "merged"],
         "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run_dir": str(run_dir.resolve()),
         "weights": weights.name,

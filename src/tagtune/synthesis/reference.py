@@ -3,20 +3,30 @@
 A reference becomes its 100-band log-mel, the GPT's 32 conditioning latents and BigVGAN's speaker embedding.
 Those depend only on the audio, so ``ReferenceCache`` keys them by the file's path, size and modification time
 (or by a hash of raw bytes) and a TTS object computes them once per voice.
+
+Only the first ``MAX_REFERENCE_SECONDS`` of a recording are decoded (the rest would be cut anyway), and
+recordings no voice can be taken from (NaN/inf samples, silence, under ``MIN_REFERENCE_SECONDS``) are refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tagtune.audio import SAMPLE_RATE, AudioError, load_reference, resample
+from tagtune.audio import (
+    RESAMPLE_LOOKAHEAD_SECONDS,
+    SAMPLE_RATE,
+    AudioError,
+    check_format,
+    check_signal,
+    load_reference,
+    resample,
+)
 from tagtune.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -24,10 +34,11 @@ log = logging.getLogger(__name__)
 MIN_REFERENCE_SECONDS = 1.0  # shorter prompts carry too little voice for the conformer / ECAPA
 MAX_REFERENCE_SECONDS = 30.0  # longer ones are trimmed: the conditioning gains nothing and costs time
 CACHE_SIZE = 16
+RECORDING = "(recording)"  # how messages name samples handed over as an array
 
 
 class ReferenceAudioError(UserError, ValueError):
-    """A reference voice that is missing, unreadable or too short."""
+    """A reference voice that is missing, unreadable, corrupt, silent or too short."""
 
 
 @dataclass
@@ -58,34 +69,49 @@ def reference_key(source) -> str:
 
 def read_reference_audio(source, min_seconds: float = MIN_REFERENCE_SECONDS,
                          max_seconds: float = MAX_REFERENCE_SECONDS) -> tuple[torch.Tensor, bool]:
-    """Mono 24 kHz samples (1, N) of a reference, trimmed to ``max_seconds`` (with a warning).
+    """Mono 24 kHz samples (1, N) of a reference and whether it was cut to ``max_seconds`` (with a warning).
 
-    ``source``: a path, encoded file bytes, or ``(sample_rate, samples)`` as a web form delivers it.
+    ``source``: a path, encoded file bytes, or ``(sample_rate, samples)`` as a web form delivers it. Only the
+    start of a long recording is decoded.
     """
-    name = "<upload>" if not isinstance(source, (str, os.PathLike)) else str(source)
-    if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
-        raise ReferenceAudioError(f"reference audio {name}: not found")
     try:
-        wav = _array_reference(*source) if isinstance(source, tuple) else load_reference(source)
-    except AudioError as e:
-        raise ReferenceAudioError(f"reference audio {name}: {e}") from None
+        if isinstance(source, tuple):
+            wav = _array_reference(*source, max_seconds=max_seconds)
+        else:
+            wav = load_reference(source, max_seconds)
+    except AudioError as e:  # "audio NAME: problem"
+        raise ReferenceAudioError(f"reference {e}") from None
+    name = _source_name(source)
     seconds = wav.shape[-1] / SAMPLE_RATE
     if seconds < min_seconds:
         raise ReferenceAudioError(f"reference audio {name} is {seconds:.2f} s long; at least {min_seconds:g} s "
                                   "of speech is needed")
     if seconds <= max_seconds:
         return wav, False
-    log.warning("reference audio %s is %.1f s long; using its first %g s", name, seconds, max_seconds)
+    log.warning("reference audio %s is longer than %g s; using its first %g s", name, max_seconds, max_seconds)
     return wav[:, : int(max_seconds * SAMPLE_RATE)], True
 
 
-def _array_reference(rate: int, samples) -> torch.Tensor:
-    """(rate, samples (N,) or (N, C), int16 or float) -> mono float (1, N) at 24 kHz."""
+def _source_name(source) -> str:
+    if isinstance(source, tuple):
+        return RECORDING
+    return f"({len(source)} bytes)" if isinstance(source, (bytes, bytearray)) else str(source)
+
+
+def _array_reference(rate: int, samples, max_seconds: float) -> torch.Tensor:
+    """(rate, samples (N,) or (N, C), integer PCM or float) -> mono float (1, N) at 24 kHz, about
+    ``max_seconds`` long at most (cut exactly by the caller)."""
     x = np.asarray(samples)
     if x.size == 0:
-        raise AudioError("the recording holds no samples")
-    x = x.astype(np.float32) / 32768.0 if x.dtype == np.int16 else x.astype(np.float32)
-    wav = torch.from_numpy(x.reshape(x.shape[0], -1).T.copy()).mean(dim=0, keepdim=True)  # (1, N)
+        raise AudioError(f"audio {RECORDING}: holds no samples")
+    x = x.reshape(x.shape[0], -1)  # (N, C)
+    check_format(RECORDING, int(rate), x.shape[1])
+    x = x[: int((max_seconds + RESAMPLE_LOOKAHEAD_SECONDS) * rate) + 1]
+    if np.issubdtype(x.dtype, np.signedinteger):  # PCM: full scale is 2 ** (bits - 1)
+        x = x.astype(np.float32) / float(2 ** (8 * x.dtype.itemsize - 1))
+    x = x.astype(np.float32)
+    check_signal(x, RECORDING)
+    wav = torch.from_numpy(x.T.copy()).mean(dim=0, keepdim=True)  # (1, N)
     return resample(wav, int(rate), SAMPLE_RATE)
 
 

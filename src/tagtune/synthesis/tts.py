@@ -32,12 +32,56 @@ log = logging.getLogger(__name__)
 
 PCM_SCALE = 32767.0  # official: clamp(32767 * wav, ±32767), then an int16 cast (truncation toward zero)
 MAX_SENTENCE_TOKENS = 120  # official ``infer`` packing limit (``infer_fast`` uses 100)
+MAX_TEXT_CHARS = 2000  # about two minutes of speech; work and memory grow with the text, so longer is refused
+MAX_SEED = 2**63 - 1  # the largest seed torch.Generator.manual_seed takes as a signed 64-bit value
 DEFAULT_BATCH = 8  # sentences per generation batch on the fast path
 COMPAT_MODES = ("official",)
 
 
 class TextError(UserError, ValueError):
-    """Text that cannot be synthesised (empty, or nothing left after normalisation)."""
+    """Text that cannot be synthesised (empty, too long, or nothing left after normalisation)."""
+
+
+class SeedError(UserError, ValueError):
+    """A seed that is not an integer in [0, MAX_SEED]."""
+
+
+def check_seed(seed) -> int | None:
+    """``seed`` as an int (None stays None); integral floats, as number fields deliver them, are accepted."""
+    if seed is None:
+        return None
+    if isinstance(seed, float) and seed.is_integer():
+        seed = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise SeedError(f"the seed must be an integer from 0 to {MAX_SEED} (2**63 - 1), got {seed!r}",
+                        params=("seed",))
+    return seed
+
+
+def text_to_sentences(tokenizer, text: str, max_sentence_tokens: int = MAX_SENTENCE_TOKENS,
+                      max_chars: int = MAX_TEXT_CHARS) -> list[list[int]]:
+    """Text -> GPT sentences (ids), packed as the official ``split_sentences``; tags stay whole.
+
+    Raises TextError for empty or over-long text (counted before normalisation, which costs time in
+    proportion) or text with nothing left to say, and UnknownTagError for a tag the tokenizer does not know.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise TextError("the text is empty", params=("text",))
+    if len(text) > max_chars:
+        raise TextError(f"the text has {len(text)} characters; the limit is {max_chars}: split it into "
+                        "shorter texts", params=("text",))
+    pieces = tokenizer.tokenize(text)
+    chunks = tokenizer.split_sentences(pieces, max_sentence_tokens)
+    ids = [s for s in (tokenizer.convert_tokens_to_ids(c) for c in chunks) if s]
+    if not ids:
+        raise TextError(f"nothing to say in {_preview(text)} after normalisation", params=("text",))
+    return ids
+
+
+def _preview(text: str, chars: int = 60) -> str:
+    """The text quoted on one line, shortened for a message."""
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= chars else flat[: chars - 3] + "...")
 
 
 @dataclass
@@ -76,16 +120,19 @@ class TTS:
     gpt: fp32 UnifiedVoice (eval); vocoder: BigVGAN with weight norm folded; tokenizer: TextTokenizer;
     mel: MelSpectrogram. ``precision`` ("fp32", "bf16", "fp16", "int8", "auto") applies to the fast path's
     GPT decode only; compat mode always runs the fp32 model. ``position_mode`` ("train" or "official") is
-    the fast path's mel positions; ``batch_size`` the sentences generated together.
+    the fast path's mel positions; ``batch_size`` the sentences generated together; ``max_text_chars`` the
+    longest text accepted.
     """
 
     def __init__(self, gpt, vocoder, tokenizer, mel, *, precision: str = "fp32", batch_size: int = DEFAULT_BATCH,
                  max_sentence_tokens: int = MAX_SENTENCE_TOKENS, position_mode: str = "train",
-                 references: ReferenceCache | None = None, name: str = "model"):
+                 references: ReferenceCache | None = None, name: str = "model",
+                 max_text_chars: int = MAX_TEXT_CHARS):
         self.gpt, self.vocoder, self.tokenizer = gpt, vocoder, tokenizer
         self.device = gpt.mel_head.weight.device
         self.precision = resolve_precision(precision, self.device)
         self.batch_size, self.position_mode, self.name = batch_size, position_mode, name
+        self.max_text_chars = max_text_chars
         # a sentence can never exceed what the text position table holds
         self.max_sentence_tokens = min(max_sentence_tokens, gpt.cfg.max_text_tokens)
         if references is None:
@@ -115,15 +162,7 @@ class TTS:
 
     def sentences(self, text: str) -> list[list[int]]:
         """Text -> GPT sentences (ids), packed as the official ``split_sentences``; tags stay whole."""
-        if not text or not text.strip():
-            raise TextError("the text is empty")
-        pieces = self.tokenizer.tokenize(text)
-        chunks = self.tokenizer.split_sentences(pieces, self.max_sentence_tokens)
-        ids = [self.tokenizer.convert_tokens_to_ids(c) for c in chunks]
-        ids = [s for s in ids if s]
-        if not ids:
-            raise TextError(f"nothing to say in {text!r} after normalisation")
-        return ids
+        return text_to_sentences(self.tokenizer, text, self.max_sentence_tokens, self.max_text_chars)
 
     # ------------------------------------------------------------------------------------ synthesis
 
@@ -137,9 +176,10 @@ class TTS:
         """Speak ``text`` in the voice of ``reference``; ``seed`` makes sampling reproducible."""
         if compat is not None and compat not in COMPAT_MODES:
             raise UserError(f"unknown compat mode {compat!r}; choose one of {COMPAT_MODES}")
+        seed = check_seed(seed)
         start = time.perf_counter()
+        sentences = self.sentences(text)  # text first: it is checked without touching the audio
         ref = self.reference(reference)
-        sentences = self.sentences(text)
         cfg = self._generation_config(generation, compat)
         generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
         run = self._run_official if compat else self._run_fast
