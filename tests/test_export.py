@@ -45,55 +45,61 @@ def test_full_size_layout_equals_the_official_one_with_grown_text_rows(official_
         assert ours[key] == grown, key
 
 
-def test_merged_folder_is_complete_and_loads_strictly(merged, fixture_dir, official_keys_dir):
-    from tagtune.checkpoint import load_gpt
+def test_merged_folder_is_complete_and_loads_strictly(merged, shipped_base):
+    from tagtune.checkpoint import load_gpt, read_config
     from tagtune.loaders import load_model
     from tagtune.models.unified_voice import UnifiedVoice
 
+    vocab = read_config(shipped_base).gpt.number_text_tokens  # the tags' ids follow it
     assert {p.name for p in merged.iterdir()} == {"config.yaml", "gpt.pth", "bpe.model", "tags.json", "dvae.pth",
                                                   "bigvgan_generator.pth", "provenance.json", "tag_init.safetensors"}
     cfg = yaml.safe_load((merged / "config.yaml").read_text())
-    assert cfg["gpt"]["number_text_tokens"] == 322 and cfg["gpt_checkpoint"] == "gpt.pth"
+    assert cfg["gpt"]["number_text_tokens"] == vocab + 2 and cfg["gpt_checkpoint"] == "gpt.pth"
     state = torch.load(merged / "gpt.pth", weights_only=True)  # what the official loader does
-    assert {_pattern(k) for k in state} == {_pattern(k) for k in _official(official_keys_dir, "sd_gpt_v15.txt")}
-    assert all(state[k].shape[0] == 323 for k in TEXT_KEYS) and state["text_head.weight"].dtype == torch.float32
+    assert set(state) == set(torch.load(shipped_base / "gpt.pth", weights_only=True))
+    assert all(state[k].shape[0] == vocab + 3 for k in TEXT_KEYS) and state["text_head.weight"].dtype == torch.float32
     plain = UnifiedVoice(load_gpt(merged).cfg)
     plain.load_state_dict(state, strict=True)
     for name in ("dvae.pth", "bigvgan_generator.pth"):
-        assert (merged / name).read_bytes() == (fixture_dir / "checkpoint" / name).read_bytes()
+        assert (merged / name).read_bytes() == (shipped_base / name).read_bytes()
     model = load_model(merged)
-    assert model.tokenizer.vocab_size == 322 and model.tagset is not None
+    assert model.tokenizer.vocab_size == vocab + 2 and model.tagset is not None
     provenance = json.loads((merged / "provenance.json").read_text())
-    assert provenance["format"] == "indextts-merged" and provenance["new_token_ids"] == [320, 321]
+    assert provenance["format"] == "indextts-merged" and provenance["new_token_ids"] == [vocab, vocab + 1]
 
 
-def test_merged_and_adapter_exports_agree(merged, trained_run, fixture_dir, expected, tmp_path):
-    from tagtune.checkpoint import load_gpt
+def test_merged_keys_follow_the_official_patterns(merged, official_keys_dir):
+    state = torch.load(merged / "gpt.pth", weights_only=True)
+    assert {_pattern(k) for k in state} == {_pattern(k) for k in _official(official_keys_dir, "sd_gpt_v15.txt")}
+
+
+def test_merged_and_adapter_exports_agree(merged, trained_run, shipped_base, base_inputs, tmp_path):
+    from tagtune.checkpoint import load_gpt, read_config
     from tagtune.export import export
     from tagtune.loaders import load_adapter_model
 
+    vocab = read_config(shipped_base).gpt.number_text_tokens  # the tags' ids follow it
     adapter = export(trained_run[0], tmp_path / "adapter", adapter_only=True)
     assert {"adapter_config.json", "adapter_model.safetensors", "bpe.model", "tags.json",
             "provenance.json"} <= {p.name for p in adapter.iterdir()}
-    tuned, _ = load_adapter_model(fixture_dir / "checkpoint", adapter)
+    tuned, _ = load_adapter_model(shipped_base, adapter)
     plain = load_gpt(merged)
-    text = expected["batch_text_ids"].clone()
-    text[0, 1], text[1, 3] = 320, 321
-    batch = (expected["batch_cond_mel"], text, expected["batch_text_lengths"], expected["batch_codes"],
-             expected["batch_wav_lengths"], expected["batch_cond_mel_lengths"])
+    text = base_inputs["batch_text_ids"].clone()
+    text[0, 1], text[1, 3] = vocab, vocab + 1
+    batch = (base_inputs["batch_cond_mel"], text, *input_batch(base_inputs)[2:])
     with torch.no_grad():
         a, b = tuned.logits(*batch), plain.logits(*batch)
     torch.testing.assert_close(b.text_logits, a.text_logits, atol=1e-4, rtol=0)
     torch.testing.assert_close(b.mel_logits, a.mel_logits, atol=1e-4, rtol=0)
-    base = load_gpt(fixture_dir / "checkpoint")
+    base = load_gpt(shipped_base)
     with torch.no_grad():
-        assert (base.logits(*expected_batch(expected)).mel_logits - tuned.logits(*expected_batch(expected))
+        assert (base.logits(*input_batch(base_inputs)).mel_logits - tuned.logits(*input_batch(base_inputs))
                 .mel_logits).abs().max() > 1e-3  # the export really carries the training
 
 
-def expected_batch(expected):
-    return (expected["batch_cond_mel"], expected["batch_text_ids"], expected["batch_text_lengths"],
-            expected["batch_codes"], expected["batch_wav_lengths"], expected["batch_cond_mel_lengths"])
+def input_batch(inputs):
+    return (inputs["batch_cond_mel"], inputs["batch_text_ids"], inputs["batch_text_lengths"],
+            inputs["batch_codes"], inputs["batch_wav_lengths"], inputs["batch_cond_mel_lengths"])
 
 
 def test_fp16_export_and_errors(trained_run, tmp_path):
@@ -105,7 +111,7 @@ def test_fp16_export_and_errors(trained_run, tmp_path):
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
     with pytest.raises(UserError, match="is not empty"):
         export(trained_run[0], out)
-    with pytest.raises(UserError, match="--dtype must be one of"):
+    with pytest.raises(UserError, match="dtype must be one of"):
         export(trained_run[0], tmp_path / "x", dtype="bf16")
     with pytest.raises(UserError, match="not a tagtune training run"):
         export(tmp_path, tmp_path / "y")

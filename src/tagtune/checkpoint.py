@@ -101,7 +101,8 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], path: str | Pat
     cast to ``dtype`` (default: the module's own parameter dtype, fp32), so fp16 files load into fp32.
     """
     own = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-    own = {k: v for k, v in own.items() if k in module.state_dict()}
+    persistent = set(module.state_dict())  # non-persistent buffers are not stored in checkpoints
+    own = {k: v for k, v in own.items() if k in persistent}
     problems = []
     for key in sorted(set(own) - set(state)):
         problems.append(f"missing key {key} (expected shape {tuple(own[key].shape)})")

@@ -60,7 +60,7 @@ def export(run_dir: str | Path, out_dir: str | Path, adapter_only: bool = False,
     """Write the run's ``which`` ("best" or "last") weights to ``out_dir``; returns ``out_dir``."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if dtype not in DTYPES:
-        raise UserError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise UserError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}", params=("dtype",))
     if which not in (BEST_DIR, LAST_DIR):
         raise UserError(f"which must be '{BEST_DIR}' or '{LAST_DIR}', got {which!r}")
     info = _check_run_info(read_run_info(run_dir), run_dir)

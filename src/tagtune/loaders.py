@@ -133,10 +133,14 @@ class LoadedModel:
     def tokenizer(self):
         """TextTokenizer with this model's tags. A model without tags gets an empty tag set, so that a tag in
         the text is an error listing the known tags instead of being read out as letters."""
-        from tagtune.text.tokenizer import TextTokenizer
+        from tagtune.text.tokenizer import TextTokenizer, TokenizerError
 
-        return self._get("tokenizer", lambda: TextTokenizer(self.tokenizer_path, tagset=self.tagset or TagSet(),
-                                                            unknown_tags=self.unknown_tags))
+        def make():
+            try:
+                return TextTokenizer(self.tokenizer_path, tagset=self.tagset or TagSet(), unknown_tags=self.unknown_tags)
+            except TokenizerError as e:  # name the folder whose tokenizer and tags disagree
+                raise (e if str(self.text_dir) in str(e) else TokenizerError(f"{self.text_dir}: {e}")) from None
+        return self._get("tokenizer", make)
 
     @property
     def mel(self):

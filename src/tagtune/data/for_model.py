@@ -1,6 +1,6 @@
 """``tagtune prepare``: a corpus -> DATA_DIR for one base model, with its tags.
 
-Finds the corpus's tags (``--tags auto``) or takes a list, canonicalises them, extends the base tokenizer
+Finds the corpus's tags (``tags="auto"``) or takes a list, canonicalises them, extends the base tokenizer
 with one piece per tag, writes that tokenizer and the tag set into DATA_DIR (so training and synthesis use
 exactly the same text path), and runs the shard pipeline with the model's DVAE and limits.
 """

@@ -304,10 +304,10 @@ class TagSet:
         """Read a JSON tags file written by ``save``."""
         try:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise TagError(f"{path}: unreadable tags file ({e})") from None
         except TagError as e:
             raise TagError(f"{path}: {e}") from None
+        except (UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:  # JSON errors included
+            raise TagError(f"{path}: unreadable tags file ({e})") from None
 
     def with_token_ids(self, ids: dict[str, int]) -> "TagSet":
         """A copy whose tags carry these token ids (from ``add_tag_pieces``)."""
