@@ -86,12 +86,21 @@ def _swap_into_place(staging: Path, out_dir: Path) -> None:
 
 
 def sweep_stale(out_dir: Path) -> None:
-    """Remove staging and replaced copies of ``out_dir`` left by processes that no longer run."""
+    """Tidy what processes that no longer run left beside ``out_dir``: staging copies are removed; a replaced
+    copy is put back when a kill came between the two renames of ``publish_folder`` (``out_dir`` is missing),
+    and removed otherwise."""
     for marker in (STAGING_MARK, OLD_MARK):
-        for path in out_dir.parent.glob(f".{glob.escape(out_dir.name)}{marker}*"):
-            pid = path.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _alive(int(pid)):
+        stale = [p for p in out_dir.parent.glob(f".{glob.escape(out_dir.name)}{marker}*") if _left_by_dead(p)]
+        for path in sorted(stale, key=lambda p: p.stat().st_mtime, reverse=True):  # newest first
+            if marker == OLD_MARK and not out_dir.exists() and path.is_dir():
+                os.replace(path, out_dir)
+            else:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def _left_by_dead(path: Path) -> bool:
+    pid = path.name.rsplit("-", 1)[-1]
+    return pid.isdigit() and not _alive(int(pid))
 
 
 def sweep_temp_files(folder: str | Path, pattern: str = ".*.tmp") -> list[Path]:

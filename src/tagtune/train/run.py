@@ -26,7 +26,7 @@ import yaml
 
 from tagtune import lora
 from tagtune.train import state as ts
-from tagtune.atomic import (OLD_MARK, atomic_write_bytes, atomic_write_text, publish_folder, sweep_stale,
+from tagtune.atomic import (atomic_write_bytes, atomic_write_text, publish_folder, sweep_stale,
                             sweep_temp_files)
 from tagtune.checkpoint import CheckpointError, save_safetensors
 from tagtune.errors import UserError
@@ -207,17 +207,6 @@ def restore(gpt, optimizer, scheduler, checkpoint: ts.Checkpoint) -> ts.Progress
     return checkpoint.progress
 
 
-def _recover_swapped(folder: Path) -> None:
-    """A kill between the two renames of ``publish_folder`` leaves the previous ``folder`` moved aside as
-    ``.<name>.old-<pid>``: put it back rather than sweep it."""
-    if folder.exists():
-        return
-    moved = sorted(folder.parent.glob(f".{folder.name}{OLD_MARK}*"), key=lambda p: p.stat().st_mtime)
-    if moved and moved[-1].is_dir():
-        os.replace(moved[-1], folder)
-        log.info("%s: restored from %s", folder, moved[-1].name)
-
-
 def tidy(run_dir: Path, resumed_from: Path | None) -> None:
     """Remove what killed runs left half-written: temporary files and staging folders (main process, before
     this run writes anything), and point LATEST at the checkpoint the run resumes from. Complete files and
@@ -226,7 +215,6 @@ def tidy(run_dir: Path, resumed_from: Path | None) -> None:
         ts.point_latest(run_dir, resumed_from)
     removed = sweep_temp_files(run_dir) + ts.sweep_staging(run_dir)
     for name in (BEST, LAST):
-        _recover_swapped(run_dir / name)
         sweep_stale(run_dir / name)
     if removed:
         log.info("removed %d temporary file(s)/folder(s) left by an interrupted run", len(removed))
