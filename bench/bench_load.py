@@ -67,7 +67,8 @@ def make_checkpoint(folder: Path, dtype: torch.dtype) -> float:
     cfg = v1_5()
     torch.manual_seed(0)
     model = UnifiedVoice(cfg.gpt)
-    save_pth(folder / "gpt.pth", {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    state = model.state_dict()
+    save_pth(folder / "gpt.pth", {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()})
     write_config(folder, cfg)
     return (folder / "gpt.pth").stat().st_size / 2**20
 
@@ -93,8 +94,9 @@ def main() -> None:
         ours = run_child("tagtune", folder, a.seq if name == "fp32" else None)
         print(f"[{name} gpt.pth {size:.0f} MB] baseline load {base['load_s']:.2f} s, peak {base['peak_mb']:.0f} MB | "
               f"tagtune load {ours['load_s']:.2f} s, peak {ours['peak_mb']:.0f} MB "
-              f"({ours['peak_after_forward_mb']:.0f} MB after a forward; baseline {base['peak_after_forward_mb']:.0f}) | "
-              f"speed x{base['load_s'] / ours['load_s']:.2f}, memory x{base['peak_after_forward_mb'] / ours['peak_after_forward_mb']:.2f} (after a forward)")
+              f"({ours['peak_after_forward_mb']:.0f} MB after a forward; "
+              f"baseline {base['peak_after_forward_mb']:.0f}) | speed x{base['load_s'] / ours['load_s']:.2f}, "
+              f"memory x{base['peak_after_forward_mb'] / ours['peak_after_forward_mb']:.2f} (after a forward)")
         if "fwd_tokens_per_s" in ours:
             print(f"  GPT forward, batch 1, {a.seq} positions, fp32: {ours['fwd_tokens_per_s']:.0f} positions/s")
 

@@ -22,11 +22,11 @@ from tagtune.audio import MelSpectrogram
 from tagtune.config import v1_5
 from tagtune.evaluate.quality import teacher_forced_quality
 from tagtune.generation import GenerationConfig
-from tagtune.synthesis.tts import TTS
 from tagtune.models.bigvgan import BigVGAN
 from tagtune.models.unified_voice import UnifiedVoice
-from tagtune.text import TextTokenizer
+from tagtune.synthesis.tts import TTS
 from tagtune.tags import TagSet
+from tagtune.text import TextTokenizer
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "indextts-tiny"
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank, and then it runs home to sleep."

@@ -12,7 +12,8 @@ with an Elise-like length mix (1-10 s of speech, ~3.5 text tokens per second):
   on inside this script only), the conditioning encoder run on every step, the official unmasked loss, fp32.
 
 Throughput counts real sequence positions (32 speaker latents + text + 2 + kept codes + 2 per clip) per
-second of optimizer step, median over steps and over alternating rounds (the CPUs may be shared). Each measurement runs in its own process so that peak RSS belongs to it.
+second of optimizer step, median over steps and over alternating rounds (the CPUs may be shared). Each
+measurement runs in its own process so that peak RSS belongs to it.
 The goal is tagtune >= 2x the baseline.
 """
 
@@ -101,8 +102,8 @@ def eager_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **_
 
 def build(name: str):
     from tagtune import lora
-    from tagtune.models.unified_voice import UnifiedVoice
     from tagtune.lora import LoraSpec
+    from tagtune.models.unified_voice import UnifiedVoice
 
     torch.manual_seed(0)
     cfg = model_config(name)

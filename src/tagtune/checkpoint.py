@@ -13,15 +13,16 @@ import hashlib
 import io
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
 from torch import nn
 
-from tagtune.config import ConfigError, ModelConfig
 from tagtune.atomic import atomic_write_bytes, atomic_write_text
+from tagtune.config import ConfigError, ModelConfig
 from tagtune.errors import UserError
 from tagtune.folders import CONFIG_FILE
 

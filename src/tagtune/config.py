@@ -144,7 +144,7 @@ class DatasetConfig:
         check_positive(self, "dataset.", ("sample_rate",))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DatasetConfig":
+    def from_dict(cls, d: dict[str, Any]) -> DatasetConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"dataset must be a mapping, got {d!r} ({type(d).__name__})")
         d = dict(d)
@@ -324,7 +324,7 @@ class ModelConfig:
         return self.version is not None and self.version >= 1.5
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         if not isinstance(d, dict):
             raise ConfigError("config.yaml must be a mapping")
         missing = [k for k in ("gpt", "vqvae", "bigvgan") if k not in d]

@@ -11,8 +11,9 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from tagtune.folders import shipped_base, shipped_recipe
 from pathlib import Path
+
+from tagtune.folders import shipped_base, shipped_recipe
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class DemoSettings:
     recipe: str = "demo.yaml"
 
     @classmethod
-    def quick(cls, seed: int = 0) -> "DemoSettings":
+    def quick(cls, seed: int = 0) -> DemoSettings:
         return cls(clips=160, val_fraction=0.2, steps=20, free_prompts=6, seed=seed, neutral_steps=30)
 
 
@@ -99,8 +100,8 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir
 
 def synthesise_samples(model_dir: Path, base_dir: Path, corpus: Path, out: Path, seed: int) -> list[str]:
     """A few tagged sentences, tuned and base, in the voice of a corpus clip."""
-    from tagtune.synthesis.tts import TTS
     from tagtune.audio import write_wav
+    from tagtune.synthesis.tts import TTS
 
     ref = sorted((corpus / "wavs").glob("*.wav"))[0]
     written = []

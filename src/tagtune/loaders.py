@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -137,7 +138,8 @@ class LoadedModel:
 
         def make():
             try:
-                return TextTokenizer(self.tokenizer_path, tagset=self.tagset or TagSet(), unknown_tags=self.unknown_tags)
+                return TextTokenizer(self.tokenizer_path, tagset=self.tagset or TagSet(),
+                                     unknown_tags=self.unknown_tags)
             except TokenizerError as e:  # name the folder whose tokenizer and tags disagree
                 raise (e if str(self.text_dir) in str(e) else TokenizerError(f"{self.text_dir}: {e}")) from None
         return self._get("tokenizer", make)

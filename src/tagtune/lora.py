@@ -18,16 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tagtune.atomic import atomic_write_bytes, atomic_write_text
-from tagtune.checkpoint import CheckpointError, read_state_dict, save_safetensors
-from tagtune.errors import UserError
-from tagtune.folders import ADAPTER_CONFIG_FILE, ADAPTER_META_FILE, ADAPTER_WEIGHTS_FILE
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from tagtune.atomic import atomic_write_bytes, atomic_write_text
+from tagtune.checkpoint import CheckpointError, read_state_dict, save_safetensors
+from tagtune.errors import UserError
+from tagtune.folders import ADAPTER_CONFIG_FILE, ADAPTER_META_FILE, ADAPTER_WEIGHTS_FILE
 
 DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 MODES = ("lora", "full")

@@ -13,9 +13,9 @@ import json
 import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -260,7 +260,8 @@ def check_end_to_end(fx: Fixture) -> list[Result]:
         else:  # fp32 noise of ~1e-5 can move a sample across an integer boundary: allow 1 LSB
             n = int((diff > 1).sum())
             out.append(Result("e2e_pcm16", "PASS" if n == 0 else "FAIL",
-                              f"max |diff| {int(diff.max())} LSB, {int((diff > 0).sum())} samples off by 1 (tol 1 LSB)"))
+                              f"max |diff| {int(diff.max())} LSB, {int((diff > 0).sum())} samples off by 1 "
+                              "(tol 1 LSB)"))
     return out
 
 

@@ -276,5 +276,6 @@ def map_events(events, clip: DecodedClip, n_samples: int, model_rate: int) -> li
         end = round(ev["end_sample"] * model_rate / rate) - clip.trim_start
         start, end = max(0, start), min(n_samples, end)
         if end > start:
-            out.append({**{k: v for k, v in ev.items() if k != "sample_rate"}, "start_sample": start, "end_sample": end})
+            kept = {k: v for k, v in ev.items() if k != "sample_rate"}
+            out.append({**kept, "start_sample": start, "end_sample": end})
     return out

@@ -7,8 +7,9 @@ the pipeline can be tested with tiny models and run with the real DVAE / tag-awa
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch

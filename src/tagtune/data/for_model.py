@@ -15,10 +15,10 @@ from tagtune.checkpoint import bpe_path, folder_fingerprint, read_config
 from tagtune.data.encoders import TokenizerTextEncoder, clip_encoder_from_model
 from tagtune.data.prepare import PrepareSettings, check_data_dir, prepare
 from tagtune.data.sources import ColumnMap, open_source
-from tagtune.text import TextTokenizer
+from tagtune.folders import TAGS_FILE, TOKENIZER_FILE
 from tagtune.tags import TagSet, extend_tokenizer, load_tag_map, read_tagset, scan_texts
 from tagtune.tags.vocab import merge_variant_list
-from tagtune.folders import TAGS_FILE, TOKENIZER_FILE
+from tagtune.text import TextTokenizer
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,18 @@ from pathlib import Path
 import torch
 
 from tagtune.audio import HOP
-from tagtune.data.decode import (MODEL_SAMPLE_RATE, TOO_LONG, DecodedClip, DecodeSettings, Rejection,
-                                 decode_clip_info, map_events)
+from tagtune.data.decode import (
+    MODEL_SAMPLE_RATE,
+    TOO_LONG,
+    DecodedClip,
+    DecodeSettings,
+    Rejection,
+    decode_clip_info,
+    map_events,
+)
 from tagtune.data.encode import BAD_RECORD, ClipEncoder, EncodedText, TextEncoder, encode_text
 from tagtune.data.shards import write_shard
 from tagtune.data.sources import Record, Source
-
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,8 @@ def run_shard(job: ShardJob, source: Source, records: list[Record], clip_encoder
     examples, arrays = [], []
     for i, (mel, codes) in zip(order, encoded):
         if codes.numel() > settings.max_mel_tokens:
-            _reject(rejected, job.start + i, recs[i], Rejection(TOO_LONG, f"{codes.numel()} codes > {settings.max_mel_tokens}"))
+            why = Rejection(TOO_LONG, f"{codes.numel()} codes > {settings.max_mel_tokens}")
+            _reject(rejected, job.start + i, recs[i], why)
             continue
         events = map_events(recs[i].events, clips[i], len(wavs[i]), MODEL_SAMPLE_RATE)
         examples.append(_example(job.start + i, recs[i], texts[i], clips[i], codes, events))

@@ -82,7 +82,7 @@ class PrepareSettings:
         self.decode_settings()  # checks the audio half
 
     @classmethod
-    def for_model(cls, gpt_config, **overrides) -> "PrepareSettings":
+    def for_model(cls, gpt_config, **overrides) -> PrepareSettings:
         """Settings whose limits are a model's ``GPTConfig`` maxima."""
         return cls(max_text_tokens=gpt_config.max_text_tokens, max_mel_tokens=gpt_config.max_mel_tokens, **overrides)
 

@@ -7,7 +7,7 @@ example without loading the rest:
 |---|---|---|---|
 | ``codes`` / ``code_offsets`` | (sum L_c,) / (n+1,) | int16 / int64 | DVAE codes (< 8192 fit int16) |
 | ``text_ids`` / ``text_offsets`` | (sum L_t,) / (n+1,) | int32 / int64 | tag-extended tokenizer ids |
-| ``mels`` / ``mel_offsets`` | (sum T, n_mels) / (n+1,) | float32 / int64 | log-mel, cropped to the conditioning maximum |
+| ``mels`` / ``mel_offsets`` | (sum T, n_mels) / (n+1,) | float32 / int64 | log-mel, cropped to the conditioning max |
 | ``wav_lens`` | (n,) | int64 | 24 kHz samples of the (trimmed) clip |
 
 The JSON metadata ``tagtune`` holds the shard fingerprint, per-example records and the rejections.
@@ -54,7 +54,8 @@ def shard_path(data_dir: Path, index: int) -> Path:
     return data_dir / SHARD_DIR / f"shard-{index:05d}.safetensors"
 
 
-def _concat(parts: list[torch.Tensor], dtype: torch.dtype, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _concat(parts: list[torch.Tensor], dtype: torch.dtype,
+            width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = torch.tensor([0] + [p.shape[0] for p in parts], dtype=torch.int64)
     empty = torch.zeros((0,) if width is None else (0, width), dtype=dtype)
     flat = torch.cat([p.to(dtype) for p in parts]) if parts else empty

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from tagtune.evaluate.detector import NONE, CodeEventDetector
 from tagtune.audio import SAMPLE_RATE, SAMPLES_PER_CODE
+from tagtune.evaluate.detector import NONE, CodeEventDetector
 from tagtune.evaluate.nll import speaker_latents
 from tagtune.evaluate.reliance import occurrences, without_tag
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 
 from tagtune.audio import SAMPLE_RATE
-from tagtune.tags.vocab import TagError, TagSet
 from tagtune.evaluate.nll import ScoreRow, code_nll, code_span, speaker_latents
+from tagtune.tags.vocab import TagError, TagSet
 
 EVENT, CLIP = "event", "clip"
 

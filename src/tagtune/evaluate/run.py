@@ -20,8 +20,16 @@ import torch
 from tagtune.data import PreparedDataset
 from tagtune.evaluate.detector import CodeEventDetector, choose_window
 from tagtune.evaluate.forgetting import forgetting_summary, untagged_nll
-from tagtune.evaluate.freerun import (FreeRunSettings, Prompt, generate, make_prompts, score_clips, settings_dict, strip_tags,
-                      summarize_free)
+from tagtune.evaluate.freerun import (
+    FreeRunSettings,
+    Prompt,
+    generate,
+    make_prompts,
+    score_clips,
+    settings_dict,
+    strip_tags,
+    summarize_free,
+)
 from tagtune.evaluate.loading import BASE, EvaluationError, load_models
 from tagtune.evaluate.reliance import occurrences, score_reliance, summarize
 from tagtune.evaluate.report import build_report, write_report

@@ -42,7 +42,7 @@ class Prompt:
     def length(self) -> int:
         return self.embeds.shape[1]
 
-    def repeat_rows(self, times: int) -> "Prompt":
+    def repeat_rows(self, times: int) -> Prompt:
         """Each row repeated ``times`` times in place (row b -> rows b*times .. b*times+times-1), for beams."""
         return Prompt(*(t.repeat_interleave(times, dim=0) for t in (self.embeds, self.key_mask, self.history)))
 

@@ -45,7 +45,7 @@ class GenerationConfig:
                 raise ValueError(f"GenerationConfig: {message}")
 
     @classmethod
-    def greedy(cls, **overrides) -> "GenerationConfig":
+    def greedy(cls, **overrides) -> GenerationConfig:
         """Deterministic decoding (one beam, argmax), no repetition penalty unless overridden."""
         return cls(**{"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, **overrides})
 

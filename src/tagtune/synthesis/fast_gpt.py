@@ -18,11 +18,11 @@ import copy
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from tagtune.precision import FLOAT_DTYPES, PRECISIONS
+
 
 class CastBackbone(nn.Module):
     """Runs a GPT2Backbone in a reduced float dtype; takes and returns fp32 hidden states."""

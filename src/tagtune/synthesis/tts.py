@@ -6,8 +6,9 @@ Two decoding paths share the models:
   KV-cache mel positions (k-th code at position k+1), ``remove_long_silence``, unbatched latent pass and
   vocoder, float -> int16 by truncation.
 * the fast path (default) packs sentences into batches for generation and the latent pass, vocodes them
-  joined in one call (context crosses sentence boundaries, as in the official ``infer_fast``), and runs the GPT decode in reduced precision (``fast_gpt.py``) when asked. Mel positions default to the
-  training ones ("train"); under greedy fp32 decoding with equal positions its codes equal the compat path's.
+  joined in one call (context crosses sentence boundaries, as in the official ``infer_fast``), and runs the GPT
+  decode in reduced precision (``fast_gpt.py``) when asked. Mel positions default to the training ones
+  ("train"); under greedy fp32 decoding with equal positions its codes equal the compat path's.
 """
 
 from __future__ import annotations
@@ -22,9 +23,16 @@ import torch
 
 from tagtune.audio import SAMPLE_RATE, write_wav
 from tagtune.errors import UserError
-from tagtune.generation import (GenerationConfig, batched_latents, generate_codes, generate_sentences, latents_for_vocoder,
-                                length_groups,
-                                remove_long_silence, vocode_joined)
+from tagtune.generation import (
+    GenerationConfig,
+    batched_latents,
+    generate_codes,
+    generate_sentences,
+    latents_for_vocoder,
+    length_groups,
+    remove_long_silence,
+    vocode_joined,
+)
 from tagtune.precision import resolve_precision
 from tagtune.synthesis.reference import Reference, ReferenceCache
 
@@ -144,7 +152,7 @@ class TTS:
 
     @classmethod
     def load(cls, model_dir: str | Path, adapter: str | Path | None = None, *, device: str = "cpu",
-             precision: str = "auto", unknown_tags: str = "error", **options) -> "TTS":
+             precision: str = "auto", unknown_tags: str = "error", **options) -> TTS:
         """Open an official or exported model folder, optionally with a LoRA adapter folder on top."""
         from tagtune.loaders import load_model
 

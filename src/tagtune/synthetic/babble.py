@@ -124,7 +124,7 @@ def babble(text: str, voice: Voice, sr: int) -> np.ndarray:
     """Speak ``text`` with a built-in voice; float32 mono at ``sr`` (peak ~0.5)."""
     pieces = _pieces(text.strip())
     track = _track(pieces, voice, question=text.strip().endswith("?"))
-    seed = zlib.crc32(f"{voice.name}\n{text}".encode("utf-8"))
+    seed = zlib.crc32(f"{voice.name}\n{text}".encode())
     sound = render(track, np.random.default_rng(seed), sr)
     peak = np.max(np.abs(sound)) if len(sound) else 0.0
     return (sound * (0.5 / peak if peak > 0 else 0.0)).astype(np.float32)

@@ -21,7 +21,8 @@ PLACEMENT = {"end": 0.35, "between": 0.3, "inside": 0.25, "start": 0.1}
 # slot fillers, "|"-separated
 SLOTS = {
     "interj": "oh|well|okay|wow|hey|so|honestly|right|um|look".split("|"),
-    "person": "my sister|the neighbour|our teacher|your cousin|the baker|my friend Sam|the old man|her brother".split("|"),
+    "person": ("my sister|the neighbour|our teacher|your cousin|the baker|my friend Sam|the old man|"
+               "her brother").split("|"),
     "noun": "cake|garden|letter|bicycle|window|puppy|movie|kitchen|concert|blanket|ticket|song".split("|"),
     "adj": "tiny|strange|lovely|noisy|brand new|bright red|ridiculous|quiet|enormous|silly".split("|"),
     "verb": "found|painted|broke|cooked|borrowed|forgot|fixed|dropped|sold|hid".split("|"),
@@ -62,7 +63,8 @@ ZH_SLOTS = {
 }
 ZH_PUNCTUATION = ("。", "？", "！")
 ZH_SHORT_TEMPLATES = ["真的吗？", "太好了！", "我很{how}。", "{who}来了。", "{when}好{how}。"]
-ZH_TEMPLATES = ["{who}{when}{where}看到了{what}。", "{when}我真的很{how}。", "你{when}是不是{where}找到了{what}？", "{who}觉得特别{how}。"]
+ZH_TEMPLATES = ["{who}{when}{where}看到了{what}。", "{when}我真的很{how}。", "你{when}是不是{where}找到了{what}？",
+                "{who}觉得特别{how}。"]
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,27 @@ import sentencepiece as spm
 
 from tagtune import __version__
 from tagtune.atomic import atomic_write_bytes, atomic_write_text, publish_folder
-from tagtune.checkpoint import CheckpointError, bpe_path, file_sha256, read_config, read_state_dict, save_pth, write_config
+from tagtune.checkpoint import (
+    CheckpointError,
+    bpe_path,
+    file_sha256,
+    read_config,
+    read_state_dict,
+    save_pth,
+    write_config,
+)
 from tagtune.folders import PROVENANCE_FILE, TAGS_FILE
 from tagtune.tags.pieces import extend_tokenizer
 from tagtune.tags.rows import TagInit, grow_state
-from tagtune.tags.vocab import (TagSet, UnknownTagError, format_tag, load_tag_map, merge_variant_list, read_tagset,
-                                tag_name)
+from tagtune.tags.vocab import (
+    TagSet,
+    UnknownTagError,
+    format_tag,
+    load_tag_map,
+    merge_variant_list,
+    read_tagset,
+    tag_name,
+)
 
 log = logging.getLogger(__name__)
 COPIED_FILES = ("dvae_checkpoint", "bigvgan_checkpoint")

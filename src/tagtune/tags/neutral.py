@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-
 log = logging.getLogger(__name__)
 SPACE = "\u2581"  # sentencepiece's word-boundary mark
 PROBE_CLIPS = 48  # fixed (clip, insertion point) pairs that report the divergence before and after

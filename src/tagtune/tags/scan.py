@@ -13,7 +13,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tagtune.tags.vocab import DEFAULT_DELIMITERS, TagSet, UnknownTagError, find_tags, format_tag, load_tag_map, variant_key
+from tagtune.tags.vocab import (
+    DEFAULT_DELIMITERS,
+    TagSet,
+    UnknownTagError,
+    find_tags,
+    format_tag,
+    load_tag_map,
+    variant_key,
+)
 
 
 @dataclass

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tagtune.atomic import atomic_write_text
-from tagtune.folders import TAGS_FILE
 from tagtune.errors import UserError
+from tagtune.folders import TAGS_FILE
 
 DEFAULT_DELIMITERS = ("<", ">")
 MULTIWORD_POLICIES = ("own", "base", "drop")
@@ -61,7 +61,7 @@ class TagMatch:
     end: int
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tag_regex(delimiters: tuple[str, str] = DEFAULT_DELIMITERS) -> re.Pattern:
     """Compiled grammar for tags between ``delimiters`` (no spaces just inside them)."""
     opening, closing = (re.escape(d) for d in delimiters)
@@ -281,7 +281,7 @@ class TagSet:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TagSet":
+    def from_dict(cls, data: dict) -> TagSet:
         """Inverse of ``to_dict``."""
         if data.get("format") != TAGS_FILE_FORMAT or data.get("version") != TAGS_FILE_VERSION:
             raise TagError(f"not a {TAGS_FILE_FORMAT} v{TAGS_FILE_VERSION} tags file")
@@ -300,7 +300,7 @@ class TagSet:
         atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "TagSet":
+    def load(cls, path: str | Path) -> TagSet:
         """Read a JSON tags file written by ``save``."""
         try:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
@@ -309,7 +309,7 @@ class TagSet:
         except (UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:  # JSON errors included
             raise TagError(f"{path}: unreadable tags file ({e})") from None
 
-    def with_token_ids(self, ids: dict[str, int]) -> "TagSet":
+    def with_token_ids(self, ids: dict[str, int]) -> TagSet:
         """A copy whose tags carry these token ids (from ``add_tag_pieces``)."""
         return TagSet(self.tags, self.aliases, self.multiword, self.merge_variants, self.delimiters, ids)
 

@@ -15,10 +15,10 @@ from pathlib import Path
 from sentencepiece import SentencePieceProcessor
 
 from tagtune.errors import UserError
+from tagtune.folders import TAGS_FILE
+from tagtune.tags.vocab import SPACE_PIECE, UNKNOWN_POLICIES, TagSet, find_tags, tag_piece
 from tagtune.text.normalize import TextNormalizer
 from tagtune.text.sentences import DEFAULT_MAX_TOKENS, split_sentences
-from tagtune.tags.vocab import SPACE_PIECE, UNKNOWN_POLICIES, TagSet, find_tags, tag_piece
-from tagtune.folders import TAGS_FILE
 
 BOS_ID = 0  # also the GPT's start_text token
 EOS_ID = 1  # also the GPT's stop_text token
@@ -88,7 +88,7 @@ class TextTokenizer:
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, config=None, normalizer: TextNormalizer | str | None = "auto",
-                       unknown_tags: str = "error") -> "TextTokenizer":
+                       unknown_tags: str = "error") -> TextTokenizer:
         """The tokenizer of a checkpoint folder: its ``bpe.model`` (``config.dataset.bpe_model`` when a
         ModelConfig is given) and, in a tag-extended folder, its ``tags.json``."""
         model_dir = Path(model_dir)

@@ -84,7 +84,7 @@ class BuildSettings:
     threads: int = 1  # one thread: reproducible, and faster than two on a shared 2-core machine
 
     @classmethod
-    def quick(cls, **overrides) -> "BuildSettings":
+    def quick(cls, **overrides) -> BuildSettings:
         """Seconds-long settings for tests: same code path, tiny corpus and step counts."""
         sizes = TinySizes(model_dim=32, layers=1, heads=2, max_mel_tokens=250, max_text_tokens=120,
                           cond_dim=16, cond_units=32, cond_blocks=1, dvae_hidden=16, dvae_codebook_dim=8,
@@ -94,7 +94,7 @@ class BuildSettings:
                     prompts_per_speaker=1, check_texts=1)
         return cls(**{**base, **overrides})
 
-    def scaled(self, minutes: float) -> "BuildSettings":
+    def scaled(self, minutes: float) -> BuildSettings:
         """The same recipe with GPT and vocoder steps scaled to ``minutes`` nominal CPU minutes of training."""
         factor = minutes / NOMINAL_TRAIN_MINUTES
         return replace(self, gpt_steps=max(1, round(self.gpt_steps * factor)),

@@ -249,7 +249,7 @@ class TrainConfig:
         _check_types(self, "")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any] | None) -> TrainConfig:
         _check(data is None or isinstance(data, dict),
                f"a recipe must be a mapping of sections (seed, {', '.join(SECTIONS)}), got a {type(data).__name__}")
         data = dict(data or {})
@@ -258,7 +258,7 @@ class TrainConfig:
         return cls(**data)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise TrainConfigError(f"{path}: recipe not found")
@@ -271,7 +271,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def with_overrides(self, **values: Any) -> "TrainConfig":
+    def with_overrides(self, **values: Any) -> TrainConfig:
         """A copy with CLI overrides applied (keys of ``CLI_OVERRIDES``; ``None`` values are ignored)."""
         data = self.to_dict()
         for name, value in values.items():

@@ -21,9 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from tagtune.errors import UserError
+from tagtune.folders import EXAMPLES_FILE as EXAMPLES
+from tagtune.folders import MANIFEST_FILE as MANIFEST
+from tagtune.folders import SHARDS_DIR as SHARDS
+from tagtune.folders import TAGS_FILE as DEFAULT_TAGS
+from tagtune.folders import TOKENIZER_FILE as DEFAULT_TOKENIZER
 from tagtune.train.loss import Batch
-from tagtune.folders import (EXAMPLES_FILE as EXAMPLES, MANIFEST_FILE as MANIFEST, SHARDS_DIR as SHARDS,
-                             TAGS_FILE as DEFAULT_TAGS, TOKENIZER_FILE as DEFAULT_TOKENIZER)
 
 EXAMPLE_KEYS = ("split", "shard", "row", "cond", "cond_shard", "cond_row", "n_text", "n_codes", "tags", "has_tag")
 SHARD_TENSORS = ("text_ids", "text_offsets", "codes", "code_offsets", "mels", "mel_offsets", "wav_lens")

@@ -16,9 +16,9 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -28,7 +28,8 @@ from tagtune.errors import UserError
 from tagtune.precision import TRAINING_PRECISIONS, PrecisionError, resolve_precision
 from tagtune.tags.neutral import NeutralFit, fit_neutral_row, tokenizer_layout, untagged_indices
 from tagtune.tags.rows import TagInit, current_tag_rows, grow_base, read_start_rows, save_start_rows, set_tag_rows
-from tagtune.train import run as rundir, state as ts
+from tagtune.train import run as rundir
+from tagtune.train import state as ts
 from tagtune.train.config import TrainConfig, TrainConfigError
 from tagtune.train.data import clip_lengths, collate, epoch_batches, micro_batch, open_data, pad_spec, precompute_conds
 from tagtune.train.loss import RowLosses, combine, split_means

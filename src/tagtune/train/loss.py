@@ -35,7 +35,7 @@ class Batch:
     tags: list[list[str]]  # canonical tags of each clip
     conds: torch.Tensor | None = None  # (B, 32, D) precomputed speaker latents
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
         return Batch(*(move(getattr(self, f)) for f in self.__dataclass_fields__))
 

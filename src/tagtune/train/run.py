@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import shutil
 import time
@@ -25,17 +24,22 @@ import torch
 import yaml
 
 from tagtune import lora
-from tagtune.train import state as ts
-from tagtune.atomic import (atomic_write_bytes, atomic_write_text, publish_folder, sweep_stale,
-                            sweep_temp_files)
+from tagtune.atomic import atomic_write_bytes, atomic_write_text, publish_folder, sweep_stale, sweep_temp_files
 from tagtune.checkpoint import CheckpointError, save_safetensors
 from tagtune.errors import UserError
+from tagtune.folders import ADAPTER_META_FILE
+from tagtune.folders import BEST_DIR as BEST
+from tagtune.folders import FULL_WEIGHTS_FILE as FULL_WEIGHTS
+from tagtune.folders import LAST_DIR as LAST
+from tagtune.folders import RECIPE_FILE as RECIPE
+from tagtune.folders import RUN_INFO_FILE as RUN_INFO
+from tagtune.folders import START_ROWS_FILE as START_ROWS
+from tagtune.folders import TAGS_FILE as TAGS
+from tagtune.folders import TOKENIZER_FILE as TOKENIZER
 from tagtune.loaders import read_run_info
+from tagtune.train import state as ts
 from tagtune.train.config import TrainConfig, TrainConfigError, read_recipe_yaml
 from tagtune.train.metrics import METRICS_JSONL, read_records
-from tagtune.folders import (ADAPTER_META_FILE, BEST_DIR as BEST, FULL_WEIGHTS_FILE as FULL_WEIGHTS, LAST_DIR as LAST, RECIPE_FILE as RECIPE,
-                             RUN_INFO_FILE as RUN_INFO, SAMPLES_DIR as SAMPLES, START_ROWS_FILE as START_ROWS,
-                             TAGS_FILE as TAGS, TOKENIZER_FILE as TOKENIZER)
 
 log = logging.getLogger(__name__)
 
