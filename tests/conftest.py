@@ -1,8 +1,14 @@
-"""Shared test fixtures. Tests that need the parity fixture skip (with the reason) when it is absent."""
+"""Shared test fixtures.
+
+A test that needs a model uses the tiny base that ships in the package (``shipped_base``) or builds its own.
+Only the official-parity tests read ../shared (the parity fixture, whose expected values the official code
+computed, and the official key lists); they skip, naming what is missing, when it is absent.
+"""
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -12,18 +18,27 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TAGTUNE_SHARED", REPO.parent / "shared"))
 TINY_FIXTURE = SHARED / "fixtures" / "indextts-tiny"
 OFFICIAL_KEYS = SHARED / "spec" / "official-keys"
+SHIPPED_BASE = Path(str(resources.files("tagtune") / "assets" / "tiny-base"))
 
 # Tiny models: thread start-up costs more than it saves; one thread is also what the fixture used.
 torch.set_num_threads(1)
 
-# shared fixtures: a tiny prepared corpus and a trained run (training, export, synthesis), and a corpus
-# with exact event boundaries (evaluation)
-pytest_plugins = ["train_fixtures", "eval_fixtures"]
+# shared fixtures: a reference clip and model inputs for the shipped base, a tiny prepared corpus and a trained
+# run (training, export, synthesis), and a corpus with exact event boundaries (evaluation)
+pytest_plugins = ["base_fixtures", "train_fixtures", "eval_fixtures"]
+
+
+@pytest.fixture(scope="session")
+def shipped_base() -> Path:
+    """The tiny base model shipped in the package (official folder layout): the model of every non-parity test."""
+    if not (SHIPPED_BASE / "config.yaml").is_file():
+        pytest.fail(f"the tiny base is missing from {SHIPPED_BASE}: run python -m tagtune.tiny.build")
+    return SHIPPED_BASE
 
 
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
-    """The official-parity fixture folder (checkpoint/, inputs/, expected.safetensors, README.md)."""
+    """The official-parity fixture folder (checkpoint/, inputs/, expected.safetensors, README.md); parity only."""
     if not (TINY_FIXTURE / "expected.safetensors").exists():
         pytest.skip(f"parity fixture not found at {TINY_FIXTURE} (it ships beside the repo in ../shared)")
     return TINY_FIXTURE

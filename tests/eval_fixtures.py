@@ -1,9 +1,9 @@
 """A tiny tagged corpus with exact event boundaries, prepared by the real pipeline for the evaluation tests.
 
-``build_eval_data(root, fixture_checkpoint)`` extends the fixture checkpoint with three tags (``add_tags``),
-writes short clips of built-in babble with a procedural giggle, laugh or sigh spliced in at the tag (its
-sample span recorded as the clip's event), and prepares them with the fixture's DVAE. Clips stay under the
-fixture's 60-code limit. Cached under pytest's base temp dir.
+``build_eval_data(root, checkpoint_dir)`` extends a base model (the shipped tiny base) with three tags
+(``add_tags``), writes short clips of built-in babble with a procedural giggle, laugh or sigh spliced in at the
+tag (its sample span recorded as the clip's event), and prepares them with the base's DVAE. Clips stay under
+60 codes, which keeps scoring and generation cheap. Cached under pytest's base temp dir.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import soundfile as sf
 TAGS = ["<laughs>", "<giggles>", "<sighs>"]
 WORDS = ["HELLO", "WORLD", "THIS", "IS", "WELL", "THAT", "FUNNY", "IT", "COSTS", "DOLLARS", "SPEAKING"]
 VOICES = ("builtin-f1", "builtin-m1")
-N_CLIPS = 72
+N_CLIPS = 144  # enough training clips for the code-level detector to tell babble from events
 SAMPLE_RATE = 24000
 MAX_SECONDS = 2.4  # 60 codes of 1024 samples is 2.56 s
 GAP_S = 0.08
@@ -100,5 +100,5 @@ def build_eval_data(root: Path, checkpoint_dir: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
-def eval_data(fixture_dir, tmp_path_factory) -> tuple[Path, Path]:
-    return build_eval_data(tmp_path_factory.getbasetemp() / "eval-corpus", fixture_dir / "checkpoint")
+def eval_data(shipped_base, tmp_path_factory) -> tuple[Path, Path]:
+    return build_eval_data(tmp_path_factory.getbasetemp() / "eval-corpus", shipped_base)

@@ -30,8 +30,16 @@ from tagtune.data.for_model import prepare_for_model
 from tagtune.data.prepare import DataDirMismatch
 from tagtune.data.shards import ShardError
 from tagtune.folders import shipped_base
-from test_data_support import (CLIPS, ToyTextEncoder, good_manifest_rows, speechy, tiny_clip_encoder, wav_bytes,
-                               write_clip_files, write_parquet)
+from test_data_support import (
+    CLIPS,
+    ToyTextEncoder,
+    good_manifest_rows,
+    speechy,
+    tiny_clip_encoder,
+    wav_bytes,
+    write_clip_files,
+    write_parquet,
+)
 
 BASE = shipped_base()
 TOY = PrepareSettings(max_text_tokens=40, max_mel_tokens=60, val_fraction=0.3, shard_size=4, seed=7)

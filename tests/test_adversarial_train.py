@@ -70,9 +70,9 @@ def run_copy(trained_run, tmp_path) -> Path:
     return Path(shutil.copytree(trained_run[0], tmp_path / "run"))
 
 
-def _base_copy(fixture_dir: Path, dst: Path, data_dir: Path) -> Path:
+def _base_copy(base_dir: Path, dst: Path, data_dir: Path) -> Path:
     """A copy of the base model, which ``data_dir``'s manifest now names (its recorded hash kept)."""
-    shutil.copytree(fixture_dir / "checkpoint", dst)
+    shutil.copytree(base_dir, dst)
     manifest_path = data_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["base_checkpoint"]["dir"] = str(dst.resolve())
@@ -136,33 +136,33 @@ def test_python_object_yaml_recipe_is_refused(tiny_data, tmp_path, capsys):
 # --------------------------------------------------------------------------------------- the data folder
 
 
-def _strip_tags(data: Path, fixture_dir: Path) -> None:
-    shutil.copy(fixture_dir / "checkpoint" / "bpe.model", data / "bpe.model")  # the base's: no tag pieces
+def _strip_tags(data: Path, base_dir: Path) -> None:
+    shutil.copy(base_dir / "bpe.model", data / "bpe.model")  # the base's: no tag pieces
 
 
-def _truncate_shard(data: Path, fixture_dir: Path) -> None:
+def _truncate_shard(data: Path, base_dir: Path) -> None:
     shard = data / "shards" / "shard-00001.safetensors"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
 
 
-def _garbage_bpe(data: Path, fixture_dir: Path) -> None:
+def _garbage_bpe(data: Path, base_dir: Path) -> None:
     (data / "bpe.model").write_bytes(b"\x08\x01garbage" * 40)
 
 
-def _empty_bpe(data: Path, fixture_dir: Path) -> None:
+def _empty_bpe(data: Path, base_dir: Path) -> None:
     (data / "bpe.model").write_bytes(b"")
 
 
-def _changed_base(data: Path, fixture_dir: Path) -> None:
-    base = _base_copy(fixture_dir, data.parent / "base", data)
+def _changed_base(data: Path, base_dir: Path) -> None:
+    base = _base_copy(base_dir, data.parent / "base", data)
     state = torch.load(base / "gpt.pth", weights_only=True)
     state["final_norm.weight"] = state["final_norm.weight"] + 1.0
     torch.save(state, base / "gpt.pth")
 
 
 def _base_config(key: str, value):
-    def damage(data: Path, fixture_dir: Path) -> None:
-        base = _base_copy(fixture_dir, data.parent / "base", data)
+    def damage(data: Path, base_dir: Path) -> None:
+        base = _base_copy(base_dir, data.parent / "base", data)
         cfg = yaml.safe_load((base / "config.yaml").read_text())
         cfg["gpt"][key] = value
         (base / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -171,7 +171,7 @@ def _base_config(key: str, value):
 
 BAD_DATA = [
     ("bpe without tag pieces", _strip_tags, r"bpe.model: has no piece <LAUGHS> for tag <laughs> \(the data was "
-                                            r"encoded with it at id 320\)"),
+                                            r"encoded with it at id {vocab}\)"),
     ("base changed", _changed_base, r"base: fingerprint \w+ differs from \w+ recorded in .*manifest.json "
                                     r"\(base_checkpoint.hash\)"),
     ("truncated shard", _truncate_shard, r"shard-00001.safetensors: unreadable shard \(truncated or corrupt\?"),
@@ -183,18 +183,21 @@ BAD_DATA = [
 
 
 @pytest.mark.parametrize("name, damage, message", BAD_DATA, ids=[b[0] for b in BAD_DATA])
-def test_bad_data_folder_is_refused_before_the_run_folder_exists(name, damage, message, data_copy, fixture_dir,
+def test_bad_data_folder_is_refused_before_the_run_folder_exists(name, damage, message, data_copy, shipped_base,
                                                                  recipe, tmp_path, capsys):
     """Cases 2 and 3 (data): a bpe.model without the tag pieces, a changed base model (recorded fingerprint), a
     truncated shard, a garbage or empty bpe.model, and a base config.yaml with heads: 0 or layers: four are
     refused in one line naming the file, before any run folder is created; the data folder is unchanged."""
     import re
 
-    damage(data_copy, fixture_dir)
+    from tagtune.checkpoint import read_config
+
+    damage(data_copy, shipped_base)
     before = _snapshot(tmp_path)
     line = _cli_error(capsys, ["train", "--data", str(data_copy), "--out", str(tmp_path / "run"),
                                "--config", str(recipe)])
-    assert re.search(message, line), line
+    vocab = read_config(shipped_base).gpt.number_text_tokens  # the first tag's id
+    assert re.search(message.replace("{vocab}", str(vocab)), line), line
     assert not (tmp_path / "run").exists()
     assert _snapshot(tmp_path) == before
 
@@ -211,12 +214,12 @@ BAD_MODEL_CONFIGS = [
 
 
 @pytest.mark.parametrize("keys, value, message", BAD_MODEL_CONFIGS, ids=[".".join(b[0]) for b in BAD_MODEL_CONFIGS])
-def test_bad_model_config_names_the_key_and_file(keys, value, message, fixture_dir, tmp_path):
+def test_bad_model_config_names_the_key_and_file(keys, value, message, shipped_base, tmp_path):
     """Case 3 (model config.yaml): a wrong type or a zero size is one CheckpointError line naming the file and
     the key (ModelConfig checks every field against its annotation), and the folder is left as it was."""
     from tagtune.checkpoint import CheckpointError, read_config
 
-    model = Path(shutil.copytree(fixture_dir / "checkpoint", tmp_path / "model"))
+    model = Path(shutil.copytree(shipped_base, tmp_path / "model"))
     cfg = yaml.safe_load((model / "config.yaml").read_text())
     node = cfg
     for key in keys[:-1]:
@@ -240,7 +243,7 @@ def test_fresh_run_into_an_existing_run_is_refused(run_copy, tiny_data, recipe, 
     assert _snapshot(run_copy) == before
 
 
-def test_malicious_pickle_as_gpt_pth_is_refused(data_copy, fixture_dir, recipe, tmp_path, capsys):
+def test_malicious_pickle_as_gpt_pth_is_refused(data_copy, shipped_base, recipe, tmp_path, capsys):
     """Held already: a gpt.pth whose unpickling would run code is refused (weights_only), with exit 2, even when
     the data folder records that file's hash; the code never runs."""
     marker = tmp_path / "pwned"
@@ -250,7 +253,7 @@ def test_malicious_pickle_as_gpt_pth_is_refused(data_copy, fixture_dir, recipe, 
             return os.system, (f"touch {marker}",)
 
     base = data_copy.parent / "base"
-    shutil.copytree(fixture_dir / "checkpoint", base)
+    shutil.copytree(shipped_base, base)
     (base / "gpt.pth").write_bytes(pickle.dumps(Payload(), protocol=2))
     _base_copy_manifest(data_copy, base)
     line = _cli_error(capsys, ["train", "--data", str(data_copy), "--out", str(tmp_path / "run"),

@@ -1,4 +1,4 @@
-"""Audio loading, resampling and log-mel features against the official reference path (fixture tensors)."""
+"""Audio loading, resampling and log-mel features; the official reference path is checked on the fixture tensors."""
 
 from __future__ import annotations
 
@@ -15,27 +15,25 @@ from tagtune.config import MelConfig
 MEL_ATOL = 2e-3  # fp32 rounding of quiet bins after the log (fixture README); we reach ~1.1e-3
 
 
-
-
 @pytest.fixture(scope="module")
 def mel():
     return audio.MelSpectrogram()
 
 
-def test_load_audio_shapes_and_scale(fixture_dir):
-    wav, sr = audio.load_audio(fixture_dir / "inputs" / "ref_44k.wav")
+def test_load_audio_shapes_and_scale(reference_wav, reference_44k_wav):
+    wav, sr = audio.load_audio(reference_44k_wav)
     assert sr == 44100 and wav.shape == (2, 110250) and wav.dtype == torch.float32
     # right channel = 0.6 x left, within 16-bit quantisation
     torch.testing.assert_close(wav[1], 0.6 * wav[0], atol=2.5 / 32768, rtol=0)
     # 16-bit PCM decodes to int16 / 32768 exactly
-    raw = np.frombuffer((fixture_dir / "inputs" / "ref.wav").read_bytes()[44:], dtype="<i2")
-    mono, sr = audio.load_audio(fixture_dir / "inputs" / "ref.wav")
+    raw = np.frombuffer(reference_wav.read_bytes()[44:], dtype="<i2")
+    mono, sr = audio.load_audio(reference_wav)
     assert sr == 24000 and mono.shape == (1, 60000)
     assert torch.equal(mono[0], torch.from_numpy(raw.astype(np.float32) / 32768))
 
 
-def test_load_audio_from_bytes_equals_path(fixture_dir):
-    path = fixture_dir / "inputs" / "ref_44k.wav"
+def test_load_audio_from_bytes_equals_path(reference_44k_wav):
+    path = reference_44k_wav
     from_path, sr1 = audio.load_audio(path)
     from_bytes, sr2 = audio.load_audio(path.read_bytes())
     assert sr1 == sr2 and torch.equal(from_path, from_bytes)
@@ -94,7 +92,7 @@ def test_cond_mel_from_44k_matches_official(fixture_dir, expected, mel):
     torch.testing.assert_close(out, expected["cond_mel_from_44k"], atol=MEL_ATOL, rtol=0)
 
 
-def test_mel_from_config_and_batching(expected, mel):
+def test_mel_from_config_and_batching(mel):
     wav = torch.randn(2, 3, 5000) * 0.1
     out = audio.MelSpectrogram.from_config(MelConfig())(wav)
     assert out.shape == (2, 3, 100, audio.num_frames(5000))

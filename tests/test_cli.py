@@ -8,9 +8,9 @@ import wave
 import pytest
 import yaml
 
-from tagtune.loaders import load_model
 from tagtune.cli import main
 from tagtune.folders import shipped_base, shipped_recipe
+from tagtune.loaders import load_model
 from tagtune.synthetic import generate_corpus
 
 TAGS = ["<giggles>", "<laughs>", "<sighs>"]

@@ -1,4 +1,5 @@
-"""Conformer + perceiver speaker conditioning against the official v1.5.0 outputs of the tiny fixture."""
+"""Conformer + perceiver speaker conditioning: padding and masking on the shipped base, and the official
+v1.5.0 outputs of the tiny fixture."""
 
 from __future__ import annotations
 
@@ -18,51 +19,69 @@ from tagtune.models.unified_voice import UnifiedVoice
 ATOL = 1e-5  # reached: conformer_out 1.5e-6, conds 7.2e-7 (fixture's own fp32 noise bound ~8.5e-7)
 
 
-@pytest.fixture(scope="module")
-def tiny(fixture_dir) -> UnifiedVoice:
-    cfg = ModelConfig.from_dict(yaml.safe_load((fixture_dir / "checkpoint" / "config.yaml").read_text()))
+PE_KEY = "conditioning_encoder.embed.pos_enc.pe"
+
+
+def _load(folder) -> UnifiedVoice:
+    cfg = ModelConfig.from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
     model = UnifiedVoice(cfg.gpt)
-    state = torch.load(fixture_dir / "checkpoint" / "gpt.pth", weights_only=True)
-    model.load_state_dict(state, strict=True)
+    state = torch.load(folder / "gpt.pth", weights_only=True)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return model.eval()
 
 
-def test_sinusoid_table_equals_checkpoint_buffer(tiny, fixture_dir):
-    state = torch.load(fixture_dir / "checkpoint" / "gpt.pth", weights_only=True)
-    stored = state["conditioning_encoder.embed.pos_enc.pe"]
+@pytest.fixture(scope="module")
+def tiny(shipped_base) -> UnifiedVoice:
+    return _load(shipped_base)
+
+
+@pytest.fixture(scope="module")
+def official(fixture_dir) -> UnifiedVoice:
+    return _load(fixture_dir / "checkpoint")
+
+
+def test_sinusoid_table_equals_checkpoint_buffer(tiny, shipped_base):
+    stored = torch.load(shipped_base / "gpt.pth", weights_only=True)[PE_KEY]
+    width = tiny.cfg.condition_module.output_size
+    assert stored.shape == (1, 5000, width)
+    assert torch.equal(stored, sinusoid_table(5000, width)[None].to(stored.dtype))  # float16 file: the table rounded
+
+
+def test_sinusoid_table_equals_official_checkpoint_buffer(fixture_dir):
+    stored = torch.load(fixture_dir / "checkpoint" / "gpt.pth", weights_only=True)[PE_KEY]
     assert stored.shape == (1, 5000, 32)
     torch.testing.assert_close(sinusoid_table(5000, 32)[None], stored, atol=1e-6, rtol=0)
 
 
 @torch.no_grad()
-def test_conformer_output_matches_official(tiny, expected):
+def test_conformer_output_matches_official(official, expected):
     mel = expected["cond_mel"]  # (1, 100, 235)
-    out, mask = tiny.conditioning_encoder(mel.transpose(1, 2), torch.tensor([mel.shape[2]]))
+    out, mask = official.conditioning_encoder(mel.transpose(1, 2), torch.tensor([mel.shape[2]]))
     assert out.shape == (1, 117, 32) and mask.shape == (1, 117) and bool(mask.all())
     torch.testing.assert_close(out, expected["conformer_out"], atol=ATOL, rtol=0)
 
 
 @torch.no_grad()
-def test_conds_match_official(tiny, expected):
-    conds = tiny.get_conditioning(expected["cond_mel"], torch.tensor([235]))
+def test_conds_match_official(official, expected):
+    conds = official.get_conditioning(expected["cond_mel"], torch.tensor([235]))
     assert conds.shape == (1, 32, 64)
     torch.testing.assert_close(conds, expected["conds"], atol=ATOL, rtol=0)
 
 
-def _padded_batch(expected):
-    """The fixture's batch (row 1 = cond_mel frames 20..204, then padding) with garbage in the padding."""
-    noisy = expected["batch_cond_mel"].clone()
+def _padded_batch(inputs):
+    """The batch (row 1 = cond_mel frames 20..204, then padding) with garbage in the padding."""
+    noisy = inputs["batch_cond_mel"].clone()
     noisy[1, :, 185:] = torch.randn(100, 50, generator=torch.Generator().manual_seed(0)) * 5
-    return noisy, expected["batch_cond_mel_lengths"]
+    return noisy, inputs["batch_cond_mel_lengths"]
 
 
 @torch.no_grad()
-def test_masked_padding_rows_equal_their_unpadded_runs(tiny, expected):
-    batch, lengths = _padded_batch(expected)
+def test_masked_padding_rows_equal_their_unpadded_runs(tiny, base_inputs):
+    batch, lengths = _padded_batch(base_inputs)
     assert lengths.tolist() == [235, 185]
     got = tiny.get_conditioning(batch, lengths, mask_padding=True)
     alone0 = tiny.get_conditioning(batch[:1], lengths[:1])
-    alone1 = tiny.get_conditioning(expected["cond_mel"][:, :, 20:205], torch.tensor([185]))
+    alone1 = tiny.get_conditioning(base_inputs["cond_mel"][:, :, 20:205], torch.tensor([185]))
     torch.testing.assert_close(got[0], alone0[0], atol=ATOL, rtol=0)
     torch.testing.assert_close(got[1], alone1[0], atol=ATOL, rtol=0)
     # the lengths really hide the padding: treated as real frames, row 1 changes a lot
@@ -71,22 +90,23 @@ def test_masked_padding_rows_equal_their_unpadded_runs(tiny, expected):
 
 
 @torch.no_grad()
-def test_official_padding_leaks_only_through_the_conv_bias(tiny, expected):
+def test_official_padding_leaks_only_through_the_conv_bias(tiny, base_inputs):
     """Official mode: padding content is ignored, but the padded row differs a little from its lone run."""
-    batch, lengths = _padded_batch(expected)
+    batch, lengths = _padded_batch(base_inputs)
     official = tiny.get_conditioning(batch, lengths)
-    zero_padded = tiny.get_conditioning(expected["batch_cond_mel"], lengths)
+    zero_padded = tiny.get_conditioning(base_inputs["batch_cond_mel"], lengths)
     torch.testing.assert_close(official, zero_padded, atol=ATOL, rtol=0)  # content of the padding: no effect
-    alone1 = tiny.get_conditioning(expected["cond_mel"][:, :, 20:205], torch.tensor([185]))
+    alone1 = tiny.get_conditioning(base_inputs["cond_mel"][:, :, 20:205], torch.tensor([185]))
     leak = (official[1] - alone1[0]).abs().max().item()
     assert 1e-4 < leak < 0.05, leak
 
 
 @torch.no_grad()
-def test_get_conditioning_leaves_inputs_untouched(tiny, expected):
-    mel, lengths = expected["batch_cond_mel"].clone(), expected["batch_cond_mel_lengths"].clone()
+def test_get_conditioning_leaves_inputs_untouched(tiny, base_inputs):
+    mel, lengths = base_inputs["batch_cond_mel"].clone(), base_inputs["batch_cond_mel_lengths"].clone()
     tiny.get_conditioning(mel, lengths)
-    assert torch.equal(mel, expected["batch_cond_mel"]) and torch.equal(lengths, expected["batch_cond_mel_lengths"])
+    assert torch.equal(mel, base_inputs["batch_cond_mel"])
+    assert torch.equal(lengths, base_inputs["batch_cond_mel_lengths"])
 
 
 @pytest.mark.parametrize("frames, sub", [(3, 1), (4, 1), (5, 2), (235, 117), (301, 150)])

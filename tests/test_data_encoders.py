@@ -8,12 +8,19 @@ from tagtune.tags.pieces import add_tag_pieces
 from tagtune.tags.vocab import TagSet
 from tagtune.text.tokenizer import TextTokenizer
 
+TEXT = "Hello, World! This is IndexTTS speaking."
 
-def test_official_ids_and_tags(fixture_dir, expected):
-    bpe = fixture_dir / "checkpoint" / "bpe.model"
+
+def test_official_ids(fixture_dir, expected):
+    plain = TokenizerTextEncoder(TextTokenizer(fixture_dir / "checkpoint" / "bpe.model", normalizer=None))
+    assert plain(TEXT).ids == expected["text_ids_0"][0].tolist()
+
+
+def test_ids_and_tags(shipped_base):
+    bpe = shipped_base / "bpe.model"
     plain = TokenizerTextEncoder(TextTokenizer(bpe, normalizer=None))
-    enc = plain("Hello, World! This is IndexTTS speaking.")
-    assert enc.ids == expected["text_ids_0"][0].tolist() and enc.tags == [] and not enc.has_unk
+    enc = plain(TEXT)
+    assert enc.ids == TextTokenizer(bpe, normalizer=None).encode(TEXT) and enc.tags == [] and not enc.has_unk
 
     model, ids = add_tag_pieces(bpe, ["<laughs>", "<giggles>"])
     tagged = TokenizerTextEncoder(TextTokenizer(model, TagSet(tags=["<laughs>", "<giggles>"]), normalizer=None))

@@ -11,8 +11,16 @@ import soundfile as sf
 import torch
 
 import tagtune.data.pipeline as pipeline
-from tagtune.data import (DataDirMismatch, LengthBucketSampler, PreparedDataset, PrepareSettings, collate,
-                          decode_clip, open_source, prepare)
+from tagtune.data import (
+    DataDirMismatch,
+    LengthBucketSampler,
+    PreparedDataset,
+    PrepareSettings,
+    collate,
+    decode_clip,
+    open_source,
+    prepare,
+)
 from tagtune.data.decode import DecodeSettings
 from test_data_support import CLIPS, ToyTextEncoder, good_manifest_rows, speechy, tiny_clip_encoder, wav_bytes
 

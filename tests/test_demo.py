@@ -19,8 +19,12 @@ SEED = 5
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    return out, run_demo(out, DemoSettings.quick(seed=SEED))
+    try:
+        return out, run_demo(out, DemoSettings.quick(seed=SEED))
+    finally:
+        torch.set_num_threads(threads)  # the tests after this one run on one thread (conftest)
 
 
 @pytest.mark.slow

@@ -1,31 +1,39 @@
-"""DiscreteVAE: official key set, exact codes on the fixture, padded batches, the silence code."""
+"""DiscreteVAE: padded batches and the silence code on the shipped base; official key set and exact codes on
+the fixture."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import yaml
-from conftest import official_param_count, read_key_list
 
+from conftest import official_param_count, read_key_list
 from tagtune import audio
 from tagtune.config import ModelConfig, v1_0, v1_5
 from tagtune.models.dvae import PAD_CODE, DiscreteVAE
 
-SILENCE_CODE = 52
-
-
+SILENCE_CODE = 52  # the official post-processing's silence code; both tiny models map digital silence to it
 
 
 def state_shapes(module: torch.nn.Module) -> dict[str, tuple[tuple[int, ...], str]]:
     return {k: (tuple(v.shape), str(v.dtype)) for k, v in module.state_dict().items()}
 
 
-@pytest.fixture(scope="module")
-def dvae(fixture_dir):
-    cfg = ModelConfig.from_dict(yaml.safe_load((fixture_dir / "checkpoint" / "config.yaml").read_text()))
+def _load(folder) -> DiscreteVAE:
+    cfg = ModelConfig.from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
     model = DiscreteVAE(cfg.vqvae).eval()
-    model.load_state_dict(torch.load(fixture_dir / "checkpoint" / "dvae.pth", weights_only=True), strict=True)
+    model.load_state_dict(torch.load(folder / "dvae.pth", weights_only=True), strict=True)
     return model
+
+
+@pytest.fixture(scope="module")
+def dvae(shipped_base):
+    return _load(shipped_base)
+
+
+@pytest.fixture(scope="module")
+def official(fixture_dir):
+    return _load(fixture_dir / "checkpoint")
 
 
 @pytest.mark.parametrize("make", [v1_0, v1_5])
@@ -36,19 +44,19 @@ def test_full_size_keys_match_official(official_keys_dir, make):
     assert sum(p.numel() for p in model.parameters()) == official_param_count(official_keys_dir / "sd_dvae.txt")
 
 
-def test_codes_match_official(dvae, expected):
-    codes = dvae.get_codebook_indices(expected["cond_mel"])
+def test_codes_match_official(official, expected):
+    codes = official.get_codebook_indices(expected["cond_mel"])
     assert codes.dtype == torch.int64
     assert torch.equal(codes, expected["dvae_codes"])
 
 
-def test_codes_from_our_mel_match_official(dvae, expected, fixture_dir):
+def test_codes_from_our_mel_match_official(official, expected, fixture_dir):
     mel = audio.MelSpectrogram()(audio.load_reference(fixture_dir / "inputs" / "ref.wav"))
-    assert torch.equal(dvae.get_codebook_indices(mel), expected["dvae_codes"])
+    assert torch.equal(official.get_codebook_indices(mel), expected["dvae_codes"])
 
 
-def test_padded_batch_gives_each_rows_own_codes(dvae, expected):
-    mel = expected["cond_mel"][0]  # (100, 235)
+def test_padded_batch_gives_each_rows_own_codes(dvae, base_inputs):
+    mel = base_inputs["cond_mel"][0]  # (100, 235)
     rows = [mel, mel[:, 20:205], mel[:, :101], mel[:, 7:10]]
     lengths = torch.tensor([r.shape[1] for r in rows])
     batch = torch.randn(len(rows), 100, int(lengths.max())) * 5  # garbage in the padding on purpose
@@ -74,8 +82,8 @@ def test_digital_silence_maps_to_silence_code(dvae):
     assert torch.all(codes[0, 4:-4] == SILENCE_CODE)
 
 
-def test_decode_shape_and_code_rate(dvae, expected):
-    codes = expected["dvae_codes"]
+def test_decode_shape_and_code_rate(dvae, base_inputs):
+    codes = base_inputs["dvae_codes"]
     rec = dvae.decode(codes)
     assert rec.shape == (1, 100, 4 * codes.shape[1])
     assert audio.HOP * 4 == 1024  # one code per 1024 samples, as the GPT assumes

@@ -1,4 +1,4 @@
-"""``evaluate`` end to end on the tiny fixture and a prepared corpus with exact event boundaries."""
+"""``evaluate`` end to end on the shipped tiny base and a prepared corpus with exact event boundaries."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ RUN_CONFIG = {
     "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
     "optim": {"lr": 1e-2},
     "batch": {"batch_size": 8, "grad_accum": 1},
-    "schedule": {"max_steps": 40, "warmup_steps": 2},
+    "schedule": {"max_steps": 80, "warmup_steps": 2},  # several passes over the training clips
     "model": {"dropout": 0.0},
-    "eval": {"every_steps": 40, "save_every_steps": 40, "keep_last": 1},
+    "eval": {"every_steps": 80, "save_every_steps": 80, "keep_last": 1},
     "runtime": {"log_every_steps": 10, "progress_bar": False},
 }
 
@@ -26,13 +26,13 @@ RUN_CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def untrained_report(eval_data, fixture_dir, tmp_path_factory):
-    """The tag-extended fixture (tag rows never trained) against the plain fixture as base."""
+def untrained_report(eval_data, shipped_base, tmp_path_factory):
+    """The tag-extended base (tag rows never trained) against the plain base."""
     from tagtune.evaluate import evaluate
 
     model_dir, data_dir = eval_data
     out = tmp_path_factory.mktemp("report")
-    return out, evaluate(model_dir, data_dir, out, base_dir=fixture_dir / "checkpoint", n_free=6, seed=3)
+    return out, evaluate(model_dir, data_dir, out, base_dir=shipped_base, n_free=6, seed=3)
 
 
 def _val_tag_count(data_dir: Path, tag: str) -> int:
@@ -110,7 +110,7 @@ class TagBlind(nn.Module):
         return self.inner.logits(cond_mel, padded, lengths, codes, wav_lengths, *args, **kwargs)
 
 
-def test_a_model_that_ignores_tags_has_no_reliance_gap(eval_data, fixture_dir):
+def test_a_model_that_ignores_tags_has_no_reliance_gap(eval_data):
     from tagtune.evaluate import load_models
     from tagtune.evaluate.loading import EvalModel
     from tagtune.evaluate.reliance import score_reliance, summarize
@@ -130,14 +130,14 @@ def test_a_model_that_ignores_tags_has_no_reliance_gap(eval_data, fixture_dir):
 
 
 @pytest.mark.slow
-def test_a_tuned_adapter_relies_on_its_tags(eval_data, fixture_dir, tmp_path):
+def test_a_tuned_adapter_relies_on_its_tags(eval_data, shipped_base, tmp_path):
     from tagtune.evaluate import evaluate
     from tagtune.train import train
     from tagtune.train.config import TrainConfig
 
     _, data_dir = eval_data
     run = train(data_dir, tmp_path / "run", TrainConfig.from_dict(RUN_CONFIG))
-    report = evaluate(None, data_dir, tmp_path / "report", base_dir=fixture_dir / "checkpoint",
+    report = evaluate(None, data_dir, tmp_path / "report", base_dir=shipped_base,
                       adapter=run.run_dir / "last", n_free=0, plots=False)
     gaps = {m: [e["wrong_tag_gap"][m] for e in report["tags"].values()] for m in ("tuned", "base")}
     assert sum(gaps["tuned"]) / 3 > sum(gaps["base"]) / 3 + 0.5  # the true tag beats a wrong one after training
@@ -163,22 +163,24 @@ def test_sampling_is_reproducible_with_a_seed(eval_data):
     assert max(len(x) for x in a) <= int(1.5 * max(len(it["codes"]) for it in items)) + 8
 
 
-def test_bad_inputs_are_explained(eval_data, fixture_dir, tmp_path):
+def test_bad_inputs_are_explained(eval_data, shipped_base, tmp_path):
     from tagtune.evaluate import EvaluationError, evaluate
 
     model_dir, data_dir = eval_data
     with pytest.raises(EvaluationError, match="needs its base"):
         evaluate(None, data_dir, tmp_path, adapter=tmp_path)
     with pytest.raises(EvaluationError, match="no tags.json"):
-        evaluate(fixture_dir / "checkpoint", data_dir, tmp_path)
+        evaluate(shipped_base, data_dir, tmp_path)
     with pytest.raises(EvaluationError, match="run `tagtune prepare` first"):
         evaluate(model_dir, tmp_path / "nothing", tmp_path)
 
 
-def test_corpus_keeps_every_clip_with_its_event_boundaries(eval_data):
+def test_corpus_keeps_every_clip_with_its_event_boundaries(eval_data, shipped_base):
+    from tagtune.checkpoint import read_config
     from tagtune.data import PreparedDataset
 
     _, data_dir = eval_data
+    vocab = read_config(shipped_base).gpt.number_text_tokens  # tag ids start here
     every = PreparedDataset(data_dir, "all")
     assert len(every) == N_CLIPS  # nothing rejected: all clips fit 60 codes
     tagged = [every[i] for i in range(len(every)) if every[i]["has_tag"]]
@@ -186,6 +188,6 @@ def test_corpus_keeps_every_clip_with_its_event_boundaries(eval_data):
     for item in tagged:
         (event,) = item["events"]
         assert 0 < event["start_sample"] < event["end_sample"] <= item["wav_len"]
-        assert f"<{event['tag']}>" in item["tags"] and sum(int(i) >= 320 for i in item["text_ids"]) == 1
+        assert f"<{event['tag']}>" in item["tags"] and sum(int(i) >= vocab for i in item["text_ids"]) == 1
     val = PreparedDataset(data_dir, "val")
     assert {t for i in range(len(val)) for t in val[i]["tags"]} == set(TAGS)

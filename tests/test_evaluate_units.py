@@ -56,14 +56,16 @@ def test_reliance_summary_from_trials():
                             "wrong_tag_gap": 0.0, "clip_win_rate": 0.0}  # a tie is no win
 
 
-def test_batched_nll_equals_each_row_alone(fixture_dir):
+def test_batched_nll_equals_each_row_alone(shipped_base):
     from tagtune.checkpoint import load_gpt
 
-    gpt = load_gpt(fixture_dir / "checkpoint")
+    gpt = load_gpt(shipped_base)
     g = torch.Generator().manual_seed(0)
     conds = torch.randn(3, 32, gpt.cfg.model_dim, generator=g)
-    rows = [ScoreRow(conds[k], torch.randint(2, 300, (n,), generator=g), torch.randint(0, 128, (m,), generator=g),
-                     m * 1024 - 100) for k, (n, m) in enumerate([(4, 20), (11, 7), (7, 33)])]
+    text_ids = lambda n: torch.randint(2, gpt.cfg.number_text_tokens, (n,), generator=g)
+    codes = lambda m: torch.randint(0, gpt.cfg.start_mel_token, (m,), generator=g)
+    rows = [ScoreRow(conds[k], text_ids(n), codes(m), m * 1024 - 100)
+            for k, (n, m) in enumerate([(4, 20), (11, 7), (7, 33)])]
     together = code_nll(gpt, rows)
     alone = [code_nll(gpt, [r])[0] for r in rows]
     assert [t.shape[0] for t in together] == [21, 8, 34]

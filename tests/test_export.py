@@ -9,7 +9,6 @@ import pytest
 import torch
 import yaml
 
-
 pytestmark = pytest.mark.slow
 TEXT_KEYS = ("text_embedding.weight", "text_head.weight", "text_head.bias")
 

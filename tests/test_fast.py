@@ -1,4 +1,4 @@
-"""Reduced-precision GPT copies, batched latents, joined vocoding and the quality measure (tiny fixture)."""
+"""Reduced-precision GPT copies, batched latents, joined vocoding and the quality measure (shipped base)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,17 @@ from transformers.pytorch_utils import Conv1D
 
 from tagtune.checkpoint import load_bigvgan, load_gpt
 from tagtune.evaluate.quality import teacher_forced_quality
+from tagtune.generation import latents_for_vocoder
 from tagtune.generation.batched import batched_latents, vocode_joined
 from tagtune.precision import PrecisionError, resolve_precision
 from tagtune.synthesis.fast_gpt import conv1d_to_linear, prepare_gpt
-from tagtune.generation import latents_for_vocoder
 
 HOP = 1024
 
 
-
-
 @pytest.fixture(scope="module")
-def gpt(fixture_dir):
-    return load_gpt(fixture_dir / "checkpoint")
+def gpt(shipped_base):
+    return load_gpt(shipped_base)
 
 
 def test_conv1d_to_linear_is_exact():
@@ -51,33 +49,44 @@ def test_prepare_gpt_leaves_the_original_alone(gpt):
 
 
 @pytest.mark.parametrize("precision, min_agreement, max_nll_change", [("bf16", 0.98, 0.01), ("int8", 0.95, 0.02)])
-def test_teacher_forced_quality_on_fixture(gpt, expected, precision, min_agreement, max_nll_change):
-    q = teacher_forced_quality(gpt, prepare_gpt(gpt, precision), expected["conds"], expected["latent_text_ids"],
-                               expected["latent_codes"])
+def test_teacher_forced_quality(gpt, base_inputs, precision, min_agreement, max_nll_change):
+    prompt = base_inputs["conds"], base_inputs["latent_text_ids"], base_inputs["latent_codes"]
+    q = teacher_forced_quality(gpt, prepare_gpt(gpt, precision), *prompt)
     assert q["top1_agreement"] >= min_agreement
     assert abs(q["nll_candidate"] / q["nll_reference"] - 1) <= max_nll_change
-    same = teacher_forced_quality(gpt, gpt, expected["conds"], expected["latent_text_ids"], expected["latent_codes"])
+    same = teacher_forced_quality(gpt, gpt, *prompt)
     assert same["top1_agreement"] == 1.0 and same["nll_candidate"] == same["nll_reference"]
 
 
-def test_batched_latents_equal_one_at_a_time(gpt, expected):
-    conds, text = expected["conds"], expected["gen_text_ids"][0].tolist()
-    codes = expected["dvae_codes"][0]
-    sentences = [text, text[:6], text[3:]]
-    rows = [codes[:30], codes[:0], codes[10:19]]  # an empty row is skipped, not an error
+def _batched_rows(inputs):
+    """Three sentences of the prompt and their codes; an empty row is skipped, not an error."""
+    text, codes = inputs["gen_text_ids"][0].tolist(), inputs["dvae_codes"][0]
+    return [text, text[:6], text[3:]], [codes[:30], codes[:0], codes[10:19]]
+
+
+def test_batched_latents_equal_one_at_a_time(gpt, base_inputs):
+    conds, (sentences, rows) = base_inputs["conds"], _batched_rows(base_inputs)
     got = batched_latents(gpt, conds, sentences, rows, batch_size=8)
-    assert [tuple(g.shape) for g in got] == [(30, 64), (0, 64), (9, 64)]
-    torch.testing.assert_close(got[0], expected["latents"][0, :30], atol=1e-4, rtol=0)
+    d = gpt.cfg.model_dim
+    assert [tuple(g.shape) for g in got] == [(30, d), (0, d), (9, d)]
     for ids, c, g in zip(sentences, rows, got):
         if len(c):
             one = latents_for_vocoder(gpt, conds, torch.tensor([ids]), c[None], torch.tensor([len(c)]))[0]
             torch.testing.assert_close(g, one, atol=1e-5, rtol=0)
 
 
-def test_vocode_joined_splits_at_the_joins(fixture_dir, expected):
-    vocoder = load_bigvgan(fixture_dir / "checkpoint")
-    lat = expected["latents"][0]  # (40, 64)
+def test_batched_latents_match_official(fixture_dir, expected):
+    official = load_gpt(fixture_dir / "checkpoint")
+    got = batched_latents(official, expected["conds"], *_batched_rows(expected), batch_size=8)
+    torch.testing.assert_close(got[0], expected["latents"][0, :30], atol=1e-4, rtol=0)
+
+
+def test_vocode_joined_splits_at_the_joins(shipped_base, base_inputs):
+    vocoder = load_bigvgan(shipped_base)
+    lat = base_inputs["latents"][0]  # (40, D)
     with torch.no_grad():
-        waves = vocode_joined(vocoder, [lat[:25], lat[:0], lat[25:]], expected["spk_emb"])
+        speaker = vocoder.speaker_embedding(base_inputs["cond_mel"].transpose(1, 2))
+        waves = vocode_joined(vocoder, [lat[:25], lat[:0], lat[25:]], speaker)
+        whole = vocoder(lat[None], speaker=speaker)  # (1, 1, 40 * HOP)
     assert [len(w) for w in waves] == [25 * HOP, 0, 15 * HOP]
-    torch.testing.assert_close(torch.cat(waves), expected["wav"][0, 0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.cat(waves), whole[0, 0], atol=1e-4, rtol=0)

@@ -1,4 +1,5 @@
-"""Generation against the official v1.5.0 outputs of the tiny fixture, plus the rules the parity rests on."""
+"""Generation against the official v1.5.0 outputs of the tiny fixture, plus the rules the parity rests on
+(checked on the shipped base)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from tagtune.generation import (
     mel_position,
     prepare_prompt,
     remove_long_silence,
+    sampling,
 )
-from tagtune.generation import sampling
 from tagtune.models.unified_voice import UnifiedVoice
 
 STOP, START = 129, 128  # the fixture's stop_mel / start_mel
@@ -24,20 +25,34 @@ MAX_NEW = 40  # max_generate_length of every fixture generation
 INF = float("inf")
 
 
-
-
-@pytest.fixture(scope="module")
-def model(fixture_dir):
-    cfg = ModelConfig.from_dict(yaml.safe_load((fixture_dir / "checkpoint" / "config.yaml").read_text()))
+def _load(folder) -> UnifiedVoice:
+    cfg = ModelConfig.from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
     gpt = UnifiedVoice(cfg.gpt)
-    gpt.load_state_dict(torch.load(fixture_dir / "checkpoint" / "gpt.pth", weights_only=True), strict=True)
+    state = torch.load(folder / "gpt.pth", weights_only=True)
+    gpt.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return gpt.eval()
 
 
-def greedy(model, expected, ids_key="gen_text_ids", **overrides):
+@pytest.fixture(scope="module")
+def model(shipped_base):
+    return _load(shipped_base)
+
+
+@pytest.fixture(scope="module")
+def official(fixture_dir):
+    return _load(fixture_dir / "checkpoint")
+
+
+def greedy(model, inputs, ids_key="gen_text_ids", **overrides):
     cfg = GenerationConfig.greedy(**{"max_new_tokens": MAX_NEW, **overrides})
-    ids = expected[ids_key].int()  # the official prompt was int32
-    return generate_codes(model, ids, cfg, cond_mel=expected["cond_mel"])
+    ids = inputs[ids_key].int()  # the official prompt was int32
+    return generate_codes(model, ids, cfg, cond_mel=inputs["cond_mel"])
+
+
+def flip_cache(settings: dict) -> dict:
+    """The same run with the KV cache switched (the position mode kept)."""
+    return settings | {"use_cache": not settings.get("use_cache", True),
+                       "position_mode": settings.get("position_mode", "official")}
 
 
 # ------------------------------------------------------------------------------------- official parity
@@ -51,58 +66,55 @@ GREEDY_RUNS = {
 
 
 @pytest.mark.parametrize("name", sorted(GREEDY_RUNS))
-def test_greedy_matches_official(model, expected, name):
-    codes, lengths = greedy(model, expected, **GREEDY_RUNS[name])
+def test_greedy_matches_official(official, expected, name):
+    codes, lengths = greedy(official, expected, **GREEDY_RUNS[name])
     assert codes.tolist() == expected[name].tolist()
     assert lengths.tolist() == [expected[name].shape[1] - 1]  # every run ends with its one stop code
 
 
 @pytest.mark.parametrize("name", sorted(GREEDY_RUNS))
-def test_cache_only_changes_the_arithmetic(model, expected, name):
-    flipped = dict(GREEDY_RUNS[name])
-    flipped["use_cache"] = not flipped.get("use_cache", True)
-    flipped.setdefault("position_mode", "official")
-    codes, _ = greedy(model, expected, **flipped)
+def test_cache_only_changes_the_arithmetic(official, expected, name):
+    codes, _ = greedy(official, expected, **flip_cache(GREEDY_RUNS[name]))
     assert codes.tolist() == expected[name].tolist()
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_batch_with_shared_cond_matches_official(model, expected, use_cache):
-    codes, lengths = greedy(model, expected, "gen_batch_text_ids", use_cache=use_cache)
+def test_batch_with_shared_cond_matches_official(official, expected, use_cache):
+    codes, lengths = greedy(official, expected, "gen_batch_text_ids", use_cache=use_cache)
     assert codes.tolist() == expected["codes_greedy_batch_cache"].tolist()
     assert lengths.tolist() == [28, 32]
     assert codes[0, :29].tolist() == expected["codes_greedy_cache"][0].tolist()
 
 
-def test_per_row_conds_equal_shared_conds(model, expected):
+def test_per_row_conds_equal_shared_conds(official, expected):
     ids = expected["gen_batch_text_ids"]
     cfg = GenerationConfig.greedy(max_new_tokens=MAX_NEW)
-    conds = model.get_conditioning(expected["cond_mel"]).detach()
-    shared, _ = generate_codes(model, ids, cfg, conds=conds)
-    per_row, _ = generate_codes(model, ids, cfg, conds=conds.expand(2, -1, -1))
+    conds = official.get_conditioning(expected["cond_mel"]).detach()
+    shared, _ = generate_codes(official, ids, cfg, conds=conds)
+    per_row, _ = generate_codes(official, ids, cfg, conds=conds.expand(2, -1, -1))
     assert per_row.tolist() == shared.tolist() == expected["codes_greedy_batch_cache"].tolist()
 
 
-def test_max_new_tokens_cuts_without_stop(model, expected):
-    codes, lengths = greedy(model, expected, max_new_tokens=5)
+def test_max_new_tokens_cuts_without_stop(official, expected):
+    codes, lengths = greedy(official, expected, max_new_tokens=5)
     assert codes.tolist() == [expected["codes_greedy_cache"][0, :5].tolist()]
     assert lengths.tolist() == [5]
 
 
 @pytest.mark.parametrize("generator", [False, True])
-def test_beam_sampling_reproduces_official_draws(model, expected, generator):
+def test_beam_sampling_reproduces_official_draws(official, expected, generator):
     cfg = GenerationConfig(max_new_tokens=MAX_NEW)  # the official defaults: 3-beam sampling, R = 10
     torch.manual_seed(1234)
     gen = torch.Generator().manual_seed(1234) if generator else None
-    codes, lengths = generate_codes(model, expected["gen_text_ids"].int(), cfg, cond_mel=expected["cond_mel"],
+    codes, lengths = generate_codes(official, expected["gen_text_ids"].int(), cfg, cond_mel=expected["cond_mel"],
                                     generator=gen)
     # RNG-dependent (torch CPU generator + HF 4.36 draw order); matches with torch 2.13
     assert codes.tolist() == expected["codes_beam3_sample_seed1234"].tolist()
     assert lengths.tolist() == [9]
 
 
-def test_latents_for_vocoder_match_official(model, expected):
-    latents = latents_for_vocoder(model, expected["conds"], expected["latent_text_ids"],
+def test_latents_for_vocoder_match_official(official, expected):
+    latents = latents_for_vocoder(official, expected["conds"], expected["latent_text_ids"],
                                   expected["latent_codes"], torch.tensor([40]))
     assert latents.shape == (1, 40, 64)
     torch.testing.assert_close(latents, expected["latents"], atol=1e-4, rtol=0)
@@ -110,16 +122,58 @@ def test_latents_for_vocoder_match_official(model, expected):
 
 # ------------------------------------------------------------------------------------ sampling rules
 
-def test_sampling_with_top_k_1_is_greedy(model, expected):
+def test_sampling_with_top_k_1_is_greedy(official, expected):
     for rep, name in [(1.0, "codes_greedy_cache"), (10.0, "codes_greedy_rep10")]:
-        codes, _ = greedy(model, expected, do_sample=True, top_k=1, top_p=1.0, repetition_penalty=rep)
+        codes, _ = greedy(official, expected, do_sample=True, top_k=1, top_p=1.0, repetition_penalty=rep)
         assert codes.tolist() == expected[name].tolist()
 
 
+# ---------------------------------------------------------------------- the same rules on the shipped base
+
+@pytest.mark.parametrize("name", sorted(GREEDY_RUNS))
+def test_cache_leaves_the_codes_alone(model, base_inputs, name):
+    codes, lengths = greedy(model, base_inputs, **GREEDY_RUNS[name])
+    flipped, flipped_lengths = greedy(model, base_inputs, **flip_cache(GREEDY_RUNS[name]))
+    assert flipped.tolist() == codes.tolist() and flipped_lengths.tolist() == lengths.tolist()
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_batch_rows_equal_their_lone_runs(model, base_inputs, use_cache):
+    cfg = GenerationConfig.greedy(max_new_tokens=MAX_NEW, use_cache=use_cache)
+    ids, mel = base_inputs["gen_batch_text_ids"], base_inputs["cond_mel"]
+    codes, lengths = generate_codes(model, ids, cfg, cond_mel=mel)
+    for r in range(2):
+        alone, alone_lengths = generate_codes(model, ids[r:r + 1], cfg, cond_mel=mel)
+        assert codes[r, : alone.shape[1]].tolist() == alone[0].tolist()
+        assert (codes[r, alone.shape[1]:] == model.cfg.stop_mel_token).all() and lengths[r] == alone_lengths[0]
+
+
+def test_per_row_conds_give_the_shared_conds_codes(model, base_inputs):
+    ids = base_inputs["gen_batch_text_ids"]
+    cfg = GenerationConfig.greedy(max_new_tokens=MAX_NEW)
+    conds = model.get_conditioning(base_inputs["cond_mel"]).detach()
+    shared, _ = generate_codes(model, ids, cfg, conds=conds)
+    per_row, _ = generate_codes(model, ids, cfg, conds=conds.expand(2, -1, -1))
+    assert per_row.tolist() == shared.tolist() == greedy(model, base_inputs, "gen_batch_text_ids")[0].tolist()
+
+
+def test_max_new_tokens_cuts_a_prefix_without_stop(model, base_inputs):
+    full, full_lengths = greedy(model, base_inputs)
+    assert full_lengths[0] > 5  # the cut falls inside the full run
+    codes, lengths = greedy(model, base_inputs, max_new_tokens=5)
+    assert codes.tolist() == [full[0, :5].tolist()] and lengths.tolist() == [5]
+
+
+def test_top_k_1_sampling_is_greedy(model, base_inputs):
+    for rep in (1.0, 10.0):
+        codes, _ = greedy(model, base_inputs, do_sample=True, top_k=1, top_p=1.0, repetition_penalty=rep)
+        assert codes.tolist() == greedy(model, base_inputs, repetition_penalty=rep)[0].tolist()
+
+
 @pytest.mark.parametrize("beams", [1, 3])
-def test_sampling_is_reproducible_and_valid(model, expected, beams):
+def test_sampling_is_reproducible_and_valid(model, base_inputs, beams):
     cfg = GenerationConfig(num_beams=beams, max_new_tokens=MAX_NEW)
-    ids, cond = expected["gen_batch_text_ids"], expected["conds"]
+    ids, cond = base_inputs["gen_batch_text_ids"], base_inputs["conds"]
     runs = [generate_codes(model, ids, cfg, conds=cond, generator=torch.Generator().manual_seed(s))
             for s in (7, 7, 8)]
     torch.manual_seed(7)
@@ -129,13 +183,13 @@ def test_sampling_is_reproducible_and_valid(model, expected, beams):
     for codes, lengths in runs:
         assert codes.shape[0] == 2 and codes.shape[1] <= MAX_NEW
         for row, n in zip(codes, lengths):
-            assert ((row[:n] >= 0) & (row[:n] < START)).all()  # real codes only: no start, no stop
-            assert (row[n:] == STOP).all()
+            assert ((row[:n] >= 0) & (row[:n] < model.cfg.start_mel_token)).all()  # real codes: no start, no stop
+            assert (row[n:] == model.cfg.stop_mel_token).all()
 
 
-def test_beam_sampling_cache_and_recompute_agree(model, expected):
+def test_beam_sampling_cache_and_recompute_agree(model, base_inputs):
     cfg = dict(max_new_tokens=MAX_NEW)
-    ids, cond = expected["gen_batch_text_ids"], expected["conds"]
+    ids, cond = base_inputs["gen_batch_text_ids"], base_inputs["conds"]
     with_cache, _ = generate_codes(model, ids, GenerationConfig(**cfg), conds=cond,
                                    generator=torch.Generator().manual_seed(3))
     without, _ = generate_codes(model, ids, GenerationConfig(use_cache=False, **cfg), conds=cond,
@@ -143,29 +197,31 @@ def test_beam_sampling_cache_and_recompute_agree(model, expected):
     assert with_cache.tolist() == without.tolist()
 
 
-def test_beam_search_rows_are_independent_of_batching(model, expected):
+def test_beam_search_rows_are_independent_of_batching(model, base_inputs):
     cfg = GenerationConfig(do_sample=False, num_beams=3, repetition_penalty=1.0, max_new_tokens=MAX_NEW)
-    ids, cond = expected["gen_batch_text_ids"], expected["conds"]
+    ids, cond = base_inputs["gen_batch_text_ids"], base_inputs["conds"]
     batch, lengths = generate_codes(model, ids, cfg, conds=cond)
     for r in range(2):
-        alone, _ = generate_codes(model, ids[r:r + 1], cfg, conds=cond)
+        alone, alone_lengths = generate_codes(model, ids[r:r + 1], cfg, conds=cond)
         assert batch[r, : alone.shape[1]].tolist() == alone[0].tolist()
-        assert (batch[r, alone.shape[1]:] == STOP).all()
-    assert lengths.tolist() == [17, 23]
+        assert (batch[r, alone.shape[1]:] == model.cfg.stop_mel_token).all()
+        assert lengths[r] == alone_lengths[0]
 
 
 # ------------------------------------------------------------------------------- prompt and positions
 
-def test_prompt_strips_padding_and_left_pads(model, expected):
-    ids = expected["gen_batch_text_ids"]  # row 1 = [30, 2] then thirteen stop_text (1) ids
-    prompt = prepare_prompt(model, expected["conds"], ids)
-    S = 32 + 15 + 2
-    assert prompt.embeds.shape == (2, S, 64)
+def test_prompt_strips_padding_and_left_pads(model, base_inputs):
+    ids = base_inputs["gen_batch_text_ids"]  # row 1 = the two ids of "a", then stop_text (1) ids
+    n = ids.shape[1]
+    assert (ids[0] != 1).all() and ids[1, 2:].eq(1).all()
+    prompt = prepare_prompt(model, base_inputs["conds"], ids)
+    S = 32 + n + 2
+    assert prompt.embeds.shape == (2, S, model.cfg.model_dim)
     assert prompt.key_mask.sum(dim=1).tolist() == [S, 32 + 4]
     assert not prompt.key_mask[1, : S - 36].any() and (prompt.embeds[1, : S - 36] == 0).all()
-    alone = prepare_prompt(model, expected["conds"], torch.tensor([[30, 2]]))
+    alone = prepare_prompt(model, base_inputs["conds"], ids[1:, :2])
     torch.testing.assert_close(prompt.embeds[1, S - 36:], alone.embeds[0], rtol=0, atol=0)
-    assert prompt.history.tolist() == [[1, START], [1, START]]
+    assert prompt.history.tolist() == [[1, model.cfg.start_mel_token]] * 2
 
 
 def test_mel_positions():
@@ -173,12 +229,13 @@ def test_mel_positions():
     assert [mel_position(i, "train") for i in range(5)] == [0, 1, 2, 3, 4]
 
 
-def test_position_table_limit(model, expected):
-    ok = GenerationConfig.greedy(max_new_tokens=62)  # needs positions 0..62 of the 63-row table
-    generate_codes(model, expected["gen_text_ids"], ok, conds=expected["conds"])
+def test_position_table_limit(model, base_inputs):
+    rows = model.cfg.max_mel_tokens + 3
+    ok = GenerationConfig.greedy(max_new_tokens=rows - 1)  # needs positions 0..rows-1 of the table
+    generate_codes(model, base_inputs["gen_text_ids"], ok, conds=base_inputs["conds"])
     with pytest.raises(ValueError, match="mel positions"):
-        generate_codes(model, expected["gen_text_ids"], GenerationConfig.greedy(max_new_tokens=63),
-                       conds=expected["conds"])
+        generate_codes(model, base_inputs["gen_text_ids"], GenerationConfig.greedy(max_new_tokens=rows),
+                       conds=base_inputs["conds"])
 
 
 def test_config_defaults_and_checks():

@@ -6,21 +6,21 @@ import pytest
 import torch
 
 from tagtune import lora
-from tagtune.tags.rows import grow_base
 from tagtune.generation import GenerationConfig
+from tagtune.lora import LoraSpec
 from tagtune.synthesis.tts import TTS
 from tagtune.tags import TagSet, add_tag_pieces
-from tagtune.lora import LoraSpec
+from tagtune.tags.rows import grow_base
 
 TAGS = ["<laughs>", "<sighs>"]
 HOP = 1024
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(fixture_dir, tmp_path_factory):
+def adapter_dir(shipped_base, tmp_path_factory):
     """An untrained adapter (LoRA B = 0): the tuned model must speak untagged text exactly as the base."""
     torch.manual_seed(0)
-    ckpt, out = fixture_dir / "checkpoint", tmp_path_factory.mktemp("adapter")
+    ckpt, out = shipped_base, tmp_path_factory.mktemp("adapter")
     gpt, _, new_ids = grow_base(ckpt, TAGS, dropout=0.0)
     lora.apply_lora(gpt, LoraSpec(rank=4), new_ids)
     bpe, ids = add_tag_pieces(ckpt / "bpe.model", TAGS)
@@ -32,18 +32,19 @@ def adapter_dir(fixture_dir, tmp_path_factory):
     return lora.save_adapter(gpt, out / "adapter", meta, files)
 
 
-def test_adapter_model_speaks_tags_and_leaves_plain_text_alone(fixture_dir, adapter_dir):
-    ckpt, ref = fixture_dir / "checkpoint", fixture_dir / "inputs" / "ref.wav"
+def test_adapter_model_speaks_tags_and_leaves_plain_text_alone(shipped_base, reference_wav, adapter_dir):
+    ckpt, ref = shipped_base, reference_wav
     tuned = TTS.load(ckpt, adapter_dir, precision="fp32")
     base = TTS.load(ckpt, precision="fp32")
+    vocab = base.tokenizer.vocab_size  # the tags' ids follow the base vocabulary
     assert tuned.known_tags == TAGS and base.known_tags == []
-    assert tuned.gpt.cfg.text_rows == 323 and type(tuned.gpt.gpt.h[0].attn.c_attn).__name__ == "Conv1D"
+    assert tuned.gpt.cfg.text_rows == vocab + 3 and type(tuned.gpt.gpt.h[0].attn.c_attn).__name__ == "Conv1D"
     greedy = GenerationConfig.greedy(max_new_tokens=12)
     text = "Hello, World! This is IndexTTS speaking."
     a = tuned.synthesize(text, ref, generation=greedy)
     b = base.synthesize(text, ref, generation=greedy)
     assert [c.tolist() for c in a.codes] == [c.tolist() for c in b.codes]
     ids = tuned.sentences("Well, <laugh> that is funny. <sighs>")
-    assert 320 in ids[0] and 321 in ids[-1]
+    assert vocab in ids[0] and vocab + 1 in ids[-1]
     out = tuned.synthesize("Well, <laughs> that is funny.", ref, generation=greedy)
     assert len(out.audio) == out.tokens * HOP > 0

@@ -1,4 +1,5 @@
-"""``synth_command`` end to end on the tiny fixture: wav files, the batch file, and every error a user can hit."""
+"""``synth_command`` end to end on the shipped base: wav files, the batch file, and every error a user can hit;
+compat mode's samples against the official ones on the tiny fixture."""
 
 from __future__ import annotations
 
@@ -10,27 +11,25 @@ import pytest
 import soundfile as sf
 
 from tagtune.errors import UserError
-from tagtune.synthesis.tts import TTS, TextError
-from tagtune.synthesis.reference import ReferenceAudioError, ReferenceCache
 from tagtune.synthesis.jobs import BatchFileError, read_batch_file, synth_command
-from tagtune.text import TextTokenizer
+from tagtune.synthesis.reference import ReferenceAudioError, ReferenceCache
+from tagtune.synthesis.tts import TTS, TextError
 from tagtune.tags import TagSet, UnknownTagError, add_tag_pieces
+from tagtune.text import TextTokenizer
 
 HOP = 1024
 TEXT = "Hello, World! This is IndexTTS speaking."
 FAST = {"greedy": True, "max_new_tokens": 6, "precision": "fp32"}  # short, deterministic runs
 
 
+@pytest.fixture(scope="module")
+def ckpt(shipped_base):
+    return shipped_base
 
 
 @pytest.fixture(scope="module")
-def ckpt(fixture_dir):
-    return fixture_dir / "checkpoint"
-
-
-@pytest.fixture(scope="module")
-def ref(fixture_dir):
-    return fixture_dir / "inputs" / "ref.wav"
+def ref(reference_wav):
+    return reference_wav
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +51,10 @@ def test_synth_writes_a_24k_pcm16_wav_of_the_code_length(ckpt, ref, tmp_path):
     assert len(audio) == 6 * HOP and np.abs(audio).max() > 0  # 6 codes, no stop within 6 steps
 
 
-def test_compat_greedy_writes_the_official_samples(ckpt, ref, tmp_path, expected):
+def test_compat_greedy_writes_the_official_samples(fixture_dir, tmp_path, expected):
     out = tmp_path / "compat.wav"
-    synth_command(ckpt, ref=ref, text=TEXT, out=out, compat="official", greedy=True, max_new_tokens=40)
+    synth_command(fixture_dir / "checkpoint", ref=fixture_dir / "inputs" / "ref.wav", text=TEXT, out=out,
+                  compat="official", greedy=True, max_new_tokens=40)
     _, audio, _ = read_wav(out)
     want = expected["e2e_pcm16"][0].numpy()
     assert audio.shape == want.shape and np.abs(audio.astype(np.int64) - want).max() <= 1
@@ -127,7 +127,8 @@ def test_unknown_tag_lists_known_tags(tts, ref, ckpt):
     with pytest.raises(UnknownTagError, match="known tags: <laughs>, <sighs>"):
         tagged_tts.sentences("Well <giggles> that is funny.")
     ids = tagged_tts.sentences("Well <laugh> that is funny. <sighs>")  # variant merged; lone tag kept whole
-    assert len(ids) == 1 and {320, 321} <= set(ids[0])
+    vocab = tts.tokenizer.vocab_size  # the tags' ids follow the base vocabulary
+    assert len(ids) == 1 and {vocab, vocab + 1} <= set(ids[0])
 
 
 def test_command_level_errors_are_user_errors(ckpt, ref, tmp_path):

@@ -7,10 +7,18 @@ from safetensors.torch import load_file
 
 from tagtune import lora
 from tagtune.folders import shipped_base
-from tagtune.tags.neutral import (Insertion, NeutralFit, divergence, fit_neutral_row, insertion_points,
-                              tokenizer_layout, untagged_examples, with_tag)
-from tagtune.tags.rows import TEXT_KEYS, TagInit, current_tag_rows, grow_base, set_tag_rows
 from tagtune.lora import LoraSpec
+from tagtune.tags.neutral import (
+    Insertion,
+    NeutralFit,
+    divergence,
+    fit_neutral_row,
+    insertion_points,
+    tokenizer_layout,
+    untagged_examples,
+    with_tag,
+)
+from tagtune.tags.rows import TEXT_KEYS, TagInit, current_tag_rows, grow_base, set_tag_rows
 
 TAGS = ["<a>", "<b>", "<c>"]
 
@@ -78,12 +86,11 @@ def test_neutral_fit_lowers_the_divergence_and_leaves_the_base_alone(tiny_data):
 
 
 def test_neutral_run_records_its_start_rows_and_eval_grows_the_base_with_them(tiny_data, tmp_path):
-    from train_fixtures import RUN_CONFIG
-
     from tagtune.evaluate.loading import load_models
     from tagtune.export import export
     from tagtune.train import train
     from tagtune.train.config import TrainConfig
+    from train_fixtures import RUN_CONFIG
 
     config = TrainConfig.from_dict(RUN_CONFIG | {"lora": RUN_CONFIG["lora"] | {"tag_init": "neutral",
                                                                                "neutral_steps": 6},

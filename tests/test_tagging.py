@@ -8,25 +8,31 @@ import pytest
 import torch
 
 from tagtune import checkpoint as ckpt
-from tagtune.loaders import load_model
 from tagtune.cli import main
+from tagtune.loaders import load_model
+from tagtune.tags import UnknownTagError
 from tagtune.tags.add import add_tags
 from tagtune.tags.vocab import parse_tag_list
-from tagtune.tags import UnknownTagError
 
 
 @pytest.fixture(scope="module")
-def grown(fixture_dir, tmp_path_factory):
+def grown(shipped_base, tmp_path_factory):
     out = tmp_path_factory.mktemp("grown") / "model"
-    res = add_tags(fixture_dir / "checkpoint", ["<laughs>", "<giggles>", "<SIGH>"], out)
+    res = add_tags(shipped_base, ["<laughs>", "<giggles>", "<SIGH>"], out)
     return out, res
 
 
-def _forward(model_dir, expected):
+@pytest.fixture(scope="module")
+def vocab(shipped_base) -> int:
+    """The base tokenizer's size: the first tag gets this id."""
+    return ckpt.read_config(shipped_base).gpt.number_text_tokens
+
+
+def _forward(model_dir, inputs):
     gpt = ckpt.load_gpt(model_dir)
     with torch.no_grad():
-        out = gpt.logits(expected["batch_cond_mel"], expected["batch_text_ids"], expected["batch_text_lengths"],
-                         expected["batch_codes"], expected["batch_wav_lengths"], expected["batch_cond_mel_lengths"])
+        out = gpt.logits(inputs["batch_cond_mel"], inputs["batch_text_ids"], inputs["batch_text_lengths"],
+                         inputs["batch_codes"], inputs["batch_wav_lengths"], inputs["batch_cond_mel_lengths"])
     return out
 
 
@@ -34,50 +40,50 @@ def test_parse_tag_list():
     assert parse_tag_list("<laughs>, giggles ,,<clears throat>") == ["<laughs>", "<giggles>", "<clears throat>"]
 
 
-def test_ids_contiguous_after_base_vocab(grown, fixture_dir):
+def test_ids_contiguous_after_base_vocab(grown, shipped_base, vocab):
     out, res = grown
-    assert res.added == {"<laughs>": 320, "<giggles>": 321, "<sigh>": 322}
+    assert res.added == {"<laughs>": vocab, "<giggles>": vocab + 1, "<sigh>": vocab + 2}
     cfg = ckpt.read_config(out)
-    assert cfg.gpt.number_text_tokens == 323
+    assert cfg.gpt.number_text_tokens == vocab + 3
     tok = load_model(out).tokenizer
-    base_tok = load_model(fixture_dir / "checkpoint").tokenizer
-    assert tok.vocab_size == 323
+    base_tok = load_model(shipped_base).tokenizer
+    assert tok.vocab_size == vocab + 3
     for i in range(base_tok.vocab_size):  # every old piece keeps its id
         assert tok.convert_ids_to_tokens([i]) == base_tok.convert_ids_to_tokens([i])
     ids = tok.encode("Well <LAUGH> that is funny <giggles> ha")
-    assert sum(i in (320, 321, 322) for i in ids) == 2 and 320 in ids and 321 in ids
+    assert sum(i >= vocab for i in ids) == 2 and vocab in ids and vocab + 1 in ids
 
 
-def test_grown_keys_shapes_and_old_rows(grown, fixture_dir):
+def test_grown_keys_shapes_and_old_rows(grown, shipped_base, vocab):
     out, _ = grown
-    base = torch.load(fixture_dir / "checkpoint" / "gpt.pth", weights_only=True)
+    base = torch.load(shipped_base / "gpt.pth", weights_only=True)
     new = torch.load(out / "gpt.pth", weights_only=True)
     assert set(new) == set(base)
     for k in base:
         if k.startswith(("text_embedding", "text_head")):
-            assert new[k].shape[0] == 324 == 323 + 1
-            assert torch.equal(new[k][:320], base[k][:320])
+            assert new[k].shape[0] == vocab + 4 == (vocab + 3) + 1
+            assert torch.equal(new[k][:vocab], base[k][:vocab])
             assert torch.equal(new[k][-1], base[k][-1])  # the spare row stays last
         else:
             assert torch.equal(new[k], base[k]), k
 
 
-def test_untagged_outputs_bit_identical(grown, fixture_dir, expected):
+def test_untagged_outputs_bit_identical(grown, shipped_base, base_inputs, vocab):
     out, _ = grown
-    a = _forward(fixture_dir / "checkpoint", expected)
-    b = _forward(out, expected)
+    a = _forward(shipped_base, base_inputs)
+    b = _forward(out, base_inputs)
     assert torch.equal(a.mel_logits, b.mel_logits)
-    assert torch.equal(a.text_logits[:, :320], b.text_logits[:, :320])
+    assert torch.equal(a.text_logits[:, :vocab], b.text_logits[:, :vocab])
 
 
-def test_add_again_appends_only_new(grown, tmp_path):
+def test_add_again_appends_only_new(grown, tmp_path, vocab):
     out, _ = grown
     again = add_tags(out, ["<laughs>", "<chuckles>"], tmp_path / "again")
-    assert again.added == {"<chuckles>": 323}
-    assert again.kept == {"<laughs>": 320, "<giggles>": 321, "<sigh>": 322}
+    assert again.added == {"<chuckles>": vocab + 3}
+    assert again.kept == {"<laughs>": vocab, "<giggles>": vocab + 1, "<sigh>": vocab + 2}
     tags = json.loads((tmp_path / "again" / "tags.json").read_text())
-    assert [t["id"] for t in tags["tags"]] == [320, 321, 322, 323]
-    assert ckpt.load_gpt(tmp_path / "again").text_embedding.weight.shape[0] == 325
+    assert [t["id"] for t in tags["tags"]] == [vocab, vocab + 1, vocab + 2, vocab + 3]
+    assert ckpt.load_gpt(tmp_path / "again").text_embedding.weight.shape[0] == vocab + 5
 
 
 def test_unknown_tag_error_lists_known(grown):

@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tagtune.text import TextTokenizer
-
 from tagtune.tags import add_tag_pieces
-
 from tagtune.tags.rows import grow_text_rows
+from tagtune.text import TextTokenizer
 
 N, D = 10, 16  # tokenizer pieces, model width; the tables have N + 1 rows
 KEYS = ("text_embedding.weight", "text_head.weight", "text_head.bias")
@@ -84,12 +82,13 @@ def test_dtype_is_kept(state_dict):
     assert all(grown[k].dtype == torch.bfloat16 for k in KEYS)
 
 
-def test_fixture_checkpoint_rows_line_up_with_extended_tokenizer(fixture_dir):
-    sd = torch.load(fixture_dir / "checkpoint" / "gpt.pth", map_location="cpu", weights_only=True)
+def test_base_checkpoint_rows_line_up_with_extended_tokenizer(shipped_base):
+    sd = torch.load(shipped_base / "gpt.pth", map_location="cpu", weights_only=True)
     sd = sd.get("model", sd)
-    data, ids = add_tag_pieces(fixture_dir / "checkpoint" / "bpe.model", ["<laughs>", "<sighs>"])
+    data, ids = add_tag_pieces(shipped_base / "bpe.model", ["<laughs>", "<sighs>"])
     tok = TextTokenizer(data, normalizer=None)
-    base = sd["text_embedding.weight"].shape[0] - 1  # = number_text_tokens = 320
+    base = sd["text_embedding.weight"].shape[0] - 1  # = number_text_tokens
+    assert base == TextTokenizer(shipped_base / "bpe.model", normalizer=None).vocab_size
     grown = grow_text_rows(sd, len(ids), base, init="words", tags=list(ids), word_ids=tok.word_piece_ids)
     assert grown["text_embedding.weight"].shape[0] == tok.vocab_size + 1  # spare row kept
     assert list(ids.values()) == [base, base + 1]  # tag id == its new row

@@ -1,4 +1,5 @@
-"""Extending bpe.model with tag pieces, and tokenising tagged text with the extended model."""
+"""Extending bpe.model with tag pieces, and tokenising tagged text with the extended model (shipped base's
+bpe.model); untagged texts keep the official ids with the extended fixture model."""
 
 from __future__ import annotations
 
@@ -6,20 +7,57 @@ import json
 
 import pytest
 
-from tagtune.text import TextNormalizer, TextTokenizer, TokenizerError
-
 from tagtune.tags import TagSet, add_tag_pieces, extend_model_file
+from tagtune.text import TextNormalizer, TextTokenizer, TokenizerError
 from tagtune.text.sentences import split_sentences
 
-BASE_VOCAB = 320
-SPACE_ID = 30  # "▁" in the fixture's bpe.model
-UNK_ID = 2
 FOUR = ["<laughs>", "<giggles>", "<sighs>", "<chuckles>"]
+FIVE = FOUR + ["<laughs nervously>"]
+UNTAGGED = ["Hello, World! This is IndexTTS speaking.", "你好，世界。我们在测试语音合成。",
+            "IndexTTS 是一个语音合成模型, it's great!", "嗯，好的。", "It costs 25 dollars.", "a"]
+
+
+def _extend(bpe_path):
+    data, ids = add_tag_pieces(bpe_path, FIVE)
+    return data, TagSet(FIVE, multiword="own").with_token_ids(ids)
+
+
+def _wetext_tokenizer(extended):
+    pytest.importorskip("wetext")
+    data, tagset = extended
+    return TextTokenizer(data, tagset=tagset, normalizer=TextNormalizer(backend="wetext"))
 
 
 @pytest.fixture(scope="module")
-def bpe_path(fixture_dir):
-    return fixture_dir / "checkpoint" / "bpe.model"
+def bpe_path(shipped_base):
+    return shipped_base / "bpe.model"
+
+
+@pytest.fixture(scope="module")
+def base_tok(bpe_path):
+    return TextTokenizer(bpe_path, normalizer=None)
+
+
+@pytest.fixture(scope="module")
+def vocab(base_tok) -> int:
+    """Pieces of the base model: the first tag gets this id."""
+    return base_tok.vocab_size
+
+
+@pytest.fixture(scope="module")
+def space_id(base_tok) -> int:
+    """The lone "▁" piece, which the tokenizer puts before a tag."""
+    return base_tok.convert_tokens_to_ids(["\u2581"])[0]
+
+
+@pytest.fixture(scope="module")
+def extended(bpe_path):
+    return _extend(bpe_path)
+
+
+@pytest.fixture(scope="module")
+def tok(extended):
+    return _wetext_tokenizer(extended)
 
 
 @pytest.fixture(scope="module")
@@ -28,55 +66,51 @@ def golden(fixture_dir):
 
 
 @pytest.fixture(scope="module")
-def extended(bpe_path):
-    tags = FOUR + ["<laughs nervously>"]
-    data, ids = add_tag_pieces(bpe_path, tags)
-    tagset = TagSet(tags, multiword="own").with_token_ids(ids)
-    return data, tagset
+def official_tok(fixture_dir):
+    return _wetext_tokenizer(_extend(fixture_dir / "checkpoint" / "bpe.model"))
 
 
-@pytest.fixture(scope="module")
-def tok(extended):
-    pytest.importorskip("wetext")
-    data, tagset = extended
-    return TextTokenizer(data, tagset=tagset, normalizer=TextNormalizer(backend="wetext"))
-
-
-def test_tags_get_contiguous_ids_after_the_base_vocabulary(extended):
+def test_tags_get_contiguous_ids_after_the_base_vocabulary(extended, vocab):
     _, tagset = extended
-    assert tagset.token_ids == {t: BASE_VOCAB + i for i, t in enumerate(tagset.tags)}
+    assert tagset.token_ids == {t: vocab + i for i, t in enumerate(tagset.tags)}
 
 
-def test_old_pieces_keep_their_ids_and_bytes(extended, golden, bpe_path):
+def test_old_pieces_keep_their_ids_and_bytes(extended, base_tok, bpe_path, vocab):
     data, tagset = extended
     raw = TextTokenizer(data, normalizer=None)
-    assert raw.vocab_size == BASE_VOCAB + 5
-    assert raw.convert_ids_to_tokens(list(range(BASE_VOCAB))) == golden["pieces"]
-    assert raw.convert_ids_to_tokens(list(range(BASE_VOCAB, BASE_VOCAB + 5))) == [
+    assert raw.vocab_size == vocab + 5
+    assert raw.convert_ids_to_tokens(list(range(vocab))) == base_tok.convert_ids_to_tokens(list(range(vocab)))
+    assert raw.convert_ids_to_tokens(list(range(vocab, vocab + 5))) == [
         "<LAUGHS>", "<GIGGLES>", "<SIGHS>", "<CHUCKLES>", "<LAUGHS▁NERVOUSLY>"]
     assert data.startswith(bpe_path.read_bytes())
 
 
-def test_extending_twice_appends_only_new_tags(extended):
+def test_extending_twice_appends_only_new_tags(extended, vocab):
     data, tagset = extended
     again, ids = add_tag_pieces(data, ["<SIGH>", "<whispers>", "<laughs>"])
-    assert ids == {"<sigh>": BASE_VOCAB + 5, "<whispers>": BASE_VOCAB + 6, "<laughs>": BASE_VOCAB}
+    assert ids == {"<sigh>": vocab + 5, "<whispers>": vocab + 6, "<laughs>": vocab}
     third, ids3 = add_tag_pieces(again, ["<whispers>"])
-    assert third == again and ids3 == {"<whispers>": BASE_VOCAB + 6}
+    assert third == again and ids3 == {"<whispers>": vocab + 6}
 
 
-def test_extend_model_file_writes_atomically(bpe_path, tmp_path):
+def test_extend_model_file_writes_atomically(bpe_path, tmp_path, vocab):
     dst = tmp_path / "bpe.model"
-    assert extend_model_file(bpe_path, dst, ["<laughs>"]) == {"<laughs>": BASE_VOCAB}
-    assert extend_model_file(dst, dst, ["<sighs>"]) == {"<sighs>": BASE_VOCAB + 1}  # in place
+    assert extend_model_file(bpe_path, dst, ["<laughs>"]) == {"<laughs>": vocab}
+    assert extend_model_file(dst, dst, ["<sighs>"]) == {"<sighs>": vocab + 1}  # in place
     assert [p.name for p in tmp_path.iterdir()] == ["bpe.model"]  # no temp file left behind
-    assert TextTokenizer(dst, normalizer=None).vocab_size == BASE_VOCAB + 2
+    assert TextTokenizer(dst, normalizer=None).vocab_size == vocab + 2
+
+
+@pytest.mark.parametrize("text", UNTAGGED)
+def test_untagged_texts_keep_their_ids_with_extended_model(tok, bpe_path, text):
+    plain = TextTokenizer(bpe_path, normalizer=TextNormalizer(backend="wetext"))
+    assert tok.encode(text) == plain.encode(text)
 
 
 @pytest.mark.parametrize("i", [0, 1, 2, 4, 5, 6])
-def test_untagged_texts_keep_official_ids_with_extended_model(tok, golden, i):
+def test_untagged_texts_keep_official_ids_with_extended_model(official_tok, golden, i):
     rec = golden["texts"][i]
-    assert tok.encode(rec["text"]) == rec["ids_norm"]
+    assert official_tok.encode(rec["text"]) == rec["ids_norm"]
 
 
 @pytest.mark.parametrize("text, tags", [
@@ -87,29 +121,35 @@ def test_untagged_texts_keep_official_ids_with_extended_model(tok, golden, i):
     ("IndexTTS 是一个<chuckle>模型, it's 25 <Laughs Nervously>!", ["<chuckles>", "<laughs nervously>"]),
     ("HA<laughs>HA [laughs] (laughs)", ["<laughs>"]),
 ])
-def test_each_tag_encodes_to_one_id(tok, extended, text, tags):
+def test_each_tag_encodes_to_one_id(tok, extended, vocab, text, tags):
     _, tagset = extended
     ids = tok.encode(text)
-    tag_ids = [i for i in ids if i >= BASE_VOCAB]
+    tag_ids = [i for i in ids if i >= vocab]
     assert tag_ids == [tagset.token_ids[t] for t in tags]
     pieces = tok.tokenize(text)
     assert [p for p in pieces if p.startswith("<") and len(p) > 1] == [tagset.pieces[tagset.tags.index(t)]
                                                                         for t in tags]
 
 
-def test_fixture_tag_text_with_tags(tok, golden):
-    # Official: "<GIGGLES>" falls apart into 8 pieces with two <unk>s; with the tag set, two ids.
-    assert tok.encode(golden["texts"][3]["text"]) == [
-        SPACE_ID, BASE_VOCAB + 1, 90, 186, 34, 121, 138, 94, 131, 51, 49, 35, 101, SPACE_ID, BASE_VOCAB, 261, 55]
+def test_fixture_tag_text_with_tags(tok, vocab, space_id):
+    # Official: "<GIGGLES>" falls apart into 8 pieces with two <unk>s; with the tag set, one id after a space piece,
+    # and the words around the tags keep their own ids
+    text = "<GIGGLES> Well, that's funny... <laugh> Ha!"  # the fixture's text 3
+    giggles, laughs = vocab + 1, vocab
+    ids = tok.encode(text)
+    assert ids[:2] == [space_id, giggles] and ids.count(giggles) == ids.count(laughs) == 1
+    k = ids.index(laughs)
+    assert ids[k - 1] == space_id and not any(i >= vocab for i in ids[2 : k - 1] + ids[k + 1:])
+    assert ids[2 : k - 1] == tok.encode("Well, that's funny...") and ids[k + 1:] == tok.encode("Ha!")
 
 
-def test_unknown_tag_at_synthesis(tok, extended):
+def test_unknown_tag_at_synthesis(tok, extended, vocab, space_id):
     data, tagset = extended
     with pytest.raises(Exception, match="unknown tag <whistles>; known tags: <chuckles>, <giggles>"):
         tok.encode("hi <whistles>")
     lenient = TextTokenizer(data, tagset=tagset, normalizer=None, unknown_tags="drop")
     with pytest.warns(UserWarning, match="whistles"):
-        assert lenient.encode("<whistles> <laughs>") == [SPACE_ID, BASE_VOCAB]
+        assert lenient.encode("<whistles> <laughs>") == [space_id, vocab]
 
 
 def test_tokenizer_rejects_a_model_without_the_tag_pieces(bpe_path, extended):
@@ -121,8 +161,10 @@ def test_tokenizer_rejects_a_model_without_the_tag_pieces(bpe_path, extended):
         TextTokenizer(data, tagset=wrong, normalizer=None)
 
 
-def test_word_piece_ids_spell_out_the_tag(tok):
-    assert tok.convert_ids_to_tokens(tok.word_piece_ids("LAUGHS")) == ["LA", "U", "GH", "S"]
+def test_word_piece_ids_spell_out_the_tag(tok, vocab):
+    ids = tok.word_piece_ids("LAUGHS")
+    assert ids and max(ids) < vocab and tok.unk_token_id not in ids  # plain pieces of the base model
+    assert "".join(tok.convert_ids_to_tokens(ids)).lstrip("\u2581") == "LAUGHS"
 
 
 def test_lone_tag_chunks_stay_with_their_sentence():
@@ -137,14 +179,14 @@ def test_lone_tag_chunks_stay_with_their_sentence():
 
 def test_tagged_text_splits_like_official_around_tags(tok):
     pieces = tok.tokenize("<laughs> Ha! Well. <sighs>")
-    want = [["▁", "<LAUGHS>", "▁HA", "!"], ["▁WE", "LL", ".", "▁", "<SIGHS>"]]
-    assert tok.split_sentences(pieces, 4) == want
+    assert pieces[:4] == ["▁", "<LAUGHS>", "▁HA", "!"] and pieces[-3:] == [".", "▁", "<SIGHS>"]
+    assert tok.split_sentences(pieces, 4) == [pieces[:4], pieces[4:]]
 
 
-def test_from_model_dir_picks_up_the_tags_file(bpe_path, tmp_path):
+def test_from_model_dir_picks_up_the_tags_file(bpe_path, tmp_path, vocab, space_id):
     base = TextTokenizer.from_model_dir(bpe_path.parent, normalizer=None)
-    assert base.vocab_size == BASE_VOCAB and base.tag_ids == {}
+    assert base.vocab_size == vocab and base.tag_ids == {}
     ids = extend_model_file(bpe_path, tmp_path / "bpe.model", FOUR)
     TagSet(FOUR).with_token_ids(ids).save(tmp_path / "tags.json")
     tok = TextTokenizer.from_model_dir(tmp_path, normalizer=None)
-    assert tok.tag_ids == ids and tok.encode("<LAUGH>") == [SPACE_ID, BASE_VOCAB]
+    assert tok.tag_ids == ids and tok.encode("<LAUGH>") == [space_id, vocab]

@@ -7,7 +7,17 @@ import json
 import pytest
 
 from tagtune.errors import UserError
-from tagtune.tags import TagError, TagSet, UnknownTagError, find_tags, format_tag, infer_tagset, load_tag_map, scan_texts, tag_piece
+from tagtune.tags import (
+    TagError,
+    TagSet,
+    UnknownTagError,
+    find_tags,
+    format_tag,
+    infer_tagset,
+    load_tag_map,
+    scan_texts,
+    tag_piece,
+)
 
 FOUR = ["<laughs>", "<giggles>", "<sighs>", "<chuckles>"]
 

@@ -1,4 +1,5 @@
-"""Official-parity tests of the text frontend against the fixture (ids, pieces, normalised text, splits)."""
+"""Official-parity tests of the text frontend against the fixture (ids, pieces, normalised text, splits), and
+the rules that need no fixture."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from tagtune.text.tokenizer import TokenizerError
 
 N_TEXTS = 7
 SPLIT_LIMITS = (120, 100, 6)
+# the fixture's text 5, "It costs 25 dollars.", normalised and cut into the pieces of its bpe.model
+COSTS_PIECES = ["▁IT", "▁CO", "ST", "S", "▁", "T", "W", "ENT", "Y", "▁F", "IVE", "▁DO", "LL", "AR", "S", "."]
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +78,10 @@ def test_split_sentences_equal_official(raw_tok, text_golden, i, limit):
     assert raw_tok.split_sentences(rec["pieces_norm"], limit) == rec[f"sentences_{limit}"]
 
 
-def test_split_sentences_warns_on_fixed_size_cut(raw_tok, text_golden):
-    pieces = case(text_golden, 5)["pieces_norm"]  # no comma, no hyphen: 16 pieces cut at 6
-    with pytest.warns(RuntimeWarning, match="exceeds 6 tokens"):
-        assert [len(s) for s in raw_tok.split_sentences(pieces, 6)] == [6, 1, 6, 3]
+def test_split_sentences_warns_on_fixed_size_cut(shipped_base):
+    tok = TextTokenizer(shipped_base / "bpe.model", normalizer=None)
+    with pytest.warns(RuntimeWarning, match="exceeds 6 tokens"):  # no comma, no hyphen: 16 pieces cut at 6
+        assert [len(s) for s in tok.split_sentences(COSTS_PIECES, 6)] == [6, 1, 6, 3]
 
 
 def test_vocabulary_and_special_ids(raw_tok, text_golden):
@@ -89,8 +92,8 @@ def test_vocabulary_and_special_ids(raw_tok, text_golden):
     assert raw_tok.convert_ids_to_tokens(list(range(320))) == text_golden["pieces"]
 
 
-def test_empty_and_missing_model(raw_tok, tmp_path):
-    assert raw_tok.encode("") == []
+def test_empty_and_missing_model(shipped_base, tmp_path):
+    assert TextTokenizer(shipped_base / "bpe.model", normalizer=None).encode("") == []
     with pytest.raises(TokenizerError, match="not found"):
         TextTokenizer(tmp_path / "nope.model", normalizer=None)
 

@@ -7,11 +7,11 @@ import re
 
 import pytest
 import torch
-from conftest import read_key_list
 
+from conftest import read_key_list
 from tagtune.checkpoint import file_sha256, read_state_dict
-from tagtune.loaders import load_model
 from tagtune.config import ModelConfig
+from tagtune.loaders import load_model
 from tagtune.models.bigvgan import BigVGAN
 from tagtune.models.dvae import DiscreteVAE
 from tagtune.models.unified_voice import UnifiedVoice

@@ -1,4 +1,4 @@
-"""End-to-end training on the tiny fixture checkpoint and a corpus prepared by the real pipeline."""
+"""End-to-end training on the shipped tiny base and a corpus prepared by the real pipeline."""
 
 from __future__ import annotations
 
@@ -38,17 +38,24 @@ def test_a_few_steps_lower_the_loss(trained_run):
     assert set(result.last_val) >= {"loss_untagged", "loss_tagged", "loss_tag/<laughs>", "loss_tag/<sighs>"}
 
 
-def test_run_dir_describes_itself(trained_run, tiny_data, fixture_dir):
+def _vocab(base_dir: Path) -> int:
+    """The base tokenizer's size: the tags get the ids right after it."""
+    from tagtune.checkpoint import read_config
+
+    return read_config(base_dir).gpt.number_text_tokens
+
+
+def test_run_dir_describes_itself(trained_run, tiny_data, shipped_base):
     from tagtune.checkpoint import folder_fingerprint
 
     run_dir, result = trained_run
     names = {p.name for p in run_dir.iterdir()}
     assert names >= {"run.json", "train_config.yaml", "bpe.model", "tags.json", "checkpoints", "best", "last",
                      "metrics.jsonl", "metrics.csv", "loss_curve.png"}
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["base"]["fingerprint"] == folder_fingerprint(fixture_dir / "checkpoint")
-    assert info["tag_names"] == ["<laughs>", "<sighs>"] and info["new_token_ids"] == [320, 321]
-    assert info["number_text_tokens"] == 322 and info["processes"] == 1
+    info, vocab = json.loads((run_dir / "run.json").read_text()), _vocab(shipped_base)
+    assert info["base"]["fingerprint"] == folder_fingerprint(shipped_base)
+    assert info["tag_names"] == ["<laughs>", "<sighs>"] and info["new_token_ids"] == [vocab, vocab + 1]
+    assert info["number_text_tokens"] == vocab + 2 and info["processes"] == 1
     assert set(info["versions"]) >= {"torch", "peft", "accelerate", "tagtune"}
     kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert kept == ["LATEST", "step-000004", "step-000008"]
@@ -58,14 +65,16 @@ def test_run_dir_describes_itself(trained_run, tiny_data, fixture_dir):
     assert (run_dir / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_only_adapters_and_tag_rows_are_saved(trained_run):
+def test_only_adapters_and_tag_rows_are_saved(trained_run, shipped_base):
+    from tagtune.checkpoint import read_config
+
     run_dir, result = trained_run
-    keys = set(_adapter(run_dir / "best"))
+    keys, layers, vocab = set(_adapter(run_dir / "best")), read_config(shipped_base).gpt.layers, _vocab(shipped_base)
     assert keys == {"text_embedding.token_adapter.trainable_tokens_delta", "text_head.weight", "text_head.bias"} | {
-        f"gpt.h.{i}.{m}.lora_{ab}.weight" for i in (0, 1) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
-                                                                   "mlp.c_proj") for ab in "AB"}
+        f"gpt.h.{i}.{m}.lora_{ab}.weight" for i in range(layers) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
+                                                                          "mlp.c_proj") for ab in "AB"}
     meta = json.loads((run_dir / "best" / "tagtune_adapter.json").read_text())
-    assert meta["step"] == result.best_step and meta["new_token_ids"] == [320, 321]
+    assert meta["step"] == result.best_step and meta["new_token_ids"] == [vocab, vocab + 1]
 
 
 def _launch(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -113,18 +122,20 @@ def test_two_processes_on_cpu_match_one_process(trained_run, tiny_data, tmp_path
     assert moved > 1e-3  # the comparison is not between two untouched adapters
 
 
-def test_corpus_has_tagged_and_untagged_clips_in_both_splits(tiny_data):
+def test_corpus_has_tagged_and_untagged_clips_in_both_splits(tiny_data, shipped_base):
+    from tagtune.checkpoint import read_config
     from tagtune.train.data import open_data
 
-    data = open_data(tiny_data)
+    data, cfg = open_data(tiny_data), read_config(shipped_base)
+    vocab = cfg.gpt.number_text_tokens
     assert data.tag_names == TAGS
-    assert data.tagset.token_ids == {"<laughs>": 320, "<sighs>": 321}
+    assert data.tagset.token_ids == {"<laughs>": vocab, "<sighs>": vocab + 1}
     for split in (data.train, data.val):
         flags = [split[i]["has_tag"] for i in range(len(split))]
         assert any(flags) and not all(flags)
     assert len(data.train) + len(data.val) == N_CLIPS
     example = data.train[0]
-    assert example["cond_mel"].shape[0] == 100 and example["codes"].max() < 128
+    assert example["cond_mel"].shape[0] == 100 and example["codes"].max() < cfg.vqvae.num_tokens
 
 
 # --------------------------------------------------------------------------------- a trained run

@@ -10,8 +10,8 @@ import torch
 
 from tagtune.checkpoint import CheckpointError
 from tagtune.train import state as ts
-from tagtune.train.loop import _scheduler, _warn_forgetting
 from tagtune.train.config import TrainConfig
+from tagtune.train.loop import _scheduler, _warn_forgetting
 from tagtune.train.metrics import MetricsLog, forgetting
 
 

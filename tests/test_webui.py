@@ -15,8 +15,8 @@ import soundfile as sf
 from tagtune.errors import UserError
 from tagtune.generation import GenerationConfig
 from tagtune.synthesis.tts import TTS
-from tagtune.text import TextTokenizer
 from tagtune.tags import TagSet, add_tag_pieces
+from tagtune.text import TextTokenizer
 from tagtune.webui import Limits, synthesize_pair
 
 HOP = 1024
@@ -26,18 +26,18 @@ PAGE_TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
-def models(fixture_dir):
-    """A "tuned" TTS knowing <laughs> (id 320, the checkpoint's spare text row) and the plain base."""
-    base = TTS.load(fixture_dir / "checkpoint", precision="fp32", unknown_tags="drop")
-    bpe, _ = add_tag_pieces(fixture_dir / "checkpoint" / "bpe.model", ["<laughs>"])
+def models(shipped_base):
+    """A "tuned" TTS knowing <laughs> (its id is the checkpoint's spare text row) and the plain base."""
+    base = TTS.load(shipped_base, precision="fp32", unknown_tags="drop")
+    bpe, _ = add_tag_pieces(shipped_base / "bpe.model", ["<laughs>"])
     tagged = TextTokenizer(bpe, tagset=TagSet(["<laughs>"]))
     tuned = TTS(base.gpt, base.vocoder, tagged, None, precision="fp32", references=base.references)
     return tuned, base
 
 
-def test_request_limits(models, fixture_dir):
+def test_request_limits(models, reference_wav):
     tuned, base = models
-    ref = str(fixture_dir / "inputs" / "ref.wav")
+    ref = str(reference_wav)
     with pytest.raises(UserError, match="upload a reference"):
         synthesize_pair(tuned, base, "Hello.", None, 0)
     with pytest.raises(UserError, match="11 characters; the limit is 10"):
@@ -70,7 +70,7 @@ def browser():
     driver.quit()
 
 
-def test_page_in_headless_chromium(models, fixture_dir, browser):
+def test_page_in_headless_chromium(models, reference_wav, browser):
     pytest.importorskip("gradio")
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     from selenium.webdriver.common.by import By
@@ -89,7 +89,7 @@ def test_page_in_headless_chromium(models, fixture_dir, browser):
         text = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#text textarea")))
         assert "<laughs>" in browser.find_element(By.TAG_NAME, "body").text  # the known tags are shown
         browser.find_element(By.CSS_SELECTOR, "#reference input[type=file]").send_keys(
-            str(fixture_dir / "inputs" / "ref.wav"))
+            str(reference_wav))
         text.send_keys("Hello there.")
         browser.find_element(By.ID, "tag-laughs").click()
         wait.until(lambda d: text.get_attribute("value") == "Hello there. <laughs>")

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from tagtune import lora
 from tagtune.errors import UserError
+from tagtune.folders import RunFolder
 from tagtune.precision import TRAINING_PRECISIONS, PrecisionError, resolve_precision
 from tagtune.tags.neutral import NeutralFit, fit_neutral_row, tokenizer_layout, untagged_indices
 from tagtune.tags.rows import TagInit, current_tag_rows, grow_base, read_start_rows, save_start_rows, set_tag_rows
@@ -201,7 +202,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
                     progress.best_val_loss, progress.best_step = last_val["loss"], step
                     rundir.save_weights(gpt, run_dir / rundir.BEST, meta | {"step": step}, data, config)
                 if on_validate is not None:
-                    on_validate(gpt=gpt, step=step, samples_dir=run_dir / rundir.SAMPLES,
+                    on_validate(gpt=gpt, step=step, samples_dir=RunFolder(run_dir).samples,
                                 sentences=config.eval.sample_sentences,
                                 tokenizer_path=data.tokenizer_path, tags_path=data.tags_path)
                 metrics.flush()
