@@ -8,4 +8,5 @@ demo: setup
 	.venv/bin/tagtune demo --out tagtune-demo
 
 test: setup
+	.venv/bin/ruff check src tests bench
 	.venv/bin/python -m pytest -q

@@ -679,7 +679,8 @@ def test_malicious_pickle_vocoder_is_refused(tmp_path, capsys):
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    model = model_copy(tmp_path / "model", **{"bigvgan_generator.pth": pickle.dumps({"generator": Payload()}, protocol=2)})
+    payload = pickle.dumps({"generator": Payload()}, protocol=2)
+    model = model_copy(tmp_path / "model", **{"bigvgan_generator.pth": payload})
     rc, lines = cli(capsys, "synth", "--model", model, "--ref", write_voice(tmp_path / "ref.wav"), "--text", TEXT,
                     "--out", tmp_path / "out.wav")
     assert rc == 2

@@ -21,7 +21,8 @@ TAG_RE = re.compile(r"<([a-z]+)>")
 
 
 def tree_digest(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    files = [p for p in sorted(root.rglob("*")) if p.is_file()]
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def read_manifest(root: Path) -> list[dict]:
@@ -104,7 +105,8 @@ def test_parquet_layout_reads_back_with_pyarrow_and_soundfile(builtin_corpus, tm
     import pyarrow.parquet as pq
 
     out, _ = builtin_corpus
-    info = generate_corpus(tmp_path, n_clips=12, seed=5, engine="builtin", untagged_fraction=0.25, fmt="parquet", workers=1)
+    info = generate_corpus(tmp_path, n_clips=12, seed=5, engine="builtin", untagged_fraction=0.25, fmt="parquet",
+                           workers=1)
     table = pq.read_table(tmp_path / info.manifest)
     assert {"audio", "text"} <= set(table.column_names)
     assert table.schema.field("audio").type.names == ["bytes", "path"]
@@ -144,7 +146,8 @@ def test_split_at_breaks_finds_texts_and_ignores_clicks():
 
 
 def test_chinese_clips_with_builtin_engine(tmp_path):
-    info = generate_corpus(tmp_path, n_clips=4, seed=1, engine="builtin", chinese_fraction=1.0, untagged_fraction=0.0, workers=1)
+    info = generate_corpus(tmp_path, n_clips=4, seed=1, engine="builtin", chinese_fraction=1.0,
+                           untagged_fraction=0.0, workers=1)
     records = read_manifest(tmp_path)
     assert info.language_counts == {"zh": 4}
     assert all(re.search(r"[\u4e00-\u9fff]", r["text"]) and r["events"] for r in records)

@@ -1,4 +1,5 @@
-"""Neutral tag rows (tagtune.tags.neutral): the fit, where the rows live in a wrapped model, and how a run records them."""
+"""Neutral tag rows (tagtune.tags.neutral): the fit, where the rows live in a wrapped model, and how a run
+records them."""
 
 from __future__ import annotations
 

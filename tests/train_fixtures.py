@@ -96,7 +96,8 @@ LAUNCH_SCRIPT = """
 import json, os, signal, sys
 from tagtune.train import train
 from tagtune.train.config import TrainConfig
-data, out, cfg, resume, kill_at = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4] == "1", int(sys.argv[5])
+data, out, cfg = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+resume, kill_at = sys.argv[4] == "1", int(sys.argv[5])
 def hook(step, **_):
     if step == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
