@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import yaml
 
 REF_TEXT = "The quick brown fox jumps over the lazy dog, and then it runs."
 REF_VOICE = "builtin-m1"
@@ -99,3 +100,15 @@ def base_inputs(shipped_base, reference_wav) -> dict[str, torch.Tensor]:
               "gen_batch_text_ids": pad_rows(ids, gpt.cfg.stop_text_token, "cpu")}
     g = torch.Generator().manual_seed(0)
     return inputs | _batch(cond_mel, codes, ids[0], long_ids, gpt.cfg, g)
+
+
+def load_plain_gpt(folder: Path):
+    """The GPT of a model folder loaded with torch and yaml alone (not through tagtune's loader), fp32, eval."""
+    from tagtune.config import ModelConfig
+    from tagtune.models.unified_voice import UnifiedVoice
+
+    cfg = ModelConfig.from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
+    gpt = UnifiedVoice(cfg.gpt)
+    state = torch.load(folder / "gpt.pth", weights_only=True)
+    gpt.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return gpt.eval()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
 
-from tagtune.config import ConditionConfig, ModelConfig
+from base_fixtures import load_plain_gpt
+from tagtune.config import ConditionConfig
 from tagtune.models.conditioning import (
     ConformerEncoder,
     RelPositionalEncoding,
@@ -22,22 +22,16 @@ ATOL = 1e-5  # reached: conformer_out 1.5e-6, conds 7.2e-7 (fixture's own fp32 n
 PE_KEY = "conditioning_encoder.embed.pos_enc.pe"
 
 
-def _load(folder) -> UnifiedVoice:
-    cfg = ModelConfig.from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
-    model = UnifiedVoice(cfg.gpt)
-    state = torch.load(folder / "gpt.pth", weights_only=True)
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def tiny(shipped_base) -> UnifiedVoice:
-    return _load(shipped_base)
+    return load_plain_gpt(shipped_base)
 
 
 @pytest.fixture(scope="module")
 def official(fixture_dir) -> UnifiedVoice:
-    return _load(fixture_dir / "checkpoint")
+    return load_plain_gpt(fixture_dir / "checkpoint")
 
 
 def test_sinusoid_table_equals_checkpoint_buffer(tiny, shipped_base):

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
 
-from tagtune.config import ModelConfig
+from base_fixtures import load_plain_gpt
 from tagtune.generation import (
     GenerationConfig,
     code_lengths,
@@ -18,29 +17,22 @@ from tagtune.generation import (
     remove_long_silence,
     sampling,
 )
-from tagtune.models.unified_voice import UnifiedVoice
 
 STOP, START = 129, 128  # the fixture's stop_mel / start_mel
 MAX_NEW = 40  # max_generate_length of every fixture generation
 INF = float("inf")
 
 
-def _load(folder) -> UnifiedVoice:
-    cfg = ModelConfig.from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
-    gpt = UnifiedVoice(cfg.gpt)
-    state = torch.load(folder / "gpt.pth", weights_only=True)
-    gpt.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return gpt.eval()
 
 
 @pytest.fixture(scope="module")
 def model(shipped_base):
-    return _load(shipped_base)
+    return load_plain_gpt(shipped_base)
 
 
 @pytest.fixture(scope="module")
 def official(fixture_dir):
-    return _load(fixture_dir / "checkpoint")
+    return load_plain_gpt(fixture_dir / "checkpoint")
 
 
 def greedy(model, inputs, ids_key="gen_text_ids", **overrides):

@@ -6,32 +6,26 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
+from base_fixtures import load_plain_gpt
 from conftest import official_param_count, read_key_list
-from tagtune.config import ModelConfig, v1_0, v1_5
+from tagtune.config import v1_0, v1_5
 from tagtune.generation import GenerationConfig, generate_codes
 from tagtune.models.unified_voice import IGNORE_INDEX, UnifiedVoice
 
 ATOL = 1e-5  # reached: mel_logits 3.8e-6, latents 2.6e-6; losses agree to ~1e-7 relative
 
 
-def _load(folder) -> UnifiedVoice:
-    cfg = ModelConfig.from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
-    model = UnifiedVoice(cfg.gpt)
-    state = torch.load(folder / "gpt.pth", weights_only=True)
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def tiny(shipped_base) -> UnifiedVoice:
-    return _load(shipped_base)
+    return load_plain_gpt(shipped_base)
 
 
 @pytest.fixture(scope="module")
 def official(fixture_dir) -> UnifiedVoice:
-    return _load(fixture_dir / "checkpoint")
+    return load_plain_gpt(fixture_dir / "checkpoint")
 
 
 def _batch(inputs):
