@@ -5,13 +5,18 @@ as they are: fp16 or fp32 weights, a bare state dict or one wrapped in ``model``
 (BigVGAN). Every ``.pth`` goes through ``torch.load(weights_only=True)``; models are built on the meta
 device and receive their tensors with ``assign=True``, so a 1.5 GB checkpoint is never allocated twice.
 tagtune's own folders use the same layout with ``.safetensors`` weight files.
+
+IndexTTS-2 parts read here as well: its config.yaml (``ModelConfigV2``), gpt.pth, the emotion matrices
+(feat1/feat2.pt), and w2v-BERT 2.0 from its Hugging Face folder with the feature statistics.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import pickle
+import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,9 +27,9 @@ import yaml
 from torch import nn
 
 from tagtune.atomic import atomic_write_bytes, atomic_write_text
-from tagtune.config import ConfigError, ModelConfig
+from tagtune.config import ConfigError, ModelConfig, ModelConfigV2
 from tagtune.errors import UserError
-from tagtune.folders import CONFIG_FILE
+from tagtune.folders import BIGVGAN_V2_CONFIG_FILE, BIGVGAN_V2_WEIGHTS_FILE, CONFIG_FILE, W2V_BERT_CONFIG_FILE
 
 WRAPPER_KEYS = ("model", "generator", "state_dict")
 
@@ -61,8 +66,13 @@ def read_state_dict(path: str | Path, wrapper: str | None = None) -> dict[str, t
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    return _unwrap(_torch_load(path), path, wrapper)
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` of an existing file, with its failures as CheckpointErrors."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=_can_mmap(path))
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=_can_mmap(path))
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused — the file holds Python objects other than tensors (a pickle that could run "
@@ -70,7 +80,6 @@ def read_state_dict(path: str | Path, wrapper: str | None = None) -> dict[str, t
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot be read (truncated or corrupt file?): {e}") from None
-    return _unwrap(obj, path, wrapper)
 
 
 def _can_mmap(path: Path) -> bool:
@@ -193,6 +202,176 @@ def bpe_path(model_dir: str | Path, cfg: ModelConfig | None = None) -> Path:
     if not path.is_file():
         raise CheckpointError(f"{path}: tokenizer not found (config dataset.bpe_model = {cfg.dataset.bpe_model})")
     return path
+
+
+# ------------------------------------------------------------------------------------------- IndexTTS2 parts
+
+
+def model_family(model_dir: str | Path) -> str:
+    """"v2" for an IndexTTS-2 folder (its config.yaml has ``s2mel`` or ``semantic_codec``), else "v1"."""
+    path = Path(model_dir) / CONFIG_FILE
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return "v1"  # read_config names the problem
+    return "v2" if isinstance(data, dict) and ("s2mel" in data or "semantic_codec" in data) else "v1"
+
+
+def read_config_v2(model_dir: str | Path) -> ModelConfigV2:
+    """Parse the ``config.yaml`` of an IndexTTS-2 folder (errors name the file)."""
+    path = Path(model_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found (is {model_dir} an IndexTTS-2 model folder?)")
+    try:
+        return ModelConfigV2.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except (yaml.YAMLError, ConfigError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def read_tensor(path: str | Path) -> torch.Tensor:
+    """A ``.pt`` file holding one bare tensor (the emotion matrices ``feat1.pt`` / ``feat2.pt``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found")
+    obj = _torch_load(path)
+    if not isinstance(obj, torch.Tensor):
+        raise CheckpointError(f"{path}: expected one tensor, got {type(obj).__name__}")
+    return obj
+
+
+def load_gpt_v2(model_dir: str | Path, cfg: ModelConfigV2 | None = None, *, dtype=None, device="cpu"):
+    """The IndexTTS2 UnifiedVoice of a model folder (``gpt_checkpoint``, bare or under ``model``), in eval mode."""
+    from tagtune.models.v2.gpt import UnifiedVoiceV2
+
+    cfg = cfg or read_config_v2(model_dir)
+    path = Path(model_dir) / cfg.gpt_checkpoint
+    state = read_state_dict(path, "model")
+    _check_text_rows(state, cfg, path)
+    gpt = load_into(_build(lambda: UnifiedVoiceV2(cfg.gpt)), state, path, dtype, device)
+    return gpt.eval()
+
+
+def read_emotion_matrices(model_dir: str | Path, cfg: ModelConfigV2) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(spk_matrix (R, 192), emo_matrix (R, D))`` float32; R = sum(emo_num) rows, checked."""
+    rows = sum(cfg.emo_num)
+    out = []
+    for name, width in ((cfg.spk_matrix, None), (cfg.emo_matrix, cfg.gpt.model_dim)):
+        path = Path(model_dir) / name
+        t = read_tensor(path).float()
+        if t.ndim != 2 or t.shape[0] != rows or (width is not None and t.shape[1] != width):
+            want = f"({rows}, {width if width is not None else 'style width'})"
+            raise CheckpointError(f"{path}: shape {tuple(t.shape)}, expected {want} from emo_num {cfg.emo_num}")
+        out.append(t)
+    return out[0], out[1]
+
+
+def load_semantic_features(w2v_dir: str | Path, model_dir: str | Path, cfg: ModelConfigV2 | None = None, *,
+                           device="cpu"):
+    """w2v-BERT 2.0 from its Hugging Face folder, cut after the layer IndexTTS2 reads, with the feature
+    statistics ``w2v_stat`` of the model folder: a SemanticFeatures module in eval mode (float32).
+
+    The layers past the one used are not built; their weights in the file are the only keys left unused.
+    """
+    import transformers
+    from transformers import Wav2Vec2BertModel
+
+    from tagtune.models.v2.semantic_features import SemanticFeatures
+
+    cfg = cfg or read_config_v2(model_dir)
+    layer = cfg.sizes.w2v_bert_hidden_layer
+    w2v_dir = Path(w2v_dir)
+    if not (w2v_dir / W2V_BERT_CONFIG_FILE).is_file():
+        raise CheckpointError(f"{w2v_dir}: no w2v-BERT 2.0 folder here ({W2V_BERT_CONFIG_FILE} not found)")
+    verbosity, bar = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()  # the skipped layers are checked below, not shown as a table
+    transformers.logging.disable_progress_bar()
+    try:
+        model, info = Wav2Vec2BertModel.from_pretrained(
+            w2v_dir, local_files_only=True, num_hidden_layers=layer, dtype=torch.float32, output_loading_info=True)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{w2v_dir}: cannot load w2v-BERT 2.0: {e}") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bar:
+            transformers.logging.enable_progress_bar()
+    skipped = re.compile(r"encoder\.layers\.(\d+)\.")
+    unexpected = [k for k in info["unexpected_keys"] if not ((m := skipped.match(k)) and int(m.group(1)) >= layer)]
+    problems = [f"missing key {k}" for k in sorted(info["missing_keys"])]
+    problems += [f"unexpected key {k}" for k in sorted(unexpected)]
+    problems += [f"key {k}: wrong shape" for k in sorted(info["mismatched_keys"])]
+    if problems:
+        raise CheckpointError(f"{w2v_dir}: does not match its config.json:\n  " + "\n  ".join(problems[:12]))
+    stats_path = Path(model_dir) / cfg.w2v_stat
+    stats = read_state_dict(stats_path)
+    if set(stats) != {"mean", "var"} or any(t.shape != (model.config.hidden_size,) for t in stats.values()):
+        raise CheckpointError(f"{stats_path}: expected {{'mean', 'var'}} of shape ({model.config.hidden_size},), "
+                              f"got { {k: tuple(v.shape) for k, v in stats.items()} }")
+    return SemanticFeatures(model, stats["mean"].float(), stats["var"].float()).to(device).eval()
+
+
+def load_semantic_codec(path: str | Path, cfg: ModelConfigV2 | None = None, *, device="cpu"):
+    """The MaskGCT semantic codec from ``semantic_codec_model.safetensors`` (all tensors, the unused decoder
+    included), weight norm folded, in eval mode."""
+    from tagtune.models.v2.codec import RepCodec
+
+    cfg = cfg or ModelConfigV2()
+    codec = load_into(_build(lambda: RepCodec(cfg.semantic_codec)), read_state_dict(path), path, torch.float32,
+                      device)
+    codec.remove_weight_norm()
+    return codec.eval()
+
+
+def load_s2mel(model_dir: str | Path, cfg: ModelConfigV2 | None = None, *, device="cpu"):
+    """s2mel (``gpt_layer``, ``length_regulator``, ``cfm``) from ``s2mel_checkpoint``: ``{'net': {part: state}}``,
+    every part loaded strictly; weight norm folded, eval mode."""
+    from tagtune.models.v2.s2mel import S2Mel
+
+    cfg = cfg or read_config_v2(model_dir)
+    path = Path(model_dir) / cfg.s2mel_checkpoint
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found")
+    net = _torch_load(path)
+    net = net.get("net") if isinstance(net, dict) else None
+    parts = ("cfm", "length_regulator", "gpt_layer")
+    if not isinstance(net, dict) or any(not isinstance(net.get(p), dict) for p in parts):
+        raise CheckpointError(f"{path}: expected {{'net': {{'cfm', 'length_regulator', 'gpt_layer'}}}} state dicts")
+    state = {f"{part}.{key}": t for part in parts for key, t in net[part].items()}
+    if not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise CheckpointError(f"{path}: the s2mel parts must hold only tensors")
+    s2mel = load_into(_build(lambda: S2Mel(cfg.s2mel, cfg.sizes.gpt_layer_in_dim)), state, path, torch.float32,
+                      device)
+    s2mel.remove_weight_norm()
+    return s2mel.eval()
+
+
+def load_campplus(path: str | Path, cfg: ModelConfigV2 | None = None, *, device="cpu"):
+    """CAMPPlus from ``campplus_cn_common.bin`` (a bare state dict), eval mode; widths from ``cfg.sizes``."""
+    from tagtune.models.v2.campplus import CAMPPlus
+
+    cfg = cfg or ModelConfigV2()
+    widths, style_dim = cfg.sizes.campplus_extra_kwargs, cfg.s2mel.style_encoder.dim
+    model = _build(lambda: CAMPPlus(widths, embedding_size=style_dim))
+    return load_into(model, read_state_dict(path), path, torch.float32, device).eval()
+
+
+def load_bigvgan_v2(folder: str | Path, *, device="cpu"):
+    """BigVGAN v2 from its Hugging Face folder (``config.json``, ``bigvgan_generator.pt`` = ``{'generator':
+    state}``), weight norm folded, eval mode."""
+    from tagtune.models.v2.bigvgan_v2 import BigVGANv2, BigVGANv2Config
+
+    folder = Path(folder)
+    config_path, path = folder / BIGVGAN_V2_CONFIG_FILE, folder / BIGVGAN_V2_WEIGHTS_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path}: not found (is {folder} a BigVGAN v2 folder?)")
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+        cfg = BigVGANv2Config.from_dict(data if isinstance(data, dict) else {"": data})
+    except (json.JSONDecodeError, UnicodeDecodeError, ConfigError, TypeError) as e:
+        raise CheckpointError(f"{config_path}: {e}") from None
+    state = read_state_dict(path, "generator")
+    voc = load_into(_build(lambda: BigVGANv2(cfg)), state, path, torch.float32, device)
+    voc.remove_weight_norm()
+    return voc.eval()
 
 
 # -------------------------------------------------------------------------------------------------- writing

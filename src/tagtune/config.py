@@ -159,12 +159,14 @@ class ConditionConfig:
     attention_heads: int = 8
     num_blocks: int = 6
     input_layer: str = "conv2d2"
-    perceiver_mult: int = 2
+    perceiver_mult: float = 2  # FF inner width int(D * mult * 2/3); IndexTTS2 configs may give a fraction
 
     def __post_init__(self):
         check_fields(self, "gpt.condition_module.")
         check_positive(self, "gpt.condition_module.",
-                       ("output_size", "linear_units", "attention_heads", "num_blocks", "perceiver_mult"))
+                       ("output_size", "linear_units", "attention_heads", "num_blocks"))
+        if self.perceiver_mult <= 0:
+            raise ConfigError(f"gpt.condition_module.perceiver_mult must be > 0, got {self.perceiver_mult!r}")
         if self.input_layer != "conv2d2":
             raise ConfigError(f"condition_module.input_layer '{self.input_layer}' is not supported (only conv2d2)")
         if self.output_size % self.attention_heads:
@@ -384,3 +386,327 @@ def v1_0() -> ModelConfig:
 def v1_5() -> ModelConfig:
     """Full-size IndexTTS-1.5 (D1280 / L24 / H20, max 800 mel / 600 text tokens)."""
     return ModelConfig(version=1.5)
+
+
+# -------------------------------------------------------------------------------------------- IndexTTS2
+#
+# The official IndexTTS-2 config.yaml: dataset and gpt as in 1.x (plus the emotion conditioner), then the
+# semantic codec, s2mel (length regulator, DiT, WaveNet), the emotion matrices and the vocoder name. Sizes the
+# official code hard-codes rather than reads (the w2v-BERT layer, the gpt_layer input width, CAMPPlus widths)
+# are fields of ``HardCodedSizes`` with the official values as defaults; a scaled-down parity folder states
+# them in a ``fixture:`` section that the official file does not have.
+
+V2_VERSION = 2.0
+EMOTION_GROUPS = 8  # emo_num has one entry per emotion of the 8-value emotion vector
+W2V_BERT_DIM = 1024  # hidden size of w2v-BERT 2.0: the conditioners' input, the emotion perceiver's width
+
+
+def _emo_condition_default() -> ConditionConfig:
+    return ConditionConfig(output_size=512, linear_units=1024, attention_heads=4, num_blocks=4)
+
+
+@dataclass
+class GPTV2Config(GPTConfig):
+    """``gpt`` of IndexTTS2: the 1.x fields (w2v-BERT features instead of a mel for the speaker conformer)
+    plus ``emo_condition_module``, the conformer and perceiver of the emotion vector."""
+
+    max_mel_tokens: int = 1815
+    emo_condition_module: ConditionConfig = field(default_factory=_emo_condition_default)
+
+    def __post_init__(self):
+        if isinstance(self.emo_condition_module, dict):
+            self.emo_condition_module = _pick(ConditionConfig, self.emo_condition_module, "gpt.emo_condition_module")
+        super().__post_init__()
+
+
+@dataclass
+class SemanticCodecConfig:
+    """MaskGCT RepCodec quantising w2v-BERT features to semantic codes."""
+
+    codebook_size: int = 8192
+    hidden_size: int = W2V_BERT_DIM
+    codebook_dim: int = 8
+    vocos_dim: int = 384
+    vocos_intermediate_dim: int = 2048
+    vocos_num_layers: int = 12
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_fields(self, "semantic_codec.")
+        check_positive(self, "semantic_codec.", ("codebook_size", "hidden_size", "codebook_dim", "vocos_dim",
+                                                 "vocos_intermediate_dim", "vocos_num_layers"))
+
+
+@dataclass
+class SpectConfig:
+    """``s2mel.preprocess_params.spect_params``: the 22.05 kHz mel of s2mel and BigVGAN."""
+
+    n_fft: int = 1024
+    win_length: int = 1024
+    hop_length: int = 256
+    n_mels: int = 80
+    fmin: float = 0
+    fmax: str | float | None = "None"
+
+    def __post_init__(self):
+        check_fields(self, "s2mel.preprocess_params.spect_params.")
+        check_positive(self, "s2mel.preprocess_params.spect_params.", ("n_fft", "win_length", "hop_length", "n_mels"))
+
+    @property
+    def fmax_hz(self) -> float | None:
+        """The official reading: "None" means sr/2 (None); any other value means 8000 Hz."""
+        return None if self.fmax in ("None", None) else 8000.0
+
+
+@dataclass
+class PreprocessConfig:
+    sr: int = 22050
+    spect_params: SpectConfig = field(default_factory=SpectConfig)
+
+    def __post_init__(self):
+        if isinstance(self.spect_params, dict):
+            self.spect_params = _pick(SpectConfig, self.spect_params, "s2mel.preprocess_params.spect_params")
+        check_fields(self, "s2mel.preprocess_params.")
+        check_positive(self, "s2mel.preprocess_params.", ("sr",))
+
+
+@dataclass
+class LengthRegulatorConfig:
+    channels: int = 512
+    is_discrete: bool = False
+    in_channels: int = W2V_BERT_DIM
+    content_codebook_size: int = 2048
+    sampling_ratios: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
+    vector_quantize: bool = False
+    n_codebooks: int = 1
+    quantizer_dropout: float = 0.0
+    f0_condition: bool = False
+    n_f0_bins: int = 512
+
+    def __post_init__(self):
+        check_fields(self, "s2mel.length_regulator.")
+        check_positive(self, "s2mel.length_regulator.", ("channels", "in_channels", "content_codebook_size"))
+
+
+@dataclass
+class DiTConfig:
+    hidden_dim: int = 512
+    num_heads: int = 8
+    depth: int = 13
+    class_dropout_prob: float = 0.1
+    block_size: int = 8192
+    in_channels: int = 80
+    style_condition: bool = True
+    final_layer_type: str = "wavenet"
+    target: str = "mel"
+    content_dim: int = 512
+    content_codebook_size: int = 1024
+    content_type: str = "discrete"
+    f0_condition: bool = False
+    n_f0_bins: int = 512
+    content_codebooks: int = 1
+    is_causal: bool = False
+    long_skip_connection: bool = True
+    zero_prompt_speech_token: bool = False
+    time_as_token: bool = False
+    style_as_token: bool = False
+    uvit_skip_connection: bool = True
+    add_resblock_in_transformer: bool = False
+
+    def __post_init__(self):
+        check_fields(self, "s2mel.DiT.")
+        check_positive(self, "s2mel.DiT.", ("hidden_dim", "num_heads", "depth", "block_size", "in_channels",
+                                            "content_dim"))
+        if self.hidden_dim % self.num_heads:
+            raise ConfigError(f"s2mel.DiT.hidden_dim {self.hidden_dim} is not divisible by num_heads {self.num_heads}")
+
+
+@dataclass
+class WaveNetConfig:
+    hidden_dim: int = 512
+    num_layers: int = 8
+    kernel_size: int = 5
+    dilation_rate: int = 1
+    p_dropout: float = 0.2
+    style_condition: bool = True
+
+    def __post_init__(self):
+        check_fields(self, "s2mel.wavenet.")
+        check_positive(self, "s2mel.wavenet.", ("hidden_dim", "num_layers", "kernel_size", "dilation_rate"))
+
+
+@dataclass
+class StyleEncoderConfig:
+    dim: int = 192
+
+    def __post_init__(self):
+        check_fields(self, "s2mel.style_encoder.")
+        check_positive(self, "s2mel.style_encoder.", ("dim",))
+
+
+_S2MEL_SECTIONS = {"preprocess_params": PreprocessConfig, "style_encoder": StyleEncoderConfig,
+                   "length_regulator": LengthRegulatorConfig, "DiT": DiTConfig, "wavenet": WaveNetConfig}
+
+
+@dataclass
+class S2MelConfig:
+    """``s2mel``: semantic features -> 22.05 kHz mel by flow matching (length regulator + DiT + WaveNet)."""
+
+    preprocess_params: PreprocessConfig = field(default_factory=PreprocessConfig)
+    dit_type: str = "DiT"
+    reg_loss_type: str = "l1"
+    style_encoder: StyleEncoderConfig = field(default_factory=StyleEncoderConfig)
+    length_regulator: LengthRegulatorConfig = field(default_factory=LengthRegulatorConfig)
+    DiT: DiTConfig = field(default_factory=DiTConfig)  # noqa: N815 (the YAML key)
+    wavenet: WaveNetConfig = field(default_factory=WaveNetConfig)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name, cls in _S2MEL_SECTIONS.items():
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, _pick(cls, getattr(self, name), f"s2mel.{name}"))
+        check_fields(self, "s2mel.")
+        if self.wavenet.hidden_dim != self.DiT.hidden_dim:
+            raise ConfigError(f"s2mel.wavenet.hidden_dim {self.wavenet.hidden_dim} must equal s2mel.DiT.hidden_dim "
+                              f"{self.DiT.hidden_dim} (the final layer takes the DiT time embedding)")
+
+
+@dataclass
+class VocoderConfig:
+    type: str = "bigvgan"
+    name: str = "nvidia/bigvgan_v2_22khz_80band_256x"
+
+    def __post_init__(self):
+        check_fields(self, "vocoder.")
+
+
+@dataclass
+class CAMPPlusWidths:
+    """The CAMPPlus constructor's width arguments (infer_v2 passes only feat_dim and embedding_size)."""
+
+    growth_rate: int = 32
+    bn_size: int = 4
+    init_channels: int = 128
+
+    def __post_init__(self):
+        check_fields(self, "fixture.campplus_extra_kwargs.")
+        check_positive(self, "fixture.campplus_extra_kwargs.", ("growth_rate", "bn_size", "init_channels"))
+
+
+@dataclass
+class HardCodedSizes:
+    """Sizes the official IndexTTS2 code hard-codes; defaults are the official values (YAML: ``fixture:``)."""
+
+    w2v_bert_hidden_layer: int = 17  # get_emb takes hidden_states[17] of w2v-BERT's 24 layers
+    gpt_layer_in_dim: int = 1280  # s2mel gpt_layer[0] = Linear(1280, 256): the GPT width
+    campplus_extra_kwargs: CAMPPlusWidths = field(default_factory=CAMPPlusWidths)
+
+    def __post_init__(self):
+        if isinstance(self.campplus_extra_kwargs, dict):
+            self.campplus_extra_kwargs = _pick(CAMPPlusWidths, self.campplus_extra_kwargs,
+                                               "fixture.campplus_extra_kwargs")
+        check_fields(self, "fixture.")
+        check_positive(self, "fixture.", ("w2v_bert_hidden_layer", "gpt_layer_in_dim"))
+
+
+_V2_FILE_KEYS = ("gpt_checkpoint", "w2v_stat", "s2mel_checkpoint", "emo_matrix", "spk_matrix", "emo_num",
+                 "qwen_emo_path", "version")
+
+
+@dataclass
+class ModelConfigV2:
+    """The whole ``config.yaml`` of an IndexTTS-2 checkpoint folder."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    gpt: GPTV2Config = field(default_factory=GPTV2Config)
+    semantic_codec: SemanticCodecConfig = field(default_factory=SemanticCodecConfig)
+    s2mel: S2MelConfig = field(default_factory=S2MelConfig)
+    gpt_checkpoint: str = "gpt.pth"
+    w2v_stat: str = "wav2vec2bert_stats.pt"
+    s2mel_checkpoint: str = "s2mel.pth"
+    emo_matrix: str = "feat2.pt"
+    spk_matrix: str = "feat1.pt"
+    emo_num: list[int] = field(default_factory=lambda: [3, 17, 2, 8, 4, 5, 10, 24])
+    qwen_emo_path: str = "qwen0.6bemo4-merge/"
+    vocoder: VocoderConfig = field(default_factory=VocoderConfig)
+    version: float = V2_VERSION
+    fixture: HardCodedSizes | None = None  # None: the official sizes (see ``sizes``)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_fields(self)
+        if not 2.0 <= self.version < 2.5:
+            raise ConfigError(f"config says version {self.version}: this reader is for IndexTTS 2.0 "
+                              "(1.x folders use ModelConfig; 2.5 is not supported)")
+        if len(self.emo_num) != EMOTION_GROUPS or min(self.emo_num) < 1:
+            raise ConfigError(f"emo_num must be {EMOTION_GROUPS} positive row counts, got {self.emo_num}")
+        if self.semantic_codec.hidden_size != W2V_BERT_DIM:
+            raise ConfigError(f"semantic_codec.hidden_size must be {W2V_BERT_DIM} (the w2v-BERT width), "
+                              f"got {self.semantic_codec.hidden_size}")
+
+    @property
+    def sizes(self) -> HardCodedSizes:
+        """The hard-coded sizes in force: the ``fixture:`` section when present, else the official ones."""
+        return self.fixture if self.fixture is not None else HardCodedSizes()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfigV2:
+        if not isinstance(d, dict):
+            raise ConfigError("config.yaml must be a mapping")
+        missing = [k for k in ("gpt", "semantic_codec", "s2mel") if k not in d]
+        if missing:
+            hint = " (this looks like an IndexTTS 1.x config)" if "vqvae" in d or "bigvgan" in d else ""
+            raise ConfigError(f"config.yaml lacks section(s) {missing}{hint}")
+        d = dict(d)
+        top = {k: d.pop(k) for k in _V2_FILE_KEYS if k in d}
+        if "version" in top:
+            top["version"] = _as_version(top["version"])
+        fixture = d.pop("fixture", None)
+        return cls(
+            dataset=DatasetConfig.from_dict(d.pop("dataset", {}) or {}),
+            gpt=_pick(GPTV2Config, d.pop("gpt"), "gpt"),
+            semantic_codec=_pick(SemanticCodecConfig, d.pop("semantic_codec"), "semantic_codec"),
+            s2mel=_pick(S2MelConfig, d.pop("s2mel"), "s2mel"),
+            vocoder=_pick(VocoderConfig, d.pop("vocoder", {}) or {}, "vocoder"),
+            fixture=None if fixture is None else _pick(HardCodedSizes, fixture, "fixture"),
+            extra=d,
+            **top,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The official YAML layout (the ``fixture:`` section only when the folder had one)."""
+        out = {"dataset": _section_dict(self.dataset), "gpt": _section_dict(self.gpt)}
+        for name in ("semantic_codec", "s2mel"):
+            out[name] = _section_dict(getattr(self, name))
+        out.update({k: getattr(self, k) for k in _V2_FILE_KEYS})
+        out["vocoder"] = _section_dict(self.vocoder)
+        if self.fixture is not None:
+            out["fixture"] = _section_dict(self.fixture)
+        out.update(self.extra)
+        return out
+
+
+def _as_version(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"version must be a number, got {value!r}") from None
+
+
+def _section_dict(obj) -> dict[str, Any]:
+    """A dataclass section as its YAML mapping: nested sections recursed, ``extra`` keys restored."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        if f.name in ("extra", "condition_num_latent"):
+            continue
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        out[f.name] = _section_dict(value) if dataclasses.is_dataclass(value) else value
+    out.update(getattr(obj, "extra", {}) or {})
+    return out
+
+
+def v2() -> ModelConfigV2:
+    """Full-size IndexTTS-2 (GPT D1280 / L24 / H20, max 1815 mel / 600 text tokens)."""
+    return ModelConfigV2()

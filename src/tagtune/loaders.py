@@ -6,6 +6,10 @@ the fast decoding paths need), ``adapter_gpt`` (the adapter kept as peft layers,
 ``dvae``, ``vocoder`` and ``mel``. The tokenizer and tags come from the adapter folder when one is given (it
 holds the extended ``bpe.model`` and ``tags.json``); the vocoder, DVAE and configuration from the model folder.
 Files are read through ``checkpoint`` (weights, config), ``lora`` (adapter files) and ``tags`` (tag rows).
+
+An official IndexTTS-2 folder (told by its config.yaml) opens as a ``LoadedModelV2``: the same lazy parts for
+its networks (GPT, w2v-BERT features, semantic codec, s2mel, CAMPPlus, BigVGAN v2, emotion matrices), with the
+auxiliary models found by ``find_aux_models`` in the folder's ``hf_cache/`` or a Hugging Face hub cache.
 """
 
 from __future__ import annotations
@@ -21,10 +25,43 @@ import torch
 from torch import nn
 
 from tagtune import lora
-from tagtune.checkpoint import CheckpointError, bpe_path, load_bigvgan, load_dvae, load_gpt, load_into, read_config
-from tagtune.config import ModelConfig
+from tagtune.checkpoint import (
+    CheckpointError,
+    bpe_path,
+    load_bigvgan,
+    load_bigvgan_v2,
+    load_campplus,
+    load_dvae,
+    load_gpt,
+    load_gpt_v2,
+    load_into,
+    load_s2mel,
+    load_semantic_codec,
+    load_semantic_features,
+    model_family,
+    read_config,
+    read_config_v2,
+    read_emotion_matrices,
+)
+from tagtune.config import ModelConfig, ModelConfigV2
 from tagtune.errors import UserError
-from tagtune.folders import RUN_INFO_FILE, AdapterFolder
+from tagtune.folders import (
+    AUX_MODELS_DIR,
+    BIGVGAN_V2_CONFIG_FILE,
+    BIGVGAN_V2_DIR,
+    BIGVGAN_V2_WEIGHTS_FILE,
+    CAMPPLUS_FILE,
+    CAMPPLUS_REPO,
+    QWEN_EMOTION_CONFIG_FILE,
+    RUN_INFO_FILE,
+    SEMANTIC_CODEC_FILE,
+    SEMANTIC_CODEC_REPO,
+    SEMANTIC_CODEC_REPO_FILE,
+    W2V_BERT_DIR,
+    W2V_BERT_FILES,
+    W2V_BERT_REPO,
+    AdapterFolder,
+)
 from tagtune.tags.rows import grow_base
 from tagtune.tags.vocab import TagSet, read_tagset
 
@@ -90,6 +127,8 @@ class LoadedModel:
     dtype: torch.dtype = torch.float32
     unknown_tags: str = "error"
     _cache: dict = field(default_factory=dict, repr=False)
+
+    family = "v1"
 
     def _get(self, name: str, make: Callable[[], Any]):
         if name not in self._cache:
@@ -158,14 +197,20 @@ class LoadedModel:
 
 
 def load_model(model_dir: str | Path, adapter: str | Path | None = None, *, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32, unknown_tags: str = "error", eager: bool = False) -> LoadedModel:
-    """Open an IndexTTS 1.0/1.5 folder (official or tagtune's), optionally with a tagtune adapter folder.
+               dtype: torch.dtype = torch.float32, unknown_tags: str = "error",
+               eager: bool = False) -> LoadedModel | LoadedModelV2:
+    """Open an IndexTTS 1.0/1.5 folder (official or tagtune's), optionally with a tagtune adapter folder, or an
+    official IndexTTS-2 folder (a ``LoadedModelV2``; detected from its config.yaml).
 
     Networks load lazily unless ``eager``; with ``eager`` the tokenizer is checked against the GPT's rows.
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: not a folder")
+    if model_family(model_dir) == "v2":
+        if adapter is not None:
+            raise CheckpointError(f"{model_dir}: an IndexTTS-2 folder takes no adapter (tag adapters are for 1.x)")
+        return load_model_v2(model_dir, device=device, unknown_tags=unknown_tags, eager=eager)
     cfg = read_config(model_dir)
     tagset = read_tagset(model_dir)
     if adapter is not None:
@@ -180,4 +225,203 @@ def load_model(model_dir: str | Path, adapter: str | Path | None = None, *, devi
     if eager:
         m.check_vocabulary()
         m.vocoder  # noqa: B018 - force loading
+    return m
+
+
+# ------------------------------------------------------------------------------------------------- IndexTTS2
+#
+# An official IndexTTS-2 folder holds config.yaml, gpt.pth, s2mel.pth, bpe.model, wav2vec2bert_stats.pt and the
+# emotion matrices feat1/feat2.pt. The four auxiliary models the official code downloads (w2v-BERT 2.0, the
+# MaskGCT semantic codec, CAMPPlus, BigVGAN v2) are looked for, in this order:
+#   1. <folder>/hf_cache/ flat: w2v-bert-2.0/, semantic_codec_model.safetensors, campplus_cn_common.bin, bigvgan/
+#   2. <folder>/hf_cache/ as a Hugging Face hub cache (the official code points HF_HUB_CACHE there)
+#   3. the user's Hugging Face hub cache (HF_HUB_CACHE / HF_HOME)
+
+
+class AuxModelError(CheckpointError):
+    """An auxiliary model of an IndexTTS-2 folder that is not where the official code would put it."""
+
+
+@dataclass(frozen=True)
+class AuxModels:
+    """Where the auxiliary models of an IndexTTS-2 folder are."""
+
+    w2v_bert: Path  # folder with config.json, model.safetensors, preprocessor_config.json
+    semantic_codec: Path  # the MaskGCT semantic codec's safetensors file
+    campplus: Path  # campplus_cn_common.bin
+    bigvgan: Path  # folder with config.json, bigvgan_generator.pt
+
+
+def _hub_file(repo: str, filename: str, caches: list[Path | None]) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for cache in caches:
+        found = try_to_load_from_cache(repo, filename, cache_dir=cache)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
+
+
+def _hub_folder(repo: str, filenames: tuple[str, ...], caches: list[Path | None]) -> Path | None:
+    """The snapshot folder of a hub repository holding all ``filenames``."""
+    found = [_hub_file(repo, name, caches) for name in filenames]
+    if all(found) and len({p.parent for p in found}) == 1:
+        return found[0].parent
+    return None
+
+
+def find_aux_models(model_dir: str | Path, cfg=None, *, hub_cache: str | Path | None = None) -> AuxModels:
+    """The auxiliary models of an IndexTTS-2 folder (flat ``hf_cache/``, its hub cache, or the user's hub cache
+    or ``hub_cache``). A missing one raises AuxModelError naming where it was looked for and how to get it."""
+    model_dir = Path(model_dir)
+    cfg = cfg or read_config_v2(model_dir)
+    local = model_dir / AUX_MODELS_DIR
+    caches = [local] + ([Path(hub_cache)] if hub_cache is not None else []) + [None]  # None: the user's cache
+    codec_repo_file, bigvgan_repo = SEMANTIC_CODEC_REPO_FILE, cfg.vocoder.name
+    bigvgan_files = (BIGVGAN_V2_CONFIG_FILE, BIGVGAN_V2_WEIGHTS_FILE)
+    wanted = [
+        ("w2v_bert", local / W2V_BERT_DIR, W2V_BERT_REPO, W2V_BERT_FILES, True),
+        ("semantic_codec", local / SEMANTIC_CODEC_FILE, SEMANTIC_CODEC_REPO, (codec_repo_file,), False),
+        ("campplus", local / CAMPPLUS_FILE, CAMPPLUS_REPO, (CAMPPLUS_FILE,), False),
+        ("bigvgan", local / BIGVGAN_V2_DIR, bigvgan_repo, bigvgan_files, True),
+    ]
+    found = {}
+    for name, flat, repo, files, is_folder in wanted:
+        if (is_folder and all((flat / f).is_file() for f in files)) or (not is_folder and flat.is_file()):
+            found[name] = flat
+            continue
+        hub = _hub_folder(repo, files, caches) if is_folder else _hub_file(repo, files[0], caches)
+        if hub is None:
+            raise AuxModelError(
+                f"{model_dir}: {repo} ({', '.join(files)}) not found: looked in {flat} and in the Hugging Face "
+                f"cache; download it with `hf download {repo} {' '.join(files)} --cache-dir {local}`")
+        found[name] = hub
+    return AuxModels(**found)
+
+
+@dataclass
+class LoadedModelV2:
+    """An IndexTTS-2 folder; networks load on first use, all float32.
+
+    ``gpt`` (UnifiedVoiceV2), ``semantic_features`` (w2v-BERT cut to the layer used, normalised),
+    ``feature_extractor`` (its SeamlessM4T front end), ``semantic_codec``, ``s2mel``, ``campplus``, ``vocoder``
+    (BigVGAN v2), ``emotion_matrices`` (spk_matrix, emo_matrix), ``prompt_mel``, ``tokenizer``;
+    ``qwen_emotion_dir`` names the QwenEmotion folder (an AuxModelError when the folder has none).
+    """
+
+    model_dir: Path
+    config: ModelConfigV2
+    aux: AuxModels
+    tagset: TagSet | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    unknown_tags: str = "error"
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    family = "v2"
+    adapter_dir = None
+
+    def _get(self, name: str, make: Callable[[], Any]):
+        if name not in self._cache:
+            self._cache[name] = make()
+        return self._cache[name]
+
+    @property
+    def gpt(self) -> nn.Module:
+        return self._get("gpt", lambda: load_gpt_v2(self.model_dir, self.config, device=self.device))
+
+    @property
+    def semantic_features(self) -> nn.Module:
+        return self._get("semantic_features", lambda: load_semantic_features(
+            self.aux.w2v_bert, self.model_dir, self.config, device=self.device))
+
+    @property
+    def feature_extractor(self):
+        def make():
+            from transformers import SeamlessM4TFeatureExtractor
+
+            try:
+                return SeamlessM4TFeatureExtractor.from_pretrained(self.aux.w2v_bert, local_files_only=True)
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"{self.aux.w2v_bert}: cannot read the feature extractor: {e}") from None
+        return self._get("feature_extractor", make)
+
+    @property
+    def semantic_codec(self) -> nn.Module:
+        return self._get("semantic_codec", lambda: load_semantic_codec(
+            self.aux.semantic_codec, self.config, device=self.device))
+
+    @property
+    def s2mel(self) -> nn.Module:
+        return self._get("s2mel", lambda: load_s2mel(self.model_dir, self.config, device=self.device))
+
+    @property
+    def campplus(self) -> nn.Module:
+        return self._get("campplus", lambda: load_campplus(self.aux.campplus, self.config, device=self.device))
+
+    @property
+    def vocoder(self) -> nn.Module:
+        return self._get("vocoder", lambda: load_bigvgan_v2(self.aux.bigvgan, device=self.device))
+
+    @property
+    def emotion_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(spk_matrix (R, 192), emo_matrix (R, D))`` on the model's device."""
+        def make():
+            spk, emo = read_emotion_matrices(self.model_dir, self.config)
+            return spk.to(self.device), emo.to(self.device)
+        return self._get("emotion_matrices", make)
+
+    @property
+    def prompt_mel(self) -> nn.Module:
+        from tagtune.audio_v2 import PromptMel
+
+        return self._get("prompt_mel", lambda: PromptMel.from_config(self.config.s2mel.preprocess_params).to(
+            self.device))
+
+    @property
+    def tokenizer(self):
+        """TextTokenizer of ``bpe.model``; as for 1.x, a folder without tags gets an empty tag set."""
+        from tagtune.text.tokenizer import TextTokenizer, TokenizerError
+
+        def make():
+            path = self.model_dir / self.config.dataset.bpe_model
+            if not path.is_file():
+                raise CheckpointError(f"{path}: tokenizer not found (config dataset.bpe_model)")
+            try:
+                return TextTokenizer(path, tagset=self.tagset or TagSet(), unknown_tags=self.unknown_tags)
+            except TokenizerError as e:
+                raise (e if str(self.model_dir) in str(e) else TokenizerError(f"{self.model_dir}: {e}")) from None
+        return self._get("tokenizer", make)
+
+    @property
+    def qwen_emotion_dir(self) -> Path:
+        """The QwenEmotion folder (``qwen_emo_path``); AuxModelError when the folder does not have it."""
+        path = self.model_dir / self.config.qwen_emo_path
+        if not (path / QWEN_EMOTION_CONFIG_FILE).is_file():
+            raise AuxModelError(f"{path}: no QwenEmotion model here ({QWEN_EMOTION_CONFIG_FILE} not found); "
+                                "text-to-emotion needs the qwen0.6bemo4-merge folder of IndexTeam/IndexTTS-2")
+        return path
+
+    def check_vocabulary(self) -> None:
+        """The tokenizer and the GPT's text tables must belong together (pieces + 1 spare row)."""
+        rows = self.config.gpt.text_rows
+        if self.tokenizer.vocab_size + 1 != rows:
+            raise CheckpointError(f"{self.model_dir}: the tokenizer has {self.tokenizer.vocab_size} pieces but "
+                                  f"the GPT has {rows} text rows (expected pieces + 1)")
+
+
+def load_model_v2(model_dir: str | Path, *, device: str | torch.device = "cpu", unknown_tags: str = "error",
+                  hub_cache: str | Path | None = None, eager: bool = False) -> LoadedModelV2:
+    """Open an official IndexTTS-2 folder; the auxiliary models are found at once (see ``find_aux_models``),
+    the networks load on first use unless ``eager``."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{model_dir}: not a folder")
+    cfg = read_config_v2(model_dir)
+    m = LoadedModelV2(model_dir, cfg, find_aux_models(model_dir, cfg, hub_cache=hub_cache), read_tagset(model_dir),
+                      torch.device(device), unknown_tags)
+    if eager:
+        m.check_vocabulary()
+        for part in ("gpt", "semantic_features", "feature_extractor", "semantic_codec", "s2mel", "campplus",
+                     "vocoder", "emotion_matrices"):
+            getattr(m, part)
     return m

@@ -59,11 +59,7 @@ class Fixture:
         from tagtune.loaders import load_model
 
         self.root = Path(root)
-        for need in ("checkpoint", "inputs", "expected.safetensors"):
-            if not (self.root / need).exists():
-                from tagtune.errors import UserError
-
-                raise UserError(f"{self.root}: not a fixture folder (missing {need})")
+        self.check_layout(self.root)
         self.exp = load_file(str(self.root / "expected.safetensors"))
         self.model = load_model(self.root / "checkpoint")
         texts = self.root / "inputs" / "texts.json"
@@ -73,6 +69,14 @@ class Fixture:
         readme = self.root / "README.md"
         m = re.search(r"max_generate_length=(\d+)", readme.read_text()) if readme.exists() else None
         self.max_tokens = int(m.group(1)) if m else DEFAULT_MAX_TOKENS
+
+    @staticmethod
+    def check_layout(root: Path) -> None:
+        for need in ("checkpoint", "inputs", "expected.safetensors"):
+            if not (root / need).exists():
+                from tagtune.errors import UserError
+
+                raise UserError(f"{root}: not a fixture folder (missing {need})")
 
     def has(self, *names: str) -> bool:
         return all(n in self.exp for n in names)
@@ -247,7 +251,8 @@ def check_end_to_end(fx: Fixture) -> list[Result]:
     with torch.no_grad():
         cond = m.mel(load_reference(fx.root / "inputs" / "ref.wav"))
         conds = gpt.get_conditioning(cond, torch.tensor([cond.shape[-1]]))
-        codes, _ = generate_codes(gpt, ids, GenerationConfig.greedy(max_new_tokens=fx.max_tokens), conds=conds)
+        greedy = GenerationConfig.greedy(repetition_penalty=1.0, max_new_tokens=fx.max_tokens)  # as the fixture ran
+        codes, _ = generate_codes(gpt, ids, greedy, conds=conds)
         codes, lens = remove_long_silence(codes, SILENT_TOKEN, 30, stop_token=m.config.gpt.stop_mel_token)
         out = [compare("e2e_codes", codes, e["e2e_codes"])] if "e2e_codes" in e else []
         lat = latents_for_vocoder(gpt, conds, ids, codes, lens)
@@ -271,13 +276,25 @@ STAGES: list[tuple[str, Callable[[Fixture], list[Result]]]] = [
 ]
 
 
+def _open_fixture(root: Path):
+    """The fixture and its stages: IndexTTS-2 fixtures (see ``selftest_v2``) are told by their config."""
+    from tagtune.checkpoint import model_family
+
+    if (root / "checkpoint").is_dir() and model_family(root / "checkpoint") == "v2":
+        from tagtune import selftest_v2
+
+        Fixture.check_layout(root)
+        return selftest_v2.FixtureV2(root), selftest_v2.STAGES
+    return Fixture(root), STAGES
+
+
 def run_selftest(fixture_dir: str | Path, verbose: bool = False) -> int:
     """Print one line per tensor; 0 when nothing failed."""
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    fx = Fixture(Path(fixture_dir))
+    fx, stages = _open_fixture(Path(fixture_dir))
     results: list[Result] = []
-    for stage, fn in STAGES:
+    for stage, fn in stages:
         try:
             results += fn(fx)
         except Exception as exc:  # a crash in one stage is reported as its failure; the others still run

@@ -19,7 +19,7 @@ from tagtune.generation import sampling
 from tagtune.generation.decoder import MelDecoder
 
 MIN_CANDIDATES = 2  # HF keeps eos + one more through top-k/top-p in beam methods
-LOW_SCORE = -1e9  # initial score of beams 1.. in non-sampling beam search, so step 1 expands beam 0 only
+LOW_SCORE = -1e9  # initial score of beams 1.. (beam search; beam sampling in HF >= 4.45): step 1 expands beam 0
 WORST_INIT = 1e9  # BeamHypotheses' initial worst score
 
 
@@ -56,7 +56,7 @@ def beam_codes(decoder: MelDecoder, history: torch.Tensor, cfg, stop: int, batch
     """Generate (batch, T <= cfg.max_new_tokens) codes; ``decoder``/``history`` hold batch·num_beams rows."""
     K = cfg.num_beams
     scores_run = torch.zeros(batch, K, device=history.device)
-    if not cfg.do_sample:
+    if not cfg.do_sample or cfg.beam_sample_from_first:
         scores_run[:, 1:] = LOW_SCORE
     scores_run = scores_run.view(-1)  # (N,)
     generated = history.new_empty(batch * K, 0)

@@ -238,7 +238,7 @@ class RMSNorm(nn.Module):
         return F.normalize(x, dim=-1) * self.scale * self.gamma
 
 
-def perceiver_ff(dim: int, mult: int) -> nn.Sequential:
+def perceiver_ff(dim: int, mult: float) -> nn.Sequential:
     """Linear(D -> 2I) -> GEGLU -> Linear(I -> D), I = int(D * mult * 2 / 3) (keys ``.0`` and ``.2``)."""
     inner = int(dim * mult * 2 / 3)
     return nn.Sequential(nn.Linear(dim, 2 * inner), GEGLU(), nn.Linear(inner, dim))
@@ -247,7 +247,7 @@ def perceiver_ff(dim: int, mult: int) -> nn.Sequential:
 class PerceiverResampler(nn.Module):
     """Resamples a (B, T, C) context to ``num_latents`` learned queries of width D."""
 
-    def __init__(self, dim: int, dim_context: int, heads: int, ff_mult: int, num_latents: int):
+    def __init__(self, dim: int, dim_context: int, heads: int, ff_mult: float, num_latents: int):
         super().__init__()
         self.latents = nn.Parameter(torch.randn(num_latents, dim))
         self.proj_context = nn.Linear(dim_context, dim)

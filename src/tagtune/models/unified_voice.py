@@ -86,6 +86,50 @@ def _real_positions(lengths: torch.Tensor, width: int, seq_len: int) -> torch.Te
     return torch.arange(width, device=lengths.device)[None, :] < real[:, None]
 
 
+def aligned_tokens(cfg: GPTConfig, text_ids, text_lengths, codes, code_lengths) -> TrainingTokens:
+    """Text ids (B, Lt) and codes (B, Lm) in the training layout: positions at or past a row's length become
+    stop tokens, then [start, ..., stop] inputs and [..., stop, stop] targets. Inputs are not modified.
+
+    ``code_lengths`` counts the codes kept (1.x derives it from wav lengths, IndexTTS2 passes code counts)."""
+    text = _overwrite_tail(text_ids.long(), text_lengths, cfg.stop_text_token)
+    mel = _overwrite_tail(codes.long(), code_lengths, cfg.stop_mel_token)
+    text_in, text_tgt = _wrap(text, cfg.start_text_token, cfg.stop_text_token)
+    mel_in, mel_tgt = _wrap(mel, cfg.start_mel_token, cfg.stop_mel_token)
+    text_mask = _real_positions(text_lengths, text_in.shape[1], text_ids.shape[1])
+    mel_mask = _real_positions(code_lengths, mel_in.shape[1], codes.shape[1])
+    return TrainingTokens(text_in, text_tgt, mel_in, mel_tgt, text_mask, mel_mask)
+
+
+def training_inputs(model, prefix: torch.Tensor, tokens: TrainingTokens) -> torch.Tensor:
+    """[prefix || text segment || mel segment] embeddings, (B, N + Lt+2 + Lm+2, D)."""
+    text_emb = model.embed_text(tokens.text_inputs)  # (B, Lt+2, D)
+    mel_emb = model.mel_embedding(tokens.mel_inputs) + model.mel_pos_embedding(tokens.mel_inputs)
+    return torch.cat([prefix, text_emb, mel_emb], dim=1)
+
+
+def segment_hidden(model, prefix: torch.Tensor, tokens: TrainingTokens, mask_padding: bool):
+    """Backbone + final_norm over [prefix || text segment || mel segment] -> (text hidden (B, Lt+2, D),
+    mel hidden (B, Lm+2, D)) for any UnifiedVoice generation (the prefix is 32 latents in 1.x, 34 in v2).
+
+    With ``mask_padding`` each row's real positions are packed to the front before the backbone (text
+    padding otherwise sits between the text and mel segments), so plain causal attention gives every
+    real position exactly what its unpadded run sees, and SDPA keeps its fast causal kernels (no mask).
+    Padding positions come back with hidden states of no meaning; mask them out of any loss.
+    """
+    emb = training_inputs(model, prefix, tokens)  # (B, S, D)
+    if mask_padding:
+        keep = torch.ones(prefix.shape[:2], dtype=torch.bool, device=prefix.device)
+        real = torch.cat([keep, tokens.text_mask, tokens.mel_mask], dim=1)  # (B, S)
+        order = torch.argsort((~real).to(torch.uint8), dim=1, stable=True)  # real positions first, in order
+        packed = model.gpt(emb.gather(1, order[..., None].expand_as(emb)))
+        h = torch.empty_like(packed).scatter_(1, order[..., None].expand_as(packed), packed)
+    else:
+        h = model.gpt(emb)
+    h = model.final_norm(h[:, prefix.shape[1]:])
+    n_text = tokens.text_inputs.shape[1]
+    return h[:, :n_text], h[:, n_text:]
+
+
 class UnifiedVoice(nn.Module):
     """The IndexTTS GPT, built from ``GPTConfig``; its state dict matches the official ``gpt.pth``."""
 
@@ -142,42 +186,15 @@ class UnifiedVoice(nn.Module):
 
     def training_tokens(self, text_ids, text_lengths, codes, wav_lengths) -> TrainingTokens:
         """Official padding and alignment (§2.4) of text ids (B, Lt) and codes (B, Lm); inputs are not modified."""
-        c = self.cfg
-        code_lengths = c.kept_codes(wav_lengths)
-        text = _overwrite_tail(text_ids.long(), text_lengths, c.stop_text_token)
-        mel = _overwrite_tail(codes.long(), code_lengths, c.stop_mel_token)
-        text_in, text_tgt = _wrap(text, c.start_text_token, c.stop_text_token)
-        mel_in, mel_tgt = _wrap(mel, c.start_mel_token, c.stop_mel_token)
-        text_mask = _real_positions(text_lengths, text_in.shape[1], text_ids.shape[1])
-        mel_mask = _real_positions(code_lengths, mel_in.shape[1], codes.shape[1])
-        return TrainingTokens(text_in, text_tgt, mel_in, mel_tgt, text_mask, mel_mask)
+        return aligned_tokens(self.cfg, text_ids, text_lengths, codes, self.cfg.kept_codes(wav_lengths))
 
     def build_training_inputs(self, conds: torch.Tensor, tokens: TrainingTokens) -> torch.Tensor:
         """[conds || text segment || mel segment] embeddings, (B, N + Lt+2 + Lm+2, D)."""
-        text_emb = self.embed_text(tokens.text_inputs)  # (B, Lt+2, D)
-        mel_emb = self.mel_embedding(tokens.mel_inputs) + self.mel_pos_embedding(tokens.mel_inputs)
-        return torch.cat([conds, text_emb, mel_emb], dim=1)
+        return training_inputs(self, conds, tokens)
 
     def _segment_hidden(self, conds, tokens: TrainingTokens, mask_padding: bool):
-        """Backbone + final_norm over the training layout -> (text hidden (B, Lt+2, D), mel hidden (B, Lm+2, D)).
-
-        With ``mask_padding`` each row's real positions are packed to the front before the backbone (text
-        padding otherwise sits between the text and mel segments), so plain causal attention gives every
-        real position exactly what its unpadded run sees, and SDPA keeps its fast causal kernels (no mask).
-        Padding positions come back with hidden states of no meaning; mask them out of any loss.
-        """
-        emb = self.build_training_inputs(conds, tokens)  # (B, S, D)
-        if mask_padding:
-            keep = torch.ones(conds.shape[:2], dtype=torch.bool, device=conds.device)
-            real = torch.cat([keep, tokens.text_mask, tokens.mel_mask], dim=1)  # (B, S)
-            order = torch.argsort((~real).to(torch.uint8), dim=1, stable=True)  # real positions first, in order
-            packed = self.gpt(emb.gather(1, order[..., None].expand_as(emb)))
-            h = torch.empty_like(packed).scatter_(1, order[..., None].expand_as(packed), packed)
-        else:
-            h = self.gpt(emb)
-        h = self.final_norm(h[:, conds.shape[1]:])
-        n_text = tokens.text_inputs.shape[1]
-        return h[:, :n_text], h[:, n_text:]
+        """(text hidden, mel hidden) after final_norm; see ``segment_hidden``."""
+        return segment_hidden(self, conds, tokens, mask_padding)
 
     def _conds(self, cond_mel, cond_mel_lengths, conds, mask_padding: bool):
         if (cond_mel is None) == (conds is None):

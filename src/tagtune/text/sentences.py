@@ -96,3 +96,65 @@ def split_sentences(
         return []
     chunks = _split_by(list(pieces), SENTENCE_END_PIECES, max_tokens)
     return _attach_lone_tags(chunks, set(tag_pieces)) if tag_pieces else chunks
+
+
+# ------------------------------------------------------------------------------------------------ IndexTTS2
+#
+# IndexTTS2's ``split_segments`` differs from v1.5.0: a comma (or, without one, a hyphen) closes the running
+# chunk as soon as it is seen, whatever its length, and the merge step may hold back the first
+# ``quick_streaming_tokens`` pieces so that streaming starts on a short first segment.
+
+
+def split_segments(
+    pieces: list[str], max_tokens: int = DEFAULT_MAX_TOKENS, quick_streaming_tokens: int = 0,
+    tag_pieces: Collection[str] = (),
+) -> list[list[str]]:
+    """Pack ``pieces`` into GPT segments of at most ``max_tokens`` pieces (official IndexTTS2 rules)."""
+    if not pieces:
+        return []
+    chunks = _segments_by(list(pieces), SENTENCE_END_PIECES, max_tokens, quick_streaming_tokens)
+    return _attach_lone_tags(chunks, set(tag_pieces)) if tag_pieces else chunks
+
+
+def _segments_by(pieces: list[str], split_pieces: tuple[str, ...], max_tokens: int, quick: int) -> list[list[str]]:
+    """The official ``split_segments_by_token`` (recursive over commas and hyphens)."""
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    for i, piece in enumerate(pieces):
+        current.append(piece)
+        if not any(p in split_pieces for p in COMMA_PIECES) and any(p in current for p in COMMA_PIECES):
+            parts = _segments_by(current, COMMA_PIECES, max_tokens, quick)
+        elif "-" not in split_pieces and "-" in current:
+            parts = _segments_by(current, HYPHEN_PIECES, max_tokens, quick)
+        elif len(current) <= max_tokens:
+            if piece in split_pieces and len(current) > 2:
+                if i + 1 < len(pieces) and pieces[i + 1] in QUOTE_PIECES:
+                    current.append(pieces[i + 1])  # and it is visited again on the next step
+                chunks.append(current)
+                current = []
+            continue
+        else:
+            warnings.warn(f"a segment exceeds {max_tokens} tokens and has no comma or hyphen; cut into "
+                          "fixed-size parts", RuntimeWarning, stacklevel=3)
+            parts = [current[j:j + max_tokens] for j in range(0, len(current), max_tokens)]
+        chunks.extend(parts)
+        current = []
+    if current:
+        chunks.append(current)
+    return _merge_segments(chunks, max_tokens, quick)
+
+
+def _merge_segments(chunks: list[list[str]], max_tokens: int, quick: int) -> list[list[str]]:
+    """Join neighbours that fit once ``quick`` pieces have passed, and always those within half the limit."""
+    merged: list[list[str]] = []
+    seen = 0
+    for chunk in chunks:
+        seen += len(chunk)
+        if not chunk:
+            continue
+        joined = len(merged[-1]) + len(chunk) if merged else None
+        if joined is not None and ((joined <= max_tokens and seen > quick) or joined <= max_tokens / 2):
+            merged[-1] = merged[-1] + chunk
+        else:
+            merged.append(chunk)
+    return merged

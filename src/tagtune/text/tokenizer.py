@@ -18,7 +18,7 @@ from tagtune.errors import UserError
 from tagtune.folders import TAGS_FILE
 from tagtune.tags.vocab import SPACE_PIECE, UNKNOWN_POLICIES, TagSet, find_tags, tag_piece
 from tagtune.text.normalize import TextNormalizer
-from tagtune.text.sentences import DEFAULT_MAX_TOKENS, split_sentences
+from tagtune.text.sentences import DEFAULT_MAX_TOKENS, split_segments, split_sentences
 
 BOS_ID = 0  # also the GPT's start_text token
 EOS_ID = 1  # also the GPT's stop_text token
@@ -182,3 +182,8 @@ class TextTokenizer:
     def split_sentences(self, pieces: list[str], max_tokens: int = DEFAULT_MAX_TOKENS) -> list[list[str]]:
         """Official v1.5.0 sentence packing of a piece list; tags stay with their sentence."""
         return split_sentences(pieces, max_tokens, tag_pieces=self.tag_pieces)
+
+    def split_segments(self, pieces: list[str], max_tokens: int = DEFAULT_MAX_TOKENS,
+                       quick_streaming_tokens: int = 0) -> list[list[str]]:
+        """Official IndexTTS2 segment packing of a piece list; tags stay with their segment."""
+        return split_segments(pieces, max_tokens, quick_streaming_tokens, tag_pieces=self.tag_pieces)
