@@ -8,6 +8,7 @@
     freerun.py     sampled generation from paired prompts, hits, false events, confusion, placement
     report.py      report.json and the acceptance checks (report_md.py, plots.py: report.md and PNGs)
     run.py         evaluate(): the whole evaluation
+    judges/        independent judges of the models' speech on a prompt suite: events, words, voice
 """
 
 from tagtune.evaluate.freerun import FreeRunSettings
