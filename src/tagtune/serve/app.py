@@ -1,0 +1,253 @@
+"""The HTTP face of the server (FastAPI): an OpenAI-compatible speech endpoint, models, voices, health.
+
+    POST /v1/audio/speech   {model, input, voice, response_format: wav|pcm, stream, seed?, greedy?,
+                             max_new_tokens?}: 24 kHz 16-bit mono audio, whole or streamed as generated
+    GET  /v1/models         the base and every adapter, by name
+    GET  /v1/voices         registered and uploaded voices; POST /v1/voices?name=NAME with the audio file as
+                            the body uploads one
+    GET  /health            the process answers; GET /ready: the scheduler runs and takes requests
+
+Every error is JSON in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad
+request, 404 for an unknown model, 413 for an upload over the limits, 429 when the queue is full, 503 while
+shutting down, 504 past the request time limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import struct
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict
+
+from tagtune.audio import SAMPLE_RATE
+from tagtune.errors import UserError
+from tagtune.generation import GenerationConfig
+from tagtune.serve.limits import Limits
+from tagtune.serve.scheduler import QueueFull, ShuttingDown, SpeechJob
+from tagtune.synthesis.reference import MIN_REFERENCE_SECONDS, read_reference_audio
+from tagtune.synthesis.tts import MAX_SENTENCE_TOKENS, check_seed, text_to_sentences
+
+FORMATS = {"wav": "audio/wav", "pcm": "audio/pcm"}
+VOICE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+STREAMED_SIZE = 0xFFFFFFFF  # RIFF and data sizes of a wav whose length is not known when its header is sent
+
+
+class SpeechBody(BaseModel):
+    """OpenAI's speech request, plus ``seed``, ``greedy`` and ``max_new_tokens``; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    input: str
+    voice: str
+    response_format: str = "wav"
+    speed: float = 1.0
+    instructions: str | None = None
+    stream: bool = False
+    stream_format: str | None = None
+    seed: int | None = None
+    greedy: bool = False
+    max_new_tokens: int | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
+
+
+@dataclass
+class _Done:
+    error: tuple[int, str] | None
+
+
+def wav_header(sample_rate: int = SAMPLE_RATE, data_bytes: int = STREAMED_SIZE) -> bytes:
+    """A 44-byte PCM wav header (mono, 16-bit); the streamed form carries the 'unknown length' sizes."""
+    riff = STREAMED_SIZE if data_bytes == STREAMED_SIZE else 36 + data_bytes
+    return (b"RIFF" + struct.pack("<I", riff) + b"WAVEfmt " +
+            struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, 2 * sample_rate, 2, 16) +
+            b"data" + struct.pack("<I", data_bytes))
+
+
+def create_app(shared, scheduler, voices: dict[str, Path | bytes], limits: Limits) -> FastAPI:
+    """The FastAPI app over a loaded SharedBase and its Scheduler; ``voices`` maps names to references."""
+    fixed_voices = set(voices)
+    model_limit = shared.gpt.cfg.max_mel_tokens
+
+    @asynccontextmanager
+    async def lifespan(app):
+        scheduler.start()
+        yield
+        await run_in_threadpool(scheduler.stop, limits.shutdown_grace)
+
+    app = FastAPI(title="tagtune", lifespan=lifespan)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request, e: ApiError):
+        return error_response(e.status, e.message, e.param, e.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, e: RequestValidationError):
+        problems = []
+        for err in e.errors()[:3]:
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            problems.append((where, err.get("msg", "invalid")))
+        message = "; ".join(f"{where}: {msg}" for where, msg in problems) or "invalid request"
+        return error_response(400, message, problems[0][0] if problems else None)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready():
+        if not (scheduler.alive and scheduler.accepting):
+            return error_response(503, "not ready: the scheduler is stopped or stopping")
+        return {"status": "ready", "running": len(scheduler.running), "waiting": len(scheduler.waiting)}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "tagtune"}
+                                           for name in shared.lanes]}
+
+    @app.get("/v1/voices")
+    async def list_voices():
+        return {"object": "list", "data": [{"id": name, "uploaded": name not in fixed_voices} for name in voices]}
+
+    @app.post("/v1/voices", status_code=201)
+    async def upload_voice(request: Request, name: str):
+        if not VOICE_NAME.match(name):
+            raise ApiError(400, "a voice name is 1-64 letters, digits, '_', '.' or '-'", "name")
+        if name in fixed_voices:
+            raise ApiError(409, f"voice {name!r} is registered by the server and cannot be replaced", "name")
+        if name not in voices and len(voices) - len(fixed_voices) >= limits.max_voices:
+            raise ApiError(413, f"the server keeps at most {limits.max_voices} uploaded voices", "name")
+        data = bytearray()
+        async for part in request.stream():
+            data += part
+            if len(data) > limits.max_reference_bytes:
+                raise ApiError(413, f"the reference audio is over {limits.max_reference_bytes} bytes", "body")
+        seconds = await run_in_threadpool(_check_reference, bytes(data), limits.max_reference_seconds)
+        voices[name] = bytes(data)
+        return {"id": name, "seconds": round(seconds, 3)}
+
+    @app.post("/v1/audio/speech")
+    async def speech(body: SpeechBody):
+        job, streaming, channel = _make_job(body)
+        try:
+            scheduler.submit(job)
+        except QueueFull as e:
+            raise ApiError(429, str(e), code="queue_full") from None
+        except ShuttingDown as e:
+            raise ApiError(503, str(e)) from None
+        media = FORMATS[body.response_format]
+        if not streaming:
+            chunks = []
+            while not isinstance(item := await channel.get(), _Done):
+                chunks.append(item)
+            if item.error:
+                return error_response(*item.error)
+            audio = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+            return Response(_encode(audio, body.response_format), media_type=media)
+        first = await channel.get()
+        if isinstance(first, _Done) and first.error:
+            return error_response(*first.error)
+        return StreamingResponse(_stream(job, channel, first, body.response_format), media_type=media)
+
+    def _make_job(body: SpeechBody):
+        lane = shared.lanes.get(body.model)
+        if lane is None:
+            raise ApiError(404, f"model {body.model!r} does not exist; this server has {sorted(shared.lanes)}",
+                           "model", "model_not_found")
+        if body.response_format not in FORMATS:
+            raise ApiError(400, f"response_format {body.response_format!r} is not supported; use one of "
+                           f"{sorted(FORMATS)}", "response_format")
+        if body.speed != 1.0:
+            raise ApiError(400, "speed other than 1.0 is not supported", "speed")
+        if body.stream_format not in (None, "audio"):
+            raise ApiError(400, "stream_format must be 'audio' (server-sent events are not supported)",
+                           "stream_format")
+        if body.voice not in voices:
+            raise ApiError(400, f"voice {body.voice!r} is not known; known: {sorted(voices)} (upload one with "
+                           "POST /v1/voices?name=NAME)", "voice")
+        try:
+            most = min(MAX_SENTENCE_TOKENS, lane.cfg.max_text_tokens)
+            sentences = text_to_sentences(lane.tokenizer, body.input, most, limits.max_text_chars)
+            seed = check_seed(body.seed)
+        except UserError as e:
+            raise ApiError(400, str(e), "seed" if "seed" in str(e) else "input") from None
+        wanted = body.max_new_tokens or model_limit
+        if not 1 <= wanted <= model_limit:
+            raise ApiError(400, f"max_new_tokens must be from 1 to {model_limit}", "max_new_tokens")
+        make = GenerationConfig.greedy if body.greedy else GenerationConfig
+        generation = make(max_new_tokens=wanted, position_mode="train")
+        generator = torch.Generator()
+        if seed is not None:
+            generator.manual_seed(seed)
+        else:
+            generator.seed()
+        loop, channel = asyncio.get_running_loop(), asyncio.Queue()
+
+        def send(item):
+            try:
+                loop.call_soon_threadsafe(channel.put_nowait, item)
+            except RuntimeError:  # the event loop has closed: nobody is listening any more
+                pass
+
+        job = SpeechJob(body.model, sentences, voices[body.voice], generation, generator,
+                        on_chunk=send, on_done=lambda error: send(_Done(error)),
+                        deadline=time.monotonic() + limits.request_timeout)
+        return job, body.stream or body.stream_format == "audio", channel
+
+    return app
+
+
+async def _stream(job: SpeechJob, channel: asyncio.Queue, first, response_format: str):
+    finished = False
+    try:
+        if response_format == "wav":
+            yield wav_header()
+        item = first
+        while not isinstance(item, _Done):
+            yield item.tobytes()
+            item = await channel.get()
+        finished = True
+    finally:
+        if not finished:  # the client went away: stop decoding for it
+            job.cancelled = (499, "the client closed the connection")
+
+
+def _encode(audio: np.ndarray, response_format: str) -> bytes:
+    if response_format == "pcm":
+        return audio.astype("<i2").tobytes()
+    buf = io.BytesIO()
+    sf.write(buf, audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _check_reference(data: bytes, max_seconds: float) -> float:
+    """Decode an uploaded reference; its duration in seconds, or ApiError."""
+    try:
+        wav, trimmed = read_reference_audio(data, MIN_REFERENCE_SECONDS, max_seconds)
+    except UserError as e:
+        raise ApiError(400, str(e), "body") from None
+    if trimmed:
+        raise ApiError(413, f"the reference audio is longer than {max_seconds:g} s", "body")
+    return wav.shape[-1] / SAMPLE_RATE

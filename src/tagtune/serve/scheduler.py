@@ -1,0 +1,234 @@
+"""The decode scheduler: one thread that steps every running request together.
+
+Requests wait in a bounded queue (``QueueFull`` when it is full: the server answers 429) and up to
+``max_active`` of them run at once. Each lane (the base or one adapter) has a ``DecodePool``; a step runs every
+lane that has rows, each lane's rows in ONE backbone call, then every request advances its own search with its
+own generator and settings, and new final codes go through the request's ``SpeechStream`` (latent pass and
+vocoder windows) to its ``on_chunk``. Requests join and leave between steps.
+
+Beams are rows: a request with 3-beam sampling holds 3 rows per sentence, reordered inside its own block. A
+request's sentences are decoded in the same length-sorted groups as ``TTS.synthesize`` (one group in the pool at
+a time), so a seeded request gives the codes the Python API gives for the same model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tagtune.errors import UserError
+from tagtune.generation import GenerationConfig
+from tagtune.generation.batched import length_groups, pad_rows
+from tagtune.generation.decoder import prepare_prompt
+from tagtune.generation.pool import DecodePool
+from tagtune.generation.stepwise import new_search
+from tagtune.synthesis.reference import ReferenceCache
+from tagtune.synthesis.stream import SpeechStream
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT_SECONDS = 0.05  # how long the idle loop sleeps between looks at the queue
+TIMED_OUT = (504, "the request took longer than the server's time limit")
+
+
+class QueueFull(UserError):
+    """Too many requests are waiting."""
+
+
+class ShuttingDown(UserError):
+    """The server is stopping and takes no new requests."""
+
+
+@dataclass
+class SpeechJob:
+    """One request as the scheduler runs it. ``on_chunk(int16 array)`` and ``on_done(error or None)`` are
+    called from the scheduler thread; ``error`` is ``(http_status, message)``."""
+
+    lane: str
+    sentences: list[list[int]]
+    voice: object  # a path or file bytes, as ReferenceCache takes it
+    generation: GenerationConfig
+    generator: torch.Generator
+    on_chunk: Callable[[np.ndarray], None]
+    on_done: Callable[[tuple[int, str] | None], None]
+    deadline: float = float("inf")  # time.monotonic() after which the job is cancelled (504)
+    cancelled: tuple[int, str] | None = None  # set (from any thread) to stop the job with this error
+    steps: int = 0  # decode steps this job took part in
+    # running state
+    groups: list[list[int]] = field(default_factory=list)
+    speech: SpeechStream | None = None
+    conds: torch.Tensor | None = None
+    member: object = None
+    search: object = None
+    logits: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+
+
+class Scheduler:
+    """Runs SpeechJobs on a SharedBase from one background thread."""
+
+    def __init__(self, shared, *, max_active: int = 8, max_queue: int = 16, batch_size: int = 8):
+        self.shared, self.max_active, self.max_queue, self.batch_size = shared, max_active, max_queue, batch_size
+        self.references = ReferenceCache(shared.gpt, shared.vocoder, shared.mel)
+        self.pools = {name: DecodePool(lane) for name, lane in shared.lanes.items()}
+        self.waiting: deque[SpeechJob] = deque()
+        self.running: list[SpeechJob] = []
+        self.steps = 0  # decode steps run in total (one per lane per loop)
+        self.widest = 0  # the most rows one decode step has carried
+        self.accepting = True
+        self._wake = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------------------------ control
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="tagtune-scheduler", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: SpeechJob) -> None:
+        """Queue a job; raises QueueFull or ShuttingDown."""
+        with self._wake:
+            if not self.accepting:
+                raise ShuttingDown("the server is shutting down")
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self.waiting)} requests are already waiting; try again later")
+            self.waiting.append(job)
+            self._wake.notify()
+
+    def stop(self, grace: float) -> None:
+        """Take no new jobs, let running and queued ones finish for up to ``grace`` seconds, cancel the rest."""
+        with self._wake:
+            self.accepting = False
+        end = time.monotonic() + grace
+        while self.busy and time.monotonic() < end:
+            time.sleep(IDLE_WAIT_SECONDS)
+        with self._wake:
+            for job in [*self.waiting, *self.running]:
+                job.cancelled = (503, "the server shut down before this request finished")
+            self._stop = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # --------------------------------------------------------------------------------------- loop
+
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._wake:
+                if self._stop and not self.running:
+                    self._fail_all(self.waiting, (503, "the server shut down before this request ran"))
+                    return
+                if not self.running and not self.waiting:
+                    self._wake.wait(IDLE_WAIT_SECONDS)
+                    continue
+                admitted = []
+                while self.waiting and len(self.running) + len(admitted) < self.max_active:
+                    admitted.append(self.waiting.popleft())
+            try:
+                for job in admitted:
+                    self._admit(job)
+                self._drop_cancelled()
+                for name, pool in self.pools.items():
+                    if pool.members:
+                        self.shared.lanes[name].activate()
+                        self._step_lane(name, pool)
+            except Exception:  # a bug must not leave every client hanging
+                log.exception("the scheduler failed; cancelling its requests")
+                self._fail_all([*self.running], (500, "internal error while generating"))
+                self.running.clear()
+                self.pools = {name: DecodePool(lane) for name, lane in self.shared.lanes.items()}
+
+    def _admit(self, job: SpeechJob) -> None:
+        if job.cancelled or time.monotonic() > job.deadline:
+            job.on_done(job.cancelled or TIMED_OUT)
+            return
+        try:
+            ref = self.references.get(job.voice)
+        except UserError as e:
+            job.on_done((400, str(e)))
+            return
+        lane = self.shared.lanes[job.lane]
+        job.conds = ref.conds
+        job.groups = length_groups([len(s) for s in job.sentences], self.batch_size)
+        job.speech = SpeechStream(lane, self.shared.vocoder, ref.conds, ref.speaker, job.sentences,
+                                  job.generation.max_new_tokens)
+        self.running.append(job)
+        lane.activate()
+        self._join_group(job)
+
+    def _join_group(self, job: SpeechJob) -> None:
+        """Put the job's next sentence group into its lane's pool (prefill now, first code next step)."""
+        lane, cfg = self.shared.lanes[job.lane], job.generation
+        group = job.groups[0]
+        text = pad_rows([job.sentences[i] for i in group], lane.cfg.stop_text_token, job.conds.device)
+        prompt = prepare_prompt(lane, job.conds, text)
+        if cfg.num_beams > 1:
+            prompt = prompt.repeat_rows(cfg.num_beams)
+        job.member, job.logits = self.pools[job.lane].join(prompt, cfg.position_mode, cfg.max_new_tokens)
+        job.search = new_search(prompt.history, cfg, lane.cfg.stop_mel_token, len(group), job.generator)
+
+    def _step_lane(self, name: str, pool: DecodePool) -> None:
+        jobs = [j for j in self.running if j.lane == name and j.member is not None]
+        rejoin = []
+        for job in jobs:
+            tokens, rows = job.search.advance(job.logits)
+            job.steps += 1
+            group = job.groups[0]
+            for b, i in enumerate(group):
+                for chunk in job.speech.update(i, job.search.certain(b), job.search.finished(b)):
+                    job.on_chunk(chunk)
+            if job.search.done:
+                pool.leave(job.member)
+                job.member = None
+                job.groups.pop(0)
+                if job.groups:
+                    rejoin.append(job)
+                else:
+                    self.running.remove(job)
+                    job.on_done(None)
+            else:
+                if rows is not None:
+                    pool.reorder(job.member, rows)
+                job.tokens = tokens
+        if pool.members:
+            live = [j for j in jobs if j.member is not None]
+            logits = pool.step({id(j.member): j.tokens for j in live})
+            for job in live:
+                job.logits = logits[id(job.member)]
+            self.steps += 1
+            self.widest = max(self.widest, pool.rows)
+        for job in rejoin:
+            self._join_group(job)
+
+    def _drop_cancelled(self) -> None:
+        now = time.monotonic()
+        for job in list(self.running):
+            if job.cancelled or now > job.deadline:
+                if job.member is not None:
+                    self.pools[job.lane].leave(job.member)
+                self.running.remove(job)
+                job.on_done(job.cancelled or TIMED_OUT)
+
+    @staticmethod
+    def _fail_all(jobs, error: tuple[int, str]) -> None:
+        for job in list(jobs):
+            job.on_done(error)
+        if isinstance(jobs, deque):
+            jobs.clear()
