@@ -9,7 +9,7 @@ import yaml
 
 from conftest import official_param_count, read_key_list
 from tagtune.config import ModelConfig, v1_0, v1_5
-from tagtune.models.bigvgan import BigVGAN, WNConv1d, kaiser_sinc_filter
+from tagtune.models.bigvgan import Activation1d, BigVGAN, WNConv1d, kaiser_sinc_filter
 
 PARITY_ATOL = 1e-4  # fixture suggestion; we reach ~7e-7 (speaker) and ~9e-6 (wav)
 
@@ -129,3 +129,33 @@ def test_cached_speaker_and_batch_broadcast(vocoder, base_inputs):
     torch.testing.assert_close(pair[1], flipped[0], atol=5e-5, rtol=0)
     with pytest.raises(ValueError, match="mel_ref"):
         vocoder(latents)
+
+
+def _reference_activations(model):
+    """Make every Activation1d of ``model`` run the three official steps instead of the phase form."""
+    for module in model.modules():
+        if isinstance(module, Activation1d):
+            module.forward = module.reference_forward
+
+
+@pytest.mark.parametrize("channels, length", [(3, 1), (3, 2), (5, 7), (16, 257)])
+def test_phase_activation_equals_the_three_steps(channels, length):
+    torch.manual_seed(length)
+    act = Activation1d(channels)
+    with torch.no_grad():
+        act.act.alpha.normal_(0.0, 0.5)
+        act.act.beta.normal_(0.0, 0.5)
+        x = 2 * torch.randn(2, channels, length)
+        fast, steps = act(x), act.reference_forward(x)
+    assert fast.shape == steps.shape == (2, channels, length)
+    torch.testing.assert_close(fast, steps, atol=1e-5, rtol=0)
+    assert not torch.equal(fast, act.act(x))  # the anti-aliasing does something
+
+
+def test_vocoder_with_phase_activations_equals_official_steps(shipped_base, state_dict, base_inputs):
+    fast, steps = _folded(shipped_base, state_dict), _folded(shipped_base, state_dict)
+    _reference_activations(steps)
+    latents, mel = base_inputs["latents"], base_inputs["cond_mel"].transpose(1, 2)
+    with torch.no_grad():
+        spk = fast.speaker_embedding(mel)
+        torch.testing.assert_close(fast(latents, speaker=spk), steps(latents, speaker=spk), atol=1e-5, rtol=0)
