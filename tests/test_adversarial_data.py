@@ -464,7 +464,7 @@ def test_malicious_yaml_tag_map_is_refused(corpora, capsys, tmp_path):
                   "--tag-map", evil, "--no-progress"),
                  ("tags", "scan", "--data", corpora / "laughs.parquet", "--tag-map", evil)):
         code, _, err = _run(capsys, *argv)
-        line = _error_line(err, argv[0])
+        line = _error_line(err, "tags scan" if argv[0] == "tags" else argv[0])
         assert code == 2 and f"{evil}: not a valid tag map at line 1" in line
         assert not marker.exists() and not (tmp_path / "out").exists()
 

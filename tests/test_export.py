@@ -79,8 +79,8 @@ def test_merged_and_adapter_exports_agree(merged, trained_run, shipped_base, bas
 
     vocab = read_config(shipped_base).gpt.number_text_tokens  # the tags' ids follow it
     adapter = export(trained_run[0], tmp_path / "adapter", adapter_only=True)
-    assert {"adapter_config.json", "adapter_model.safetensors", "bpe.model", "tags.json",
-            "provenance.json"} <= {p.name for p in adapter.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "bpe.model", "tags.json", "provenance.json",
+            "README.md"} <= {p.name for p in adapter.iterdir()}
     tuned, _ = load_adapter_model(shipped_base, adapter)
     plain = load_gpt(merged)
     text = base_inputs["batch_text_ids"].clone()

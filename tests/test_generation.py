@@ -49,9 +49,10 @@ def flip_cache(settings: dict) -> dict:
 
 # ------------------------------------------------------------------------------------- official parity
 
+# the fixture's plain greedy runs were made with repetition penalty 1.0, its rep10 runs with 10.0
 GREEDY_RUNS = {
-    "codes_greedy_cache": dict(),
-    "codes_greedy_nocache": dict(use_cache=False, position_mode="train"),
+    "codes_greedy_cache": dict(repetition_penalty=1.0),
+    "codes_greedy_nocache": dict(repetition_penalty=1.0, use_cache=False, position_mode="train"),
     "codes_greedy_rep10": dict(repetition_penalty=10.0),
     "codes_greedy_rep10_nocache": dict(repetition_penalty=10.0, use_cache=False, position_mode="train"),
 }
@@ -72,7 +73,7 @@ def test_cache_only_changes_the_arithmetic(official, expected, name):
 
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_batch_with_shared_cond_matches_official(official, expected, use_cache):
-    codes, lengths = greedy(official, expected, "gen_batch_text_ids", use_cache=use_cache)
+    codes, lengths = greedy(official, expected, "gen_batch_text_ids", use_cache=use_cache, repetition_penalty=1.0)
     assert codes.tolist() == expected["codes_greedy_batch_cache"].tolist()
     assert lengths.tolist() == [28, 32]
     assert codes[0, :29].tolist() == expected["codes_greedy_cache"][0].tolist()
@@ -80,7 +81,7 @@ def test_batch_with_shared_cond_matches_official(official, expected, use_cache):
 
 def test_per_row_conds_equal_shared_conds(official, expected):
     ids = expected["gen_batch_text_ids"]
-    cfg = GenerationConfig.greedy(max_new_tokens=MAX_NEW)
+    cfg = GenerationConfig.greedy(max_new_tokens=MAX_NEW, repetition_penalty=1.0)
     conds = official.get_conditioning(expected["cond_mel"]).detach()
     shared, _ = generate_codes(official, ids, cfg, conds=conds)
     per_row, _ = generate_codes(official, ids, cfg, conds=conds.expand(2, -1, -1))
@@ -88,7 +89,7 @@ def test_per_row_conds_equal_shared_conds(official, expected):
 
 
 def test_max_new_tokens_cuts_without_stop(official, expected):
-    codes, lengths = greedy(official, expected, max_new_tokens=5)
+    codes, lengths = greedy(official, expected, max_new_tokens=5, repetition_penalty=1.0)
     assert codes.tolist() == [expected["codes_greedy_cache"][0, :5].tolist()]
     assert lengths.tolist() == [5]
 
@@ -160,6 +161,24 @@ def test_top_k_1_sampling_is_greedy(model, base_inputs):
     for rep in (1.0, 10.0):
         codes, _ = greedy(model, base_inputs, do_sample=True, top_k=1, top_p=1.0, repetition_penalty=rep)
         assert codes.tolist() == greedy(model, base_inputs, repetition_penalty=rep)[0].tolist()
+
+
+def test_greedy_keeps_the_official_repetition_penalty(model, base_inputs):
+    """``--greedy`` (jobs.generation_config) is the official do_sample=False, num_beams=1 call: penalty 10 kept."""
+    from tagtune.synthesis.jobs import generation_config
+
+    longest = model.cfg.max_mel_tokens + 2  # room for a run that never stops
+    cfg = generation_config(greedy=True, max_new_tokens=longest)
+    assert (cfg.do_sample, cfg.num_beams, cfg.repetition_penalty) == (False, 1, 10.0)
+    official = GenerationConfig(do_sample=False, num_beams=1, repetition_penalty=10.0, max_new_tokens=longest)
+    ids, mel = base_inputs["gen_text_ids"], base_inputs["cond_mel"]
+    codes, lengths = generate_codes(model, ids, cfg, cond_mel=mel)
+    want, want_lengths = generate_codes(model, ids, official, cond_mel=mel)
+    assert codes.tolist() == want.tolist() and lengths.tolist() == want_lengths.tolist()
+    plain = generation_config(greedy=True, repetition_penalty=1.0, max_new_tokens=longest)  # the old behaviour
+    assert plain.repetition_penalty == 1.0
+    unpenalised, _ = generate_codes(model, ids, plain, cond_mel=mel)
+    assert lengths.item() < longest and unpenalised.tolist() != codes.tolist()
 
 
 @pytest.mark.parametrize("beams", [1, 3])

@@ -42,7 +42,8 @@ def ref_path(fixture_dir):
 
 
 def greedy(**kw) -> GenerationConfig:
-    return GenerationConfig.greedy(**{"max_new_tokens": MAX_NEW, **kw})
+    """Argmax decoding as the fixture's greedy runs made it (repetition penalty 1.0)."""
+    return GenerationConfig.greedy(**{"max_new_tokens": MAX_NEW, "repetition_penalty": 1.0, **kw})
 
 
 def test_sentences_are_the_official_ids(official_tts, texts, expected):

@@ -134,7 +134,8 @@ def test_adapter_folder_round_trip(grown, base_inputs, shipped_base, vocab, new_
     meta = {"tag_names": TAGS, "new_token_ids": new_ids, "mode": "lora", "number_text_tokens": vocab + 2}
     lora.save_adapter(gpt, tmp_path / "adapter", meta, {"bpe.model": shipped_base / "bpe.model"})
     names = {p.name for p in (tmp_path / "adapter").iterdir()}
-    assert names == {"adapter_config.json", "adapter_model.safetensors", "tagtune_adapter.json", "bpe.model"}
+    assert names == {"adapter_config.json", "adapter_model.safetensors", "tagtune_adapter.json", "README.md",
+                     "bpe.model"}
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["trainable_token_indices"] == {"text_embedding": new_ids}
     reloaded, cfg = load_adapter_model(shipped_base, tmp_path / "adapter")

@@ -22,23 +22,32 @@ PACKAGE = Path(tagtune.__file__).parent
 README = PACKAGE.parents[1] / "README.md"
 # Modules allowed to import the training package: training itself and the entry points above every stage.
 TRAINING_IMPORTERS = ("train/", "cli.py", "demo.py", "__init__.py")
+ABOVE_FOUNDATIONS = ("tagtune.models", "tagtune.generation", "tagtune.checkpoint", "tagtune.lora", "tagtune.tags.rows",
+                     "tagtune.loaders", "tagtune.synthesis", "tagtune.evaluate", "tagtune.data", "tagtune.train",
+                     "tagtune.serve")
 # Lower layers never import these higher ones (module prefix -> forbidden prefixes).
 LAYERS = {
     "text": ("tagtune.models", "tagtune.checkpoint", "tagtune.lora", "tagtune.tags.rows", "tagtune.tags.neutral",
-             "tagtune.loaders", "tagtune.synthesis", "tagtune.evaluate", "tagtune.data", "tagtune.train"),
+             "tagtune.loaders", "tagtune.synthesis", "tagtune.evaluate", "tagtune.data", "tagtune.train",
+             "tagtune.serve"),
     "models": ("tagtune.checkpoint", "tagtune.lora", "tagtune.tags", "tagtune.loaders", "tagtune.synthesis",
-               "tagtune.evaluate", "tagtune.data", "tagtune.train", "tagtune.generation"),
+               "tagtune.evaluate", "tagtune.data", "tagtune.train", "tagtune.generation", "tagtune.serve"),
     "generation": ("tagtune.checkpoint", "tagtune.lora", "tagtune.tags", "tagtune.loaders", "tagtune.synthesis",
-                   "tagtune.evaluate", "tagtune.data", "tagtune.train"),
+                   "tagtune.evaluate", "tagtune.data", "tagtune.train", "tagtune.serve"),
     "checkpoint.py": ("tagtune.lora", "tagtune.tags", "tagtune.loaders", "tagtune.synthesis", "tagtune.evaluate",
-                      "tagtune.data", "tagtune.train"),
+                      "tagtune.data", "tagtune.train", "tagtune.serve"),
     "lora.py": ("tagtune.tags", "tagtune.loaders", "tagtune.synthesis", "tagtune.evaluate", "tagtune.data",
-                "tagtune.train"),
-    "tags": ("tagtune.loaders", "tagtune.synthesis", "tagtune.evaluate", "tagtune.data", "tagtune.train"),
-    "loaders.py": ("tagtune.synthesis", "tagtune.evaluate", "tagtune.data", "tagtune.train"),
-    "synthesis": ("tagtune.evaluate", "tagtune.data", "tagtune.train"),
-    "evaluate": ("tagtune.synthesis", "tagtune.train"),
-    "data": ("tagtune.synthesis", "tagtune.evaluate", "tagtune.train"),
+                "tagtune.train", "tagtune.serve"),
+    "tags": ("tagtune.loaders", "tagtune.synthesis", "tagtune.evaluate", "tagtune.data", "tagtune.train",
+             "tagtune.serve"),
+    "loaders.py": ("tagtune.synthesis", "tagtune.evaluate", "tagtune.data", "tagtune.train", "tagtune.serve"),
+    "synthesis": ("tagtune.evaluate", "tagtune.data", "tagtune.train", "tagtune.serve"),
+    "evaluate": ("tagtune.synthesis", "tagtune.train", "tagtune.serve"),
+    "data": ("tagtune.synthesis", "tagtune.evaluate", "tagtune.train", "tagtune.serve"),
+    "serve": ("tagtune.evaluate", "tagtune.data", "tagtune.train"),
+    # foundations
+    "audio_v2.py": ABOVE_FOUNDATIONS,
+    "devices.py": ABOVE_FOUNDATIONS,
 }
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
 from tagtune.text import normalize as norm_module
-from tagtune.text.normalize import TextNormalizer, correct_pinyin, use_chinese
+from tagtune.text.normalize import TextNormalizer, correct_pinyin, space_after_leading_punctuation, use_chinese
 
 # Rules that hold without wetext: (input, output) with backend="none".
 RULE_CASES = [
@@ -49,6 +50,39 @@ TAG_CASES = [
     ("克里斯托弗·诺兰<sighs>执导ju3", "克里斯托弗-诺兰<sighs>执导JV3"),
 ]
 
+# Quotes as the official code normalises them on Linux: WeTextProcessing 1.2.0 (pynini 2.1.7) with the official
+# settings, then the official punctuation map. The expected strings were read off that library's output.
+QUOTE_CASES = [
+    ('He said "no" to me.', "He said 'no' to me."),  # wetext alone gives He said \\'no\\' to me.
+    ('"no" he said.', "' no' he said."),  # a text that opens with punctuation: a space after the run
+    ('"no"', "' no'"),
+    ("She said 'single' ok", "She said 'single' ok"),
+    ("'single' at start", "' single' at start"),
+    ("She said ‘single curly’ ok", "She said 'single curly' ok"),
+    ("‘no’", "' no'"),
+    ("She said “curly” ok", "She said 'curly' ok"),
+    ("“curly” at start", "' curly' at start"),
+    ('Hi. "No" he said.', "Hi. 'No' he said."),
+    ('I said "no" and "yes".', "I said 'no' and 'yes'."),
+    ('("no")', "'' no''"),
+    ('"25" dollars', "' twenty five' dollars"),
+    ('He said "25".', "He said 'twenty five'."),
+    ('"$5" ok', "' five dollars' ok"),
+    ("(hello) there", "' hello' there"),
+    ("«no» way", "« no» way"),
+    ("[no] way", "'no' way"),  # "[" is not punctuation to that grammar
+    ('""', "''"),
+    ("Well \\ ok", "Well \\ ok"),  # wetext doubles the backslash
+    ("“不”", "'不'"),  # the Chinese grammar adds no space
+    ('他说"不"。', "他说'不'."),
+    ("他说「不」。", "他说'不'."),
+    ("他说：“我爱你”。", "他说,'我爱你'."),
+    ("他说‘不’。", "他说'不'."),
+    ('他说"no"好', "他说'no'好"),
+]
+# indextts2-tiny's texts, normalised by the official code's Linux branch (WeTextProcessing)
+V2_FIXTURE_TEXTS = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "indextts2-tiny"
+
 
 @pytest.fixture(scope="module")
 def plain():
@@ -80,6 +114,44 @@ def test_wetext_spells_out_numbers(wetext, text, want):
 @pytest.mark.parametrize("text, want", TAG_CASES)
 def test_tags_survive_normalisation(wetext, text, want):
     assert wetext.normalize(text) == want
+
+
+@pytest.mark.parametrize("text, want", QUOTE_CASES)
+def test_quotes_equal_the_official_linux_frontend(wetext, text, want):
+    assert wetext.normalize(text) == want
+
+
+@pytest.mark.parametrize("text, want", [case for case in QUOTE_CASES if case[0].isascii()])
+def test_quoted_text_ids_equal_the_official_ones(wetext, fixture_dir, text, want):
+    from tagtune.text import TextTokenizer
+
+    bpe = fixture_dir / "checkpoint" / "bpe.model"
+    official = TextTokenizer(bpe, normalizer=None).encode(want)  # the official tokenisation of its own text
+    ours = TextTokenizer(bpe, normalizer=wetext).encode(text)
+    assert ours == official
+    assert ("\\" in text) or 2 not in ours  # <unk> = 2 only where the text itself has no piece
+
+
+def test_v2_fixture_texts_normalise_as_the_official_linux_frontend(wetext):
+    path = V2_FIXTURE_TEXTS / "expected_text.json"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (the shared fixtures ship beside the repo)")
+    import json
+
+    for record in json.loads(path.read_text(encoding="utf-8"))["texts"]:
+        assert wetext.normalize(record["text"]) == record["normalized"]
+
+
+@pytest.mark.parametrize("text, want", [
+    ('"no" he said', '" no" he said'), ("  'a' b", "  ' a' b"), ("...well", "... well"), ('""', '""'),
+    ('" "', '" "'), ("no punctuation", "no punctuation"), ("[x] y", "[x] y"), ("&x", "&x"), ("\ue000 hi", "\ue000 hi"),
+])
+def test_space_after_leading_punctuation(text, want):
+    assert space_after_leading_punctuation(text) == want
+
+
+def test_without_wetext_quotes_get_only_the_punctuation_map(plain):
+    assert plain.normalize('"no" he said') == "'no' he said"
 
 
 def test_bracket_tags_are_shielded_with_their_delimiters(plain):

@@ -65,14 +65,31 @@ def test_run_dir_describes_itself(trained_run, tiny_data, shipped_base):
     assert (run_dir / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_metrics_reach_tensorboard_through_accelerate(trained_run):
+    pytest.importorskip("tensorboard", reason="TensorBoard is the tensorboard extra (in dev)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = trained_run
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))  # the run's "auto" tracker
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    for kind, key in (("train", "loss"), ("val", "loss_untagged"), ("train", "lr")):
+        logged = [(e.step, e.value) for e in events.Scalars(f"{kind}/{key}")]
+        written = [(r["step"], r[key]) for r in _records(run_dir) if r["kind"] == kind]
+        assert [s for s, _ in logged] == [s for s, _ in written] and len(logged) >= 2
+        assert [v for _, v in logged] == pytest.approx([v for _, v in written], rel=1e-6)  # float32 in events
+
+
 def test_only_adapters_and_tag_rows_are_saved(trained_run, shipped_base):
     from tagtune.checkpoint import read_config
+    from tagtune.lora import PEFT_PREFIX
 
     run_dir, result = trained_run
     keys, layers, vocab = set(_adapter(run_dir / "best")), read_config(shipped_base).gpt.layers, _vocab(shipped_base)
-    assert keys == {"text_embedding.token_adapter.trainable_tokens_delta", "text_head.weight", "text_head.bias"} | {
+    assert keys == {PEFT_PREFIX + k for k in {
+        "text_embedding.token_adapter.trainable_tokens_delta", "text_head.weight", "text_head.bias"} | {
         f"gpt.h.{i}.{m}.lora_{ab}.weight" for i in range(layers) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
-                                                                          "mlp.c_proj") for ab in "AB"}
+                                                                          "mlp.c_proj") for ab in "AB"}}
     meta = json.loads((run_dir / "best" / "tagtune_adapter.json").read_text())
     assert meta["step"] == result.best_step and meta["new_token_ids"] == [vocab, vocab + 1]
 

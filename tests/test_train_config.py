@@ -73,3 +73,62 @@ def test_recipe_file_errors_name_the_file(tmp_path):
         TrainConfig.from_yaml(bad)
     with pytest.raises(TrainConfigError, match="recipe not found"):
         TrainConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def _precision(recipe: str, env: dict, config_file: Path, device: str = "cpu") -> tuple[str, str]:
+    import torch
+
+    from tagtune.train.accel import run_precision
+
+    cfg = TrainConfig.from_dict({"runtime": {"precision": recipe}})
+    return run_precision(cfg, torch.device(device), env=env, config_file=config_file)
+
+
+def test_precision_comes_from_accelerate_unless_the_recipe_names_one(tmp_path):
+    none = tmp_path / "no-config.yaml"
+    config = tmp_path / "default_config.yaml"
+    config.write_text("compute_environment: LOCAL_MACHINE\nmixed_precision: bf16\nnum_processes: 1\n")
+    launched = {"ACCELERATE_MIXED_PRECISION": "bf16"}  # accelerate launch --mixed_precision bf16
+    assert _precision("auto", launched, none) == ("bf16", "ACCELERATE_MIXED_PRECISION")
+    assert _precision("auto", {"ACCELERATE_MIXED_PRECISION": "no"}, config) == ("fp32", "ACCELERATE_MIXED_PRECISION")
+    assert _precision("auto", {}, config) == ("bf16", str(config))  # a run started without the launcher
+    assert _precision("fp32", launched, config) == ("fp32", "runtime.precision")  # the recipe's choice wins
+    assert _precision("auto", {}, none) == ("fp32", "the default for cpu")
+
+
+@pytest.mark.parametrize("env, recipe, message", [
+    ({"ACCELERATE_MIXED_PRECISION": "fp16"}, "auto", "fp16 is for GPUs; .* \\(precision from ACCELERATE_MIXED_"),
+    ({"ACCELERATE_MIXED_PRECISION": "fp8"}, "auto", "accelerate's mixed precision 'fp8' .* is not one tagtune trains"),
+    ({}, "fp16", "fp16 is for GPUs; .* \\(precision from runtime.precision\\)"),
+])
+def test_a_precision_this_device_cannot_run_names_where_it_came_from(env, recipe, message, tmp_path):
+    with pytest.raises(TrainConfigError, match=message):
+        _precision(recipe, env, tmp_path / "none.yaml")
+
+
+def test_trackers_for_report_to(monkeypatch):
+    import accelerate.utils
+
+    from tagtune.train.accel import trackers
+
+    assert trackers("none") == []
+    monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: True)
+    assert trackers("auto") == ["tensorboard"] and trackers("tensorboard") == ["tensorboard"]
+    monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: False)
+    assert trackers("auto") == []  # without the extra, metrics stay in metrics.jsonl/csv
+    with pytest.raises(TrainConfigError, match="'tensorboard', but tensorboard is not installed"):
+        trackers("tensorboard")
+    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
+    with pytest.raises(TrainConfigError, match=r"pip install 'tagtune\[wandb\]'"):
+        trackers("wandb")
+    with pytest.raises(TrainConfigError, match="runtime.report_to must be one of"):
+        TrainConfig.from_dict({"runtime": {"report_to": "mlflow"}})
+
+
+def test_dotted_settings_apply_and_unknown_keys_are_named():
+    cfg = TrainConfig().with_settings({"optim.lr": 3e-4, "lora.layers": [0], "seed": 3, "runtime.report_to": "none"})
+    assert (cfg.optim.lr, cfg.lora.layers, cfg.seed, cfg.runtime.report_to) == (3e-4, [0], 3, "none")
+    with pytest.raises(TrainConfigError, match="unknown recipe key 'runtime.reportto'; known in runtime: device,"):
+        TrainConfig().with_settings({"runtime.reportto": "none"})
+    with pytest.raises(TrainConfigError, match="optim.lr is not a section"):
+        TrainConfig().with_settings({"optim.lr.x": 1})

@@ -70,6 +70,69 @@ def test_checkpoint_state_round_trip_and_latest_pointer(tmp_path):
     assert ckpt.progress == progress and torch.equal(ckpt.trainable["w"], p.detach())
     assert torch.equal(ckpt.optimizer["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
     assert json.loads((folder / "state.json").read_text())["scheduler"]["last_epoch"] == 0
-    assert torch.equal(ckpt.rng, torch.get_rng_state())
+    assert set(ckpt.rng) == {"cpu"} and torch.equal(ckpt.rng["cpu"], torch.get_rng_state())  # written on a CPU
     with pytest.raises(CheckpointError, match="rng-1.safetensors: missing .*same number of processes"):
         ts.read_checkpoint(folder, 1)
+
+
+def _draws(device="cpu") -> torch.Tensor:
+    """What dropout would draw next on ``device``."""
+    return torch.rand(8, device=device)
+
+
+def test_rng_states_round_trip_through_a_checkpoint_file(tmp_path):
+    torch.manual_seed(3)
+    ts.write_rng(tmp_path, 0, "cpu")
+    expected = _draws()
+    _draws()  # the run goes on, then is killed; the resumed run restores the saved state
+    from tagtune.checkpoint import read_state_dict
+
+    ts.set_rng_state(read_state_dict(tmp_path / "rng-0.safetensors"), "cpu")
+    assert torch.equal(_draws(), expected)
+
+
+class _FakeCudaGenerator:
+    """torch.cuda's RNG calls on a machine without a GPU: a state that set_rng_state puts back."""
+
+    def __init__(self):
+        self.state = torch.arange(16, dtype=torch.uint8)
+        self.set_calls: list[tuple[torch.Tensor, torch.device]] = []
+
+    def get_rng_state(self, device):
+        assert torch.device(device).type == "cuda"
+        return self.state.clone()
+
+    def set_rng_state(self, state, device):
+        self.set_calls.append((state.clone(), torch.device(device)))
+
+
+def test_cuda_rng_state_is_saved_and_restored_beside_the_cpu_one(tmp_path, monkeypatch, caplog):
+    fake = _FakeCudaGenerator()
+    monkeypatch.setattr(torch.cuda, "get_rng_state", fake.get_rng_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", fake.set_rng_state)
+    from tagtune.checkpoint import read_state_dict
+
+    ts.write_rng(tmp_path, 1, torch.device("cuda", 1))
+    saved = read_state_dict(tmp_path / "rng-1.safetensors")
+    assert set(saved) == {"cpu", "cuda"} and torch.equal(saved["cuda"], fake.state)
+    ts.set_rng_state(saved, torch.device("cuda", 1))
+    assert len(fake.set_calls) == 1 and torch.equal(fake.set_calls[0][0], fake.state)
+    assert fake.set_calls[0][1] == torch.device("cuda", 1)
+    with caplog.at_level(logging.WARNING):
+        ts.set_rng_state(saved, "cpu")  # a GPU checkpoint resumed without a GPU: not exact, and said so
+        assert "dropout differs" in caplog.text and len(fake.set_calls) == 1
+        caplog.clear()
+        ts.set_rng_state({"cpu": saved["cpu"]}, torch.device("cuda", 0))
+        assert "dropout differs" in caplog.text and len(fake.set_calls) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the generator dropout uses there)")
+def test_cuda_rng_round_trip_on_a_gpu(tmp_path):
+    from tagtune.checkpoint import read_state_dict
+
+    torch.cuda.manual_seed(5)
+    ts.write_rng(tmp_path, 0, "cuda")
+    expected = _draws("cuda")
+    _draws("cuda")
+    ts.set_rng_state(read_state_dict(tmp_path / "rng-0.safetensors"), "cuda")
+    assert torch.equal(_draws("cuda"), expected)

@@ -216,7 +216,7 @@ def test_helpers_reproduce_official_greedy_codes(official, expected, key, shifte
 @pytest.mark.parametrize("mode, shifted", [("official", True), ("train", False)])
 def test_helpers_reproduce_generate_codes(tiny, base_inputs, mode, shifted):
     conds, text = base_inputs["conds"], base_inputs["gen_text_ids"]
-    cfg = GenerationConfig.greedy(max_new_tokens=40, position_mode=mode)
+    cfg = GenerationConfig.greedy(max_new_tokens=40, position_mode=mode, repetition_penalty=1.0)  # plain argmax
     want, lengths = generate_codes(tiny, text, cfg, conds=conds)
     codes = _greedy(tiny, conds, text, 40, shifted)
     assert len(codes) == min(int(lengths[0]) + 1, 40)  # the real codes and the stop code, if it came

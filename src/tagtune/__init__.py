@@ -11,7 +11,9 @@ The few calls a notebook needs, in the order data flows:
     tagtune.evaluate("IndexTTS-1.5-tags", "data/elise", "report/", base_dir="IndexTTS-1.5")
 
 ``tagtune.load_model(folder, adapter=None)`` opens a model folder (and an adapter) as its parts: config,
-tokenizer, tag set, and the networks, each built on first use. Importing tagtune loads none of this: each
+tokenizer, tag set, and the networks, each built on first use. ``tagtune.grow_for_adapter(gpt, adapter_dir)``
+gives a base GPT (the official ``UnifiedVoice`` too) an exported adapter's tag rows, for stock
+``peft.PeftModel.from_pretrained``. Importing tagtune loads none of this: each
 name is imported when first used.
 """
 
@@ -27,6 +29,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from tagtune.loaders import LoadedModel, load_model
     from tagtune.synthesis import TTS, Synthesis
+    from tagtune.tags.rows import grow_for_adapter
 
 # public name -> module that defines it (imported on first use)
 _LAZY = {
@@ -35,10 +38,11 @@ _LAZY = {
     "TTS": "tagtune.synthesis",
     "Synthesis": "tagtune.synthesis",
     "UserError": "tagtune.errors",
+    "grow_for_adapter": "tagtune.tags.rows",
 }
 
-__all__ = ["TTS", "LoadedModel", "Synthesis", "UserError", "evaluate", "export", "load_model", "prepare", "train",
-           "__version__"]
+__all__ = ["TTS", "LoadedModel", "Synthesis", "UserError", "evaluate", "export", "grow_for_adapter", "load_model",
+           "prepare", "train", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from tagtune.folders import shipped_base, shipped_recipe
+from tagtune.folders import SAMPLE_INDEX_FILE, SAMPLE_INDEX_MD_FILE, shipped_base, shipped_recipe
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ SAMPLE_SENTENCES = (
     "Well <sighs> I suppose we have to start over.",
     "The weather is quite nice today, so we went for a walk.",
 )
+SLUG_WORDS = 6  # words of a sample's sentence in its file name
 
 
 @dataclass
@@ -40,10 +43,11 @@ class DemoSettings:
     seed: int = 0
     neutral_steps: int | None = None  # steps of the neutral tag-row fit; None = the recipe's
     recipe: str = "demo.yaml"
+    smoke: bool = False  # too small to judge: the report shows the numbers and judges no check
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoSettings:
-        return cls(clips=160, val_fraction=0.2, steps=20, free_prompts=6, seed=seed, neutral_steps=30)
+        return cls(clips=160, val_fraction=0.2, steps=20, free_prompts=6, seed=seed, neutral_steps=30, smoke=True)
 
 
 def _stage(name: str, timings: dict):
@@ -59,10 +63,15 @@ def _stage(name: str, timings: dict):
     return _Timer()
 
 
-def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir: str | Path | None = None) -> dict:
-    """Run every stage into ``out_dir``; returns the summary (also written as ``summary.json``)."""
+def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir: str | Path | None = None,
+             progress: bool = True) -> dict:
+    """Run every stage into ``out_dir``; returns the summary (also written as ``summary.json``).
+
+    ``progress`` shows the stages' bars with ETA (prepare, train, synthesise, evaluate) on stderr when it is
+    a terminal."""
     from tagtune.data.for_model import prepare_for_model
     from tagtune.evaluate import evaluate
+    from tagtune.evaluate.report import attach_samples
     from tagtune.export import export
     from tagtune.synthetic import generate_corpus
     from tagtune.train import train
@@ -74,43 +83,83 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir
     t: dict[str, float] = {}
     with _stage("corpus", t):
         generate_corpus(out / "corpus", n_clips=s.clips, seed=s.seed, tags=DEMO_TAGS,
-                        untagged_fraction=s.untagged_fraction)
+                        untagged_fraction=s.untagged_fraction, progress=progress)
     with _stage("prepare", t):
-        manifest = prepare_for_model(base, str(out / "corpus"), out / "data", tags="auto", progress=False,
+        manifest = prepare_for_model(base, str(out / "corpus"), out / "data", tags="auto", progress=progress,
                                      seed=s.seed, overwrite=True, val_fraction=s.val_fraction)
     with _stage("train", t):
         cfg = TrainConfig.from_yaml(shipped_recipe(s.recipe)).with_overrides(max_steps=s.steps, seed=s.seed,
                                                                                 neutral_steps=s.neutral_steps)
+        cfg.runtime.progress_bar = progress
         run = train(out / "data", out / "run", cfg, resume=(out / "run").exists())
     with _stage("export", t):
         export(out / "run", out / "model")
     with _stage("synthesise", t):
-        samples = synthesise_samples(out / "model", base, out / "corpus", out / "samples", s.seed)
+        samples = synthesise_samples(out / "model", base, out / "corpus", out / "samples", s.seed, progress)
     with _stage("evaluate", t):
         # the base's untrained tag rows are made exactly as training made the tuned model's first ones
         report = evaluate(out / "model", out / "data", out / "report", base_dir=base, n_free=s.free_prompts,
-                          seed=s.seed, tag_init=cfg.lora.tag_init, tag_seed=cfg.seed)
+                          seed=s.seed, tag_init=cfg.lora.tag_init, tag_seed=cfg.seed, smoke=s.smoke,
+                          progress=progress)
+        attach_samples(report, out / "report", samples, out / "samples")
     summary = {"seed": s.seed, "settings": s.__dict__, "timings_s": t, "total_s": round(sum(t.values()), 1),
                "data": manifest["counts"] if manifest else None, "train": _run_summary(run),
                "train_config": {"tag_init": cfg.lora.tag_init, "max_steps": cfg.schedule.max_steps},
-               "samples": samples, "report": report, "acceptance": report["acceptance"]}
+               "samples": [str(out / "samples" / e["file"]) for e in samples], "report": report,
+               "acceptance": report["acceptance"]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
-def synthesise_samples(model_dir: Path, base_dir: Path, corpus: Path, out: Path, seed: int) -> list[str]:
-    """A few tagged sentences, tuned and base, in the voice of a corpus clip."""
+def sample_name(number: int, model: str, text: str) -> str:
+    """``03-tuned-seriously-giggles-thats-the-cutest.wav``: number, model, the sentence's first words."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    words = re.findall(r"[a-z0-9]+", re.sub(r"['’]", "", ascii_text))
+    return f"{number:02d}-{model}-{'-'.join(words[:SLUG_WORDS]) or 'sample'}.wav"
+
+
+def synthesise_samples(model_dir: Path, base_dir: Path, corpus: Path, out: Path, seed: int,
+                       progress: bool = False) -> list[dict]:
+    """A few tagged sentences, tuned and base, in the voice of a corpus clip; returns the sample index.
+
+    Files are named by sentence (``sample_name``); ``index.json`` and ``index.md`` in ``out`` list each file
+    with its model, voice, text and seed.
+    """
+    from tqdm.auto import tqdm
+
     from tagtune.audio import write_wav
     from tagtune.synthesis.tts import TTS
 
     ref = sorted((corpus / "wavs").glob("*.wav"))[0]
-    written = []
-    for name, folder, unknown in (("tuned", model_dir, "error"), ("base", base_dir, "drop")):
+    index = []
+    bar = tqdm(total=2 * len(SAMPLE_SENTENCES), desc="demo: samples", unit="sample", dynamic_ncols=True,
+               disable=None if progress else True)
+    for model, folder, unknown in (("tuned", model_dir, "error"), ("base", base_dir, "drop")):
         tts = TTS.load(folder, unknown_tags=unknown)
         for i, text in enumerate(SAMPLE_SENTENCES):
             res = tts.synthesize(text, ref, seed=seed + i)
-            written.append(str(write_wav(out / f"{name}-{i}.wav", res.audio, res.sample_rate)))
-    return written
+            bar.update(1)
+            name = sample_name(i + 1, model, text)
+            write_wav(out / name, res.audio, res.sample_rate)
+            index.append({"file": name, "model": model, "voice": ref.relative_to(corpus.parent).as_posix(),
+                          "text": text, "seed": seed + i})
+    bar.close()
+    index.sort(key=lambda e: e["file"])  # a sentence's tuned and base files side by side
+    write_sample_index(out, index)
+    return index
+
+
+def write_sample_index(out: Path, index: list[dict]) -> None:
+    """``index.json`` and ``index.md`` (a table linking each file) in the samples folder ``out``."""
+    from tagtune.atomic import atomic_write_text
+    from tagtune.evaluate.report_md import Markdown
+
+    w = Markdown()
+    rows = [[w.link(e["file"], e["file"]), e["model"], w.code(e["voice"]), w.text(e["text"]), str(e["seed"])]
+            for e in index]
+    atomic_write_text(out / SAMPLE_INDEX_FILE, json.dumps(index, indent=1, ensure_ascii=False))
+    atomic_write_text(out / SAMPLE_INDEX_MD_FILE, "\n".join(
+        w.heading("Samples", 1) + w.table(["file", "model", "voice", "text", "seed"], rows)))
 
 
 def _run_summary(run) -> dict:
@@ -119,14 +168,25 @@ def _run_summary(run) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    """The table printed at the end of the demo."""
+    """The table printed at the end of the demo; a smoke run says so first and last."""
+    acc = summary["acceptance"]
+    smoke = not acc.get("judged", True)
     lines = [f"tagtune demo (seed {summary['seed']}) in {summary['total_s']:.0f} s: "
              + ", ".join(f"{k} {v:.0f} s" for k, v in summary["timings_s"].items()), ""]
-    lines.append(f"{'acceptance check':<44} {'value':>8}  ok")
-    for c in summary["acceptance"]["checks"]:
-        v, ok = c["value"], c["passed"]
-        shown = "-" if v is None else f"{v:.3f}"
-        lines.append(f"{c['name']:<44} {shown:>8}  {'-' if ok is None else 'yes' if ok else 'NO'}")
+    if smoke:
+        lines += ["SMOKE RUN (--quick): every stage ran, at a size too small to judge the tags; the checks below "
+                  "are not judged.", ""]
+    lines.append(f"{'acceptance check':<44} {'value':>8}  result")
+    for c in acc["checks"]:
+        shown = "-" if c["value"] is None else f"{c['value']:.3f}"
+        lines.append(f"{c['name']:<44} {shown:>8}  {c['verdict']}")
     lines.append("")
-    lines.append(f"samples: {len(summary['samples'])} wav files; report: report/report.md")
+    lines.append(f"samples: {len(summary['samples'])} wav files, listed in samples/{SAMPLE_INDEX_MD_FILE}; "
+                 "report: report/report.md")
+    if smoke:
+        lines.append("smoke run finished: the pipeline works end to end; run without --quick to judge the tags")
+    else:
+        failed = sum(c["verdict"] == "fail" for c in acc["checks"])
+        lines.append(f"acceptance: {acc['verdict']}" + (f" ({failed} of {len(acc['checks'])} checks failed)"
+                                                        if failed else ""))
     return "\n".join(lines)

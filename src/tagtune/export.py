@@ -6,8 +6,10 @@ the official key set in fp32 or fp16, the extended ``bpe.model``, ``tags.json``,
 before training, which ``tagtune eval`` grows the base with). The official strict loader accepts it
 and so does ``tagtune.load_model``.
 
-Adapter (``adapter_only=True``): the run's PEFT folder (adapter_config.json + adapter_model.safetensors,
-tokenizer, tags) plus provenance; ``tagtune.load_model(base_dir, adapter=adapter_dir)`` applies it.
+Adapter (``adapter_only=True``): the run's adapter in PEFT's own format (adapter_config.json with the base
+recorded, adapter_model.safetensors with PEFT's key prefix, a model card README.md), its tokenizer and tags,
+plus provenance. ``tagtune.load_model(base_dir, adapter=adapter_dir)`` applies it; so does stock
+``peft.PeftModel.from_pretrained`` on a base grown by ``tagtune.grow_for_adapter``.
 
 Everything is checked before anything is written. The folder is built beside ``out_dir`` and renamed into
 place whole (``atomic.publish_folder``): a kill leaves the previous folder, or none, never a partial one that
@@ -39,6 +41,10 @@ from tagtune.checkpoint import (
 )
 from tagtune.errors import UserError
 from tagtune.folders import (
+    ADAPTER_CARD_FILE,
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_META_FILE,
+    ADAPTER_WEIGHTS_FILE,
     BEST_DIR,
     FULL_WEIGHTS_FILE,
     GPT_FILE,
@@ -74,8 +80,7 @@ def export(run_dir: str | Path, out_dir: str | Path, adapter_only: bool = False,
     provenance = _provenance(info, run_dir, weights, dtype, adapter_only)
     with publish_folder(out_dir) as staging:
         if adapter_only:
-            for item in weights.iterdir():
-                _copy(item, staging / item.name)
+            _export_adapter(info, weights, staging)
         else:
             _export_merged(info, base_dir, weights, staging, DTYPES[dtype])
         atomic_write_text(staging / PROVENANCE_FILE, json.dumps(provenance, indent=1, ensure_ascii=False))
@@ -122,6 +127,18 @@ def _is_export(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(provenance, dict) and provenance.get("format") in FORMATS.values()
+
+
+ADAPTER_FILES = (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, ADAPTER_META_FILE, ADAPTER_CARD_FILE)  # rewritten
+
+
+def _export_adapter(info: dict, weights: Path, out_dir: Path) -> None:
+    """The run's adapter in PEFT's format (older runs' unprefixed keys included) with its base recorded,
+    a model card, and the rest of the weights folder (tokenizer, tags, start rows) as it is."""
+    for item in weights.iterdir():
+        if item.name not in ADAPTER_FILES:
+            _copy(item, out_dir / item.name)
+    lora.rewrite_adapter(weights, out_dir, base_model=info["base"]["dir"])
 
 
 def _copy(src: Path, dst: Path) -> None:

@@ -9,10 +9,16 @@ What trains in ``lora`` mode (everything else is frozen and stays bit-identical)
   so the head is a ``modules_to_save`` copy whose old rows get a zero gradient (and no weight decay, which
   would otherwise move every row).
 * Optionally the conditioning encoder and perceiver, also as ``modules_to_save`` copies.
+
+An adapter folder is what ``PeftModel.save_pretrained`` would write (keys under ``base_model.model.``,
+``base_model_name_or_path`` set) plus tagtune's own ``tagtune_adapter.json`` and a model card; folders
+written before the prefix existed still load. ``grow_for_adapter`` gives a plain base (the official
+``UnifiedVoice`` too) the adapter's text rows, so that stock ``PeftModel.from_pretrained`` loads it.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +33,7 @@ from transformers.pytorch_utils import Conv1D
 from tagtune.atomic import atomic_write_bytes, atomic_write_text
 from tagtune.checkpoint import CheckpointError, read_state_dict, save_safetensors
 from tagtune.errors import UserError
-from tagtune.folders import ADAPTER_CONFIG_FILE, ADAPTER_META_FILE, ADAPTER_WEIGHTS_FILE
+from tagtune.folders import ADAPTER_CARD_FILE, ADAPTER_CONFIG_FILE, ADAPTER_META_FILE, ADAPTER_WEIGHTS_FILE
 
 DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 MODES = ("lora", "full")
@@ -37,6 +43,7 @@ CONDITIONING_MODULES = ("conditioning_encoder", "perceiver_encoder")
 WRAPPER_PARTS = ("base_layer", "token_adapter", "original_module")
 SAVED_COPY = "modules_to_save." + ADAPTER
 ADAPTER_MARKERS = ("lora_", "trainable_tokens_", "lora_magnitude_vector")
+PEFT_PREFIX = "base_model.model."  # where PeftModel keeps the wrapped model: its saved keys start with it
 
 
 class LoraError(UserError, ValueError):
@@ -189,22 +196,122 @@ def merge(gpt: nn.Module) -> dict[str, torch.Tensor]:
 # -------------------------------------------------------------------------------------- adapter files
 
 
-def save_adapter(gpt: nn.Module, out_dir: str | Path, meta: dict, files: dict[str, Path] | None = None) -> Path:
-    """Write a PEFT-format adapter folder (adapter_config.json + adapter_model.safetensors).
+def peft_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with every key under PEFT_PREFIX, as ``PeftModel.save_pretrained`` writes them."""
+    return {k if k.startswith(PEFT_PREFIX) else PEFT_PREFIX + k: v for k, v in state.items()}
 
-    ``meta`` (base fingerprint, tag ids, text rows ...) goes to ``tagtune_adapter.json``; ``files``
-    (name -> source path, e.g. the extended ``bpe.model`` and ``tags.json``) are copied beside it.
+
+def module_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with PEFT_PREFIX removed: keys relative to the model itself (older tagtune folders have no prefix)."""
+    return {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
+
+
+def save_adapter(gpt: nn.Module, out_dir: str | Path, meta: dict, files: dict[str, Path] | None = None,
+                 base_model: str | None = None) -> Path:
+    """Write ``gpt``'s adapter as a PEFT folder that stock ``PeftModel.from_pretrained`` loads.
+
+    ``meta`` (tag names and ids, text rows, base fingerprint ...) goes to ``tagtune_adapter.json``;
+    ``base_model`` (the base folder or name) to ``base_model_name_or_path``; ``files`` (name -> source path,
+    e.g. the extended ``bpe.model`` and ``tags.json``) are copied beside them.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config = gpt.peft_config[ADAPTER]
-    atomic_write_text(out / ADAPTER_CONFIG_FILE, json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list))
     state = get_peft_model_state_dict(gpt, adapter_name=ADAPTER)
-    save_safetensors(out / ADAPTER_WEIGHTS_FILE, state, metadata={"format": "pt"})
-    atomic_write_text(out / ADAPTER_META_FILE, json.dumps(meta, indent=2, sort_keys=True))
+    out = write_adapter(out_dir, gpt.peft_config[ADAPTER], state, meta, base_model)
     for name, src in (files or {}).items():
         atomic_write_bytes(out / name, Path(src).read_bytes())
     return out
+
+
+def write_adapter(out_dir: str | Path, config: LoraConfig, state: dict[str, torch.Tensor], meta: dict,
+                  base_model: str | None = None) -> Path:
+    """adapter_config.json, adapter_model.safetensors (PEFT's key prefix), tagtune_adapter.json and the card."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = copy.deepcopy(config)
+    config.base_model_name_or_path = base_model
+    # None on purpose: PeftModel.from_pretrained then builds the plain PeftModel, whose forward hands every
+    # argument to UnifiedVoice. A task type picks an HF-model wrapper: CAUSAL_LM needs
+    # prepare_inputs_for_generation, FEATURE_EXTRACTION renames the arguments to input_ids/attention_mask.
+    config.task_type = None
+    config.inference_mode = True
+    atomic_write_text(out / ADAPTER_CONFIG_FILE, json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list))
+    save_safetensors(out / ADAPTER_WEIGHTS_FILE, peft_keys(state), metadata={"format": "pt"})
+    atomic_write_text(out / ADAPTER_META_FILE, json.dumps(meta, indent=2, sort_keys=True))
+    atomic_write_text(out / ADAPTER_CARD_FILE, adapter_card(config, meta))
+    return out
+
+
+def rewrite_adapter(src_dir: str | Path, out_dir: str | Path, base_model: str | None = None) -> Path:
+    """Write the adapter of ``src_dir`` (this format or the older one without the key prefix) to ``out_dir``
+    in PEFT's format, with ``base_model`` recorded; other files of ``src_dir`` are not copied."""
+    src_dir = Path(src_dir)
+    meta_path = src_dir / ADAPTER_META_FILE
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    state = read_state_dict(src_dir / ADAPTER_WEIGHTS_FILE)
+    return write_adapter(out_dir, read_adapter_config(src_dir), state, meta, base_model)
+
+
+def adapter_card(config: LoraConfig, meta: dict) -> str:
+    """The adapter folder's README.md: what it was trained on, its tags, and how to load it."""
+    tags = meta.get("tag_names") or []
+    ids = meta.get("new_token_ids") or []
+    rows = "\n".join(f"| `{tag}` | {i} |" for tag, i in zip(tags, ids))
+    base = config.base_model_name_or_path or "(not recorded)"
+    return ADAPTER_CARD.format(base=base, rank=config.r, alpha=config.lora_alpha, rows=rows or "| - | - |",
+                               example_tag=tags[0] if tags else "<laughs>",
+                               number_text_tokens=meta.get("number_text_tokens", "?"),
+                               targets=", ".join(sorted(config.target_modules or ())))
+
+
+ADAPTER_CARD = """---
+library_name: peft
+base_model: {base}
+tags:
+- indextts
+- lora
+- tagtune
+---
+
+# IndexTTS LoRA adapter with expressive tags
+
+LoRA for the IndexTTS 1.x GPT (`UnifiedVoice`), written by tagtune in PEFT's format.
+
+- Base model: `{base}`
+- LoRA: rank {rank}, alpha {alpha}, on {targets}; the new rows of `text_embedding` (trainable tokens) and
+  `text_head` (weight and bias, a saved copy of the whole head)
+- Text rows: `number_text_tokens` = {number_text_tokens} (tag rows inserted before the spare last row)
+- `task_type` is null on purpose: stock PEFT then wraps the model in the plain `PeftModel`, which passes
+  every argument to `UnifiedVoice.forward`.
+
+| tag | token id |
+|---|---|
+{rows}
+
+The tokenizer that knows the tags is `bpe.model` in this folder (`tags.json` lists them).
+
+## Load with tagtune
+
+```
+tagtune synth --model {base} --adapter path/to/this/folder \\
+    --ref voice.wav --text "Well {example_tag} fine." --out out.wav
+```
+
+or `tagtune.load_model("{base}", adapter="path/to/this/folder")` in Python.
+
+## Load with stock PEFT
+
+The base GPT has fewer text rows than the adapter: grow it first (the official `UnifiedVoice` with its
+`gpt.pth` loaded works too), then load and merge:
+
+```python
+import tagtune
+from peft import PeftModel
+
+adapter = "path/to/this/folder"
+gpt = tagtune.load_model("{base}").gpt
+tagtune.grow_for_adapter(gpt, adapter)
+gpt = PeftModel.from_pretrained(gpt, adapter).merge_and_unload()
+```
+"""
 
 
 def read_adapter_config(adapter_dir: str | Path) -> LoraConfig:
@@ -220,7 +327,7 @@ def load_adapter(gpt: nn.Module, adapter_dir: str | Path) -> nn.Module:
     adapter_dir = Path(adapter_dir)
     config = read_adapter_config(adapter_dir)
     inject_adapter_in_model(config, gpt, adapter_name=ADAPTER)
-    state = read_state_dict(adapter_dir / ADAPTER_WEIGHTS_FILE)
+    state = module_keys(read_state_dict(adapter_dir / ADAPTER_WEIGHTS_FILE))
     result = set_peft_model_state_dict(gpt, state, adapter_name=ADAPTER)
     if result.unexpected_keys:
         raise CheckpointError(f"{adapter_dir / ADAPTER_WEIGHTS_FILE}: unexpected keys {result.unexpected_keys[:5]}")

@@ -9,6 +9,7 @@ place in the text) scaled to the generated length, within HIT_TOLERANCE_S or a q
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -76,8 +77,10 @@ def make_prompts(tagged: list[dict], untagged: list[dict], tag_ids: set[int], sp
 
 @torch.no_grad()
 def generate(model, prompts: list[Prompt], items: list[dict], settings: FreeRunSettings,
-             seed: int) -> list[torch.Tensor]:
-    """Sampled codes (without the stop code) for every prompt; batch b draws from seed + b."""
+             seed: int, on_batch: Callable[[int], object] | None = None) -> list[torch.Tensor]:
+    """Sampled codes (without the stop code) for every prompt; batch b draws from seed + b.
+
+    ``on_batch(n)`` is told after each batch how many prompts it finished (a progress bar's ``update``)."""
     from tagtune.generation import generate_codes
 
     conds = speaker_latents(model.gpt, [it["cond_mel"] for it in items])
@@ -93,6 +96,8 @@ def generate(model, prompts: list[Prompt], items: list[dict], settings: FreeRunS
         g = torch.Generator(device=device).manual_seed(seed + b)
         codes, lengths = generate_codes(model.gpt, text.to(device), cfg, conds=rows, generator=g)
         out += [codes[k, : int(n)].cpu() for k, n in enumerate(lengths)]
+        if on_batch is not None:
+            on_batch(len(part))
     return out
 
 

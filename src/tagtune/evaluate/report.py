@@ -1,9 +1,14 @@
-"""The evaluation report: report.json (per tag and overall numbers, acceptance checks), report.md, PNG plots."""
+"""The evaluation report: report.json (per tag and overall numbers, acceptance checks), report.md, PNG plots.
+
+A smoke run (``meta["smoke"]``, the demo's quick variant) is too small to judge: its checks keep their values
+but get the verdict ``NOT_JUDGED``, and its acceptance never reads as passed.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from tagtune.atomic import atomic_write_bytes, atomic_write_text
@@ -12,6 +17,8 @@ log = logging.getLogger(__name__)
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 PLOTS = ("reliance.png", "free_running.png", "confusion.png")
+# what a check says
+PASS, FAIL, NOT_MEASURED, NOT_JUDGED = "pass", "fail", "not measured", "not judged at smoke size"
 # acceptance thresholds of the tag-learning demo
 MIN_RELIANCE_GAP = 1.0  # nats per event, tuned
 MAX_BASE_GAP = 0.3  # |nats per event| for the base, whose tag rows are untrained
@@ -67,38 +74,47 @@ def _overall(s: dict) -> dict:
     }
 
 
-def _check(name: str, value, ok) -> dict:
-    return {"name": name, "value": value, "passed": None if value is None else bool(ok(value))}
+def _check(name: str, value, ok, tag: str | None = None, smoke: bool = False) -> dict:
+    passed = None if value is None or smoke else bool(ok(value))
+    verdict = NOT_MEASURED if value is None else NOT_JUDGED if smoke else PASS if passed else FAIL
+    return {"name": name, "tag": tag, "value": value, "passed": passed, "verdict": verdict}
 
 
-def acceptance(tags: dict, overall: dict) -> dict:
-    """The demo's acceptance criteria, each with its value (None = not measurable here)."""
+def acceptance(tags: dict, overall: dict, smoke: bool = False) -> dict:
+    """The demo's acceptance criteria, each with its value and verdict.
+
+    ``passed`` is None for a check not measured here and for every check of a ``smoke`` run; the whole
+    acceptance passes only when it was judged and every measured check passed.
+    """
     checks = []
     for tag, e in tags.items():
         checks.append(_check(f"{tag} reliance_gap tuned >= {MIN_RELIANCE_GAP}", e["reliance_gap"]["tuned"],
-                             lambda v: v >= MIN_RELIANCE_GAP))
+                             lambda v: v >= MIN_RELIANCE_GAP, tag, smoke))
         checks.append(_check(f"{tag} |reliance_gap| base <= {MAX_BASE_GAP}", e["reliance_gap"]["base"],
-                             lambda v: abs(v) <= MAX_BASE_GAP))
+                             lambda v: abs(v) <= MAX_BASE_GAP, tag, smoke))
         checks.append(_check(f"{tag} clip_win_rate >= {MIN_CLIP_WIN_RATE}", e["clip_win_rate"],
-                             lambda v: v >= MIN_CLIP_WIN_RATE))
-        checks.append(_check(f"{tag} hit_rate >= {MIN_TAG_HIT_RATE}", e["hit_rate"], lambda v: v >= MIN_TAG_HIT_RATE))
+                             lambda v: v >= MIN_CLIP_WIN_RATE, tag, smoke))
+        checks.append(_check(f"{tag} hit_rate >= {MIN_TAG_HIT_RATE}", e["hit_rate"], lambda v: v >= MIN_TAG_HIT_RATE,
+                             tag, smoke))
     checks.append(_check(f"untagged_nll_ratio <= {MAX_UNTAGGED_NLL_RATIO}", overall["untagged_nll_ratio"],
-                         lambda v: v <= MAX_UNTAGGED_NLL_RATIO))
+                         lambda v: v <= MAX_UNTAGGED_NLL_RATIO, smoke=smoke))
     checks.append(_check(f"mean hit_rate >= {MIN_MEAN_HIT_RATE}", overall["mean_hit_rate"],
-                         lambda v: v >= MIN_MEAN_HIT_RATE))
+                         lambda v: v >= MIN_MEAN_HIT_RATE, smoke=smoke))
     checks.append(_check(f"false_event_rate <= {MAX_FALSE_EVENT_RATE}", overall["false_event_rate"],
-                         lambda v: v <= MAX_FALSE_EVENT_RATE))
-    measured = [c for c in checks if c["passed"] is not None]
-    return {"checks": checks, "passed": bool(measured) and all(c["passed"] for c in measured),
-            "not_measured": [c["name"] for c in checks if c["passed"] is None]}
+                         lambda v: v <= MAX_FALSE_EVENT_RATE, smoke=smoke))
+    judged = [c for c in checks if c["passed"] is not None]
+    passed = bool(judged) and all(c["passed"] for c in judged)
+    return {"checks": checks, "judged": not smoke, "passed": passed,
+            "verdict": "not judged (smoke run)" if smoke else "passed" if passed else "not passed",
+            "not_measured": [c["name"] for c in checks if c["value"] is None]}
 
 
 def build_report(meta: dict, sections: dict) -> dict:
     """report.json's content from the evaluation sections (reliance, untagged, forgetting, detector, free)."""
     tags = {tag: _tag_entry(tag, sections) for tag in meta["tags"]}
     overall = _overall(sections)
-    return {"meta": meta, "tags": tags, "overall": overall, "acceptance": acceptance(tags, overall),
-            "details": sections}
+    return {"meta": meta, "tags": tags, "overall": overall,
+            "acceptance": acceptance(tags, overall, smoke=bool(meta.get("smoke"))), "details": sections}
 
 
 def _have_matplotlib() -> bool:
@@ -111,14 +127,35 @@ def _have_matplotlib() -> bool:
 
 
 def write_report(report: dict, out_dir: Path, plots: bool = True) -> None:
-    """Write report.json, report.md and (with ``plots``) the PNG figures."""
-    from tagtune.evaluate.report_md import render_markdown
-
+    """Write the PNG figures (with ``plots``), then report.json and report.md, which link the figures written."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / REPORT_JSON, json.dumps(report, indent=1, ensure_ascii=False, default=float))
-    atomic_write_text(out_dir / REPORT_MD, render_markdown(report))
+    report["figures"] = []
     if plots and _have_matplotlib():
+        from tagtune.evaluate.judges.report import judges_plots
         from tagtune.evaluate.plots import render_plots
 
-        for name, png in render_plots(report).items():
+        for name, png in {**render_plots(report), **judges_plots(report)}.items():
             atomic_write_bytes(out_dir / name, png)
+            report["figures"].append(name)
+    _write_texts(report, out_dir)
+
+
+def attach_samples(report: dict, out_dir: Path, samples: list[dict], samples_dir: Path) -> None:
+    """Add the sample list (entries of a sample index, files in ``samples_dir``) to a written report.
+
+    Each entry gains ``link``, the file's path relative to ``out_dir``; report.json and report.md are rewritten.
+    """
+    out_dir = Path(out_dir)
+    rel = Path(os.path.relpath(Path(samples_dir).resolve(), out_dir.resolve()))
+    report["samples"] = [{**s, "link": (rel / s["file"]).as_posix()} for s in samples]
+    _write_texts(report, out_dir)
+
+
+def _write_texts(report: dict, out_dir: Path) -> None:
+    from tagtune.evaluate.report_md import render_markdown
+
+    atomic_write_text(out_dir / REPORT_JSON, json.dumps(report, indent=1, ensure_ascii=False, default=float))
+    from tagtune.evaluate.judges.report import judges_markdown
+
+    atomic_write_text(out_dir / REPORT_MD, render_markdown(report) + judges_markdown(report))

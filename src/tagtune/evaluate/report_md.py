@@ -1,83 +1,223 @@
-"""report.md: the evaluation report as tables a person reads."""
+"""The report as text a person reads: report.md for files, plain text for the terminal.
+
+Both come from one list of section renderers, ``SECTIONS``. A renderer is ``section(report, w) -> list[str]``:
+it reads the report dict and writes its lines through ``w``, a :class:`Markdown` or :class:`PlainText`
+writer (headings, paragraphs, bullets, tables, links, inline code), so it never writes markup itself. A new
+section is one more such function, placed in ``SECTIONS`` where it should appear; a renderer returns ``[]``
+when the report has nothing for it.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from urllib.parse import quote
 
-def _fmt(v, pct: bool = False, digits: int = 2) -> str:
+TAG_RE = re.compile(r"<[^<>\s][^<>]*>")  # a tag such as <laughs> or <clears throat> inside plain text
+SMOKE_NOTE = ("Smoke run: every stage ran end to end, at a size far too small to judge whether the tags were "
+              "learned. The numbers are shown; the acceptance checks are not judged.")
+
+
+class Markdown:
+    """Writes GitHub-flavoured markdown; tags become inline code so they never vanish as HTML."""
+
+    def heading(self, text: str, level: int = 2) -> list[str]:
+        return ["#" * level + " " + self.text(text), ""]
+
+    def paragraph(self, text: str) -> list[str]:
+        return [text, ""]
+
+    def note(self, text: str) -> list[str]:
+        return ["> " + text, ""]
+
+    def bullets(self, items: list[str]) -> list[str]:
+        return [f"- {i}" for i in items] + [""]
+
+    def text(self, s: str) -> str:
+        """Plain words: tags as inline code, the rest escaped for markdown (pipes, angle brackets, stars)."""
+        out, last = [], 0
+        for m in TAG_RE.finditer(s):
+            out += [_md_escape(s[last:m.start()]), self.code(m.group())]
+            last = m.end()
+        return "".join([*out, _md_escape(s[last:])])
+
+    def code(self, s: str) -> str:
+        return f"`{s.replace('|', chr(92) + '|')}`"
+
+    def strong(self, s: str) -> str:
+        return f"**{s}**"
+
+    def link(self, label: str, target: str) -> str:
+        return f"[{self.text(label)}]({quote(target)})"
+
+    def image(self, label: str, target: str) -> list[str]:
+        return [f"![{self.text(label)}]({quote(target)})", ""]
+
+    def table(self, header: list[str], rows: list[list[str]]) -> list[str]:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return lines + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+
+
+class PlainText:
+    """Writes text for a terminal: no markup, tables as aligned columns."""
+
+    def heading(self, text: str, level: int = 2) -> list[str]:
+        return [text, ("=" if level == 1 else "-") * len(text), ""]
+
+    def paragraph(self, text: str) -> list[str]:
+        return [text, ""]
+
+    def note(self, text: str) -> list[str]:
+        return ["!! " + text, ""]
+
+    def bullets(self, items: list[str]) -> list[str]:
+        return [f"- {i}" for i in items] + [""]
+
+    def text(self, s: str) -> str:
+        return s
+
+    def code(self, s: str) -> str:
+        return s
+
+    def strong(self, s: str) -> str:
+        return s
+
+    def link(self, label: str, target: str) -> str:
+        return target if target == label or target.endswith("/" + label) else f"{label} ({target})"
+
+    def image(self, label: str, target: str) -> list[str]:
+        return [f"{label}: {target}"]
+
+    def table(self, header: list[str], rows: list[list[str]]) -> list[str]:
+        widths = [max(len(c) for c in col) for col in zip(header, *rows)]
+
+        def line(cells):
+            return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+        return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows), ""]
+
+
+def _md_escape(s: str) -> str:
+    return re.sub(r"([\\|<*`\[\]])", r"\\\1", s)
+
+
+def fmt(v, pct: bool = False, digits: int = 2) -> str:
+    """A number as the report shows it; None (not measured) as a dash."""
     if v is None:
         return "–"
     return f"{100 * v:.0f}%" if pct else f"{v:.{digits}f}"
 
 
-def _cell(text: str) -> str:
-    """Table-safe text: a pipe would split the cell and a bare <tag> would vanish as HTML."""
-    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+# ------------------------------------------------------------------------------------------------ sections
+
+def _title(report: dict, w) -> list[str]:
+    m = report["meta"]
+    lines = w.heading("Tag evaluation" + (" (smoke run)" if m.get("smoke") else ""), 1)
+    if m.get("smoke"):
+        lines += w.note(w.strong(SMOKE_NOTE))
+    val = m["validation"]
+    lines += w.bullets([f"model: {w.code(str(m['model']))}", f"base: {w.code(str(m['base']))}",
+                        f"data: {w.code(str(m['data']))} (validation: {val['tagged']} tagged, {val['untagged']} "
+                        f"untagged clips), seed {m['seed']}"])
+    return lines + w.paragraph(
+        "Reliance gaps are NLL(tag removed) − NLL(with tag) in nats per event (summed over the event's codes; "
+        "per clip where the corpus has no event boundaries), compared within one model.")
 
 
-def _tag_table(report: dict) -> list[str]:
-    lines = ["| tag | trials (unit) | reliance gap tuned | base | wrong-tag gap tuned | clip win rate | "
-             "hit rate | hit rate base | detector on real clips | placement error ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+def _tag_table(report: dict, w) -> list[str]:
+    header = ["tag", "trials (unit)", "reliance gap tuned", "base", "wrong-tag gap tuned", "clip win rate",
+              "hit rate", "hit rate base", "detector on real clips", "placement error ms"]
+    rows = []
     for tag, e in report["tags"].items():
         se = e["reliance_gap_se"]["tuned"]
-        gap = _fmt(e["reliance_gap"]["tuned"]) + (f" ± {se:.2f}" if se is not None else "")
-        lines.append(f"| `{tag}` | {e['trials']} ({e['unit']}) | {gap} | {_fmt(e['reliance_gap']['base'])} | "
-                     f"{_fmt(e['wrong_tag_gap']['tuned'])} | {_fmt(e['clip_win_rate'], True)} | "
-                     f"{_fmt(e['hit_rate'], True)} | {_fmt(e['base']['hit_rate'], True)} | "
-                     f"{_fmt(e['real_clips_hit_rate'], True)} | {_fmt(e['placement_error_ms'], digits=0)} |")
-    return lines
+        gap = fmt(e["reliance_gap"]["tuned"]) + (f" ± {se:.2f}" if se is not None else "")
+        rows.append([w.code(tag), f"{e['trials']} ({e['unit']})", gap, fmt(e["reliance_gap"]["base"]),
+                     fmt(e["wrong_tag_gap"]["tuned"]), fmt(e["clip_win_rate"], True), fmt(e["hit_rate"], True),
+                     fmt(e["base"]["hit_rate"], True), fmt(e["real_clips_hit_rate"], True),
+                     fmt(e["placement_error_ms"], digits=0)])
+    return w.heading("Per tag") + w.table(header, rows)
 
 
-def _overall(report: dict) -> list[str]:
+def _overall(report: dict, w) -> list[str]:
     o = report["overall"]
     nll = o["untagged_nll"] or {}
-    return [
-        f"- untagged NLL per code: tuned {_fmt(nll.get('tuned'), digits=4)}, base {_fmt(nll.get('base'), digits=4)}, "
-        f"ratio **{_fmt(o['untagged_nll_ratio'], digits=4)}**",
-        f"- free running (tuned): mean hit rate **{_fmt(o['mean_hit_rate'], True)}**, any-event rate "
-        f"{_fmt(o['any_event_rate'], True)}, false-event rate on tag-free prompts "
-        f"**{_fmt(o['false_event_rate'], True)}**",
-        f"- free running (base): mean hit rate {_fmt(o['base']['mean_hit_rate'], True)}, false-event rate "
-        f"{_fmt(o['base']['false_event_rate'], True)}",
-        f"- detector held-out window accuracy {_fmt(o['detector_accuracy'], True)} "
-        f"(class-balanced {_fmt(o['detector_balanced_accuracy'], True)}) on real clips; trained with "
+    return w.heading("Overall") + w.bullets([
+        f"untagged NLL per code: tuned {fmt(nll.get('tuned'), digits=4)}, base {fmt(nll.get('base'), digits=4)}, "
+        f"ratio {w.strong(fmt(o['untagged_nll_ratio'], digits=4))}",
+        f"free running (tuned): mean hit rate {w.strong(fmt(o['mean_hit_rate'], True))}, any-event rate "
+        f"{fmt(o['any_event_rate'], True)}, false-event rate on tag-free prompts "
+        f"{w.strong(fmt(o['false_event_rate'], True))}",
+        f"free running (base): mean hit rate {fmt(o['base']['mean_hit_rate'], True)}, false-event rate "
+        f"{fmt(o['base']['false_event_rate'], True)}",
+        f"detector held-out window accuracy {fmt(o['detector_accuracy'], True)} (class-balanced "
+        f"{fmt(o['detector_balanced_accuracy'], True)}) on real clips; trained with "
         f"{o['detector_generated_negatives'] or 0} generated negatives; false positives on the base's held-out "
-        f"generations: {_fmt(o['detector_false_positive_rate'], True)} of clips, "
-        f"{_fmt(o['detector_false_positive_window_rate'], True)} of windows",
-    ]
+        f"generations: {fmt(o['detector_false_positive_rate'], True)} of clips, "
+        f"{fmt(o['detector_false_positive_window_rate'], True)} of windows",
+    ])
 
 
-def _confusion(report: dict) -> list[str]:
+def _confusion(report: dict, w) -> list[str]:
     conf = ((report["details"].get("free") or {}).get("tuned") or {}).get("confusion")
     if not conf:
         return []
-    lines = ["", "## Confusion (tuned, free running): tag in the prompt vs event found near it", "",
-             "| prompt tag | " + " | ".join(_cell(c) for c in conf["columns"]) + " |",
-             "|---" * (len(conf["columns"]) + 1) + "|"]
-    for tag in conf["rows"]:
-        lines.append(f"| `{tag}` | " + " | ".join(str(conf["counts"][tag][c]) for c in conf["columns"]) + " |")
-    return lines
+    rows = [[w.code(tag), *(str(conf["counts"][tag][c]) for c in conf["columns"])] for tag in conf["rows"]]
+    header = ["prompt tag", *(w.code(c) if TAG_RE.fullmatch(c) else c for c in conf["columns"])]
+    return (w.heading("Confusion (tuned, free running): tag in the prompt vs event found near it")
+            + w.table(header, rows))
 
 
-def _acceptance(report: dict) -> list[str]:
+def _acceptance(report: dict, w) -> list[str]:
     acc = report["acceptance"]
-    mark = {True: "pass", False: "**FAIL**", None: "not measured"}
-    lines = ["", f"## Acceptance: {'passed' if acc['passed'] else 'not passed'}", "", "| check | value | result |",
-             "|---|---|---|"]
-    lines += [f"| {_cell(c['name'])} | {_fmt(c['value'], digits=3)} | {mark[c['passed']]} |" for c in acc["checks"]]
+    shown = {"fail": w.strong("FAIL")}
+    rows = [[w.code(c["name"]), fmt(c["value"], digits=3), shown.get(c["verdict"], c["verdict"])]
+            for c in acc["checks"]]
+    return w.heading(f"Acceptance: {acc['verdict']}") + w.table(["check", "value", "result"], rows)
+
+
+def _figures(report: dict, w) -> list[str]:
+    names = report.get("figures") or []
+    if not names:
+        return []
+    lines = w.heading("Figures")
+    for name in names:
+        lines += w.image(name.removesuffix(".png").replace("_", " "), name)
     return lines
+
+
+def _samples(report: dict, w) -> list[str]:
+    samples = report.get("samples") or []
+    if not samples:
+        return []
+    rows = [[w.link(s["file"], s["link"]), s["model"], w.code(s["voice"]), w.text(s["text"])] for s in samples]
+    return w.heading("Samples") + w.table(["file", "model", "voice", "text"], rows)
+
+
+def _footer(report: dict, w) -> list[str]:
+    return w.paragraph(f"Evaluation took {report['meta']['seconds']} s.")
+
+
+Section = Callable[[dict, object], list[str]]
+SECTIONS: list[Section] = [_title, _tag_table, _overall, _confusion, _acceptance, _figures, _samples, _footer]
+
+
+def render(report: dict, writer, sections: list[Section] | None = None) -> str:
+    """The report through ``writer``, one section after another."""
+    lines: list[str] = []
+    for section in sections if sections is not None else SECTIONS:
+        lines += section(report, writer)
+        if lines and lines[-1]:
+            lines.append("")
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines) + "\n"
 
 
 def render_markdown(report: dict) -> str:
     """The whole report.md text."""
-    m = report["meta"]
-    head = [
-        "# Tag evaluation", "",
-        f"- model: `{m['model']}`", f"- base: `{m['base']}`", f"- data: `{m['data']}` (validation: "
-        f"{m['validation']['tagged']} tagged, {m['validation']['untagged']} untagged clips), seed {m['seed']}",
-        "", "Reliance gaps are NLL(tag removed) − NLL(with tag) in nats per event (summed over the event's codes; "
-        "per clip where the corpus has no event boundaries), compared within one model.", "",
-    ]
-    body = [*head, *_tag_table(report), "", "## Overall", "", *_overall(report), *_confusion(report),
-            *_acceptance(report), "", f"Evaluation took {m['seconds']} s.", ""]
-    return "\n".join(body)
+    return render(report, Markdown())
+
+
+def render_text(report: dict) -> str:
+    """The report for a terminal: the same sections as report.md, without markup."""
+    return render(report, PlainText())

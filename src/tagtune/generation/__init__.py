@@ -7,12 +7,16 @@
     generate.py     GenerationConfig and generate_codes
     postprocess.py  remove_long_silence and the latent pass for the vocoder
     batched.py      several sentences at once: generation, latent pass, one joined vocoder call
+    v2.py           IndexTTS2: the 34-position prefix into the same loop, official v2 decoding defaults
+    stepwise.py     the same searches one step at a time, with the codes already final after each step
+    pool.py         continuous batching: rows of many requests in one KV cache, joining and leaving
 """
 
 from tagtune.generation.batched import batched_latents, generate_sentences, length_groups, vocode_joined
 from tagtune.generation.decoder import MelDecoder, Prompt, mel_position, prepare_prompt
 from tagtune.generation.generate import GenerationConfig, code_lengths, generate_codes
 from tagtune.generation.postprocess import latents_for_vocoder, remove_long_silence
+from tagtune.generation.v2 import V2Codes, generate_codes_v2, official_v2
 
 __all__ = [
     "GenerationConfig",
@@ -28,4 +32,7 @@ __all__ = [
     "mel_position",
     "prepare_prompt",
     "remove_long_silence",
+    "V2Codes",
+    "generate_codes_v2",
+    "official_v2",
 ]

@@ -18,6 +18,8 @@ class GenerationConfig:
     ``position_mode`` "official" feeds the k-th generated code at mel position k+1 (official KV-cache path),
     "train" at position k (training, and the official no-cache path). ``use_cache`` only changes how the
     numbers are computed, never which positions are used. ``top_k`` 0 and ``top_p`` 1.0 switch those off.
+    ``beam_sample_from_first``: beam sampling starts from beam 0 alone, as transformers >= 4.45 does (the
+    release IndexTTS2 pins); v1.5.0's 4.36 starts every beam equal (the default here).
     """
 
     do_sample: bool = True
@@ -29,6 +31,7 @@ class GenerationConfig:
     max_new_tokens: int = 600
     position_mode: str = "official"
     use_cache: bool = True
+    beam_sample_from_first: bool = False
 
     def __post_init__(self):
         checks = [
@@ -46,8 +49,10 @@ class GenerationConfig:
 
     @classmethod
     def greedy(cls, **overrides) -> GenerationConfig:
-        """Deterministic decoding (one beam, argmax), no repetition penalty unless overridden."""
-        return cls(**{"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, **overrides})
+        """Deterministic decoding (one beam, argmax) with the official semantics: the repetition penalty
+        keeps its default 10.0, as ``infer(do_sample=False, num_beams=1)`` keeps it; pass
+        ``repetition_penalty=1.0`` for plain argmax."""
+        return cls(**{"do_sample": False, "num_beams": 1, **overrides})
 
 
 @torch.no_grad()

@@ -2,7 +2,8 @@
 
 A batch file has one JSON object per line: ``text``, ``ref``, ``out`` and optionally ``seed`` and sampling
 settings (``do_sample``, ``num_beams``, ``top_k``, ``top_p``, ``temperature``, ``repetition_penalty``,
-``max_new_tokens``). Relative paths are read from the batch file's folder.
+``max_new_tokens``); for an IndexTTS-2 model also emotion settings (``emo_ref``, ``emo_alpha``, ``emo_vector``,
+``emo_text``), which replace the command's. Relative paths are read from the batch file's folder.
 
 Every item is checked before the first one is synthesised, so a typo on line 90 does not cost 89 syntheses:
 its fields and seed, that its output can be written, that its reference decodes to a usable voice, and
@@ -15,8 +16,10 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from tagtune.atomic import check_writable
 from tagtune.audio import write_wav
@@ -29,7 +32,8 @@ log = logging.getLogger(__name__)
 
 SAMPLING_KEYS = ("do_sample", "num_beams", "top_k", "top_p", "temperature", "repetition_penalty",
                  "max_new_tokens")
-ITEM_KEYS = ("text", "ref", "out", "seed", *SAMPLING_KEYS)
+EMOTION_KEYS = ("emo_ref", "emo_alpha", "emo_vector", "emo_text")  # IndexTTS-2 only
+ITEM_KEYS = ("text", "ref", "out", "seed", *SAMPLING_KEYS, *EMOTION_KEYS)
 
 
 class BatchFileError(UserError, ValueError):
@@ -46,10 +50,12 @@ class SynthItem:
     seed: int | None = None
     generation: GenerationConfig | None = None
     where: str = ""  # "FILE:LINE" of a batch file item, named in its errors
+    emotion: dict = field(default_factory=dict)  # the item's own EMOTION_KEYS (paths relative to the file)
 
 
 def generation_config(base: GenerationConfig | None = None, greedy: bool = False, **settings) -> GenerationConfig:
-    """Official defaults (or greedy), then any given settings; bad values raise UserError."""
+    """Official defaults (or greedy: argmax with the official penalty 10 kept), then any given settings
+    (``repetition_penalty=1.0`` makes greedy plain argmax); bad values raise UserError."""
     cfg = base or (GenerationConfig.greedy() if greedy else GenerationConfig())
     given = {k: v for k, v in settings.items() if v is not None}
     try:
@@ -91,24 +97,40 @@ def _parse_line(line: str, where: str, folder: Path, base: GenerationConfig | No
         gen = generation_config(base, **{k: data.get(k) for k in SAMPLING_KEYS})
     except UserError as e:
         raise BatchFileError(f"{where}: {e}") from None
-    return SynthItem(data["text"], folder / data["ref"], folder / data["out"], seed, gen, where)
+    emotion = {k: data[k] for k in EMOTION_KEYS if data.get(k) is not None}
+    if "emo_ref" in emotion:
+        emotion["emo_ref"] = str(folder / emotion["emo_ref"])
+    return SynthItem(data["text"], folder / data["ref"], folder / data["out"], seed, gen, where, emotion)
 
 
 def synth_command(model_dir, ref=None, text: str | None = None, batch=None, out=None, adapter=None,
                   seed: int | None = None, compat: str | None = None, precision: str = "auto",
                   greedy: bool = False, device: str = "cpu", unknown_tags: str = "error",
-                  batch_size: int | None = None, **sampling) -> list[Path]:
+                  batch_size: int | None = None, progress: bool = True, emotion: dict | None = None,
+                  **sampling) -> list[Path]:
     """Synthesise ``text`` with ``ref`` to ``out``, or every line of the JSONL ``batch``; returns written files.
 
     ``sampling`` takes the GenerationConfig fields (num_beams, top_k, ...); ``greedy`` starts from greedy
     decoding instead of the official 3-beam sampling. ``compat="official"`` decodes as the official release.
-    Every item is checked (see the module docstring) before the networks load.
+    Every item is checked (see the module docstring) before the networks load. ``progress`` shows a bar with
+    ETA over the items of a batch file on stderr (when it is a terminal). ``emotion`` (IndexTTS-2 folders only):
+    ``emo_ref``, ``emo_alpha``, ``emo_vector`` (8 weights or "w1,...,w8"), ``emo_text``, for every item; an
+    IndexTTS-2 folder starts from its official decoding (``generation.v2.official_v2``).
     """
-    base = generation_config(greedy=greedy, **{k: sampling.get(k) for k in SAMPLING_KEYS})
+    from tagtune.checkpoint import model_family
+
+    v2 = Path(model_dir).is_dir() and model_family(model_dir) == "v2"
+    emotion = _emotion_settings(emotion or {}, v2)
+    base = generation_config(_v2_base(greedy) if v2 else None, greedy=greedy,
+                             **{k: sampling.get(k) for k in SAMPLING_KEYS})
     if unexpected := set(sampling) - set(SAMPLING_KEYS):
         raise TypeError(f"unexpected arguments {sorted(unexpected)}")
     items = _items(ref, text, batch, out, check_seed(seed), base)
     check_items(items)
+    per_item = []
+    for item in items:
+        with _named(item):
+            per_item.append({**emotion, **_emotion_settings(item.emotion, v2)})
     from tagtune.loaders import load_model
     from tagtune.synthesis.tts import TTS
 
@@ -116,16 +138,50 @@ def synth_command(model_dir, ref=None, text: str | None = None, batch=None, out=
     for item in items:
         with _named(item):
             text_to_sentences(tokenizer, item.text)
-    options = {"batch_size": batch_size} if batch_size else {}
+    options = {"batch_size": batch_size} if batch_size and not v2 else {}
     tts = TTS.load(model_dir, adapter, device=device, precision="fp32" if compat else precision,
                    unknown_tags=unknown_tags, **options)
     written = []
-    for item in items:
+    bar = tqdm(items, desc="synth", unit="item", dynamic_ncols=True, disable=None if progress and batch else True)
+    for item, item_emotion in zip(bar, per_item, strict=True):
         with _named(item):
-            result = tts.synthesize(item.text, item.ref, generation=item.generation, seed=item.seed, compat=compat)
+            result = tts.synthesize(item.text, item.ref, generation=item.generation, seed=item.seed, compat=compat,
+                                    **item_emotion)
             written.append(write_wav(item.out, result.audio, result.sample_rate))
         log.info("%s: %.2f s of audio, %d codes, RTF %.2f", item.out, result.seconds, result.tokens, result.rtf)
     return written
+
+
+def _v2_base(greedy: bool) -> GenerationConfig:
+    from tagtune.generation.v2 import official_v2
+
+    return official_v2(do_sample=False, num_beams=1) if greedy else official_v2()
+
+
+def _emotion_settings(emotion: dict, v2: bool) -> dict:
+    """Emotion settings as TTSV2.synthesize takes them; refused for a 1.x model."""
+    if not emotion:
+        return {}
+    if not v2:
+        raise UserError(f"{', '.join(sorted(emotion))}: emotion settings need an IndexTTS-2 model",
+                        params=tuple(sorted(emotion)))
+    from tagtune.synthesis.tts_v2 import EmotionError, check_emotion_vector, parse_emotion_vector
+
+    out = dict(emotion)
+    if "emo_ref" in out:
+        out["emotion"] = Path(out.pop("emo_ref"))
+        read_reference_audio(out["emotion"], min_seconds=0.0)
+    if isinstance(out.get("emo_vector"), str):
+        out["emo_vector"] = parse_emotion_vector(out["emo_vector"])
+    elif "emo_vector" in out:
+        out["emo_vector"] = check_emotion_vector(out["emo_vector"])
+    if "emo_alpha" in out:
+        alpha = out["emo_alpha"]
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float):
+            raise EmotionError(f"emo_alpha must be a number from 0 to 1, got {alpha!r}", params=("emo_alpha",))
+    if not isinstance(out.get("emo_text", ""), str):
+        raise EmotionError(f"emo_text must be text, got {out['emo_text']!r}", params=("emo_text",))
+    return out
 
 
 def check_items(items: list[SynthItem]) -> None:

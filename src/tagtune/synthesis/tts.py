@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +37,9 @@ from tagtune.generation import (
 )
 from tagtune.precision import resolve_precision
 from tagtune.synthesis.reference import Reference, ReferenceCache
+
+if TYPE_CHECKING:
+    from tagtune.synthesis.tts_v2 import TTSV2
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +157,19 @@ class TTS:
 
     @classmethod
     def load(cls, model_dir: str | Path, adapter: str | Path | None = None, *, device: str = "cpu",
-             precision: str = "auto", unknown_tags: str = "error", **options) -> TTS:
-        """Open an official or exported model folder, optionally with a LoRA adapter folder on top."""
+             precision: str = "auto", unknown_tags: str = "error", **options) -> TTS | TTSV2:
+        """Open an official or exported model folder, optionally with a LoRA adapter folder on top.
+
+        An IndexTTS-2 folder gives a ``synthesis.tts_v2.TTSV2`` (same calls, plus emotion settings)."""
         from tagtune.loaders import load_model
 
         m = load_model(model_dir, adapter, device=device, unknown_tags=unknown_tags)
         m.check_vocabulary()
+        if m.family == "v2":
+            from tagtune.synthesis.tts_v2 import TTSV2
+
+            v2_options = {k: v for k, v in options.items() if k in ("max_text_chars",)}
+            return TTSV2(m, name=str(model_dir), precision=precision, **v2_options)
         return cls(m.gpt, m.vocoder, m.tokenizer, m.mel, precision=precision, name=str(adapter or model_dir),
                    **options)
 
@@ -168,9 +180,17 @@ class TTS:
         """Canonical tags this model's tokenizer knows (empty for a base model)."""
         return list(self.tokenizer.tag_ids)
 
-    def sentences(self, text: str) -> list[list[int]]:
-        """Text -> GPT sentences (ids), packed as the official ``split_sentences``; tags stay whole."""
-        return text_to_sentences(self.tokenizer, text, self.max_sentence_tokens, self.max_text_chars)
+    def sentences(self, text: str, max_sentence_tokens: int | None = None) -> list[list[int]]:
+        """Text -> GPT sentences (ids), packed as the official ``split_sentences``; tags stay whole.
+
+        ``max_sentence_tokens`` replaces the model's packing limit for this call (capped by the text positions).
+        """
+        limit = self.max_sentence_tokens
+        if max_sentence_tokens is not None:
+            if max_sentence_tokens < 1:
+                raise TextError(f"max_sentence_tokens must be >= 1, got {max_sentence_tokens}")
+            limit = min(int(max_sentence_tokens), self.gpt.cfg.max_text_tokens)
+        return text_to_sentences(self.tokenizer, text, limit, self.max_text_chars)
 
     # ------------------------------------------------------------------------------------ synthesis
 
@@ -180,13 +200,14 @@ class TTS:
 
     @torch.no_grad()
     def synthesize(self, text: str, reference, *, generation: GenerationConfig | None = None,
-                   seed: int | None = None, compat: str | None = None) -> Synthesis:
+                   seed: int | None = None, compat: str | None = None,
+                   max_sentence_tokens: int | None = None) -> Synthesis:
         """Speak ``text`` in the voice of ``reference``; ``seed`` makes sampling reproducible."""
         if compat is not None and compat not in COMPAT_MODES:
             raise UserError(f"unknown compat mode {compat!r}; choose one of {COMPAT_MODES}")
         seed = check_seed(seed)
         start = time.perf_counter()
-        sentences = self.sentences(text)  # text first: it is checked without touching the audio
+        sentences = self.sentences(text, max_sentence_tokens)  # text first: checked without touching the audio
         ref = self.reference(reference)
         cfg = self._generation_config(generation, compat)
         generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
@@ -194,6 +215,22 @@ class TTS:
         out = run(ref, sentences, cfg, generator)
         out.timings["total"] = time.perf_counter() - start
         return out
+
+    def stream(self, text: str, reference, *, generation: GenerationConfig | None = None,
+               seed: int | None = None, max_sentence_tokens: int | None = None) -> Iterator[np.ndarray]:
+        """Speak ``text`` as int16 chunks at ``SAMPLE_RATE``, in order, while it is generated (fast path).
+
+        Joined, the chunks equal ``synthesize`` with the same settings and seed (same codes; audio within
+        ``synthesis.stream.STREAM_TOLERANCE_LSB``). Bad text, seed or reference raise here, before any chunk.
+        """
+        from tagtune.synthesis.stream import stream_speech
+
+        seed = check_seed(seed)
+        sentences = self.sentences(text, max_sentence_tokens)
+        ref = self.reference(reference)
+        cfg = self._generation_config(generation, None)
+        generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
+        return stream_speech(self, ref, sentences, cfg, generator)
 
     def _generation_config(self, generation: GenerationConfig | None, compat: str | None) -> GenerationConfig:
         cfg = generation or GenerationConfig()

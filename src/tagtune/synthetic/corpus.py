@@ -172,6 +172,7 @@ def generate_corpus(
     fmt: str = "jsonl",
     chinese_fraction: float = 0.0,
     workers: int | None = None,
+    progress: bool = False,
 ) -> CorpusInfo:
     """Write a synthetic tagged speech corpus to ``out_dir`` and describe it.
 
@@ -181,8 +182,11 @@ def generate_corpus(
     else flite, else built-in), "espeak", "flite" or "builtin".  ``fmt``: "jsonl" (wavs +
     metadata.jsonl) or "parquet" (Elise layout).  ``chinese_fraction``: share of Mandarin
     clips (espeak-ng's cmn voice or built-in babble).  ``workers``: processes (None: one for
-    small corpora, else one per CPU).  The same arguments give byte-identical files.
+    small corpora, else one per CPU).  ``progress``: a bar over the clips on stderr (off when stderr is not a
+    terminal).  The same arguments give byte-identical files.
     """
+    from tqdm import tqdm
+
     started = time.perf_counter()
     engine = resolve_engine(engine)
     chosen = select_voices(engine, voices)
@@ -193,12 +197,15 @@ def generate_corpus(
     plans = make_plans(n_clips, seed, settings["tags"], untagged_fraction, chosen, chinese_fraction)
     units = [(plans[i : i + CLIPS_PER_UNIT], seed) for i in range(0, n_clips, CLIPS_PER_UNIT)]
     records = []
+    bar = tqdm(total=n_clips, desc="corpus", unit="clip", dynamic_ncols=True, disable=None if progress else True)
     try:
         for unit in _rendered(units, workers or _auto_workers(n_clips)):
             for record, wav in unit:
                 writer.add(record, wav)
                 records.append(record)
+            bar.update(len(unit))
     finally:
+        bar.close()
         writer.close()
     info = CorpusInfo(
         out_dir=str(out), fmt=fmt, manifest=str(writer.manifest_path.relative_to(out)),

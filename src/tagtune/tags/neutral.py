@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 SPACE = "\u2581"  # sentencepiece's word-boundary mark
@@ -166,13 +167,15 @@ def _probe_kl(gpt, probe: list[Insertion], tag_id: int, space_id, batch_size: in
 
 
 def fit_neutral_row(gpt, tag_ids: list[int], clips: list[dict], conds: list[torch.Tensor], starts: torch.Tensor,
-                    space_id: int | None, settings: NeutralFit = NeutralFit()) -> tuple[torch.Tensor, dict]:
+                    space_id: int | None, settings: NeutralFit = NeutralFit(),
+                    progress: bool = False) -> tuple[torch.Tensor, dict]:
     """One embedding row (D,) that makes " <tag>" a no-op for the base; ``gpt``'s weights are left unchanged.
 
     ``clips`` are untagged prepared examples (``text_ids``, ``codes``, ``wav_len``) and ``conds`` their
     speaker latents (32, D); ``starts`` marks word-start pieces (``tokenizer_layout``). The row starts at the
     mean of the current rows of ``tag_ids``. Returns the row and a report (divergence in nats per code on
-    fixed probe insertions, before and after).
+    fixed probe insertions, before and after). ``progress`` shows a bar with ETA on stderr (when it is a
+    terminal).
     """
     if not clips:
         raise ValueError("the neutral tag row needs untagged training clips, and the data has none")
@@ -186,7 +189,8 @@ def fit_neutral_row(gpt, tag_ids: list[int], clips: list[dict], conds: list[torc
     optimizer = torch.optim.Adam([row], lr=settings.lr)
     with _frozen_eval(gpt, tag_ids, row):
         before = _probe_kl(gpt, probe, tag_id, space_id, settings.batch_size)
-        for _ in range(settings.steps):
+        for _ in tqdm(range(settings.steps), desc="neutral tag row", unit="step", dynamic_ncols=True,
+                      disable=None if progress else True):
             pick = rng.sample(range(len(clips)), min(settings.batch_size, len(clips)))
             batch = _insertions([clips[i] for i in pick], [conds[i] for i in pick], starts, rng)
             loss = divergence(gpt, batch, tag_id, space_id)

@@ -17,9 +17,11 @@ Initialisations:
   "neutral": one row shared by every tag, fitted on the base so that an untrained tag reads as absent
            (``tags.neutral``); the formula rows it starts from are "plain".
 
-``grow_base`` is the one way a base model gets tag rows: training starts from it and evaluation builds the
-untrained base with it. The rows a run started from are kept as ``tag_init.safetensors`` (``save_start_rows``)
-and replace the formula wherever they exist, so the base is rebuilt exactly as training began.
+``grow_base`` is the one way a base model folder gets tag rows: training starts from it and evaluation builds
+the untrained base with it. ``grow_for_adapter`` gives an already built base GPT (the official ``UnifiedVoice``
+too) the rows of an exported adapter, for stock ``peft.PeftModel.from_pretrained``. The rows a run started
+from are kept as ``tag_init.safetensors`` (``save_start_rows``) and replace the formula wherever they exist,
+so the base is rebuilt exactly as training began.
 """
 
 from __future__ import annotations
@@ -35,13 +37,15 @@ from torch import nn
 
 from tagtune.checkpoint import CheckpointError, load_into, read_config, read_state_dict, save_safetensors
 from tagtune.errors import UserError
-from tagtune.lora import ADAPTER, trainable_head
+from tagtune.folders import ADAPTER_WEIGHTS_FILE
+from tagtune.lora import ADAPTER, module_keys, read_adapter_config, trainable_head
 from tagtune.tags.vocab import tag_words
 
 EMBEDDING_KEY = "text_embedding.weight"
 HEAD_WEIGHT_KEY = "text_head.weight"
 HEAD_BIAS_KEY = "text_head.bias"
 TEXT_KEYS = (EMBEDDING_KEY, HEAD_WEIGHT_KEY, HEAD_BIAS_KEY)
+EMBEDDING, HEAD = "text_embedding", "text_head"
 FORMULA_INITS = ("mean", "words", "plain")  # rows made from the base's own rows, no data needed
 TAG_INITS = (*FORMULA_INITS, "neutral")  # every name a recipe's ``lora.tag_init`` may take
 MEAN_NOISE = 0.1  # noise norm relative to the unit mean direction, so tags start distinguishable
@@ -257,3 +261,75 @@ def read_start_rows(path: Path, n_tags: int) -> dict[str, torch.Tensor]:
             shape = tuple(rows[key].shape) if key in rows else None
             raise CheckpointError(f"{path}: {key} has shape {shape}, expected {n_tags} tag rows")
     return rows
+
+
+# ------------------------------------------------------------------------- a plain base grown for an adapter
+
+
+@torch.no_grad()
+def grow_for_adapter(gpt: nn.Module, adapter_dir: str | Path) -> nn.Module:
+    """Give ``gpt`` (an official or a tagtune ``UnifiedVoice`` of the adapter's base) the adapter's text rows.
+
+    ``text_embedding`` and ``text_head`` get the adapter's tag rows inserted before the spare last row, filled
+    with the adapter's own values (its trainable-token rows and saved head), and ``number_text_tokens`` is
+    updated, so that ``peft.PeftModel.from_pretrained(gpt, adapter_dir)`` loads and ``merge_and_unload()``
+    works. Changes ``gpt`` in place and returns it; a model that already has the rows is left as it is.
+    """
+    adapter_dir = Path(adapter_dir)
+    config = read_adapter_config(adapter_dir)
+    state = module_keys(read_state_dict(adapter_dir / ADAPTER_WEIGHTS_FILE))
+    head_weight, head_bias = state.get(f"{HEAD}.weight"), state.get(f"{HEAD}.bias")
+    embedding, head = getattr(gpt, EMBEDDING, None), getattr(gpt, HEAD, None)
+    if not isinstance(embedding, nn.Embedding) or not isinstance(head, nn.Linear) or head.bias is None:
+        raise TagInitError(f"grow_for_adapter needs plain {EMBEDDING} (nn.Embedding) and {HEAD} (nn.Linear with bias) "
+                           "layers: pass the base UnifiedVoice before any adapter is applied")
+    if head_weight is None or head_bias is None:
+        raise CheckpointError(f"{adapter_dir / ADAPTER_WEIGHTS_FILE}: no saved {HEAD}; not a tagtune adapter")
+    old_rows, rows = embedding.num_embeddings, head_weight.shape[0]
+    if rows == old_rows:
+        return gpt
+    if rows < old_rows or head_weight.shape[1] != embedding.embedding_dim:
+        raise CheckpointError(f"{adapter_dir}: the adapter's {HEAD} is {tuple(head_weight.shape)}, the model's "
+                              f"text tables are ({old_rows}, {embedding.embedding_dim}); is this the adapter's base?")
+    new_ids = list(range(old_rows - 1, rows - 1))  # tag rows go before the spare last row
+    gpt.text_embedding = _grown_embedding(embedding, _new_embedding_rows(config, state, embedding, new_ids))
+    gpt.text_head = _grown_head(head, head_weight[new_ids], head_bias[new_ids])
+    _set_text_tokens(gpt, rows - 1)
+    return gpt
+
+
+def _new_embedding_rows(config, state: dict, embedding: nn.Embedding, new_ids: list[int]):
+    """(n, D) rows for ``new_ids``: the adapter's trainable-token values, else the mean old row."""
+    indices = list((config.trainable_token_indices or {}).get(EMBEDDING, []))
+    delta = state.get(f"{EMBEDDING}.token_adapter.trainable_tokens_delta")
+    mean = embedding.weight[:-1].float().mean(0)  # (D,), over the real token rows
+    rows = [delta[indices.index(i)] if delta is not None and i in indices else mean for i in new_ids]
+    return torch.stack(rows)
+
+
+def _insert_before_spare(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return torch.cat([table[:-1], rows.to(table), table[-1:]])
+
+
+def _grown_embedding(embedding: nn.Embedding, rows: torch.Tensor) -> nn.Embedding:
+    weight = _insert_before_spare(embedding.weight, rows)  # (N + n + 1, D)
+    grown = nn.Embedding(weight.shape[0], weight.shape[1], device=weight.device, dtype=weight.dtype)
+    grown.weight.copy_(weight)
+    return grown
+
+
+def _grown_head(head: nn.Linear, weight_rows: torch.Tensor, bias_rows: torch.Tensor) -> nn.Linear:
+    weight = _insert_before_spare(head.weight, weight_rows)  # (N + n + 1, D)
+    grown = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+    grown.weight.copy_(weight)
+    grown.bias.copy_(_insert_before_spare(head.bias, bias_rows))
+    return grown
+
+
+def _set_text_tokens(gpt: nn.Module, number_text_tokens: int) -> None:
+    """Record the new vocabulary size where the model keeps it (tagtune: ``cfg``; official: an attribute)."""
+    cfg = getattr(gpt, "cfg", None)
+    if dataclasses.is_dataclass(cfg) and hasattr(cfg, "number_text_tokens"):
+        gpt.cfg = dataclasses.replace(cfg, number_text_tokens=number_text_tokens)
+    if hasattr(gpt, "number_text_tokens"):
+        gpt.number_text_tokens = number_text_tokens

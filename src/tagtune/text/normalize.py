@@ -10,12 +10,21 @@ wetext sees is identical to the official code for text without tags.
 
 ``wetext`` is an optional dependency, imported on first use. Without it the fallback applies every step
 except wetext itself (numbers stay digits) and warns once.
+
+Quotes, as the official code computes them on Linux (WeTextProcessing 1.2.0, checked empirically): wetext
+shares its grammars but leaves the tagger's escapes in its output (``"no"`` → ``\\"no\\"``, ``\\`` →
+``\\\\``), which then tokenise to ``<unk>``; those escapes are undone here. And WeTextProcessing's English
+grammar verbalises a punctuation run that opens the text as a token of its own, followed by a space:
+``"no" he said`` → ``" no" he said``, ``'single'`` → ``' single'``, ``“curly”`` → ``“ curly”``, ``(a)`` →
+``( a)``, while a quote after a word (``He said "no"``) stays attached. The punctuation map then turns the
+quotes into ``'``.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 import warnings
 
 from tagtune.tags.vocab import DEFAULT_DELIMITERS, tag_regex
@@ -49,7 +58,14 @@ SHIELD_BASE = 0xE000
 SHIELD_LIMIT = 0xF8FF
 BACKENDS = ("auto", "wetext", "none")
 
+# WeTextProcessing's English punctuation token: Unicode punctuation except "[" and "]", the ASCII marks it
+# lists beside them, and not the symbols its whitelist spells out ("&" → "and", "%" → "percent" ...).
+EN_EXTRA_PUNCTUATION = "<>`"
+EN_SPELLED_SYMBOLS = "&#@§_%*/"
+EN_NOT_PUNCTUATION = "[]"
+
 _PINYIN_RE = re.compile(PINYIN_TONE, re.IGNORECASE)
+_ESCAPE_RE = re.compile(r'\\(["\\])')
 _NAME_RE = re.compile(NAME, re.IGNORECASE)
 _CONTRACTION_RE = re.compile(CONTRACTION, re.IGNORECASE)
 _SHIELD_RE = re.compile(f"[{chr(SHIELD_BASE)}-{chr(SHIELD_LIMIT)}]")
@@ -84,6 +100,30 @@ def correct_pinyin(pinyin: str) -> str:
     if pinyin[0] not in "jqxJQX":
         return pinyin
     return re.sub(r"([jqx])[uü](n|e|an)*(\d)", r"\g<1>v\g<2>\g<3>", pinyin, flags=re.IGNORECASE).upper()
+
+
+def unescape_wetext(text: str) -> str:
+    """Undo the escapes wetext leaves in its output (``\\"`` → ``"``, ``\\\\`` → ``\\``), as WeTextProcessing does."""
+    return _ESCAPE_RE.sub(r"\1", text)
+
+
+def _is_en_punctuation(char: str) -> bool:
+    if char in EN_EXTRA_PUNCTUATION:
+        return True
+    return (unicodedata.category(char).startswith("P") and char not in EN_NOT_PUNCTUATION
+            and char not in EN_SPELLED_SYMBOLS)
+
+
+def space_after_leading_punctuation(text: str) -> str:
+    """WeTextProcessing's English output for a text that opens with punctuation: a space after that run
+    (spaces inside it kept) when a word follows it (``"no" he said`` → ``" no" he said``)."""
+    start = len(text) - len(text.lstrip())
+    end = start
+    while end < len(text) and (_is_en_punctuation(text[end]) or text[end].isspace()):
+        end += 1
+    if end == start or end == len(text):
+        return text
+    return text[:end] + " " + text[end:]
 
 
 def _protect(text: str, pattern: re.Pattern, prefix: str) -> tuple[str, list[str]]:
@@ -176,7 +216,10 @@ class TextNormalizer:
     def _normalize_language(self, text: str, chinese: bool) -> str:
         text = expand_contractions(text)
         if not chinese:
-            return _map_punctuation(self._run(self._en, text))
+            text = self._run(self._en, text)
+            if self._en is not None:
+                text = space_after_leading_punctuation(text)
+            return _map_punctuation(text)
         text, pinyins = _protect(text.rstrip(), _PINYIN_RE, "pinyin")
         text, names = _protect(text, _NAME_RE, "n")
         text = self._run(self._zh, text)
@@ -190,7 +233,7 @@ class TextNormalizer:
         if normalizer is None or not text.strip():
             return text
         try:
-            return normalizer.normalize(text)
+            return unescape_wetext(normalizer.normalize(text))
         except Exception as e:  # wetext raises bare AssertionErrors on some inputs
             log.warning("wetext failed on %r (%s); text kept as it is", text, type(e).__name__)
             return text

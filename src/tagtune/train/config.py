@@ -25,6 +25,9 @@ from tagtune.precision import TRAINING_PRECISIONS
 from tagtune.tags.rows import TAG_INITS
 
 DEVICES = ("auto", "cpu", "cuda")
+# where training metrics go besides metrics.jsonl/csv, through accelerate's trackers: "auto" is TensorBoard when
+# it is installed (the tensorboard extra) and nothing otherwise; wandb needs the wandb extra
+REPORT_TO = ("auto", "tensorboard", "wandb", "none")
 # CLI flag name -> dotted field it overrides
 CLI_OVERRIDES = {
     "max_steps": "schedule.max_steps",
@@ -34,6 +37,9 @@ CLI_OVERRIDES = {
     "rank": "lora.rank",
     "seed": "seed",
     "neutral_steps": "lora.neutral_steps",
+    "device": "runtime.device",
+    "precision": "runtime.precision",
+    "report_to": "runtime.report_to",
 }
 
 
@@ -207,13 +213,18 @@ class EvalSettings:
 @dataclass
 class RuntimeSettings:
     device: str = "auto"
-    precision: str = "auto"  # tagtune.precision: fp32 on a CPU, bf16 (or fp16) on a GPU
+    # "auto": the mixed precision set in accelerate (``accelerate launch --mixed_precision``, its config file,
+    # ACCELERATE_MIXED_PRECISION) when there is one, else tagtune.precision's default for the device (fp32 on
+    # a CPU, bf16 or fp16 on a GPU). A named precision here always wins.
+    precision: str = "auto"
     log_every_steps: int = 10
     progress_bar: bool = True
+    report_to: str = "auto"
 
     def __post_init__(self):
         _check_types(self, "runtime")
         _check(self.device in DEVICES, f"runtime.device must be one of {DEVICES}, got {self.device!r}")
+        _check(self.report_to in REPORT_TO, f"runtime.report_to must be one of {REPORT_TO}, got {self.report_to!r}")
         _check(self.precision in ("auto", *TRAINING_PRECISIONS),
                f"runtime.precision must be one of {('auto', *TRAINING_PRECISIONS)}, got {self.precision!r}")
         _check(self.log_every_steps >= 1, "runtime.log_every_steps must be >= 1")
@@ -271,6 +282,26 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def with_settings(self, settings: dict[str, Any]) -> TrainConfig:
+        """A copy with dotted recipe keys set (``{"optim.lr": 3e-4, "seed": 7}``), checked like a recipe file.
+
+        A key that names no recipe field is an error listing the keys of its section.
+        """
+        data = self.to_dict()
+        for key, value in settings.items():
+            *parents, leaf = key.split(".")
+            node, fields_here, where = data, {f.name: f for f in dataclasses.fields(TrainConfig)}, ""
+            for part in parents:
+                _check(not where, f"unknown recipe key {key!r}: {where}.{part} is not a section")
+                _check(part in SECTIONS, f"unknown recipe key {key!r}: the recipe has no section {part!r}; "
+                                         f"sections: {', '.join(SECTIONS)}")
+                node, fields_here, where = node[part], {f.name: f for f in dataclasses.fields(SECTIONS[part])}, part
+            known = sorted(n for n in fields_here if where or n not in SECTIONS)
+            _check(leaf in known, f"unknown recipe key {key!r}; known in {where or 'the top level'}: "
+                                  f"{', '.join(known)}" + ("" if where else f" (sections: {', '.join(SECTIONS)})"))
+            node[leaf] = value
+        return TrainConfig.from_dict(data)
+
     def with_overrides(self, **values: Any) -> TrainConfig:
         """A copy with CLI overrides applied (keys of ``CLI_OVERRIDES``; ``None`` values are ignored)."""
         data = self.to_dict()
@@ -284,6 +315,19 @@ class TrainConfig:
                 node = node[p]
             node[leaf] = value
         return TrainConfig.from_dict(data)
+
+
+def parse_setting(text: str, example: str = "optim.lr=3e-4") -> tuple[str, Any]:
+    """``"section.key=value"`` -> (``"section.key"``, value); the value is read as in a recipe file (YAML 1.2
+    numbers, ``null``, ``[a, b]`` lists)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    _check(bool(sep) and bool(key) and all(key.split(".")), f"expected KEY=VALUE (e.g. {example}), got {text!r}")
+    try:
+        value = yaml.load(raw, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as e:
+        raise TrainConfigError(f"{key}: cannot read the value {raw!r} ({' '.join(str(e).split())})") from None
+    return key, value
 
 
 def _section(cls, data: dict[str, Any], name: str):

@@ -26,11 +26,11 @@ from tqdm import tqdm
 from tagtune import lora
 from tagtune.errors import UserError
 from tagtune.folders import RunFolder
-from tagtune.precision import TRAINING_PRECISIONS, PrecisionError, resolve_precision
 from tagtune.tags.neutral import NeutralFit, fit_neutral_row, tokenizer_layout, untagged_indices
 from tagtune.tags.rows import TagInit, current_tag_rows, grow_base, read_start_rows, save_start_rows, set_tag_rows
 from tagtune.train import run as rundir
 from tagtune.train import state as ts
+from tagtune.train.accel import make_accelerator, start_trackers
 from tagtune.train.config import TrainConfig, TrainConfigError
 from tagtune.train.data import clip_lengths, collate, epoch_batches, micro_batch, open_data, pad_spec, precompute_conds
 from tagtune.train.loss import RowLosses, combine, split_means
@@ -55,20 +55,6 @@ class RunResult:
     last_val: dict | None
     forgetting_pct: float | None  # untagged val loss vs base, percent (positive = worse)
     weights_dir: Path  # best-by-validation weights (last when never validated)
-
-
-def _accelerator(config: TrainConfig):
-    from accelerate import Accelerator
-
-    rt = config.runtime
-    cuda = torch.cuda.is_available() and rt.device != "cpu"
-    if rt.device == "cuda" and not cuda:
-        raise UserError("runtime.device is 'cuda' but no CUDA device is available")
-    try:
-        precision = resolve_precision(rt.precision, "cuda" if cuda else "cpu", TRAINING_PRECISIONS)
-    except PrecisionError as e:
-        raise UserError(f"runtime.precision: {e}") from None
-    return Accelerator(cpu=not cuda, mixed_precision={"fp32": "no"}.get(precision, precision))
 
 
 def _scheduler(optimizer, config: TrainConfig, total_steps: int):
@@ -106,13 +92,12 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
     """
     config = config or TrainConfig()
     run_dir = Path(out_dir)
-    accel = _accelerator(config)
-    rank, world, main = accel.process_index, accel.num_processes, accel.is_main_process
-    torch.manual_seed(config.seed + rank)
-
     # ---- setup: data, model (grown base + adapters), optimizer, schedule, resume state. Everything that can
     # be checked is checked before the first write: a refused run leaves RUN_DIR as it was.
     data = open_data(data_dir)
+    accel = make_accelerator(config, run_dir)
+    rank, world, main = accel.process_index, accel.num_processes, accel.is_main_process
+    torch.manual_seed(config.seed + rank)
     checkpoint = rundir.check_resume(run_dir, config, data, rank, world) if resume else None
     rows_file = run_dir / rundir.START_ROWS
     # a resumed run starts from the rows it recorded (a checkpoint then overrides them); "neutral" is fitted below
@@ -130,16 +115,17 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
     scheduler = _scheduler(optimizer, config, total_steps)
     progress = ts.Progress()
     if checkpoint is not None:
-        progress = rundir.restore(gpt, optimizer, scheduler, checkpoint)
+        progress = rundir.restore(gpt, optimizer, scheduler, checkpoint, accel.device)
     if main and resume:
         rundir.tidy(run_dir, checkpoint.folder if checkpoint is not None else None)
     elif main:
         rundir.start(run_dir, config, data, model_cfg, new_ids, world)
     need_start_rows = progress.step == 0 and not rows_file.is_file()  # decided by every process before any writes
     accel.wait_for_everyone()
+    start_trackers(accel, config, run_dir)
     meta = rundir.weights_meta(data, model_cfg, new_ids, config)
     # metric lines after the restored step are replayed; a run without a checkpoint starts its metrics afresh
-    metrics = MetricsLog(run_dir, main, progress.step if checkpoint is not None else None)
+    metrics = MetricsLog(run_dir, main, progress.step if checkpoint is not None else None, tracker=accel)
     conds = None if config.lora.train_conditioning else precompute_conds(gpt, data.train, accel.device)
     val_conds = None if config.lora.train_conditioning else precompute_conds(gpt, data.val, accel.device)
     if need_start_rows:
@@ -158,7 +144,8 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
     model, optimizer = accel.prepare(RowLosses(gpt, config.loss), optimizer)
     trainable = [p for p in gpt.parameters() if p.requires_grad]
     lengths = clip_lengths(data.train)
-    bar = tqdm(total=total_steps, initial=progress.step, disable=not (main and config.runtime.progress_bar),
+    # the bar (with ETA) is the main process's, on stderr, and off when stderr is not a terminal
+    bar = tqdm(total=total_steps, initial=progress.step, disable=None if main and config.runtime.progress_bar else True,
                desc="train", unit="step", dynamic_ncols=True)
     window = _Window()
     last_val = None
@@ -219,6 +206,8 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
         if not (run_dir / rundir.BEST).exists():
             shutil.copytree(run_dir / rundir.LAST, run_dir / rundir.BEST)
     metrics.close()
+    for tracker in accel.trackers:  # flushes TensorBoard's event file, ends a wandb run (the process group stays)
+        tracker.finish()
     accel.wait_for_everyone()
     last_train = next((r for r in reversed(metrics.records) if r["kind"] == "train"), {})
     return RunResult(run_dir, progress.step, last_train.get("loss"), progress.best_val_loss, progress.best_step,
@@ -239,7 +228,8 @@ def _start_tag_rows(gpt, data, new_ids: list[int], config: TrainConfig, conds, a
             clips = [data.train[i] for i in picks]
             latents = _clip_conds(gpt, picks, clips, conds, accel.device)
             starts, space_id = tokenizer_layout(data.tokenizer_path)
-            row, report = fit_neutral_row(gpt, new_ids, clips, latents, starts, space_id, fit)
+            row, report = fit_neutral_row(gpt, new_ids, clips, latents, starts, space_id, fit,
+                                          progress=config.runtime.progress_bar)
             set_tag_rows(gpt, new_ids, {"text_embedding.weight": row.expand(len(new_ids), -1)})
         save_start_rows(rows_file, current_tag_rows(gpt, new_ids), data.tag_names, config.lora.tag_init, report)
     accel.wait_for_everyone()

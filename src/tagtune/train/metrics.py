@@ -1,4 +1,4 @@
-"""Validation losses and the run's metric files (JSONL, CSV, TensorBoard when installed, a loss-curve PNG).
+"""Validation losses and the run's metric files (JSONL, CSV, a loss-curve PNG), mirrored to accelerate's trackers.
 
 Validation reports the loss overall, per tag and on untagged clips. The untagged loss is the forgetting
 guard: it is compared with the same loss of the untouched base model, measured before the first step.
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 LOSS_PNG = "loss_curve.png"
-TENSORBOARD_DIR = "tensorboard"
+TENSORBOARD_DIR = "tensorboard"  # accelerate's TensorBoard tracker writes RUN_DIR/tensorboard/
 
 
 class MetricsError(UserError):
@@ -71,20 +71,23 @@ def forgetting(untagged: float | None, base: float | None) -> float | None:
 
 
 class MetricsLog:
-    """Appends records to RUN_DIR/metrics.jsonl and mirrors them to CSV, TensorBoard and a PNG."""
+    """Appends records to RUN_DIR/metrics.jsonl and mirrors them to CSV, a PNG and the run's trackers.
 
-    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None):
+    ``tracker`` is anything with accelerate's ``log(values, step=)`` (the run's Accelerator, whose trackers
+    (TensorBoard, wandb) were started by the recipe), or None.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None, tracker=None):
         self.run_dir, self.enabled = Path(run_dir), enabled
         self.path = self.run_dir / METRICS_JSONL
         self.records: list[dict] = []
-        self._tb = None
+        self._tracker = tracker
         if not enabled:
             return
         if resume_step is not None and self.path.is_file():
             # lines written after the checkpoint we resume from are replayed by the resumed run
             self.records = [r for r in read_records(self.path) if r["step"] <= resume_step]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
-        self._tb = _tensorboard(self.run_dir / TENSORBOARD_DIR)
 
     def add(self, kind: str, step: int, values: dict) -> None:
         if not self.enabled:
@@ -93,10 +96,10 @@ class MetricsLog:
         self.records.append(record)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        if self._tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
-                    self._tb.add_scalar(f"{kind}/{k}", v, step)
+        if self._tracker is not None:
+            scalars = {f"{kind}/{k}": v for k, v in record.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+            self._tracker.log(scalars, step=step)
 
     def flush(self) -> None:
         """Rewrite the CSV and the loss-curve PNG from all records."""
@@ -106,13 +109,9 @@ class MetricsLog:
         png = _plot(self.records)
         if png is not None:
             atomic_write_bytes(self.run_dir / LOSS_PNG, png)
-        if self._tb is not None:
-            self._tb.flush()
 
     def close(self) -> None:
         self.flush()
-        if self._tb is not None:
-            self._tb.close()
 
 
 def read_records(path: Path) -> list[dict]:
@@ -141,14 +140,6 @@ def _clean(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
-
-
-def _tensorboard(folder: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # optional extra
-        return None
-    return SummaryWriter(str(folder))
 
 
 def _csv(records: list[dict]) -> str:

@@ -130,7 +130,7 @@ def save_checkpoint(accel, run_dir: Path, gpt, optimizer, scheduler, progress: t
         shutil.rmtree(staged, ignore_errors=True)
         staged.mkdir(parents=True)
     accel.wait_for_everyone()
-    ts.write_rng(staged, accel.process_index)
+    ts.write_rng(staged, accel.process_index, accel.device)
     accel.wait_for_everyone()
     if main:
         kept = [s for s in progress.kept if s != step] + [step]
@@ -197,7 +197,7 @@ def _check_recipe(run_dir: Path, config: TrainConfig) -> None:
         log.warning("%s: the recipe differs from the one the run started with; resuming with the new one", run_dir)
 
 
-def restore(gpt, optimizer, scheduler, checkpoint: ts.Checkpoint) -> ts.Progress:
+def restore(gpt, optimizer, scheduler, checkpoint: ts.Checkpoint, device="cpu") -> ts.Progress:
     """Load a checkpoint read by ``check_resume`` into the freshly built run."""
     ts.load_trainable(gpt, checkpoint.trainable, checkpoint.folder)
     try:
@@ -206,7 +206,7 @@ def restore(gpt, optimizer, scheduler, checkpoint: ts.Checkpoint) -> ts.Progress
     except (ValueError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"{checkpoint.folder / ts.STATE_TENSORS}: the optimizer state does not fit the "
                               f"run's model ({' '.join(str(e).split())})") from None
-    torch.set_rng_state(checkpoint.rng)
+    ts.set_rng_state(checkpoint.rng, device)
     log.info("resuming %s from step %d", checkpoint.folder.parent.parent, checkpoint.progress.step)
     return checkpoint.progress
 

@@ -6,7 +6,8 @@ Layout of ``RUN_DIR/checkpoints/step-000120/``:
                          official keys in full fine-tuning), loadable on their own
     state.safetensors    trainable tensors by wrapped name + AdamW moments (``optim.<i>.<name>``)
     state.json           step, data position, scheduler, optimizer groups, run bookkeeping
-    rng-<rank>.safetensors  torch RNG state of every process (dropout, LoRA dropout)
+    rng-<rank>.safetensors  torch RNG states of every process (dropout, LoRA dropout): ``cpu``, and ``cuda``
+                         (its GPU's generator, which dropout on a GPU draws from) when it trains on one
 
 A checkpoint is written into a hidden temporary folder (``.step-000120.tmp``) and renamed into place, then
 ``LATEST`` is replaced atomically: a SIGKILL at any moment leaves every earlier checkpoint intact. A step
@@ -121,10 +122,31 @@ def _optimizer_from_flat(tensors: dict[str, torch.Tensor], groups: dict) -> dict
     return {"state": state, "param_groups": groups["param_groups"]}
 
 
-def write_rng(folder: Path, rank: int) -> None:
-    """Each process stores its own RNG (dropout masks differ per rank)."""
+def rng_state(device) -> dict[str, torch.Tensor]:
+    """The generators a process draws from: the CPU's, and its GPU's when it trains on one."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(torch.device(device))
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device) -> None:
+    """Put back what ``rng_state`` saved. A checkpoint written on another kind of device resumes, but dropout
+    then draws other masks than the uninterrupted run would have: that is said once."""
+    torch.set_rng_state(state["cpu"])
+    on_cuda = torch.device(device).type == "cuda"
+    if on_cuda and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], torch.device(device))
+    elif on_cuda or "cuda" in state:
+        log.warning("the checkpoint was written %s and this run trains %s: its GPU random state cannot be "
+                    "restored, so dropout differs from an uninterrupted run", "on a GPU" if "cuda" in state
+                    else "without a GPU", "on a GPU" if on_cuda else "without one")
+
+
+def write_rng(folder: Path, rank: int, device="cpu") -> None:
+    """Each process stores its own RNG states (dropout masks differ per rank)."""
     folder.mkdir(parents=True, exist_ok=True)
-    save_safetensors(folder / f"rng-{rank}.safetensors", {"cpu": torch.get_rng_state()})
+    save_safetensors(folder / f"rng-{rank}.safetensors", rng_state(device))
 
 
 def write_state(folder: Path, trainable: dict[str, torch.Tensor], optimizer, scheduler, progress: Progress) -> None:
@@ -167,7 +189,7 @@ class Checkpoint:
     optimizer: dict
     scheduler: dict
     progress: Progress
-    rng: torch.Tensor
+    rng: dict[str, torch.Tensor]  # "cpu", and "cuda" when it was written on a GPU (rng_state)
 
 
 def read_checkpoint(folder: Path, rank: int) -> Checkpoint:
@@ -186,7 +208,7 @@ def read_checkpoint(folder: Path, rank: int) -> Checkpoint:
         raise _damaged(folder, f"{rng_file}: holds no 'cpu' RNG state")
     trainable = {k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")}
     optim = _optimizer_from_flat(tensors, payload["optimizer"])
-    return Checkpoint(folder, trainable, optim, payload["scheduler"], Progress(**payload["progress"]), rng["cpu"])
+    return Checkpoint(folder, trainable, optim, payload["scheduler"], Progress(**payload["progress"]), rng)
 
 
 def _read_payload(folder: Path) -> dict:

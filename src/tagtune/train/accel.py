@@ -1,0 +1,133 @@
+"""The Accelerator of a run: its device, its mixed precision and its trackers, from the recipe and accelerate.
+
+Precision, first match wins:
+
+1. ``runtime.precision`` in the recipe (or ``--set runtime.precision=...`` / ``--precision``) when it names one;
+2. the mixed precision set in accelerate: ``accelerate launch --mixed_precision X``, or the config file that
+   ``accelerate launch`` reads (both reach the program as ``ACCELERATE_MIXED_PRECISION``; a launch with neither
+   sets it to ``no``, i.e. fp32), or ``ACCELERATE_MIXED_PRECISION`` exported by hand;
+3. in a run started without the launcher, ``mixed_precision`` of accelerate's default config file
+   (written by ``accelerate config``);
+4. ``tagtune.precision``'s default for the device: fp32 on a CPU, bf16 (or fp16) on a GPU.
+
+Trackers: ``runtime.report_to`` names accelerate's tracker (``tensorboard`` writes RUN_DIR/tensorboard/,
+``wandb`` a run in RUN_DIR/wandb/); ``auto`` is TensorBoard when it is installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import yaml
+
+from tagtune.devices import DeviceError, resolve_device
+from tagtune.precision import TRAINING_PRECISIONS, PrecisionError, resolve_precision
+from tagtune.train.config import TrainConfig, TrainConfigError
+from tagtune.train.metrics import TENSORBOARD_DIR
+
+log = logging.getLogger(__name__)
+
+MIXED_PRECISION_ENV = "ACCELERATE_MIXED_PRECISION"
+# accelerate's names -> tagtune's (tagtune.precision)
+FROM_ACCELERATE = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}
+WANDB_PROJECT = "tagtune"
+
+
+def accelerate_config_file() -> Path:
+    """accelerate's default config file (``accelerate config`` writes it; HF_HOME moves it)."""
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(os.path.expanduser(home)) / "accelerate" / "default_config.yaml"
+
+
+def accelerate_precision(env: dict[str, str] | None = None, config_file: Path | None = None) -> tuple[str, str] | None:
+    """(accelerate's mixed precision in tagtune's name, where it was set), or None when accelerate sets none."""
+    env = os.environ if env is None else env
+    value, source = env.get(MIXED_PRECISION_ENV), MIXED_PRECISION_ENV
+    if value is None:
+        path = config_file or accelerate_config_file()
+        try:
+            settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return None
+        value = settings.get("mixed_precision") if isinstance(settings, dict) else None
+        source = str(path)
+        if value is None:
+            return None
+    name = FROM_ACCELERATE.get(str(value).lower())
+    if name is None:
+        raise TrainConfigError(f"accelerate's mixed precision {value!r} (from {source}) is not one tagtune trains "
+                               f"in ({', '.join(FROM_ACCELERATE)}); set runtime.precision to one of "
+                               f"{TRAINING_PRECISIONS}")
+    return name, source
+
+
+def run_precision(config: TrainConfig, device, env: dict[str, str] | None = None,
+                  config_file: Path | None = None) -> tuple[str, str]:
+    """(the precision a run trains in, why): see the module docstring for the order."""
+    wanted, source = config.runtime.precision, "runtime.precision"
+    if wanted == "auto":
+        from_accelerate = accelerate_precision(env, config_file)
+        if from_accelerate is not None:
+            wanted, source = from_accelerate
+        else:
+            source = f"the default for {device.type}"
+    try:
+        return resolve_precision(wanted, device, TRAINING_PRECISIONS), source
+    except PrecisionError as e:
+        raise TrainConfigError(f"{e} (precision from {source})") from None
+
+
+def trackers(report_to: str) -> list[str]:
+    """accelerate's ``log_with`` for ``runtime.report_to``; a tracker that is not installed is an error."""
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    if report_to == "none":
+        return []
+    if report_to == "auto":
+        return ["tensorboard"] if is_tensorboard_available() else []
+    installed = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}[report_to]()
+    if not installed:
+        raise TrainConfigError(f"runtime.report_to is {report_to!r}, but {report_to} is not installed: "
+                               f"pip install 'tagtune[{report_to}]' (or report_to: none)")
+    return [report_to]
+
+
+def make_accelerator(config: TrainConfig, run_dir: Path):
+    """The run's Accelerator: device and precision checked and chosen, trackers named (not yet started)."""
+    from accelerate import Accelerator
+
+    try:
+        device = resolve_device(config.runtime.device)
+    except DeviceError as e:
+        raise TrainConfigError(f"runtime.device: {e}") from None
+    precision, source = run_precision(config, device)
+    accel = Accelerator(cpu=device.type == "cpu", mixed_precision={"fp32": "no"}.get(precision, precision),
+                        log_with=trackers(config.runtime.report_to) or None, project_dir=str(run_dir))
+    log.info("training on %s in %s (precision from %s)", accel.device, precision, source)
+    return accel
+
+
+def start_trackers(accel, config: TrainConfig, run_dir: Path) -> None:
+    """Open the trackers on the main process: TensorBoard under RUN_DIR/tensorboard/, wandb in RUN_DIR/wandb/."""
+    if not accel.log_with:
+        return
+    names = {str(getattr(t, "value", t)) for t in accel.log_with}
+    init = {"wandb": {"dir": str(run_dir), "name": run_dir.name}} if "wandb" in names else {}
+    project = WANDB_PROJECT if "wandb" in names else TENSORBOARD_DIR
+    # TensorBoard writes to project_dir/<project name>; wandb keeps the whole recipe as the run's config
+    accel.init_trackers(project, config=_flat(config.to_dict()), init_kwargs=init)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """Nested recipe -> {"optim.lr": 1e-4, ...} with plain scalar values (what trackers store as hyperparameters)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float, str, bool)):
+            out[f"{prefix}{key}"] = value
+        elif value is not None:
+            out[f"{prefix}{key}"] = str(value)
+    return out
