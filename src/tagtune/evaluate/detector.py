@@ -159,25 +159,29 @@ class CodeEventDetector:
         if len(codes) < self.window:
             return []
         probs = self.window_probs(codes)  # (W_n, C)
-        active = (1 - probs[:, 0]) >= THRESHOLD
-        found, s = [], 0
-        while s < len(active):
-            if not active[s]:
-                s += 1
-                continue
-            e = s
-            while e < len(active) and active[e]:
-                e += 1
-            if e - s >= self.min_run:
-                found.append(self._detection(probs[s:e], s, e))
-            s = e
-        return found
+        active = ((1 - probs[:, 0]) >= THRESHOLD).tolist()
+        return [self._detection(probs[s:e], s, e) for s, e in active_runs(active) if e - s >= self.min_run]
 
     def _detection(self, probs: torch.Tensor, s: int, e: int) -> Detection:
         mean = probs[:, 1:].mean(0)
         k = int(mean.argmax())
         lead = round((1 - COVERAGE) * self.window)  # a window turns positive before the event starts
         return Detection(self.classes[k + 1], s + lead, e - 1 + self.window - lead, float(mean[k]))
+
+
+def active_runs(active) -> list[tuple[int, int]]:
+    """(start, end) of every run of true values in a sequence of flags."""
+    out, s = [], 0
+    while s < len(active):
+        if not active[s]:
+            s += 1
+            continue
+        e = s
+        while e < len(active) and active[e]:
+            e += 1
+        out.append((s, e))
+        s = e
+    return out
 
 
 def _cap_per_class(x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int):

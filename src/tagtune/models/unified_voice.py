@@ -130,6 +130,22 @@ def segment_hidden(model, prefix: torch.Tensor, tokens: TrainingTokens, mask_pad
     return h[:, :n_text], h[:, n_text:]
 
 
+def add_token_trunk(model: nn.Module, cfg, D: int, dropout: float) -> None:
+    """The parts both IndexTTS generations share, under the official names, in the official creation order
+    (random init draws in this order): token tables, GPT-2 blocks, position tables, final norm, heads."""
+    model.text_embedding = nn.Embedding(cfg.text_rows, D)
+    model.mel_embedding = nn.Embedding(cfg.number_mel_codes, D)
+    for emb in (model.text_embedding, model.mel_embedding):
+        nn.init.normal_(emb.weight, std=POS_INIT_STD)
+    model.gpt = GPT2Backbone(D, cfg.layers, cfg.heads)
+    model.gpt.set_dropout(dropout)
+    model.mel_pos_embedding = LearnedPositionEmbeddings(cfg.mel_positions, D)
+    model.text_pos_embedding = LearnedPositionEmbeddings(cfg.text_positions, D)
+    model.final_norm = nn.LayerNorm(D, eps=LN_EPS)
+    model.text_head = nn.Linear(D, cfg.text_rows)
+    model.mel_head = nn.Linear(D, cfg.number_mel_codes)
+
+
 class UnifiedVoice(nn.Module):
     """The IndexTTS GPT, built from ``GPTConfig``; its state dict matches the official ``gpt.pth``."""
 
@@ -141,17 +157,7 @@ class UnifiedVoice(nn.Module):
         self.perceiver_encoder = PerceiverResampler(
             D, cm.output_size, cm.attention_heads, cm.perceiver_mult, cfg.condition_num_latent
         )
-        self.text_embedding = nn.Embedding(cfg.text_rows, D)
-        self.mel_embedding = nn.Embedding(cfg.number_mel_codes, D)
-        for emb in (self.text_embedding, self.mel_embedding):
-            nn.init.normal_(emb.weight, std=POS_INIT_STD)
-        self.gpt = GPT2Backbone(D, cfg.layers, cfg.heads)
-        self.gpt.set_dropout(dropout)
-        self.mel_pos_embedding = LearnedPositionEmbeddings(cfg.mel_positions, D)
-        self.text_pos_embedding = LearnedPositionEmbeddings(cfg.text_positions, D)
-        self.final_norm = nn.LayerNorm(D, eps=LN_EPS)
-        self.text_head = nn.Linear(D, cfg.text_rows)
-        self.mel_head = nn.Linear(D, cfg.number_mel_codes)
+        add_token_trunk(self, cfg, D, dropout)
 
     # ------------------------------------------------------------------------------------ conditioning
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tagtune.errors import UserError
-from tagtune.evaluate.detector import CodeEventDetector
+from tagtune.evaluate.detector import CodeEventDetector, active_runs
 from tagtune.evaluate.judges.base import SECONDS_PER_CODE, Event, Speech, resample_to
 from tagtune.evaluate.judges.hub import DEFAULT_EVENT_MODEL, JudgeModelError, load_pretrained
 from tagtune.folders import shipped_event_map
@@ -71,21 +71,6 @@ def class_columns(tags: list[str], event_map: dict[str, list[str]], id2label: di
         columns = [by_label[n.lower()] for n in names if n.lower() in by_label]
         if columns:
             out[format_tag(tag)] = columns
-    return out
-
-
-def _runs(active: np.ndarray) -> list[tuple[int, int]]:
-    """(start, end) of every run of True values."""
-    out, s = [], 0
-    while s < len(active):
-        if not active[s]:
-            s += 1
-            continue
-        e = s
-        while e < len(active) and active[e]:
-            e += 1
-        out.append((s, e))
-        s = e
     return out
 
 
@@ -163,7 +148,7 @@ class AudioSetEventJudge:
     def _events(self, probs: np.ndarray) -> list[Event]:
         margin = probs - np.array([self.thresholds[t] for t in self.tags])  # (windows, tags)
         found = []
-        for s, e in _runs(margin.max(axis=1) >= 0):
+        for s, e in active_runs((margin.max(axis=1) >= 0).tolist()):
             if e - s >= MIN_RUN_WINDOWS:
                 k = int(margin[s:e].mean(axis=0).argmax())
                 found.append(Event(self.tags[k], s * HOP_S + WINDOW_S / 2, (e - 1) * HOP_S + WINDOW_S,

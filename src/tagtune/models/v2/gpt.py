@@ -20,13 +20,10 @@ from torch import nn
 
 from tagtune.config import W2V_BERT_DIM, GPTV2Config
 from tagtune.models.conditioning import ConformerEncoder, PerceiverResampler
-from tagtune.models.gpt2 import GPT2Backbone
 from tagtune.models.unified_voice import (
-    LN_EPS,
     OFFICIAL_DROPOUT,
-    POS_INIT_STD,
     GPTLogits,
-    LearnedPositionEmbeddings,
+    add_token_trunk,
     aligned_tokens,
     segment_hidden,
 )
@@ -55,17 +52,7 @@ class UnifiedVoiceV2(nn.Module):
         )
         self.emovec_layer = nn.Linear(W2V_BERT_DIM, D)
         self.emo_layer = nn.Linear(D, D)
-        self.text_embedding = nn.Embedding(cfg.text_rows, D)
-        self.mel_embedding = nn.Embedding(cfg.number_mel_codes, D)
-        for emb in (self.text_embedding, self.mel_embedding):
-            nn.init.normal_(emb.weight, std=POS_INIT_STD)
-        self.gpt = GPT2Backbone(D, cfg.layers, cfg.heads)
-        self.gpt.set_dropout(dropout)
-        self.mel_pos_embedding = LearnedPositionEmbeddings(cfg.mel_positions, D)
-        self.text_pos_embedding = LearnedPositionEmbeddings(cfg.text_positions, D)
-        self.final_norm = nn.LayerNorm(D, eps=LN_EPS)
-        self.text_head = nn.Linear(D, cfg.text_rows)
-        self.mel_head = nn.Linear(D, cfg.number_mel_codes)
+        add_token_trunk(self, cfg, D, dropout)
 
     # ------------------------------------------------------------------------------------ conditioning
 
