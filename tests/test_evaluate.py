@@ -76,7 +76,7 @@ def test_detector_is_trained_and_checked_on_the_corpus(untrained_report):
     det = report["details"]["detector"]
     assert det["available"] and set(det["train_windows"]) == {"none", "generated_none", *TAGS}
     from tagtune.data import PreparedDataset
-    from tagtune.evaluate.run import GENERATED_NEGATIVES
+    from tagtune.evaluate.prepared import GENERATED_NEGATIVES
 
     # the base spoke tag-free training prompts as negatives; its held-out generations measure false positives
     n_train = len(PreparedDataset(report["meta"]["data"], "train"))
@@ -113,13 +113,13 @@ class TagBlind(nn.Module):
 def test_a_model_that_ignores_tags_has_no_reliance_gap(eval_data):
     from tagtune.evaluate import load_models
     from tagtune.evaluate.loading import EvalModel
+    from tagtune.evaluate.prepared import split_items
     from tagtune.evaluate.reliance import score_reliance, summarize
-    from tagtune.evaluate.run import _split
 
     model_dir, data_dir = eval_data
     tuned, _, tags, space_id = load_models(model_dir)
     blind = EvalModel("base", TagBlind(tuned.gpt, set(tuned.tag_ids.values()), space_id), "blind", tuned.tag_ids)
-    tagged = [it for it in _split(data_dir, "val") if it["has_tag"]]
+    tagged = [it for it in split_items(data_dir, "val") if it["has_tag"]]
     trials = score_reliance(blind, tagged, tags, space_id)
     assert len(trials) == len(tagged)
     assert max(abs(t.gap) for t in trials) < 1e-3 and max(abs(t.wrong_gap) for t in trials) < 1e-3
@@ -150,11 +150,11 @@ def test_a_tuned_adapter_relies_on_its_tags(eval_data, shipped_base, tmp_path):
 def test_sampling_is_reproducible_with_a_seed(eval_data):
     from tagtune.evaluate import FreeRunSettings, load_models
     from tagtune.evaluate.freerun import generate, make_prompts
-    from tagtune.evaluate.run import _split
+    from tagtune.evaluate.prepared import split_items
 
     model_dir, data_dir = eval_data
     tuned, _, _, space_id = load_models(model_dir)
-    items = [it for it in _split(data_dir, "val") if it["has_tag"]][:2]
+    items = [it for it in split_items(data_dir, "val") if it["has_tag"]][:2]
     prompts = make_prompts(items, [], set(tuned.tag_ids.values()), space_id)
     settings = FreeRunSettings(batch_size=4)
     a, b = generate(tuned, prompts, items, settings, 5), generate(tuned, prompts, items, settings, 5)

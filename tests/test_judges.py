@@ -197,13 +197,13 @@ def test_code_detector_through_the_judges_interface_gives_the_free_running_numbe
     from tagtune.evaluate.judges.base import Expected, Speech
     from tagtune.evaluate.judges.events import CodeEventJudge
     from tagtune.evaluate.judges.metrics import JudgedClip, event_scores
+    from tagtune.evaluate.prepared import codebook_of, split_items, train_detector
     from tagtune.evaluate.reliance import occurrences
-    from tagtune.evaluate.run import _codebook, _split, train_detector
 
     model_dir, data_dir = eval_data
     tuned, _, tags, space_id = load_models(model_dir)
-    val, train = _split(data_dir, "val"), _split(data_dir, "train")
-    det, report = train_detector(_codebook(model_dir, None), train, val, tags, tuned.tag_ids, 0)
+    val, train = split_items(data_dir, "val"), split_items(data_dir, "train")
+    det, report = train_detector(codebook_of(model_dir, None), train, val, tags, tuned.tag_ids, 0)
     tagged = [it for it in val if it["has_tag"]][:8]
     untagged = [it for it in val if not it["has_tag"]][:4]
     items = tagged + untagged
@@ -238,14 +238,14 @@ def test_code_detector_judges_the_suite_through_the_panel(eval_data, suite):
     accuracy as the judge's; asking for it without a detector is one clear error."""
     from tagtune.evaluate import EvaluationError, load_models
     from tagtune.evaluate.judges import JudgeSettings, judge_models, open_judges
-    from tagtune.evaluate.run import _codebook, _split, train_detector
+    from tagtune.evaluate.prepared import codebook_of, split_items, train_detector
     from tagtune.loaders import load_model
 
     model_dir, data_dir = eval_data
     prompts, voices = suite
     tuned, _, tags, _ = load_models(model_dir)
-    val, train = _split(data_dir, "val"), _split(data_dir, "train")
-    det, report = train_detector(_codebook(model_dir, None), train, val, tags, tuned.tag_ids, 0)
+    val, train = split_items(data_dir, "val"), split_items(data_dir, "train")
+    det, report = train_detector(codebook_of(model_dir, None), train, val, tags, tuned.tag_ids, 0)
     settings = JudgeSettings(judges=("events",), event_model="codes", prompts=[prompts], voices=voices,
                              resamples=20, progress=False)
     panel = open_judges(settings, tags, load_model(model_dir))
@@ -279,7 +279,7 @@ def test_without_a_voice_folder_the_validation_speakers_are_the_voices(eval_data
     from eval_fixtures import VOICES
     from tagtune.evaluate import load_models
     from tagtune.evaluate.judges import JudgeSettings, judge_models, open_judges
-    from tagtune.evaluate.run import _split
+    from tagtune.evaluate.prepared import split_items
     from tagtune.loaders import load_model
 
     model_dir, data_dir = eval_data
@@ -288,7 +288,7 @@ def test_without_a_voice_folder_the_validation_speakers_are_the_voices(eval_data
     settings = JudgeSettings(judges=("voice",), speaker_model="ecapa", prompts=[prompts], resamples=20,
                              progress=False)
     panel = open_judges(settings, tags, load_model(model_dir))
-    j = judge_models(panel, [tuned], _split(data_dir, "val"), _split(data_dir, "train"), seed=1)
+    j = judge_models(panel, [tuned], split_items(data_dir, "val"), split_items(data_dir, "train"), seed=1)
     assert sorted(j["settings"]["voices"]) == sorted(VOICES) and "validation speakers" in j["settings"]["voice_source"]
     sims = [j["per_voice"][v]["tuned"]["similarity"] for v in VOICES]
     assert all(s["clips"] == 5 and -1.0 <= s["value"] <= 1.0 for s in sims)

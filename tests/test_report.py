@@ -189,7 +189,9 @@ def test_samples_are_named_by_their_sentence_and_indexed(tmp_path):
 
     text = "Seriously? <giggles> That's the cutest thing I've ever heard!"
     assert sample_name(3, "tuned", text) == "03-tuned-seriously-giggles-thats-the-cutest-thing.wav"
-    assert sample_name(12, "base", "你好") == "12-base-sample.wav"
+    assert sample_name(12, "base", "你好") == "12-base-zh.wav"
+    assert sample_name(2, "tuned", "真的吗？ <giggles> 这也太可爱了吧！", "unseen-male") == \
+        "02-tuned-unseen-male-zh-giggles.wav"
     index = [{"file": sample_name(i, m, text), "model": m, "voice": "ref.wav", "text": text, "seed": i}
              for i in (1, 2) for m in ("base", "tuned")]
     write_sample_index(tmp_path, index)

@@ -15,8 +15,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import pickle
 import re
+import shutil
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +29,15 @@ import yaml
 from torch import nn
 
 from tagtune.atomic import atomic_write_bytes, atomic_write_text
-from tagtune.config import ConfigError, ModelConfig, ModelConfigV2
+from tagtune.config import ConfigError, GPTConfig, GPTV2Config, ModelConfig, ModelConfigV2
 from tagtune.errors import UserError
-from tagtune.folders import BIGVGAN_V2_CONFIG_FILE, BIGVGAN_V2_WEIGHTS_FILE, CONFIG_FILE, W2V_BERT_CONFIG_FILE
+from tagtune.folders import (
+    AUX_MODELS_DIR,
+    BIGVGAN_V2_CONFIG_FILE,
+    BIGVGAN_V2_WEIGHTS_FILE,
+    CONFIG_FILE,
+    W2V_BERT_CONFIG_FILE,
+)
 
 WRAPPER_KEYS = ("model", "generator", "state_dict")
 
@@ -228,6 +236,64 @@ def read_config_v2(model_dir: str | Path) -> ModelConfigV2:
         raise CheckpointError(f"{path}: {e}") from None
 
 
+def read_model_config(model_dir: str | Path) -> ModelConfig | ModelConfigV2:
+    """The config of a model folder of either family (``ModelConfigV2`` for an IndexTTS-2 folder)."""
+    return read_config_v2(model_dir) if model_family(model_dir) == "v2" else read_config(model_dir)
+
+
+# files a folder of each family holds beside its GPT weights and tokenizer (config keys naming them)
+V1_COMPANIONS = ("dvae_checkpoint", "bigvgan_checkpoint")
+V2_COMPANIONS = ("s2mel_checkpoint", "w2v_stat", "emo_matrix", "spk_matrix")
+
+
+def companion_files(cfg: ModelConfig | ModelConfigV2) -> list[str]:
+    """The files (names relative to the folder) a copy of the folder carries over unchanged: the DVAE and
+    vocoder of 1.x; s2mel, the w2v-BERT statistics and the emotion matrices of IndexTTS-2."""
+    keys = V2_COMPANIONS if isinstance(cfg, ModelConfigV2) else V1_COMPANIONS
+    return [getattr(cfg, key) for key in keys]
+
+
+def carry_over(model_dir: Path, out_dir: Path, cfg) -> None:
+    """Link (or copy) into ``out_dir`` what a grown folder keeps unchanged: ``companion_files`` and, for an
+    IndexTTS-2 folder, its auxiliary models and QwenEmotion folder when present (symbolic links inside a
+    Hugging Face cache stay links)."""
+    for name in companion_files(cfg):
+        (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        link_or_copy(model_dir / name, out_dir / name)
+    if isinstance(cfg, ModelConfigV2):
+        for name in (AUX_MODELS_DIR, cfg.qwen_emo_path.rstrip("/")):
+            if (model_dir / name).is_dir():
+                shutil.copytree(model_dir / name, out_dir / name, symlinks=True, copy_function=link_or_copy)
+
+
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """A hard link of ``src`` at ``dst``, or a copy flushed to disk where linking is refused (another file
+    system, a file that is not ours), so that a folder published after it holds whole files."""
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise CheckpointError(f"{src}: not found")
+    try:
+        os.link(src, dst)
+        return
+    except OSError:
+        shutil.copy2(src, dst)
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def build_gpt(gpt_cfg: GPTConfig) -> nn.Module:
+    """The GPT of ``gpt_cfg``'s family (UnifiedVoice, or UnifiedVoiceV2 for a ``GPTV2Config``) on the meta
+    device, ready for ``load_into``."""
+    if isinstance(gpt_cfg, GPTV2Config):
+        from tagtune.models.v2.gpt import UnifiedVoiceV2 as GPT
+    else:
+        from tagtune.models.unified_voice import UnifiedVoice as GPT
+    return _build(lambda: GPT(gpt_cfg))
+
+
 def read_tensor(path: str | Path) -> torch.Tensor:
     """A ``.pt`` file holding one bare tensor (the emotion matrices ``feat1.pt`` / ``feat2.pt``)."""
     path = Path(path)
@@ -403,9 +469,9 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def folder_fingerprint(model_dir: str | Path, cfg: ModelConfig | None = None) -> str:
+def folder_fingerprint(model_dir: str | Path, cfg: ModelConfig | ModelConfigV2 | None = None) -> str:
     """A short hash identifying a model folder (config + GPT weights + tokenizer)."""
-    cfg = cfg or read_config(model_dir)
+    cfg = cfg or read_model_config(model_dir)
     h = hashlib.sha256()
     for name in (CONFIG_FILE, cfg.gpt_checkpoint, cfg.dataset.bpe_model):
         p = Path(model_dir) / name

@@ -132,13 +132,24 @@ def _judge_settings(a):
                          **{k: v for k, v in names.items() if v is not None})
 
 
+def _transfer_settings(a):
+    from tagtune.evaluate.transfer import TransferSettings
+
+    return TransferSettings(prompts=a.transfer_prompts, untagged_prompts=max(1, a.transfer_prompts // 2))
+
+
 def _eval(a) -> int:
     from tagtune.evaluate import evaluate
     from tagtune.evaluate.report_md import render_text
 
     report = evaluate(a.model, a.data, a.out, base_dir=a.base, adapter=a.adapter, n_free=a.n_free, seed=a.seed,
-                      device=_device(a), progress=not a.no_progress, judges=_judge_settings(a))
+                      device=_device(a), progress=not a.no_progress, judges=_judge_settings(a),
+                      transfer_dir=a.transfer, transfer_settings=_transfer_settings(a))
     print(render_text(report))  # report.md is for files; the terminal gets the same sections as plain text
+    if report.get("transfer"):
+        from tagtune.evaluate.transfer_report import transfer_markdown
+
+        print(transfer_markdown(report))
     if report.get("judges"):
         from tagtune.evaluate.judges.report import judges_markdown
 
@@ -174,7 +185,8 @@ def _train(a) -> int:
 
     overrides = {"max_steps": a.max_steps, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
                  "rank": a.rank, "seed": a.seed, "device": a.device, "precision": a.precision,
-                 "report_to": a.report_to}
+                 "report_to": a.report_to, "replay": str(a.replay) if a.replay else None,
+                 "replay_fraction": a.replay_fraction}
     # recipe key -> the flag that set it, named when that key's value is refused
     set_by = {CLI_OVERRIDES[name]: f"--{name.replace('_', '-')}" for name, v in overrides.items() if v is not None}
     try:
@@ -415,6 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--report-to", choices=REPORT_TO,
                    help="metrics tracker through accelerate (auto: TensorBoard when installed) "
                         + recipe.format("runtime.report_to"))
+    s.add_argument("--replay", type=Path, help="a DATA_DIR prepared from the same base whose untagged clips (many "
+                   "voices, both languages) are mixed into training, against voice drift and forgetting "
+                   + recipe.format("replay.data"))
+    s.add_argument("--replay-fraction", type=float, help="share of replay clips in the training mix "
+                   + recipe.format("replay.fraction"))
     s.set_defaults(func=_train)
 
     s = command(sub, "export", "a model folder the official IndexTTS loader accepts, or a PEFT adapter")
@@ -506,6 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-free", type=int, default=48, help="free-running prompts per model (0: skip)")
     s.add_argument("--seed", type=int, default=0, help="seed of the prompt choice and the sampling")
     _add_device(s, "the models")
+    s.add_argument("--transfer", type=Path, help="a DATA_DIR prepared from the same base with the same tags, spoken "
+                   "by the fine-tune voices and by unseen voices in English and Chinese: adds the transfer report "
+                   "(default: none)")
+    s.add_argument("--transfer-prompts", type=int, default=24, help="tagged transfer prompts per condition "
+                   "(default: 24)")
     s.add_argument("--judges", help="independent judges of the models' speech on a prompt suite, comma-separated: "
                    "events,words,voice (default: none)")
     s.add_argument("--event-model", help="events judge: an AudioSet tagger, hub id or folder (default: "

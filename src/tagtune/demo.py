@@ -1,8 +1,11 @@
 """``tagtune demo``: the whole job on bundled defaults, on one CPU, in minutes.
 
-synthetic tagged corpus -> prepare (shipped tiny base model) -> LoRA + tag rows -> export (official format)
--> synthesise a few tagged sentences -> evaluate base vs tuned -> summary table with the acceptance checks.
-Everything is deterministic by seed and lands in one output folder.
+The scenario of a user with one tagged voice: an Elise-like corpus (one English voice, laughs more common
+than sighs, giggles rarer, plus untagged clips) -> prepare for the shipped tiny base (bilingual, many voices)
+-> LoRA + tag rows, with untagged multi-voice bilingual replay mixed in -> export (official format) ->
+the reference example's four lines in an unseen female and an unseen male voice, English and Chinese ->
+evaluate base vs tuned, on the fine-tune voice and on a transfer set of unseen voices in both languages ->
+summary table with the acceptance checks. Everything is deterministic by seed and lands in one folder.
 """
 
 from __future__ import annotations
@@ -12,34 +15,44 @@ import logging
 import re
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tagtune.folders import SAMPLE_INDEX_FILE, SAMPLE_INDEX_MD_FILE, shipped_base, shipped_recipe
+from tagtune.text.language import CHINESE, text_language
 
 log = logging.getLogger(__name__)
 
 DEMO_TAGS = ("giggles", "laughs", "sighs")
+# Elise's rough tag frequencies: laughs more common than sighs, giggles rarer
+ELISE_TAG_WEIGHTS = {"laughs": 0.45, "sighs": 0.35, "giggles": 0.2}
+# the reference example's four lines, each spoken by an unseen female and an unseen male voice
 SAMPLE_SENTENCES = (
-    "Seriously? <giggles> That is the cutest thing I have ever heard!",
-    "He told the joke again <laughs> and nobody could stop.",
-    "Well <sighs> I suppose we have to start over.",
-    "The weather is quite nice today, so we went for a walk.",
+    "Seriously? <giggles> That's the cutest thing I've ever heard!",
+    "真的吗？ <giggles> 这也太可爱了吧！",
+    "Wha—? Cute? <giggles> You think I'm cute?! Well, uh, thanks, I guess?",
+    "哎呀! 忘了他还在那等我们呢！<giggles> 我们两个动作得快点了！",
 )
 SLUG_WORDS = 6  # words of a sample's sentence in its file name
+CORPUS_SEEDS = {"fine-tune": 0, "transfer": 1000, "replay": 2000}  # added to the demo seed
 
 
 @dataclass
 class DemoSettings:
     """Sizes of the demo; ``quick()`` is the CI-sized variant."""
 
-    clips: int = 2600
-    untagged_fraction: float = 0.5  # replay of untagged speech keeps the model from emitting events anywhere
-    # 1040 validation clips (1560 train): ~170 events per tag. A reliance trial's spread is ~1-2.5 nats on
-    # the untrained base, so checking its gap against +-0.3 needs a standard error well below 0.3
-    val_fraction: float = 0.4
-    steps: int = 1000  # a neutral tag row starts unattended: it needs more steps than a plain one (docs/tag-init.md)
-    free_prompts: int = 160  # tagged validation clips generated from (every one at the default size)
+    clips: int = 1200  # the Elise-like fine-tune corpus (Elise: ~1.2k clips)
+    untagged_fraction: float = 0.35
+    tag_weights: dict = field(default_factory=lambda: dict(ELISE_TAG_WEIGHTS))
+    val_fraction: float = 0.3
+    transfer_clips: int = 640  # fine-tune voice + unseen voices, English and Chinese: the transfer set
+    transfer_val_fraction: float = 0.5  # its training half fits the judges (event detector, speaker embedding)
+    replay_clips: int = 600  # untagged, pre-training voices, both languages
+    replay_fraction: float = 0.3
+    chinese_fraction: float = 0.5  # of the transfer set and the replay corpus
+    steps: int = 600
+    free_prompts: int = 96  # tagged validation clips of the fine-tune voice generated from
+    transfer_prompts: int = 24  # tagged prompts per transfer condition
     seed: int = 0
     neutral_steps: int | None = None  # steps of the neutral tag-row fit; None = the recipe's
     recipe: str = "demo.yaml"
@@ -47,7 +60,8 @@ class DemoSettings:
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoSettings:
-        return cls(clips=160, val_fraction=0.2, steps=20, free_prompts=6, seed=seed, neutral_steps=30, smoke=True)
+        return cls(clips=160, val_fraction=0.2, transfer_clips=100, replay_clips=60, steps=20, free_prompts=6,
+                   transfer_prompts=3, seed=seed, neutral_steps=30, smoke=True)
 
 
 def _stage(name: str, timings: dict):
@@ -63,6 +77,27 @@ def _stage(name: str, timings: dict):
     return _Timer()
 
 
+def make_corpora(out: Path, s: DemoSettings, progress: bool) -> dict:
+    """The three corpora of the scenario; returns {name: CorpusInfo}."""
+    from tagtune.synthetic import generate_corpus
+    from tagtune.synthetic.voices import FINE_TUNE, HELD_OUT, PRETRAIN, resolve_engine, voices_with
+
+    engine = resolve_engine("auto")
+    fine_tune, unseen = voices_with(FINE_TUNE, engine), voices_with(HELD_OUT, engine)
+    return {
+        "fine-tune": generate_corpus(out / "corpus", n_clips=s.clips, seed=s.seed + CORPUS_SEEDS["fine-tune"],
+                                     tags=DEMO_TAGS, untagged_fraction=s.untagged_fraction, voices=fine_tune,
+                                     engine=engine, tag_weights=s.tag_weights, progress=progress),
+        "transfer": generate_corpus(out / "transfer-corpus", n_clips=s.transfer_clips,
+                                    seed=s.seed + CORPUS_SEEDS["transfer"], tags=DEMO_TAGS, untagged_fraction=0.3,
+                                    voices=fine_tune + unseen, engine=engine, chinese_fraction=s.chinese_fraction,
+                                    progress=progress),
+        "replay": generate_corpus(out / "replay-corpus", n_clips=s.replay_clips, seed=s.seed + CORPUS_SEEDS["replay"],
+                                  tags=DEMO_TAGS, untagged_fraction=1.0, voices=voices_with(PRETRAIN, engine),
+                                  engine=engine, chinese_fraction=s.chinese_fraction, progress=progress),
+    }
+
+
 def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir: str | Path | None = None,
              progress: bool = True) -> dict:
     """Run every stage into ``out_dir``; returns the summary (also written as ``summary.json``).
@@ -72,8 +107,9 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir
     from tagtune.data.for_model import prepare_for_model
     from tagtune.evaluate import evaluate
     from tagtune.evaluate.report import attach_samples
+    from tagtune.evaluate.transfer import TransferSettings
     from tagtune.export import export
-    from tagtune.synthetic import generate_corpus
+    from tagtune.tags.vocab import read_tagset
     from tagtune.train import train
     from tagtune.train.config import TrainConfig
 
@@ -82,45 +118,74 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir
     base = Path(base_dir) if base_dir else shipped_base()
     t: dict[str, float] = {}
     with _stage("corpus", t):
-        generate_corpus(out / "corpus", n_clips=s.clips, seed=s.seed, tags=DEMO_TAGS,
-                        untagged_fraction=s.untagged_fraction, progress=progress)
+        corpora = make_corpora(out, s, progress)
     with _stage("prepare", t):
         manifest = prepare_for_model(base, str(out / "corpus"), out / "data", tags="auto", progress=progress,
                                      seed=s.seed, overwrite=True, val_fraction=s.val_fraction)
+        # the transfer set spells each tag with the fine-tune data's id: its tags are listed in that order
+        tag_order = [t.strip("<>") for t in read_tagset(out / "data").tags]
+        prepare_for_model(base, str(out / "transfer-corpus"), out / "transfer", tags=tag_order, progress=progress,
+                          seed=s.seed, overwrite=True, val_fraction=s.transfer_val_fraction)
+        prepare_for_model(base, str(out / "replay-corpus"), out / "replay", tags="auto", progress=progress,
+                          seed=s.seed, overwrite=True, val_fraction=0.0)
     with _stage("train", t):
-        cfg = TrainConfig.from_yaml(shipped_recipe(s.recipe)).with_overrides(max_steps=s.steps, seed=s.seed,
-                                                                                neutral_steps=s.neutral_steps)
+        cfg = TrainConfig.from_yaml(shipped_recipe(s.recipe)).with_overrides(
+            max_steps=s.steps, seed=s.seed, neutral_steps=s.neutral_steps, replay=str(out / "replay"),
+            replay_fraction=s.replay_fraction)
         cfg.runtime.progress_bar = progress
         run = train(out / "data", out / "run", cfg, resume=(out / "run").exists())
     with _stage("export", t):
         export(out / "run", out / "model")
     with _stage("synthesise", t):
-        samples = synthesise_samples(out / "model", base, out / "corpus", out / "samples", s.seed, progress)
+        samples = synthesise_samples(out / "model", base, out / "transfer-corpus", out / "samples", s.seed, progress)
     with _stage("evaluate", t):
         # the base's untrained tag rows are made exactly as training made the tuned model's first ones
         report = evaluate(out / "model", out / "data", out / "report", base_dir=base, n_free=s.free_prompts,
                           seed=s.seed, tag_init=cfg.lora.tag_init, tag_seed=cfg.seed, smoke=s.smoke,
-                          progress=progress)
+                          progress=progress, transfer_dir=out / "transfer",
+                          transfer_settings=TransferSettings(s.transfer_prompts, max(1, s.transfer_prompts // 2)))
         attach_samples(report, out / "report", samples, out / "samples")
     summary = {"seed": s.seed, "settings": s.__dict__, "timings_s": t, "total_s": round(sum(t.values()), 1),
+               "corpora": {k: {"clips": v.n_clips, "speakers": v.speaker_counts, "languages": v.language_counts,
+                               "tags": v.tag_counts} for k, v in corpora.items()},
                "data": manifest["counts"] if manifest else None, "train": _run_summary(run),
-               "train_config": {"tag_init": cfg.lora.tag_init, "max_steps": cfg.schedule.max_steps},
+               "train_config": {"tag_init": cfg.lora.tag_init, "max_steps": cfg.schedule.max_steps,
+                                "replay_fraction": cfg.replay.fraction},
                "samples": [str(out / "samples" / e["file"]) for e in samples], "report": report,
                "acceptance": report["acceptance"]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str, ensure_ascii=False))
     return summary
 
 
-def sample_name(number: int, model: str, text: str) -> str:
-    """``03-tuned-seriously-giggles-thats-the-cutest.wav``: number, model, the sentence's first words."""
+def sample_name(number: int, model: str, text: str, voice: str = "") -> str:
+    """``03-tuned-unseen-female-seriously-giggles-thats-the.wav``: number, model, voice, the sentence's first
+    words (a Chinese sentence, which has no ASCII words, is named ``zh``)."""
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
     words = re.findall(r"[a-z0-9]+", re.sub(r"['’]", "", ascii_text))
-    return f"{number:02d}-{model}-{'-'.join(words[:SLUG_WORDS]) or 'sample'}.wav"
+    if text_language(text) == CHINESE:
+        words = ["zh"] + [w for w in words if w in DEMO_TAGS]
+    parts = [f"{number:02d}", model, voice, "-".join(words[:SLUG_WORDS]) or "sample"]
+    return "-".join(p for p in parts if p) + ".wav"
+
+
+def reference_voices(corpus: Path) -> list[tuple[str, str, Path]]:
+    """(label, voice name, clip) of an unseen female and an unseen male voice: each one's first untagged clip."""
+    from tagtune.synthetic.voices import HELD_OUT, VOICES
+
+    rows = [json.loads(x) for x in (corpus / "metadata.jsonl").read_text(encoding="utf-8").splitlines()]
+    out = []
+    for gender, label in (("f", "unseen-female"), ("m", "unseen-male")):
+        for r in rows:
+            v = VOICES[r["speaker"]]
+            if v.role == HELD_OUT and v.gender == gender and not r["events"]:
+                out.append((label, v.name, corpus / r["audio"]))
+                break
+    return out
 
 
 def synthesise_samples(model_dir: Path, base_dir: Path, corpus: Path, out: Path, seed: int,
                        progress: bool = False) -> list[dict]:
-    """A few tagged sentences, tuned and base, in the voice of a corpus clip; returns the sample index.
+    """The reference example's lines, tuned and base, in each unseen reference voice; returns the sample index.
 
     Files are named by sentence (``sample_name``); ``index.json`` and ``index.md`` in ``out`` list each file
     with its model, voice, text and seed.
@@ -130,19 +195,20 @@ def synthesise_samples(model_dir: Path, base_dir: Path, corpus: Path, out: Path,
     from tagtune.audio import write_wav
     from tagtune.synthesis.tts import TTS
 
-    ref = sorted((corpus / "wavs").glob("*.wav"))[0]
+    refs = reference_voices(corpus)
     index = []
-    bar = tqdm(total=2 * len(SAMPLE_SENTENCES), desc="demo: samples", unit="sample", dynamic_ncols=True,
-               disable=None if progress else True)
+    bar = tqdm(total=2 * len(refs) * len(SAMPLE_SENTENCES), desc="demo: samples", unit="sample",
+               dynamic_ncols=True, disable=None if progress else True)
     for model, folder, unknown in (("tuned", model_dir, "error"), ("base", base_dir, "drop")):
         tts = TTS.load(folder, unknown_tags=unknown)
-        for i, text in enumerate(SAMPLE_SENTENCES):
-            res = tts.synthesize(text, ref, seed=seed + i)
-            bar.update(1)
-            name = sample_name(i + 1, model, text)
-            write_wav(out / name, res.audio, res.sample_rate)
-            index.append({"file": name, "model": model, "voice": ref.relative_to(corpus.parent).as_posix(),
-                          "text": text, "seed": seed + i})
+        for k, (label, voice, ref) in enumerate(refs):
+            for i, text in enumerate(SAMPLE_SENTENCES):
+                res = tts.synthesize(text, ref, seed=seed + i)
+                bar.update(1)
+                name = sample_name(k * len(SAMPLE_SENTENCES) + i + 1, model, text, label)
+                write_wav(out / name, res.audio, res.sample_rate)
+                index.append({"file": name, "model": model, "voice": f"{label} ({voice})",
+                              "reference": ref.relative_to(corpus.parent).as_posix(), "text": text, "seed": seed + i})
     bar.close()
     index.sort(key=lambda e: e["file"])  # a sentence's tuned and base files side by side
     write_sample_index(out, index)

@@ -4,7 +4,9 @@ Merged (``export(run, out)``): ``config.yaml`` (number_text_tokens counts the ta
 the official key set in fp32 or fp16, the extended ``bpe.model``, ``tags.json``, the base model's
 ``dvae.pth`` and ``bigvgan_generator.pth``, ``provenance.json`` and ``tag_init.safetensors`` (the tag rows
 before training, which ``tagtune eval`` grows the base with). The official strict loader accepts it
-and so does ``tagtune.load_model``.
+and so does ``tagtune.load_model``. A run on an IndexTTS-2 base exports in the official IndexTTS-2 layout:
+the same files with the base's ``s2mel.pth``, ``wav2vec2bert_stats.pt``, ``feat1.pt``/``feat2.pt`` and its
+auxiliary models (``hf_cache/``, when the base folder holds them) in place of the DVAE and vocoder.
 
 Adapter (``adapter_only=True``): the run's adapter in PEFT's own format (adapter_config.json with the base
 recorded, adapter_model.safetensors with PEFT's key prefix, a model card README.md), its tokenizer and tags,
@@ -33,8 +35,10 @@ from tagtune.atomic import check_writable, publish_folder
 from tagtune.checkpoint import (
     atomic_write_bytes,
     atomic_write_text,
+    build_gpt,
+    carry_over,
     folder_fingerprint,
-    read_config,
+    read_model_config,
     read_state_dict,
     save_pth,
     write_config,
@@ -165,22 +169,18 @@ def _base_dir(info: dict) -> Path:
 
 
 def merged_state(info: dict, base_dir: Path, weights: Path) -> tuple[dict[str, torch.Tensor], object]:
-    """(official-key state dict, grown ModelConfig) of a run's weights folder."""
+    """(official-key state dict, grown ModelConfig or ModelConfigV2) of a run's weights folder."""
     if info["mode"] == "lora":
         gpt, cfg = load_adapter_model(base_dir, weights)
         return lora.merge(gpt), cfg
-    cfg = read_config(base_dir)
+    cfg = read_model_config(base_dir)
     cfg = dataclasses.replace(cfg, gpt=dataclasses.replace(cfg.gpt, number_text_tokens=info["number_text_tokens"]))
     return read_state_dict(weights / FULL_WEIGHTS_FILE), cfg
 
 
 def official_shapes(gpt_config) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of the official ``gpt.pth`` for this config (built on the meta device)."""
-    from tagtune.models.unified_voice import UnifiedVoice
-
-    with torch.device("meta"):
-        model = UnifiedVoice(gpt_config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    """Key -> shape of the official ``gpt.pth`` for this GPT config (either family; built on the meta device)."""
+    return {k: tuple(v.shape) for k, v in build_gpt(gpt_config).state_dict().items()}
 
 
 def _export_merged(info: dict, base_dir: Path, weights: Path, out_dir: Path, dtype: torch.dtype) -> None:
@@ -192,7 +192,6 @@ def _export_merged(info: dict, base_dir: Path, weights: Path, out_dir: Path, dty
         raise RuntimeError(f"merged weights do not match the official layout: {bad[:8]}")
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     save_pth(out_dir / GPT_FILE, state)
-    base_cfg = read_config(base_dir)
     cfg = dataclasses.replace(cfg, gpt_checkpoint=GPT_FILE,
                               dataset=dataclasses.replace(cfg.dataset, bpe_model=TOKENIZER_FILE))
     write_config(out_dir, cfg)
@@ -200,8 +199,7 @@ def _export_merged(info: dict, base_dir: Path, weights: Path, out_dir: Path, dty
     atomic_write_bytes(out_dir / TAGS_FILE, (weights / TAGS_FILE).read_bytes())
     if (weights / START_ROWS_FILE).is_file():  # the untrained tag rows: lets `tagtune eval` rebuild the start
         atomic_write_bytes(out_dir / START_ROWS_FILE, (weights / START_ROWS_FILE).read_bytes())
-    for name in (base_cfg.dvae_checkpoint, base_cfg.bigvgan_checkpoint):
-        _copy(base_dir / name, out_dir / name)
+    carry_over(base_dir, out_dir, read_model_config(base_dir))
 
 
 def _provenance(info: dict, run_dir: Path, weights: Path, dtype: str, adapter_only: bool) -> dict:

@@ -28,6 +28,7 @@ from tagtune import lora
 from tagtune.checkpoint import (
     CheckpointError,
     bpe_path,
+    build_gpt,
     load_bigvgan,
     load_bigvgan_v2,
     load_campplus,
@@ -101,15 +102,23 @@ def load_adapter_model(base_dir: str | Path, adapter_dir: str | Path, device: st
 
 
 def merged_adapter_gpt(base_dir: str | Path, adapter_dir: str | Path, device: str | torch.device = "cpu"):
-    """The base GPT with the adapter folded in: a plain UnifiedVoice (fast paths need plain layers)."""
-    from tagtune.models.unified_voice import UnifiedVoice
-
+    """The base GPT with the adapter folded in: a plain UnifiedVoice (UnifiedVoiceV2 on an IndexTTS-2 base;
+    fast paths need plain layers)."""
     tuned, cfg = load_adapter_model(base_dir, adapter_dir)
     state = lora.merge(tuned)
-    with torch.device("meta"):
-        gpt = UnifiedVoice(cfg.gpt)
+    gpt = build_gpt(cfg.gpt)
     load_into(gpt, state, adapter_dir, device=device)
     return gpt.eval()
+
+
+def _with_adapter(adapter: Path, cfg):
+    """(adapter folder, ``cfg`` grown by the adapter's tags, the adapter's tag set)."""
+    if not adapter.is_dir():
+        raise CheckpointError(f"adapter {adapter}: not a folder")
+    meta = read_adapter_meta(adapter)
+    n_tokens = cfg.gpt.number_text_tokens + len(meta.get("tag_names", []))
+    cfg = dataclasses.replace(cfg, gpt=dataclasses.replace(cfg.gpt, number_text_tokens=n_tokens))
+    return adapter, cfg, read_tagset(adapter)
 
 
 @dataclass
@@ -208,19 +217,10 @@ def load_model(model_dir: str | Path, adapter: str | Path | None = None, *, devi
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: not a folder")
     if model_family(model_dir) == "v2":
-        if adapter is not None:
-            raise CheckpointError(f"{model_dir}: an IndexTTS-2 folder takes no adapter (tag adapters are for 1.x)")
-        return load_model_v2(model_dir, device=device, unknown_tags=unknown_tags, eager=eager)
-    cfg = read_config(model_dir)
-    tagset = read_tagset(model_dir)
+        return load_model_v2(model_dir, adapter, device=device, unknown_tags=unknown_tags, eager=eager)
+    cfg, tagset = read_config(model_dir), read_tagset(model_dir)
     if adapter is not None:
-        adapter = Path(adapter)
-        if not adapter.is_dir():
-            raise CheckpointError(f"adapter {adapter}: not a folder")
-        meta = read_adapter_meta(adapter)
-        n_tokens = cfg.gpt.number_text_tokens + len(meta.get("tag_names", []))
-        cfg = dataclasses.replace(cfg, gpt=dataclasses.replace(cfg.gpt, number_text_tokens=n_tokens))
-        tagset = read_tagset(adapter)
+        adapter, cfg, tagset = _with_adapter(Path(adapter), cfg)
     m = LoadedModel(model_dir, cfg, adapter, tagset, torch.device(device), dtype, unknown_tags)
     if eager:
         m.check_vocabulary()
@@ -315,10 +315,10 @@ class LoadedModelV2:
     tagset: TagSet | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     unknown_tags: str = "error"
+    adapter_dir: Path | None = None  # a tag adapter on top: the GPT merges it, the text side reads its folder
     _cache: dict = field(default_factory=dict, repr=False)
 
     family = "v2"
-    adapter_dir = None
 
     def _get(self, name: str, make: Callable[[], Any]):
         if name not in self._cache:
@@ -327,7 +327,12 @@ class LoadedModelV2:
 
     @property
     def gpt(self) -> nn.Module:
-        return self._get("gpt", lambda: load_gpt_v2(self.model_dir, self.config, device=self.device))
+        """UnifiedVoiceV2 in eval mode: plain layers, an adapter merged in."""
+        def make():
+            if self.adapter_dir is None:
+                return load_gpt_v2(self.model_dir, self.config, device=self.device)
+            return merged_adapter_gpt(self.model_dir, self.adapter_dir, self.device)
+        return self._get("gpt", make)
 
     @property
     def semantic_features(self) -> nn.Module:
@@ -383,7 +388,8 @@ class LoadedModelV2:
         from tagtune.text.tokenizer import TextTokenizer, TokenizerError
 
         def make():
-            path = self.model_dir / self.config.dataset.bpe_model
+            own = AdapterFolder(self.adapter_dir).tokenizer if self.adapter_dir is not None else None
+            path = own if own is not None and own.is_file() else self.model_dir / self.config.dataset.bpe_model
             if not path.is_file():
                 raise CheckpointError(f"{path}: tokenizer not found (config dataset.bpe_model)")
             try:
@@ -409,16 +415,20 @@ class LoadedModelV2:
                                   f"the GPT has {rows} text rows (expected pieces + 1)")
 
 
-def load_model_v2(model_dir: str | Path, *, device: str | torch.device = "cpu", unknown_tags: str = "error",
-                  hub_cache: str | Path | None = None, eager: bool = False) -> LoadedModelV2:
-    """Open an official IndexTTS-2 folder; the auxiliary models are found at once (see ``find_aux_models``),
-    the networks load on first use unless ``eager``."""
+def load_model_v2(model_dir: str | Path, adapter: str | Path | None = None, *, device: str | torch.device = "cpu",
+                  unknown_tags: str = "error", hub_cache: str | Path | None = None,
+                  eager: bool = False) -> LoadedModelV2:
+    """Open an IndexTTS-2 folder (official, or grown by ``tags add`` / ``export``), optionally with a tag adapter
+    trained on it; the auxiliary models are found at once (see ``find_aux_models``), the networks load on first
+    use unless ``eager``."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: not a folder")
-    cfg = read_config_v2(model_dir)
-    m = LoadedModelV2(model_dir, cfg, find_aux_models(model_dir, cfg, hub_cache=hub_cache), read_tagset(model_dir),
-                      torch.device(device), unknown_tags)
+    cfg, tagset = read_config_v2(model_dir), read_tagset(model_dir)
+    aux = find_aux_models(model_dir, cfg, hub_cache=hub_cache)
+    if adapter is not None:
+        adapter, cfg, tagset = _with_adapter(Path(adapter), cfg)
+    m = LoadedModelV2(model_dir, cfg, aux, tagset, torch.device(device), unknown_tags, adapter)
     if eager:
         m.check_vocabulary()
         for part in ("gpt", "semantic_features", "feature_extractor", "semantic_codec", "s2mel", "campplus",

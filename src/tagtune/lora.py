@@ -273,7 +273,8 @@ tags:
 
 # IndexTTS LoRA adapter with expressive tags
 
-LoRA for the IndexTTS 1.x GPT (`UnifiedVoice`), written by tagtune in PEFT's format.
+LoRA for the IndexTTS GPT (`UnifiedVoice` of 1.x, or `UnifiedVoiceV2` of IndexTTS-2: the same trunk and text
+tables), written by tagtune in PEFT's format.
 
 - Base model: `{base}`
 - LoRA: rank {rank}, alpha {alpha}, on {targets}; the new rows of `text_embedding` (trainable tokens) and

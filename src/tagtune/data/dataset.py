@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, Sampler
 
 from tagtune.data.merge import EXAMPLES_FILE, MANIFEST_FILE
 from tagtune.data.shards import SHARD_DIR, DataDirError, ShardError, ShardReader, shard_meta
+from tagtune.text.language import text_language
 
 STOP_TEXT_TOKEN = 1  # gpt.stop_text_token: the official forward turns text padding into it anyway
 STOP_MEL_TOKEN = 8193  # gpt.stop_mel_token: likewise for code padding
@@ -76,6 +77,10 @@ class PreparedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.examples)
 
+    def shard(self, name: str) -> ShardReader:
+        """The reader of one of the folder's shards (by file name, as examples name them)."""
+        return self._readers[name]
+
     def lengths(self) -> list[int]:
         """Per example the GPT sequence length it costs (text + codes), for bucketing."""
         return [e["n_text"] + e["n_codes"] for e in self.examples]
@@ -95,6 +100,7 @@ class PreparedDataset(Dataset):
             "has_tag": e["has_tag"],
             "events": e.get("events"),
             "speaker": e["speaker"],
+            "language": text_language(e.get("text", "")),
         }
 
 
@@ -174,3 +180,40 @@ def collate(batch: list[dict], text_pad: int = STOP_TEXT_TOKEN, code_pad: int = 
         "events": [b["events"] for b in batch],
         "ids": [b["id"] for b in batch],
     }
+
+
+class PreparedDatasetV2(Dataset):
+    """Examples of one split of an IndexTTS-2 DATA_DIR (``prepare`` given an IndexTTS-2 folder).
+
+    Each item: ``text_ids`` (L_t,) int64, ``codes`` (L_c,) int64 semantic codes, ``spk_features`` (T, 1024) and
+    ``emo_features`` (T', 1024) float32 (the speaker clip's and the emotion clip's w2v-BERT states), ``tags``,
+    ``has_tag``, ``id``, ``cond``, ``emo``. Examples without an emotion clip (``emo`` None: a tagged clip that is
+    its speaker's only one) are left out. The index files and shards are checked as for 1.x.
+    """
+
+    def __init__(self, data_dir: str | Path, split: str = "train"):
+        self.rows = PreparedDataset(data_dir, split)
+        manifest = self.rows.manifest
+        if manifest.get("model_family") != "v2":
+            raise DataDirError(f"{data_dir}: prepared for an IndexTTS 1.x model, not IndexTTS-2")
+        self.examples = [e for e in self.rows.examples if e.get("emo") is not None]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def lengths(self) -> list[int]:
+        """Per example the GPT sequence length it costs (text + codes), for bucketing."""
+        return [e["n_text"] + e["n_codes"] for e in self.examples]
+
+    def __getitem__(self, i: int) -> dict:
+        e = self.examples[i]
+        shard = self.rows.shard(e["shard"])
+        return {
+            "id": e["id"], "cond": e["cond"], "emo": e["emo"],
+            "text_ids": shard.text_ids(e["row"]),
+            "codes": shard.codes(e["row"]),
+            "spk_features": self.rows.shard(e["cond_shard"]).features(e["cond_row"]).T,  # (T, 1024)
+            "emo_features": self.rows.shard(e["emo_shard"]).features(e["emo_row"]).T,
+            "tags": list(e["tags"]),
+            "has_tag": e["has_tag"],
+        }

@@ -1,5 +1,5 @@
 """The real encoders behind the :mod:`tagtune.data.encode` protocols: the tag-aware tokenizer and the
-official DVAE + log-mel, loaded from a model folder.
+official DVAE + log-mel (IndexTTS-2: w2v-BERT + semantic codec), loaded from a model folder.
 """
 
 from __future__ import annotations
@@ -56,9 +56,15 @@ def dvae_clip_encoder(dvae: torch.nn.Module, mel_config=None, device: torch.devi
 
 
 def clip_encoder_from_model(model_dir: str | Path, device: torch.device | str | None = None,
-                            batch_size: int = 16) -> DVAEClipEncoder:
-    """Load ``dvae.pth`` and the mel settings of an official (or tagtune) model folder."""
-    from tagtune.checkpoint import load_dvae, read_config
+                            batch_size: int = 16):
+    """Load ``dvae.pth`` and the mel settings of an official (or tagtune) model folder; for an IndexTTS-2
+    folder, its w2v-BERT features and semantic codec (``data.semantic``)."""
+    from tagtune.checkpoint import load_dvae, model_family, read_config
 
+    if model_family(model_dir) == "v2":
+        from tagtune.data.semantic import semantic_clip_encoder
+        from tagtune.loaders import load_model_v2
+
+        return semantic_clip_encoder(load_model_v2(model_dir), device, batch_size)
     cfg = read_config(model_dir)
     return dvae_clip_encoder(load_dvae(model_dir, cfg), cfg.dataset.mel, device, batch_size)

@@ -2,7 +2,9 @@
 
 Finds the corpus's tags (``tags="auto"``) or takes a list, canonicalises them, extends the base tokenizer
 with one piece per tag, writes that tokenizer and the tag set into DATA_DIR (so training and synthesis use
-exactly the same text path), and runs the shard pipeline with the model's DVAE and limits.
+exactly the same text path), and runs the shard pipeline with the model's DVAE and limits. An IndexTTS-2
+base runs the same pipeline with its w2v-BERT + semantic codec (``data.semantic``) and ``PrepareSettingsV2``:
+the codes are semantic codes, the shards keep w2v-BERT features, and each example also names its emotion clip.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import json
 import logging
 from pathlib import Path
 
-from tagtune.checkpoint import bpe_path, folder_fingerprint, read_config
+from tagtune.checkpoint import bpe_path, folder_fingerprint, read_model_config
+from tagtune.config import ModelConfigV2
 from tagtune.data.encoders import TokenizerTextEncoder, clip_encoder_from_model
-from tagtune.data.prepare import PrepareSettings, check_data_dir, prepare
+from tagtune.data.prepare import PrepareSettings, PrepareSettingsV2, check_data_dir, prepare
+from tagtune.data.shards import FEATURES
 from tagtune.data.sources import ColumnMap, open_source
 from tagtune.folders import TAGS_FILE, TOKENIZER_FILE
 from tagtune.tags import TagSet, extend_tokenizer, load_tag_map, read_tagset, scan_texts
@@ -38,6 +42,15 @@ def corpus_tagset(texts: list[str], tags: str | list[str], tag_map=None, multiwo
                   multiword=multiword)
 
 
+def _v2_manifest() -> dict:
+    """What an IndexTTS-2 data folder says about its arrays (read by training)."""
+    from tagtune.data.semantic import FEATURE_PATH, FEATURE_RATE
+
+    return {"model_family": "v2", "codes": "semantic", "cond_features": {
+        "array": FEATURES, "rate": FEATURE_RATE, "path": FEATURE_PATH, "dtype": "float16",
+        "speaker": "cond (another clip of the speaker, as 1.x)", "emotion": "emo (never a tagged target itself)"}}
+
+
 def prepare_for_model(model_dir: str | Path, data: str, out_dir: str | Path, *, tags: str | list[str] = "auto",
                       tag_map=None, multiword: str = "own", kind: str = "auto", columns: ColumnMap | None = None,
                       workers: int = 0, overwrite: bool = False, progress: bool = True, device=None,
@@ -54,8 +67,9 @@ def prepare_for_model(model_dir: str | Path, data: str, out_dir: str | Path, *, 
     file (a folder, FIFO or device, also behind a link) or no audio is a rejection with that reason.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    cfg = read_config(model_dir)
-    prep_settings = PrepareSettings.for_model(cfg.gpt, **settings)
+    cfg = read_model_config(model_dir)
+    v2 = isinstance(cfg, ModelConfigV2)
+    prep_settings = (PrepareSettingsV2 if v2 else PrepareSettings).for_model(cfg.gpt, **settings)
     check_data_dir(out_dir)  # before the corpus is read: a wrong out_dir is refused at once
     source = open_source(data, kind=kind, columns=columns)
     texts = [r.text for r in source.records() if isinstance(r.text, str)]
@@ -69,7 +83,8 @@ def prepare_for_model(model_dir: str | Path, data: str, out_dir: str | Path, *, 
         source, out_dir, clip_encoder, TokenizerTextEncoder(tokenizer), prep_settings, num_workers=workers,
         base_checkpoint_hash=fingerprint, overwrite=overwrite, progress=progress,
         manifest_extra={"base_checkpoint": {"dir": str(model_dir.resolve()), "hash": fingerprint},
-                        "tokenizer": TOKENIZER_FILE, "tags_file": TAGS_FILE, "tag_ids": dict(tagset.token_ids)},
+                        "tokenizer": TOKENIZER_FILE, "tags_file": TAGS_FILE, "tag_ids": dict(tagset.token_ids),
+                        **(_v2_manifest() if v2 else {})},
         files={TOKENIZER_FILE: bpe_bytes,
                TAGS_FILE: json.dumps(tagset.to_dict(), ensure_ascii=False, indent=2).encode("utf-8")},
     )

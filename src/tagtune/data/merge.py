@@ -12,7 +12,7 @@ from pathlib import Path
 import tagtune
 from tagtune.data.pipeline import ShardJob
 from tagtune.data.shards import ShardError, atomic_write_text, shard_meta
-from tagtune.data.split import TRAIN, VAL, assign_references, stratified_split
+from tagtune.data.split import EMO_NONE, TRAIN, VAL, assign_emotions, assign_references, stratified_split
 from tagtune.folders import EXAMPLES_FILE, MANIFEST_FILE, REJECTED_FILE
 
 SECONDS_PER_HOUR = 3600.0
@@ -89,6 +89,23 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
+def _emotion_inputs(examples: list[dict], splits: list[str], refs, settings) -> dict:
+    """IndexTTS-2 data (settings with an ``emotion`` policy): give each example its emotion clip (``emo``,
+    ``emo_mode``, ``emo_shard``, ``emo_row``; None where no clip may be used) and return the manifest's
+    count per choice. 1.x data has no emotion input: nothing changes."""
+    if getattr(settings, "emotion", None) is None:
+        return {}
+    picks = assign_emotions(examples, splits, refs, settings.seed)
+    for e, (emo, how) in zip(examples, picks):
+        e.update(emo=emo, emo_mode=how, emo_shard=None if emo is None else examples[emo]["shard"],
+                 emo_row=None if emo is None else examples[emo]["row"])
+    counts = Counter(how for _, how in picks)
+    if counts[EMO_NONE]:
+        log.warning("%d tagged clip(s) are their speaker's only clip: no emotion input that is not the clip "
+                    "itself; training leaves them out (emo_mode %r)", counts[EMO_NONE], EMO_NONE)
+    return {"emotion": dict(sorted(counts.items()))}
+
+
 def merge(data_dir: Path, jobs: list[ShardJob], run: dict, settings, base_checkpoint_hash: str | None,
           extra: dict | None = None) -> dict:
     """Write the index files and return the manifest."""
@@ -101,6 +118,7 @@ def merge(data_dir: Path, jobs: list[ShardJob], run: dict, settings, base_checkp
         ref, how = refs[i]
         e.update(id=i, split=splits[i], has_tag=bool(e["tags"]), cond=ref, cond_mode=how,
                  cond_shard=examples[ref]["shard"], cond_row=examples[ref]["row"])
+    emotion = _emotion_inputs(examples, splits, refs, settings)
     atomic_write_text(data_dir / EXAMPLES_FILE, _jsonl(examples))
     atomic_write_text(data_dir / REJECTED_FILE, _jsonl(rejected))
     manifest = {
@@ -116,6 +134,7 @@ def merge(data_dir: Path, jobs: list[ShardJob], run: dict, settings, base_checkp
         "tags": _tag_counts(examples),
         "rejections": dict(sorted(Counter(r["reason"] for r in rejected).items())),
         "conditioning": dict(sorted(Counter(e["cond_mode"] for e in examples).items())),
+        **emotion,
         "conflicting_ids": conflicting,  # ids of several clips with different audio or text (all kept)
         "shards": [j.path.name for j in jobs],
         **(extra or {}),

@@ -1,7 +1,8 @@
 """One shard of work: records -> checked text, decoded audio, mel + codes -> a shard file.
 
 Text is checked first (cheap, in this process), so audio of a clip with a bad transcript is never decoded.
-Decoding runs in worker processes when a pool is given; the clip encoder (DVAE) runs here, batched.
+Decoding runs in worker processes when a pool is given; the clip encoder (DVAE, or IndexTTS-2's w2v-BERT +
+semantic codec) runs here, batched.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tagtune.data.decode import (
     map_events,
 )
 from tagtune.data.encode import BAD_RECORD, ClipEncoder, EncodedText, TextEncoder, encode_text
-from tagtune.data.shards import write_shard
+from tagtune.data.shards import MELS, write_shard
 from tagtune.data.sources import Record, Source
 
 
@@ -86,6 +87,8 @@ def run_shard(job: ShardJob, source: Source, records: list[Record], clip_encoder
     wavs = {i: c.wav for i, c in clips.items()}
     order = sorted(wavs)
     encoded = clip_encoder.encode([wavs[i] for i in order]) if order else []
+    # frames kept of each clip's conditioning input (an encoder with its own frame rate says how many)
+    crop = getattr(clip_encoder, "cond_frames", cond_frames)(settings.cond_max_seconds)
     examples, arrays = [], []
     for i, (mel, codes) in zip(order, encoded):
         if codes.numel() > settings.max_mel_tokens:
@@ -95,11 +98,11 @@ def run_shard(job: ShardJob, source: Source, records: list[Record], clip_encoder
         events = map_events(recs[i].events, clips[i], len(wavs[i]), MODEL_SAMPLE_RATE)
         examples.append(_example(job.start + i, recs[i], texts[i], clips[i], codes, events))
         arrays.append({"text_ids": torch.tensor(texts[i].ids), "codes": codes, "wav_len": len(wavs[i]),
-                       "mel": mel[:, : settings.cond_max_frames()]})  # (n_mels, T<=max)
+                       "mel": mel[:, :crop]})  # (n_mels, T<=max); IndexTTS-2: (1024, T<=max) features
     rejected.sort(key=lambda r: r["index"])
     n_mels = encoded[0][0].shape[0] if encoded else 0
     meta = {"fingerprint": job.fingerprint, "start": job.start, "stop": job.stop, "rejected": rejected}
-    write_shard(job.path, examples, arrays, meta, n_mels)
+    write_shard(job.path, examples, arrays, meta, n_mels, getattr(clip_encoder, "cond_name", MELS))
 
 
 def _example(index: int, rec: Record, text: EncodedText, clip: DecodedClip, codes: torch.Tensor, events) -> dict:

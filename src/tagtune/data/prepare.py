@@ -29,6 +29,7 @@ from tagtune.data.merge import merge
 from tagtune.data.pipeline import ShardJob, cond_frames, run_shard
 from tagtune.data.shards import OLD_TEMP_PATTERN, SHARD_DIR, DataDirError, fingerprint, read_shard_meta, shard_path
 from tagtune.data.sources import Source, SourceError
+from tagtune.data.split import EMOTION_MODES
 from tagtune.errors import UserError
 from tagtune.folders import EXAMPLES_FILE, MANIFEST_FILE, REJECTED_FILE, SHARDS_DIR, TAGS_FILE, TOKENIZER_FILE
 
@@ -94,6 +95,19 @@ class PrepareSettings:
     def cond_max_frames(self) -> int | None:
         """Frames kept of each stored log-mel."""
         return cond_frames(self.cond_max_seconds)
+
+
+@dataclass(frozen=True)
+class PrepareSettingsV2(PrepareSettings):
+    """Settings of IndexTTS-2 data: those of 1.x (``cond_max_seconds`` crops the speaker features, 50 rows per
+    second) plus ``emotion``, how each clip's emotion input is chosen (``data.split.assign_emotions``)."""
+
+    emotion: str = "prompt"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.emotion not in EMOTION_MODES:
+            raise SettingsError(f"emotion must be one of {EMOTION_MODES}, got {self.emotion!r}")
 
 
 def _process_group():

@@ -10,6 +10,10 @@ example without loading the rest:
 | ``mels`` / ``mel_offsets`` | (sum T, n_mels) / (n+1,) | float32 / int64 | log-mel, cropped to the conditioning max |
 | ``wav_lens`` | (n,) | int64 | 24 kHz samples of the (trimmed) clip |
 
+An IndexTTS-2 data folder stores semantic codes in ``codes`` and, in place of the log-mels, the clips'
+conditioning features: ``features`` / ``feature_offsets``, (sum T, 1024) float16 normalised w2v-BERT states
+(50 per second), cropped like the mels.
+
 The JSON metadata ``tagtune`` holds the shard fingerprint, per-example records and the rejections.
 """
 
@@ -32,7 +36,9 @@ from tagtune.folders import SHARDS_DIR as SHARD_DIR
 META_KEY = "tagtune"
 TEMP_SUFFIX = ".tmp"
 OLD_TEMP_PATTERN = ".shard-*.safetensors.tmp*"  # temporary shards of earlier versions: ".NAME.tmpPID"
-OFFSETS_OF = {"text_ids": "text_offsets", "codes": "code_offsets", "mels": "mel_offsets"}
+OFFSETS_OF = {"text_ids": "text_offsets", "codes": "code_offsets", "mels": "mel_offsets", "features": "feature_offsets"}
+MELS, FEATURES = "mels", "features"  # the conditioning arrays of 1.x (log-mels) and IndexTTS-2 (w2v-BERT states)
+COND_DTYPES = {MELS: torch.float32, FEATURES: torch.float16}
 
 
 class DataDirError(UserError, OSError):
@@ -63,16 +69,16 @@ def _concat(parts: list[torch.Tensor], dtype: torch.dtype,
 
 
 def write_shard(path: Path, examples: list[dict], arrays: list[dict[str, torch.Tensor]], meta: dict,
-                n_mels: int) -> None:
+                n_mels: int, cond: str = MELS) -> None:
     """Write one shard atomically (temporary file + fsync + ``os.replace``): a kill leaves none or all of it.
 
     ``arrays[i]`` holds ``text_ids`` (L_t,), ``codes`` (L_c,), ``mel`` (n_mels, T) and ``wav_len`` of
-    ``examples[i]``.
+    ``examples[i]``; ``mel`` is stored as ``cond`` (MELS, or FEATURES with ``n_mels`` = the feature width).
     """
     tensors = {}
     tensors["text_ids"], tensors["text_offsets"] = _concat([a["text_ids"] for a in arrays], torch.int32)
     tensors["codes"], tensors["code_offsets"] = _concat([a["codes"] for a in arrays], torch.int16)
-    tensors["mels"], tensors["mel_offsets"] = _concat([a["mel"].T for a in arrays], torch.float32, n_mels)
+    tensors[cond], tensors[OFFSETS_OF[cond]] = _concat([a["mel"].T for a in arrays], COND_DTYPES[cond], n_mels)
     tensors["wav_lens"] = torch.tensor([int(a["wav_len"]) for a in arrays], dtype=torch.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")  # what ``atomic.sweep_temp_files`` removes
@@ -123,7 +129,8 @@ class ShardReader:
     def _file(self):
         if self._handle is None or self._pid != os.getpid():
             self._handle, self._pid = safe_open(str(self.path), "pt"), os.getpid()
-            self._offsets = {k: self._handle.get_tensor(k) for k in OFFSETS_OF.values()}
+            present = set(self._handle.keys())
+            self._offsets = {k: self._handle.get_tensor(k) for k in OFFSETS_OF.values() if k in present}
             self._offsets["wav_lens"] = self._handle.get_tensor("wav_lens")
         return self._handle
 
@@ -143,6 +150,10 @@ class ShardReader:
     def mel(self, row: int) -> torch.Tensor:
         """(n_mels, T) float32 log-mel (cropped)."""
         return self._slice("mels", row).T.contiguous()
+
+    def features(self, row: int) -> torch.Tensor:
+        """(1024, T) float32 normalised w2v-BERT states of an IndexTTS-2 shard (cropped)."""
+        return self._slice(FEATURES, row).float().T.contiguous()
 
     def wav_len(self, row: int) -> int:
         """Number of 24 kHz samples of the clip."""

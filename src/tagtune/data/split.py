@@ -72,3 +72,45 @@ def assign_references(examples: list[dict], splits: list[str], mode: str, seed: 
             continue
         out.append((random.Random(_key(seed, e)).choice(pool), COND_OTHER))
     return out
+
+
+# IndexTTS-2's GPT also reads an emotion vector. Taken from the tagged target itself, it would carry the event
+# (a giggle) and the model would learn it from the vector instead of from the tag; so it never is.
+EMO_PROMPT = "prompt"  # the speaker prompt clip (another clip, untagged)
+EMO_OTHER = "other_untagged"  # another untagged clip of the same speaker (the prompt clip is tagged)
+EMO_PROMPT_TAGGED = "prompt_tagged"  # the speaker has no other untagged clip: the (tagged) prompt clip
+EMO_SELF = "self_untagged"  # an untagged clip that is its speaker's only clip: its own (tag-free) emotion
+EMO_NONE = "none"  # a tagged clip that is its speaker's only clip: no emotion input can be used
+EMOTION_MODES = ("prompt",)  # the one policy so far; a recipe names it (``PrepareSettingsV2.emotion``)
+
+
+def assign_emotions(examples: list[dict], splits: list[str], refs: list[tuple[int, str]],
+                    seed: int) -> list[tuple[int | None, str]]:
+    """Pick each example's emotion clip: ``(example index or None, how it was chosen)``.
+
+    The speaker prompt clip ``refs[i]`` when it is another, untagged clip; else another untagged clip of the
+    speaker (same split preferred); else the tagged prompt clip; an untagged clip alone may use itself. A tagged
+    clip is never its own emotion clip.
+    """
+    untagged: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, e in enumerate(examples):
+        if not e["tags"]:
+            untagged[e["speaker"], splits[i]].append(i)
+            untagged[e["speaker"], "*"].append(i)
+    out: list[tuple[int | None, str]] = []
+    for i, e in enumerate(examples):
+        ref = refs[i][0]
+        if ref != i and not examples[ref]["tags"]:
+            out.append((ref, EMO_PROMPT))
+            continue
+        pool = ([j for j in untagged[e["speaker"], splits[i]] if j != i]
+                or [j for j in untagged[e["speaker"], "*"] if j != i])
+        if pool:
+            out.append((random.Random("emotion:" + _key(seed, e)).choice(pool), EMO_OTHER))
+        elif ref != i:
+            out.append((ref, EMO_PROMPT_TAGGED))
+        elif not e["tags"]:
+            out.append((i, EMO_SELF))
+        else:
+            out.append((None, EMO_NONE))
+    return out

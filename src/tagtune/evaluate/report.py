@@ -27,6 +27,9 @@ MAX_UNTAGGED_NLL_RATIO = 1.05
 MIN_MEAN_HIT_RATE = 0.5
 MIN_TAG_HIT_RATE = 0.3
 MAX_FALSE_EVENT_RATE = 0.15
+# transfer to other voices and to Chinese (the ``transfer`` section)
+MIN_TRANSFER_RATIO = 0.8
+MAX_SIMILARITY_DROP = 0.02  # cosine, base - tuned, for unseen voices
 
 
 def _get(d: dict | None, *keys):
@@ -80,7 +83,28 @@ def _check(name: str, value, ok, tag: str | None = None, smoke: bool = False) ->
     return {"name": name, "tag": tag, "value": value, "passed": passed, "verdict": verdict}
 
 
-def acceptance(tags: dict, overall: dict, smoke: bool = False) -> dict:
+def transfer_checks(transfer: dict, smoke: bool = False) -> list[dict]:
+    """Transfer ratio for every condition but the reference one, false events and forgetting in every
+    condition, and the speaker-similarity drop for unseen voices."""
+    from tagtune.evaluate.transfer import CONDITIONS, REFERENCE_CONDITION, UNSEEN_CONDITIONS
+
+    checks = []
+    for c in (c for c in CONDITIONS if c in transfer):
+        t = transfer[c]
+        if c != REFERENCE_CONDITION:
+            checks.append(_check(f"{c} transfer_ratio >= {MIN_TRANSFER_RATIO}", t["transfer_ratio"],
+                                 lambda v: v >= MIN_TRANSFER_RATIO, smoke=smoke))
+        checks.append(_check(f"{c} false_event_rate <= {MAX_FALSE_EVENT_RATE}", t["false_event_rate"],
+                             lambda v: v <= MAX_FALSE_EVENT_RATE, smoke=smoke))
+        checks.append(_check(f"{c} untagged_nll_ratio <= {MAX_UNTAGGED_NLL_RATIO}", t["untagged_nll_ratio"],
+                             lambda v: v <= MAX_UNTAGGED_NLL_RATIO, smoke=smoke))
+        if c in UNSEEN_CONDITIONS:
+            checks.append(_check(f"{c} speaker similarity drop <= {MAX_SIMILARITY_DROP}",
+                                 t["speaker_similarity"]["drop"], lambda v: v <= MAX_SIMILARITY_DROP, smoke=smoke))
+    return checks
+
+
+def acceptance(tags: dict, overall: dict, smoke: bool = False, transfer: dict | None = None) -> dict:
     """The demo's acceptance criteria, each with its value and verdict.
 
     ``passed`` is None for a check not measured here and for every check of a ``smoke`` run; the whole
@@ -102,6 +126,8 @@ def acceptance(tags: dict, overall: dict, smoke: bool = False) -> dict:
                          lambda v: v >= MIN_MEAN_HIT_RATE, smoke=smoke))
     checks.append(_check(f"false_event_rate <= {MAX_FALSE_EVENT_RATE}", overall["false_event_rate"],
                          lambda v: v <= MAX_FALSE_EVENT_RATE, smoke=smoke))
+    if transfer:
+        checks += transfer_checks(transfer, smoke)
     judged = [c for c in checks if c["passed"] is not None]
     passed = bool(judged) and all(c["passed"] for c in judged)
     return {"checks": checks, "judged": not smoke, "passed": passed,
@@ -113,8 +139,13 @@ def build_report(meta: dict, sections: dict) -> dict:
     """report.json's content from the evaluation sections (reliance, untagged, forgetting, detector, free)."""
     tags = {tag: _tag_entry(tag, sections) for tag in meta["tags"]}
     overall = _overall(sections)
-    return {"meta": meta, "tags": tags, "overall": overall,
-            "acceptance": acceptance(tags, overall, smoke=bool(meta.get("smoke"))), "details": sections}
+    transfer = sections.pop("transfer", None)
+    report = {"meta": meta, "tags": tags, "overall": overall,
+              "acceptance": acceptance(tags, overall, smoke=bool(meta.get("smoke")), transfer=transfer),
+              "details": sections}
+    if transfer is not None:
+        report["transfer"] = transfer
+    return report
 
 
 def _have_matplotlib() -> bool:
@@ -134,8 +165,9 @@ def write_report(report: dict, out_dir: Path, plots: bool = True) -> None:
     if plots and _have_matplotlib():
         from tagtune.evaluate.judges.report import judges_plots
         from tagtune.evaluate.plots import render_plots
+        from tagtune.evaluate.transfer_report import transfer_plots
 
-        for name, png in {**render_plots(report), **judges_plots(report)}.items():
+        for name, png in {**render_plots(report), **judges_plots(report), **transfer_plots(report)}.items():
             atomic_write_bytes(out_dir / name, png)
             report["figures"].append(name)
     _write_texts(report, out_dir)
@@ -157,5 +189,7 @@ def _write_texts(report: dict, out_dir: Path) -> None:
 
     atomic_write_text(out_dir / REPORT_JSON, json.dumps(report, indent=1, ensure_ascii=False, default=float))
     from tagtune.evaluate.judges.report import judges_markdown
+    from tagtune.evaluate.transfer_report import transfer_markdown
 
-    atomic_write_text(out_dir / REPORT_MD, render_markdown(report) + judges_markdown(report))
+    atomic_write_text(out_dir / REPORT_MD, render_markdown(report) + transfer_markdown(report)
+                      + judges_markdown(report))

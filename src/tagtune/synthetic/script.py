@@ -60,11 +60,15 @@ ZH_SLOTS = {
     "where": ["在公园里", "在厨房", "在火车上", "在学校门口", "在河边"],
     "what": ["一个蛋糕", "一封信", "一只小狗", "一辆自行车", "一部电影"],
     "how": ["开心", "紧张", "惊讶", "累", "激动"],
+    "like": ["可爱", "好玩", "奇怪", "漂亮", "有意思"],
 }
 ZH_PUNCTUATION = ("。", "？", "！")
-ZH_SHORT_TEMPLATES = ["真的吗？", "太好了！", "我很{how}。", "{who}来了。", "{when}好{how}。"]
+# everyday phrases; together they hold every character of the reference example's Chinese lines
+ZH_SHORT_TEMPLATES = ["真的吗？", "太好了！", "我很{how}。", "{who}来了。", "{when}好{how}。", "哎呀！",
+                      "这也太{like}了吧！", "我们得快点了！"]
 ZH_TEMPLATES = ["{who}{when}{where}看到了{what}。", "{when}我真的很{how}。", "你{when}是不是{where}找到了{what}？",
-                "{who}觉得特别{how}。"]
+                "{who}觉得特别{how}。", "忘了{who}还在那等我们呢！", "我们两个动作得快点了！",
+                "{who}说{what}也太{like}了吧。", "{when}{who}{where}等我们两个呢。"]
 
 
 @dataclass(frozen=True)

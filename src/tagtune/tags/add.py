@@ -4,14 +4,16 @@ The tag pieces are appended to ``bpe.model`` as user-defined pieces (ids N, N+1,
 vocabulary of N pieces); ``text_embedding`` and ``text_head`` (weight and bias) gain one row per tag before
 the spare last row, so every old token keeps its row; ``number_text_tokens`` grows in config.yaml; the tags
 file records canonical tags, aliases and ids. The folder is built beside the target and renamed into place.
+
+An IndexTTS-2 folder grows the same way (its GPT has the same text tables); its s2mel, w2v-BERT statistics and
+emotion matrices are carried over, and so are its auxiliary models (``hf_cache/``) and QwenEmotion folder when
+it has them, linked where the file system allows.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +25,9 @@ from tagtune.atomic import atomic_write_bytes, atomic_write_text, publish_folder
 from tagtune.checkpoint import (
     CheckpointError,
     bpe_path,
+    carry_over,
     file_sha256,
-    read_config,
+    read_model_config,
     read_state_dict,
     save_pth,
     write_config,
@@ -43,7 +46,6 @@ from tagtune.tags.vocab import (
 )
 
 log = logging.getLogger(__name__)
-COPIED_FILES = ("dvae_checkpoint", "bigvgan_checkpoint")
 
 
 @dataclass
@@ -76,7 +78,7 @@ def add_tags(model_dir: str | Path, tags: list[str], out_dir: str | Path, *, ini
              tag_map: str | Path | dict | None = None, multiword: str = "own", seed: int = 0) -> TagsAdded:
     """Write ``out_dir``: ``model_dir`` extended with ``tags`` (only those it does not know yet)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    cfg = read_config(model_dir)
+    cfg = read_model_config(model_dir)
     existing = read_tagset(model_dir) or TagSet()
     aliases = {**existing.aliases, **(load_tag_map(tag_map) if tag_map else {})}
     fresh = _new_tags(existing.tags, tags, aliases, multiword, existing.merge_variants)
@@ -100,30 +102,20 @@ def add_tags(model_dir: str | Path, tags: list[str], out_dir: str | Path, *, ini
         save_pth(staging / Path(cfg.gpt_checkpoint).with_suffix(".pth").name, state)
         cfg.gpt_checkpoint = Path(cfg.gpt_checkpoint).with_suffix(".pth").name
         atomic_write_bytes(staging / cfg.dataset.bpe_model, model_bytes)
-        for key in COPIED_FILES:
-            _link_or_copy(model_dir / getattr(cfg, key), staging / getattr(cfg, key))
+        carry_over(model_dir, staging, cfg)
         write_config(staging, cfg)
         atomic_write_text(staging / TAGS_FILE, json.dumps(tagset.to_dict(), ensure_ascii=False, indent=2))
-        _write_provenance(staging, model_dir, cfg, fresh, init, seed)
+        _write_provenance(staging, model_dir, gpt_file, fresh, init, seed)
     log.info("added %d tag(s) %s to %s", len(fresh), fresh, out_dir)
     return TagsAdded(out_dir, ids, dict(existing.token_ids))
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    if not src.is_file():
-        raise CheckpointError(f"{src}: not found")
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def _write_provenance(folder: Path, base: Path, cfg, fresh: list[str], init: str, seed: int) -> None:
+def _write_provenance(folder: Path, base: Path, base_gpt: Path, fresh: list[str], init: str, seed: int) -> None:
     prov_path = base / PROVENANCE_FILE
     history = json.loads(prov_path.read_text()).get("history", []) if prov_path.is_file() else []
     history.append({
         "step": "tags add", "tags": fresh, "init": init, "seed": seed, "tagtune": __version__,
-        "base": str(base.resolve()), "base_gpt_sha256": file_sha256(base / read_config(base).gpt_checkpoint),
+        "base": str(base.resolve()), "base_gpt_sha256": file_sha256(base_gpt),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     atomic_write_text(folder / PROVENANCE_FILE, json.dumps({"history": history}, indent=2))

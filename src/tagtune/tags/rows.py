@@ -35,7 +35,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tagtune.checkpoint import CheckpointError, load_into, read_config, read_state_dict, save_safetensors
+from tagtune.checkpoint import (
+    CheckpointError,
+    build_gpt,
+    load_into,
+    read_model_config,
+    read_state_dict,
+    save_safetensors,
+)
 from tagtune.errors import UserError
 from tagtune.folders import ADAPTER_WEIGHTS_FILE
 from tagtune.lora import ADAPTER, module_keys, read_adapter_config, trainable_head
@@ -186,17 +193,15 @@ def grow_base(base_dir: str | Path, tag_names: Sequence[str], init: TagInit = Ta
     """The base GPT of ``base_dir`` with one new text row per tag, inserted before the spare row.
 
     Returns ``(gpt, model_config, new_token_ids)`` with the GPT in eval mode on the CPU;
-    ``model_config.gpt.number_text_tokens`` counts the tags.
+    ``model_config.gpt.number_text_tokens`` counts the tags. An IndexTTS-2 folder gives its UnifiedVoiceV2
+    (the same text tables on the shared trunk) and its ``ModelConfigV2``.
     """
-    from tagtune.models.unified_voice import UnifiedVoice
-
-    cfg = read_config(base_dir)
+    cfg = read_model_config(base_dir)
     path = Path(base_dir) / cfg.gpt_checkpoint
     n_old, n_new = cfg.gpt.number_text_tokens, len(tag_names)
     state = grow_state(read_state_dict(path, "model"), tag_names, n_old, init)
     cfg = dataclasses.replace(cfg, gpt=dataclasses.replace(cfg.gpt, number_text_tokens=n_old + n_new))
-    with torch.device("meta"):
-        gpt = UnifiedVoice(cfg.gpt)
+    gpt = build_gpt(cfg.gpt)
     load_into(gpt, state, path)
     if dropout is not None:
         gpt.gpt.set_dropout(dropout)

@@ -40,6 +40,8 @@ CLI_OVERRIDES = {
     "device": "runtime.device",
     "precision": "runtime.precision",
     "report_to": "runtime.report_to",
+    "replay": "replay.data",
+    "replay_fraction": "replay.fraction",
 }
 
 
@@ -211,6 +213,22 @@ class EvalSettings:
 
 
 @dataclass
+class ReplaySettings:
+    """Untagged clips of another prepared DATA_DIR (same base) mixed into training: many voices and both
+    languages keep a single-speaker fine-tune from pulling every voice toward its speaker (docs/transfer.md).
+
+    ``data``: the replay DATA_DIR (null: no replay); ``fraction``: the share of replay clips in the training mix.
+    """
+
+    data: str | None = None
+    fraction: float = 0.3
+
+    def __post_init__(self):
+        _check_types(self, "replay")
+        _check(0.0 < self.fraction <= 0.9, f"replay.fraction must be in (0, 0.9], got {self.fraction}")
+
+
+@dataclass
 class RuntimeSettings:
     device: str = "auto"
     # "auto": the mixed precision set in accelerate (``accelerate launch --mixed_precision``, its config file,
@@ -232,7 +250,8 @@ class RuntimeSettings:
 
 SECTIONS = {
     "lora": LoraSettings, "optim": OptimSettings, "schedule": ScheduleSettings, "batch": BatchSettings,
-    "loss": LossSettings, "model": ModelSettings, "eval": EvalSettings, "runtime": RuntimeSettings,
+    "loss": LossSettings, "model": ModelSettings, "eval": EvalSettings, "replay": ReplaySettings,
+    "runtime": RuntimeSettings,
 }
 
 
@@ -248,6 +267,7 @@ class TrainConfig:
     loss: LossSettings = field(default_factory=LossSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    replay: ReplaySettings = field(default_factory=ReplaySettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
 
     def __post_init__(self):

@@ -194,6 +194,63 @@ def _check_tokenizer(path: Path, tags_path: Path, tagset, manifest_path: Path, r
                             f"({manifest_path} tag_ids); this is not the tokenizer the data was prepared with")
 
 
+class ReplayMix:
+    """The fine-tune training split with untagged clips of a replay DATA_DIR appended (``replay`` recipe section).
+
+    Indices below ``len(primary)`` are the fine-tune clips, the rest are replay clips; each keeps its own
+    reference clip. It reads like a ``PreparedDataset`` to training (``examples``, ``lengths``, items).
+    """
+
+    def __init__(self, primary, replay, picks: list[int]):
+        self.primary, self.replay, self.picks = primary, replay, picks
+        self.examples = list(primary.examples) + [replay.examples[i] for i in picks]
+
+    def __len__(self) -> int:
+        return len(self.primary) + len(self.picks)
+
+    def __getitem__(self, i: int) -> dict:
+        n = len(self.primary)
+        return self.primary[i] if i < n else self.replay[self.picks[i - n]]
+
+    def lengths(self) -> list[int]:
+        replay = self.replay.lengths()
+        return list(self.primary.lengths()) + [replay[i] for i in self.picks]
+
+
+def mix_replay(data: DataBundle, replay_dir: str | Path, fraction: float, seed: int) -> ReplayMix:
+    """``data.train`` with a seeded choice of the replay folder's untagged clips making up ``fraction`` of the mix.
+
+    The replay folder must be prepared from the same base (fingerprint) with a tokenizer whose pieces the
+    fine-tune tokenizer starts with (tag pieces come after them), so its text ids mean the same thing.
+    """
+    import random
+
+    from sentencepiece import SentencePieceProcessor
+
+    from tagtune.data import PreparedDataset
+
+    replay_dir = Path(replay_dir)
+    manifest = _read_manifest(replay_dir)
+    _check_examples_and_shards(replay_dir, manifest)
+    _, fingerprint = _check_base(replay_dir, manifest)
+    if fingerprint != data.base_fingerprint:
+        raise DataError(f"{replay_dir}: prepared from another base model (fingerprint {fingerprint}, the fine-tune "
+                        f"data's base is {data.base_fingerprint}); prepare the replay corpus for the same base")
+    pieces = [SentencePieceProcessor(model_file=str(p)) for p in
+              (_manifest_file(replay_dir, manifest, "tokenizer", DEFAULT_TOKENIZER), data.tokenizer_path)]
+    theirs, ours = ([sp.IdToPiece(i) for i in range(sp.GetPieceSize())] for sp in pieces)
+    if ours[: len(theirs)] != theirs:
+        raise DataError(f"{replay_dir}: its tokenizer's pieces are not those of the fine-tune data's tokenizer "
+                        f"({data.tokenizer_path}); prepare the replay corpus with the same base")
+    replay = PreparedDataset(replay_dir, "all")
+    untagged = [i for i, e in enumerate(replay.examples) if not e["has_tag"]]
+    if not untagged:
+        raise DataError(f"{replay_dir}: has no untagged clip to replay")
+    want = round(len(data.train) * fraction / (1.0 - fraction))
+    picks = sorted(random.Random(seed).sample(untagged, min(want, len(untagged))))
+    return ReplayMix(data.train, replay, picks)
+
+
 def epoch_batches(lengths: list[int], size: int, seed: int, epoch: int) -> list[list[int]]:
     """Global batches of ``size`` clip indices for one epoch, bucketed by length (incomplete ones dropped)."""
     from tagtune.data import LengthBucketSampler

@@ -32,7 +32,16 @@ from tagtune.train import run as rundir
 from tagtune.train import state as ts
 from tagtune.train.accel import make_accelerator, start_trackers
 from tagtune.train.config import TrainConfig, TrainConfigError
-from tagtune.train.data import clip_lengths, collate, epoch_batches, micro_batch, open_data, pad_spec, precompute_conds
+from tagtune.train.data import (
+    clip_lengths,
+    collate,
+    epoch_batches,
+    micro_batch,
+    mix_replay,
+    open_data,
+    pad_spec,
+    precompute_conds,
+)
 from tagtune.train.loss import RowLosses, combine, split_means
 from tagtune.train.metrics import MetricsLog, forgetting, validate
 
@@ -95,6 +104,10 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
     # ---- setup: data, model (grown base + adapters), optimizer, schedule, resume state. Everything that can
     # be checked is checked before the first write: a refused run leaves RUN_DIR as it was.
     data = open_data(data_dir)
+    if config.replay.data:
+        data.train = mix_replay(data, config.replay.data, config.replay.fraction, config.seed)
+        log.info("replay: %d untagged clips of %s mixed into %d training clips", len(data.train.picks),
+                 config.replay.data, len(data.train.primary))
     accel = make_accelerator(config, run_dir)
     rank, world, main = accel.process_index, accel.num_processes, accel.is_main_process
     torch.manual_seed(config.seed + rank)

@@ -21,6 +21,7 @@ from torch import nn
 from tagtune.config import W2V_BERT_DIM, GPTV2Config
 from tagtune.models.conditioning import ConformerEncoder, PerceiverResampler
 from tagtune.models.unified_voice import (
+    IGNORE_INDEX,
     OFFICIAL_DROPOUT,
     GPTLogits,
     add_token_trunk,
@@ -118,16 +119,21 @@ class UnifiedVoiceV2(nn.Module):
         return tokens, *segment_hidden(self, prefix, tokens, mask_padding)
 
     def logits(self, conds, emovec, text_ids, text_lengths, codes, code_lengths, *,
-               mask_padding: bool = False) -> GPTLogits:
+               mask_padding: bool = False, mask_loss: bool = False) -> GPTLogits:
         """Text logits (B, Vt, Lt+2) and mel logits (B, Vm, N+2) of the training layout, with targets.
 
         Positions at or past ``text_lengths`` / ``code_lengths`` (code counts, not wav lengths) become stop
-        tokens, as in the official forward. ``mask_padding`` hides padding from attention.
+        tokens, as in the official forward. ``mask_padding`` hides padding from attention; ``mask_loss`` sets
+        padding targets to IGNORE_INDEX, which ``F.cross_entropy`` skips.
         """
         tok, text_h, mel_h = self._hidden(conds, emovec, text_ids, text_lengths, codes, code_lengths, mask_padding)
+        text_tgt, mel_tgt = tok.text_targets, tok.mel_targets
+        if mask_loss:
+            text_tgt = text_tgt.masked_fill(~tok.text_mask, IGNORE_INDEX)
+            mel_tgt = mel_tgt.masked_fill(~tok.mel_mask, IGNORE_INDEX)
         text_logits = self.text_head(text_h).transpose(1, 2)
         mel_logits = self.mel_head(mel_h).transpose(1, 2)
-        return GPTLogits(text_logits, mel_logits, tok.text_targets, tok.mel_targets)
+        return GPTLogits(text_logits, mel_logits, text_tgt, mel_tgt)
 
     def forward(self, conds, emovec, text_ids, text_lengths, codes, code_lengths, *,
                 mask_padding: bool = False) -> torch.Tensor:

@@ -1,0 +1,200 @@
+"""Transfer: do tags learned from one voice in one language work for other voices and in the other language?
+
+A *transfer set* is a prepared data folder (the same base, the same tags) whose clips are spoken by the
+fine-tune voice(s) and by voices the model never saw, in English and Chinese, tagged and untagged. Its
+validation clips fall into four conditions by speaker and language:
+
+    ft_voice_en   a fine-tune voice, English        unseen_en   any other voice, English
+    ft_voice_zh   a fine-tune voice, Chinese        unseen_zh   any other voice, Chinese
+
+The fine-tune voices are the speakers of the fine-tune data folder's training split. Per condition and model
+(tuned, base) the free-running check of ``freerun.py`` gives hit rates per tag, the false-event rate and the
+placement error; teacher-forced NLL on the condition's untagged clips gives ``untagged_nll_ratio`` (tuned /
+base: forgetting of other voices and of Chinese); and a code-level speaker embedding gives the cosine
+similarity of each generated sequence to the prompt clip's own recording (its speaker), tuned vs base: drift
+toward the fine-tune voice. ``transfer_ratio`` = the tuned model's mean hit rate in a condition / its mean hit
+rate in ``ft_voice_en``.
+
+The judges here are fitted on the transfer set's *training* split, never on the model: the event detector
+(with the base's tag-free generations as negatives, as in the main evaluation) and the speaker embedding
+(``speaker.py``); both report their held-out accuracy on its validation split.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tagtune.evaluate.freerun import FreeRunSettings, generate, make_prompts, score_clips, summarize_free
+from tagtune.evaluate.loading import BASE, TUNED, EvaluationError
+from tagtune.evaluate.prepared import generated_negatives, progress_bar, split_items, train_detector
+
+CONDITIONS = ("ft_voice_en", "unseen_en", "ft_voice_zh", "unseen_zh")
+REFERENCE_CONDITION = "ft_voice_en"
+UNSEEN_CONDITIONS = ("unseen_en", "unseen_zh")
+MAX_NLL_CLIPS = 64  # untagged clips per condition scored teacher-forced
+TRANSFER_SEED_OFFSET = 20_000  # sampling seeds of the transfer prompts never coincide with the main evaluation's
+
+
+@dataclass
+class TransferSettings:
+    """Prompts per condition (each tagged clip also gives its tag-free twin) and the negatives of the detector."""
+
+    prompts: int = 24
+    untagged_prompts: int = 12
+    detector_negatives: int = 64
+
+
+def condition(speaker: str, language: str, ft_speakers: set[str]) -> str:
+    """The condition of a clip: ``ft_voice`` or ``unseen``, then ``en`` or ``zh``."""
+    return f"{'ft_voice' if speaker in ft_speakers else 'unseen'}_{language}"
+
+
+def by_condition(items: list[dict], ft_speakers: set[str]) -> dict[str, list[dict]]:
+    """Items of each condition, in their order (conditions without items are absent)."""
+    out: dict[str, list[dict]] = {}
+    for it in items:
+        out.setdefault(condition(it["speaker"], it["language"], ft_speakers), []).append(it)
+    return {c: out[c] for c in CONDITIONS if c in out}
+
+
+def check_tag_ids(models, transfer_tag_ids: dict[str, int], where: str) -> None:
+    """The transfer set must spell each tag with the id the models read it at."""
+    want = models[0].tag_ids
+    wrong = {t: (transfer_tag_ids.get(t), i) for t, i in want.items() if transfer_tag_ids.get(t) != i}
+    if wrong:
+        order = ",".join(t.strip("<>") for t, _ in sorted(want.items(), key=lambda kv: kv[1]))
+        raise EvaluationError(f"{where}: tag ids {wrong} (transfer set, model) differ; prepare the transfer set "
+                              f"from the same base with --tags {order} (in this order)")
+
+
+def _split_tagged(items: list[dict], tag_ids: set[int]) -> tuple[list[dict], list[dict]]:
+    tagged = [it for it in items if any(int(i) in tag_ids for i in it["text_ids"])]
+    return tagged, [it for it in items if not any(int(i) in tag_ids for i in it["text_ids"])]
+
+
+def _similarities(embedding, codes: list[torch.Tensor], refs: list[torch.Tensor]) -> list[float]:
+    """Cosine of each generated sequence to its reference recording (sequences too short to embed skipped)."""
+    out = []
+    for seq, ref in zip(codes, refs):
+        try:
+            out.append(embedding.similarity(seq, ref))
+        except ValueError:  # a generation that stopped after a few codes has no voice to compare
+            continue
+    return out
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _condition(models, detector, embedding, items: list[dict], tags, space_id, free: FreeRunSettings,
+               settings: TransferSettings, seed: int, bar) -> dict:
+    """Free-running numbers, speaker similarity and untagged NLL of both models on one condition's clips."""
+    from tagtune.evaluate.forgetting import forgetting_summary, untagged_nll
+
+    tag_ids = models[0].tag_ids
+    tagged, untagged = _split_tagged(items, set(tag_ids.values()))
+    rng = random.Random(seed)
+    tagged = rng.sample(tagged, min(settings.prompts, len(tagged)))
+    untagged_prompts = rng.sample(untagged, min(settings.untagged_prompts, len(untagged)))
+    chosen = tagged + untagged_prompts
+    prompts = make_prompts(tagged, untagged_prompts, set(tag_ids.values()), space_id)
+    out: dict = {"clips": {"tagged": len(tagged), "untagged": len(untagged_prompts)}}
+    nll = {}
+    for m in models:
+        codes = generate(m, prompts, chosen, free, seed + TRANSFER_SEED_OFFSET, on_batch=bar.update)
+        summary = summarize_free(score_clips(detector, prompts, codes, chosen, tags, tag_ids), list(tags.tags))
+        sims = _similarities(embedding, codes, [chosen[p.item]["codes"] for p in prompts])
+        out[m.name] = {"hit_rate": {**{t: v["hit_rate"] for t, v in summary["per_tag"].items()},
+                                    "mean": summary["mean_hit_rate"]},
+                       "false_event_rate": summary["false_event_rate"],
+                       "placement_error_ms": summary["placement_error_ms"]["median"],
+                       "speaker_similarity": _mean(sims), "similarity_clips": len(sims),
+                       "mean_generated_codes": _mean([float(len(c)) for c in codes])}
+        if untagged:
+            with torch.inference_mode():
+                nll[m.name] = untagged_nll(m, untagged[:MAX_NLL_CLIPS])
+    forgetting = forgetting_summary(nll[TUNED], nll.get(BASE)) if TUNED in nll else None
+    tuned, base = out[TUNED], out.get(BASE) or {}
+    out.update({"hit_rate": tuned["hit_rate"], "false_event_rate": tuned["false_event_rate"],
+                "placement_error_ms": tuned["placement_error_ms"],
+                "untagged_nll_ratio": forgetting["untagged_nll_ratio"] if forgetting else None,
+                "untagged_nll": forgetting["untagged_nll"] if forgetting else None,
+                "speaker_similarity": {TUNED: tuned["speaker_similarity"],
+                                       BASE: base.get("speaker_similarity")}})
+    return out
+
+
+def _fit_judges(models, codebook, train: list[dict], val: list[dict], tags, space_id, free, settings, seed,
+                progress: bool):
+    """The event detector and the speaker embedding, fitted on the transfer set's training split."""
+    from tagtune.evaluate.speaker import CodeSpeakerEmbedding
+
+    base = next((m for m in models if m.name == BASE), None)
+    negatives = (generated_negatives(base, train, space_id, free, seed + TRANSFER_SEED_OFFSET,
+                                     n=settings.detector_negatives, progress=progress) if base else None)
+    detector, detector_report = train_detector(codebook, train, val, tags, models[0].tag_ids, seed, negatives)
+    if detector is None:
+        raise EvaluationError("the transfer set has no event boundaries to fit the event detector on")
+    embedding = CodeSpeakerEmbedding(codebook)
+    embedding_report = embedding.fit([(it["codes"], it["speaker"]) for it in train], seed=seed)
+    return detector, detector_report, embedding, embedding_report
+
+
+def evaluate_transfer(models, codebook: torch.Tensor, train: list[dict], val: list[dict], ft_speakers: set[str],
+                      tags, space_id, seed: int = 0, settings: TransferSettings | None = None,
+                      free: FreeRunSettings | None = None, progress: bool = False) -> dict:
+    """The ``transfer`` section of report.json: one entry per condition present, plus the judges' reports.
+
+    ``train``/``val``: items of the transfer set's splits (``PreparedDataset`` items: codes, text ids,
+    reference mel, speaker, language). ``ft_speakers``: the voices the model was fine-tuned on.
+    """
+    settings = settings or TransferSettings()
+    free = free or FreeRunSettings(settings.prompts, settings.untagged_prompts)
+    started = time.perf_counter()
+    groups = by_condition(val, ft_speakers)
+    if REFERENCE_CONDITION not in groups:
+        raise EvaluationError(f"the transfer set has no validation clip of a fine-tune voice ({sorted(ft_speakers)}) "
+                              "in English: the transfer ratio needs that reference condition")
+    detector, detector_report, embedding, embedding_report = _fit_judges(
+        models, codebook, train, val, tags, space_id, free, settings, seed, progress)
+    out: dict = {}
+    total = sum(len(models) * (2 * min(settings.prompts, len(_split_tagged(g, set(models[0].tag_ids.values()))[0]))
+                               + settings.untagged_prompts) for g in groups.values())
+    with progress_bar(progress, total, "eval: transfer", "prompt") as bar:
+        for k, (name, items) in enumerate(groups.items()):
+            out[name] = _condition(models, detector, embedding, items, tags, space_id, free, settings, seed + k, bar)
+    reference = out[REFERENCE_CONDITION]["hit_rate"]["mean"]
+    for name in out:
+        mean = out[name]["hit_rate"]["mean"]
+        out[name]["transfer_ratio"] = mean / reference if mean is not None and reference else None
+        sims = out[name]["speaker_similarity"]
+        out[name]["speaker_similarity"]["drop"] = (sims[BASE] - sims[TUNED] if sims[BASE] is not None
+                                                   and sims[TUNED] is not None else None)
+    out["judges"] = {"detector": detector_report, "speaker_embedding": embedding_report}
+    out["fine_tune_voices"] = sorted(ft_speakers)
+    out["voices"] = {c: sorted({it["speaker"] for it in items}) for c, items in groups.items()}
+    out["settings"] = {"prompts": settings.prompts, "untagged_prompts": settings.untagged_prompts,
+                       "detector_negatives": settings.detector_negatives, "max_nll_clips": MAX_NLL_CLIPS}
+    out["seconds"] = round(time.perf_counter() - started, 2)
+    return out
+
+
+def open_transfer_set(data_dir: Path, models) -> tuple[list[dict], list[dict]]:
+    """Training and validation items of a transfer set, checked against the models' tag ids."""
+    import json
+
+    from tagtune.folders import MANIFEST_FILE
+
+    manifest_path = Path(data_dir) / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EvaluationError(f"{manifest_path}: not a prepared data folder ({e})") from None
+    check_tag_ids(models, manifest.get("tag_ids") or {}, str(manifest_path))
+    return split_items(Path(data_dir), "train"), split_items(Path(data_dir), "val")

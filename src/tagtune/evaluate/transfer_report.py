@@ -1,0 +1,99 @@
+"""The transfer part of report.md and its figure (transfer.png): the four conditions side by side."""
+
+from __future__ import annotations
+
+import io
+
+from tagtune.evaluate.report import MAX_SIMILARITY_DROP, MIN_TRANSFER_RATIO
+from tagtune.evaluate.transfer import CONDITIONS, REFERENCE_CONDITION
+
+FIGURE = "transfer.png"
+BAR_WIDTH = 0.38
+CONDITION_NAMES = {"ft_voice_en": "fine-tune voice, English", "unseen_en": "unseen voices, English",
+                   "ft_voice_zh": "fine-tune voice, Chinese", "unseen_zh": "unseen voices, Chinese"}
+
+
+def _fmt(v, pct: bool = False, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    return f"{100 * v:.0f}%" if pct else f"{v:.{digits}f}"
+
+
+def _present(transfer: dict) -> list[str]:
+    return [c for c in CONDITIONS if c in transfer]
+
+
+def transfer_markdown(report: dict) -> str:
+    """The "Transfer" section of report.md ("" without a transfer set)."""
+    t = report.get("transfer")
+    if not t:
+        return ""
+    conds = _present(t)
+    tags = [k for k in t[conds[0]]["hit_rate"] if k != "mean"]
+    judges = t["judges"]
+    det = (judges["detector"].get("held_out") or {})
+    emb = judges["speaker_embedding"]
+    lines = ["", "## Transfer to unseen voices and to Chinese", "",
+             f"Fine-tune voices: {', '.join(t['fine_tune_voices'])}. Per condition, {t['settings']['prompts']} "
+             f"tagged prompts (each also without its tags) and {t['settings']['untagged_prompts']} untagged ones "
+             f"with the clip's own voice as reference. transfer ratio = mean hit rate / mean hit rate in "
+             f"`{REFERENCE_CONDITION}` (goal >= {MIN_TRANSFER_RATIO}); similarity: cosine of the generated codes' "
+             f"speaker embedding to the prompt clip's recording (goal: tuned at most {MAX_SIMILARITY_DROP} below "
+             "base for unseen voices).", "",
+             "| condition | voices | " + " | ".join(f"hit `{x}`" for x in tags)
+             + " | mean hit (base) | transfer ratio | false events | untagged NLL ratio | similarity tuned / base |",
+             "|---|---|" + "---|" * len(tags) + "---|---|---|---|---|"]
+    for c in conds:
+        e, base = t[c], t[c].get("base") or {}
+        sim = e["speaker_similarity"]
+        lines.append(
+            f"| {CONDITION_NAMES[c]} | {', '.join(t['voices'][c])} | "
+            + " | ".join(_fmt(e["hit_rate"][x], True) for x in tags)
+            + f" | {_fmt(e['hit_rate']['mean'], True)} ({_fmt((base.get('hit_rate') or {}).get('mean'), True)})"
+            f" | {_fmt(e['transfer_ratio'])} | {_fmt(e['false_event_rate'], True)}"
+            f" | {_fmt(e['untagged_nll_ratio'], digits=3)}"
+            f" | {_fmt(sim['tuned'], digits=3)} / {_fmt(sim['base'], digits=3)} |")
+    lines += ["", f"Judges, fitted on the transfer set's training split: event detector held-out accuracy "
+                  f"{_fmt(det.get('accuracy'), True)} (balanced {_fmt(det.get('balanced_accuracy'), True)}); speaker "
+                  f"embedding held-out speaker accuracy {_fmt(emb.get('accuracy'), True)} over "
+                  f"{emb.get('speakers', '–')} voices."]
+    if "transfer.png" in report.get("figures", []):
+        lines += ["", f"![transfer]({FIGURE})"]
+    return "\n".join(lines) + "\n"
+
+
+def transfer_plots(report: dict) -> dict[str, bytes]:
+    """{FIGURE: png}: mean hit rate and speaker similarity per condition, tuned vs base ({} without transfer)."""
+    t = report.get("transfer")
+    if not t:
+        return {}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conds = _present(t)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for k, m in enumerate(("tuned", "base")):
+        xs = [i + (k - 0.5) * BAR_WIDTH for i in range(len(conds))]
+        hits = [((t[c].get(m) or {}).get("hit_rate") or {}).get("mean") for c in conds]
+        sims = [t[c]["speaker_similarity"].get(m) for c in conds]
+        for ax, values in ((axes[0], hits), (axes[1], sims)):
+            ax.bar(xs, [v or 0.0 for v in values], BAR_WIDTH, label=m)
+            for x, v in zip(xs, values):
+                ax.annotate("n/a" if v is None else f"{v:.2f}", (x, v or 0.0), ha="center", va="bottom", fontsize=8)
+    reference = (t[REFERENCE_CONDITION].get("tuned") or {}).get("hit_rate", {}).get("mean")
+    if reference:
+        axes[0].axhline(MIN_TRANSFER_RATIO * reference, color="black", linestyle="--", linewidth=1,
+                        label=f"tuned goal: {MIN_TRANSFER_RATIO} x {REFERENCE_CONDITION}")
+    axes[0].set_title("mean hit rate per condition")
+    axes[0].set_ylim(0, 1.05)
+    axes[1].set_title("speaker similarity to the reference")
+    for ax in axes:
+        ax.set_xticks(range(len(conds)), [CONDITION_NAMES[c].replace(", ", "\n") for c in conds], fontsize=8)
+        ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return {FIGURE: buf.getvalue()}

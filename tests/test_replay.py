@@ -1,0 +1,89 @@
+"""Replay: untagged clips of another prepared folder (same base) mixed into a fine-tune, and the Elise-like
+tag frequencies of the corpus generator."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+
+import pytest
+
+REPLAY_VOICES = ["builtin-f2", "builtin-m2"]
+
+
+@pytest.fixture(scope="module")
+def replay_dir(shipped_base, tmp_path_factory):
+    """An untagged two-voice corpus prepared for the shipped base."""
+    from tagtune.data.for_model import prepare_for_model
+    from tagtune.synthetic import generate_corpus
+
+    root = tmp_path_factory.mktemp("replay")
+    generate_corpus(root / "corpus", n_clips=24, seed=2, untagged_fraction=1.0, voices=REPLAY_VOICES,
+                    engine="builtin")
+    prepare_for_model(shipped_base, str(root / "corpus"), root / "data", progress=False, seed=0, val_fraction=0.0)
+    return root / "data"
+
+
+def test_replay_mix_adds_untagged_clips_of_other_voices(tiny_data, replay_dir):
+    from tagtune.train.data import mix_replay, open_data
+
+    data = open_data(tiny_data)
+    n = len(data.train)
+    mix = mix_replay(data, replay_dir, 0.25, seed=0)
+    assert len(mix.picks) == round(n * 0.25 / 0.75) and len(mix) == n + len(mix.picks)
+    assert [mix[i]["id"] for i in range(n)] == [data.train[i]["id"] for i in range(n)]
+    replayed = [mix[i] for i in range(n, len(mix))]
+    assert all(not it["has_tag"] and it["speaker"] in REPLAY_VOICES for it in replayed)
+    assert mix.lengths()[n:] == [e["n_text"] + e["n_codes"] for e in mix.examples[n:]]
+    assert mix_replay(data, replay_dir, 0.25, seed=0).picks == mix.picks  # seeded
+    capped = mix_replay(data, replay_dir, 0.9, seed=0)
+    assert len(capped.picks) == 24  # no more than the replay folder holds
+
+
+def test_replay_from_another_base_is_refused(tiny_data, replay_dir, tmp_path):
+    from tagtune.train.data import DataError, mix_replay, open_data
+
+    other = tmp_path / "other"
+    shutil.copytree(replay_dir, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["base_checkpoint"]["hash"] = "0" * 16
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="fingerprint"):
+        mix_replay(open_data(tiny_data), other, 0.3, seed=0)
+
+
+def test_training_with_replay_records_it(tiny_data, replay_dir, tmp_path, caplog):
+    import logging
+
+    from tagtune.train import train
+    from tagtune.train.config import TrainConfig
+    from train_fixtures import RUN_CONFIG
+
+    cfg = TrainConfig.from_dict({**RUN_CONFIG, "schedule": {"max_steps": 2, "warmup_steps": 1},
+                                 "replay": {"data": str(replay_dir), "fraction": 0.3}})
+    with caplog.at_level(logging.INFO, logger="tagtune.train.loop"):
+        result = train(tiny_data, tmp_path / "run", cfg)
+    assert result.steps == 2
+    assert any("replay:" in r.getMessage() for r in caplog.records)
+    recorded = (tmp_path / "run" / "train_config.yaml").read_text()
+    assert str(replay_dir) in recorded and "fraction: 0.3" in recorded
+
+
+def test_replay_fraction_is_checked():
+    from tagtune.train.config import TrainConfig, TrainConfigError
+
+    with pytest.raises(TrainConfigError, match="replay.fraction"):
+        TrainConfig.from_dict({"replay": {"data": "x", "fraction": 0.95}})
+
+
+def test_tag_weights_skew_the_corpus(tmp_path):
+    from tagtune.synthetic import generate_corpus
+
+    info = generate_corpus(tmp_path / "c", n_clips=80, seed=0, untagged_fraction=0.0, voices=["builtin-f3"],
+                           engine="builtin", tag_weights={"laughs": 0.8, "sighs": 0.2, "giggles": 0.0})
+    counts = Counter(info.tag_counts)
+    assert counts["giggles"] == 0 and counts["laughs"] > 2 * counts["sighs"] > 0
+    assert json.loads((tmp_path / "c" / "corpus.json").read_text())["settings"]["tag_weights"]["laughs"] == 0.8
+    with pytest.raises(ValueError, match="tag_weights"):
+        generate_corpus(tmp_path / "d", n_clips=4, engine="builtin", tag_weights={"chuckles": 1.0})
