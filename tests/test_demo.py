@@ -61,11 +61,16 @@ def test_run_and_exported_model(demo):
 @pytest.mark.slow
 def test_samples_are_24khz_speech(demo):
     out, summary = demo
-    assert len(summary["samples"]) == 2 * len(SAMPLE_SENTENCES)
+    # the reference example's lines, tuned and base, in an unseen female and an unseen male voice
+    assert len(summary["samples"]) == 2 * 2 * len(SAMPLE_SENTENCES)
     index = json.loads((out / "samples" / SAMPLE_INDEX_FILE).read_text())
     assert sorted(e["file"] for e in index) == sorted(p.rsplit("/", 1)[1] for p in summary["samples"])
     assert sorted(p.name for p in (out / "samples").glob("*.wav")) == sorted(e["file"] for e in index)
     assert {(e["model"], e["text"]) for e in index} == {(m, t) for m in ("tuned", "base") for t in SAMPLE_SENTENCES}
+    from tagtune.synthetic.voices import HELD_OUT, VOICES
+
+    voices = {e["voice"].split(" (")[1].rstrip(")") for e in index}
+    assert {VOICES[v].role for v in voices} == {HELD_OUT} and {VOICES[v].gender for v in voices} == {"f", "m"}
     for path in summary["samples"]:
         audio, rate = sf.read(path)
         assert rate == MODEL_SAMPLE_RATE and audio.ndim == 1
@@ -80,6 +85,8 @@ def test_report_and_summary_agree(demo):
     assert set(report["tags"]) == {f"<{t}>" for t in DEMO_TAGS}
     assert set(report["overall"]) >= {"untagged_nll_ratio", "mean_hit_rate", "false_event_rate",
                                       "detector_false_positive_rate", "detector_generated_negatives"}
+    assert {"ft_voice_en", "unseen_en"} <= set(report["transfer"]) and "## Transfer" in \
+        (out / "report" / "report.md").read_text()
     val = report["meta"]["validation"]
     assert val["tagged"] + val["untagged"] == summary["data"]["val"]
     # the base is grown with the rows the run recorded before its first step, not rebuilt from a formula

@@ -141,7 +141,9 @@ def test_a_tuned_adapter_relies_on_its_tags(eval_data, shipped_base, tmp_path):
                       adapter=run.run_dir / "last", n_free=0, plots=False)
     gaps = {m: [e["wrong_tag_gap"][m] for e in report["tags"].values()] for m in ("tuned", "base")}
     assert sum(gaps["tuned"]) / 3 > sum(gaps["base"]) / 3 + 0.5  # the true tag beats a wrong one after training
-    assert max(abs(g) for g in gaps["base"]) < 0.3
+    # untrained "mean" rows differ only by their 10 % noise, so the base barely tells tags apart (max |gap|:
+    # 0.20 on the English-only tiny base, 0.46 on the bilingual one, whose mean row lies among the CJK rows)
+    assert max(abs(g) for g in gaps["base"]) < 0.5
     assert report["details"]["free"] is None and report["overall"]["mean_hit_rate"] is None
     assert "mean hit_rate >= 0.5" in report["acceptance"]["not_measured"]
     assert not (tmp_path / "report" / "reliance.png").exists() and (tmp_path / "report" / "report.json").is_file()

@@ -38,7 +38,8 @@ def test_replay_mix_adds_untagged_clips_of_other_voices(tiny_data, replay_dir):
     assert mix.lengths()[n:] == [e["n_text"] + e["n_codes"] for e in mix.examples[n:]]
     assert mix_replay(data, replay_dir, 0.25, seed=0).picks == mix.picks  # seeded
     capped = mix_replay(data, replay_dir, 0.9, seed=0)
-    assert len(capped.picks) == 24  # no more than the replay folder holds
+    held = sum(not e["has_tag"] for e in mix.replay.examples)
+    assert len(capped.picks) == held >= 20  # no more than the replay folder holds
 
 
 def test_replay_from_another_base_is_refused(tiny_data, replay_dir, tmp_path):

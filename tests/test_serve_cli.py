@@ -16,8 +16,10 @@ import numpy as np
 from tagtune.cli import main
 
 STARTUP_SECONDS = 120
-BODY = {"model": "base", "voice": "alice", "input": "Hello, World! This is IndexTTS speaking. Well, that is funny.",
-        "greedy": True, "max_new_tokens": 150, "response_format": "pcm"}
+# long enough that the stream's later chunk comes well after its first, whatever the base's speaking rate
+BODY = {"model": "base", "voice": "alice", "greedy": True, "max_new_tokens": 150, "response_format": "pcm",
+        "input": "Hello, World! This is IndexTTS speaking. Well, that is funny. I can say a little more, so that "
+                 "you hear it stream."}
 
 
 def _start(args: list[str]) -> tuple[subprocess.Popen, str, list[str]]:

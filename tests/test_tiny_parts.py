@@ -6,7 +6,7 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from tagtune.tiny.bpe import USER_SYMBOLS, check_layout, official_text, train_bpe
+from tagtune.tiny.bpe import USER_SYMBOLS, check_layout, generator_cjk, official_text, train_bpe
 from tagtune.tiny.kmeans import SILENCE_CODE, kmeans, place_silence
 from tagtune.tiny.pretrain import PretrainSettings, lr_at
 
@@ -46,14 +46,24 @@ def test_place_silence_pins_code_52_and_keeps_the_other_centroids():
 def test_bpe_official_layout_and_reproducible():
     lines = [official_text(s) for s in SENTENCES * 20]
     assert lines[0] == "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG."
-    model = train_bpe(lines, vocab_size=90)
-    assert model == train_bpe(lines, vocab_size=90)
+    model = train_bpe(lines, vocab_size=160)  # room for the CJK symbols and the letters
+    assert model == train_bpe(lines, vocab_size=160)
     check_layout(model)
     sp = spm.SentencePieceProcessor(model_proto=model)
     assert [sp.IdToPiece(i) for i in range(3 + len(USER_SYMBOLS))] == ["<s>", "</s>", "<unk>", *USER_SYMBOLS]
     assert sp.PieceToId("▁") > 2 + len(USER_SYMBOLS)
     # a CJK character costs the word-boundary piece plus the character, as in the official model
     assert sp.Encode(official_text("我 OK"), out_type=str)[:2] == ["▁", "我"]
+
+
+def test_every_generator_cjk_character_is_a_symbol():
+    """Mandarin corpus text never needs <unk>, whichever clips a seed draws: each character has a piece."""
+    chars = set(generator_cjk())
+    assert len(chars) > 50 and chars <= set(USER_SYMBOLS)
+    assert "妹" in chars and list(USER_SYMBOLS) == sorted(USER_SYMBOLS)
+    model = train_bpe([official_text(s) for s in SENTENCES * 20], vocab_size=160)
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    assert sp.unk_id() not in sp.Encode(official_text("我妹妹今天在公园里看到了一只小狗。"), out_type=int)
 
 
 def test_check_layout_rejects_a_model_without_the_symbols():

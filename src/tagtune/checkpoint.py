@@ -254,29 +254,40 @@ def companion_files(cfg: ModelConfig | ModelConfigV2) -> list[str]:
 
 
 def carry_over(model_dir: Path, out_dir: Path, cfg) -> None:
-    """Link (or copy) into ``out_dir`` what a grown folder keeps unchanged: ``companion_files`` and, for an
-    IndexTTS-2 folder, its auxiliary models and QwenEmotion folder when present (symbolic links inside a
+    """Copy into ``out_dir`` what a grown folder keeps unchanged (``companion_files``) and, for an IndexTTS-2
+    folder, hard-link its auxiliary models and QwenEmotion folder when present (symbolic links inside a
     Hugging Face cache stay links)."""
     for name in companion_files(cfg):
         (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
-        link_or_copy(model_dir / name, out_dir / name)
+        copy_durably(model_dir / name, out_dir / name)
     if isinstance(cfg, ModelConfigV2):
         for name in (AUX_MODELS_DIR, cfg.qwen_emo_path.rstrip("/")):
             if (model_dir / name).is_dir():
                 shutil.copytree(model_dir / name, out_dir / name, symlinks=True, copy_function=link_or_copy)
 
 
-def link_or_copy(src: str | Path, dst: str | Path) -> None:
-    """A hard link of ``src`` at ``dst``, or a copy flushed to disk where linking is refused (another file
-    system, a file that is not ours), so that a folder published after it holds whole files."""
+def copy_durably(src: str | Path, dst: str | Path) -> None:
+    """A copy of ``src`` at ``dst`` flushed to disk, so that a folder published after it holds whole files.
+
+    A copy, not a hard link: a user who rewrites an exported file in place (``torch.save`` over it) must not
+    change the base it came from."""
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise CheckpointError(f"{src}: not found")
+    shutil.copy2(src, dst)
+    _fsync(dst)
+
+
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """A hard link of ``src`` at ``dst``, or a durable copy where linking is refused (another file system).
+    Only for the auxiliary models of an IndexTTS-2 folder: gigabytes of downloaded hub files nobody edits."""
     try:
         os.link(src, dst)
-        return
     except OSError:
-        shutil.copy2(src, dst)
+        copy_durably(src, dst)
+
+
+def _fsync(dst: Path) -> None:
     fd = os.open(dst, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -326,6 +326,23 @@ class LoadedModelV2:
         return self._cache[name]
 
     @property
+    def text_dir(self) -> Path:
+        """The folder whose ``bpe.model`` and ``tags.json`` the text side reads (as ``LoadedModel.text_dir``)."""
+        return self.adapter_dir if self.adapter_dir is not None else self.model_dir
+
+    @property
+    def tokenizer_path(self) -> Path:
+        own = AdapterFolder(self.adapter_dir).tokenizer if self.adapter_dir is not None else None
+        return own if own is not None and own.is_file() else self.model_dir / self.config.dataset.bpe_model
+
+    @property
+    def adapter_gpt(self) -> nn.Module:
+        """The tuned UnifiedVoiceV2 with the adapter kept as peft layers (the plain GPT when there is none)."""
+        if self.adapter_dir is None:
+            return self.gpt
+        return self._get("adapter_gpt", lambda: load_adapter_model(self.model_dir, self.adapter_dir, self.device)[0])
+
+    @property
     def gpt(self) -> nn.Module:
         """UnifiedVoiceV2 in eval mode: plain layers, an adapter merged in."""
         def make():
@@ -388,8 +405,7 @@ class LoadedModelV2:
         from tagtune.text.tokenizer import TextTokenizer, TokenizerError
 
         def make():
-            own = AdapterFolder(self.adapter_dir).tokenizer if self.adapter_dir is not None else None
-            path = own if own is not None and own.is_file() else self.model_dir / self.config.dataset.bpe_model
+            path = self.tokenizer_path
             if not path.is_file():
                 raise CheckpointError(f"{path}: tokenizer not found (config dataset.bpe_model)")
             try:

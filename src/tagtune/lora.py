@@ -8,7 +8,8 @@ What trains in ``lora`` mode (everything else is frozen and stays bit-identical)
 * The new rows of ``text_head``, weight AND bias. peft's trainable tokens on an untied Linear drop its bias,
   so the head is a ``modules_to_save`` copy whose old rows get a zero gradient (and no weight decay, which
   would otherwise move every row).
-* Optionally the conditioning encoder and perceiver, also as ``modules_to_save`` copies.
+* Optionally the conditioning encoder and perceiver (and IndexTTS-2's emotion branch), also as
+  ``modules_to_save`` copies.
 
 An adapter folder is what ``PeftModel.save_pretrained`` would write (keys under ``base_model.model.``,
 ``base_model_name_or_path`` set) plus tagtune's own ``tagtune_adapter.json`` and a model card; folders
@@ -39,6 +40,8 @@ DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 MODES = ("lora", "full")
 ADAPTER = "default"
 CONDITIONING_MODULES = ("conditioning_encoder", "perceiver_encoder")
+# IndexTTS-2's emotion branch: trains with the speaker branch (``train_conditioning``), frozen otherwise
+EMOTION_MODULES = ("emo_conditioning_encoder", "emo_perceiver_encoder", "emovec_layer", "emo_layer")
 # peft wrapper names that appear inside state-dict keys and are not part of the official layout
 WRAPPER_PARTS = ("base_layer", "token_adapter", "original_module")
 SAVED_COPY = "modules_to_save." + ADAPTER
@@ -67,12 +70,19 @@ class LoraSpec:
     dropout: float = 0.05
     targets: tuple[str, ...] = DEFAULT_TARGETS
     layers: tuple[int, ...] | None = None  # block indices; None = every block
-    train_conditioning: bool = False  # conditioning encoder + perceiver (frozen by default)
+    train_conditioning: bool = False  # conditioning encoder + perceiver, and v2's emotion branch (frozen by default)
 
 
-def lora_config(settings: LoraSpec, new_token_ids: list[int]) -> LoraConfig:
-    """The peft config for ``settings`` with ``new_token_ids`` as the trainable text rows."""
-    to_save = ["text_head"] + (list(CONDITIONING_MODULES) if settings.train_conditioning else [])
+def conditioning_modules(gpt: nn.Module) -> tuple[str, ...]:
+    """The conditioning branches ``gpt`` has: the speaker branch, and on IndexTTS-2 the emotion branch too."""
+    return tuple(name for name in CONDITIONING_MODULES + EMOTION_MODULES if hasattr(gpt, name))
+
+
+def lora_config(settings: LoraSpec, new_token_ids: list[int],
+                conditioning: tuple[str, ...] = CONDITIONING_MODULES) -> LoraConfig:
+    """The peft config for ``settings`` with ``new_token_ids`` as the trainable text rows; ``conditioning``
+    names the branches that train with ``train_conditioning`` (``conditioning_modules`` of the GPT)."""
+    to_save = ["text_head"] + (list(conditioning) if settings.train_conditioning else [])
     return LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
@@ -91,16 +101,17 @@ def apply_lora(gpt: nn.Module, settings: LoraSpec, new_token_ids: list[int]) -> 
     """Make ``gpt`` trainable as ``settings`` says (in place) and return it.
 
     ``lora`` mode injects adapters; ``full`` mode unfreezes the GPT (blocks, embeddings, heads) and, when
-    ``train_conditioning`` is set, the conditioning encoder and perceiver. Either way only the new rows
-    of ``text_head`` (weight and bias) receive gradient in lora mode.
+    ``train_conditioning`` is set, the conditioning encoder and perceiver (and IndexTTS-2's emotion branch).
+    Either way only the new rows of ``text_head`` (weight and bias) receive gradient in lora mode.
     """
     gpt.requires_grad_(False)
+    conditioning = conditioning_modules(gpt)
     if settings.mode == "full":
         for name, p in gpt.named_parameters():
-            p.requires_grad_(settings.train_conditioning or not name.startswith(CONDITIONING_MODULES))
+            p.requires_grad_(settings.train_conditioning or not name.startswith(conditioning))
         return gpt
     check_fits(gpt, settings)
-    inject_adapter_in_model(lora_config(settings, new_token_ids), gpt, adapter_name=ADAPTER)
+    inject_adapter_in_model(lora_config(settings, new_token_ids, conditioning), gpt, adapter_name=ADAPTER)
     _mask_old_head_rows(gpt, new_token_ids)
     return gpt
 

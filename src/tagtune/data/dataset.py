@@ -14,13 +14,16 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from tagtune.audio import SAMPLE_RATE
 from tagtune.data.merge import EXAMPLES_FILE, MANIFEST_FILE
+from tagtune.data.semantic import FEATURE_RATE
 from tagtune.data.shards import SHARD_DIR, DataDirError, ShardError, ShardReader, shard_meta
 from tagtune.text.language import text_language
 
 STOP_TEXT_TOKEN = 1  # gpt.stop_text_token: the official forward turns text padding into it anyway
 STOP_MEL_TOKEN = 8193  # gpt.stop_mel_token: likewise for code padding
 BUCKET_BATCHES = 50  # a shuffled window of this many batches is sorted by length before batching
+SAMPLES_PER_SEMANTIC_CODE = SAMPLE_RATE // FEATURE_RATE  # IndexTTS-2: 24 kHz samples per semantic code
 
 
 class NotPreparedError(DataDirError, FileNotFoundError):
@@ -187,8 +190,10 @@ class PreparedDatasetV2(Dataset):
 
     Each item: ``text_ids`` (L_t,) int64, ``codes`` (L_c,) int64 semantic codes, ``spk_features`` (T, 1024) and
     ``emo_features`` (T', 1024) float32 (the speaker clip's and the emotion clip's w2v-BERT states), ``tags``,
-    ``has_tag``, ``id``, ``cond``, ``emo``. Examples without an emotion clip (``emo`` None: a tagged clip that is
-    its speaker's only one) are left out. The index files and shards are checked as for 1.x.
+    ``has_tag``, ``id``, ``cond``, ``emo``, and for evaluation ``wav_len`` (24 kHz samples), ``events`` (their
+    boundaries in those samples), ``samples_per_code``, ``speaker``, ``source_id``, ``language``. Examples
+    without an emotion clip (``emo`` None: a tagged clip that is its speaker's only one) are left out. The index
+    files and shards are checked as for 1.x.
     """
 
     def __init__(self, data_dir: str | Path, split: str = "train"):
@@ -216,4 +221,10 @@ class PreparedDatasetV2(Dataset):
             "emo_features": self.rows.shard(e["emo_shard"]).features(e["emo_row"]).T,
             "tags": list(e["tags"]),
             "has_tag": e["has_tag"],
+            "wav_len": shard.wav_len(e["row"]),
+            "events": e.get("events"),
+            "samples_per_code": SAMPLES_PER_SEMANTIC_CODE,
+            "speaker": e["speaker"],
+            "source_id": e["source_id"],
+            "language": text_language(e.get("text", "")),
         }

@@ -6,12 +6,12 @@ tuned / base above 1 is what fine-tuning cost on ordinary speech.
 
 from __future__ import annotations
 
-from tagtune.evaluate.nll import ScoreRow, code_nll, speaker_latents
+from tagtune.evaluate.nll import ScoreRow, code_nll, item_conditioning
 
 
 def untagged_nll(model, items: list[dict]) -> dict:
     """Mean NLL per code (nats, the stop code included) over ``items`` and the per-clip values."""
-    conds = speaker_latents(model.gpt, [it["cond_mel"] for it in items])
+    conds = item_conditioning(model.gpt, items)
     rows = [ScoreRow(c, it["text_ids"], it["codes"], int(it["wav_len"])) for c, it in zip(conds, items)]
     nll = code_nll(model.gpt, rows)
     total = sum(float(x.sum()) for x in nll)

@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from tagtune.audio import SAMPLE_RATE, SAMPLES_PER_CODE
 from tagtune.evaluate.detector import NONE, CodeEventDetector
-from tagtune.evaluate.nll import speaker_latents
+from tagtune.evaluate.nll import generation_prefix, item_conditioning
 from tagtune.evaluate.reliance import occurrences, without_tag
 
 HIT_TOLERANCE_S = 1.0
@@ -83,7 +83,7 @@ def generate(model, prompts: list[Prompt], items: list[dict], settings: FreeRunS
     ``on_batch(n)`` is told after each batch how many prompts it finished (a progress bar's ``update``)."""
     from tagtune.generation import generate_codes
 
-    conds = speaker_latents(model.gpt, [it["cond_mel"] for it in items])
+    conds = item_conditioning(model.gpt, items)
     limit = model.gpt.mel_pos_embedding.emb.num_embeddings - 2
     out = []
     for b, s in enumerate(range(0, len(prompts), settings.batch_size)):
@@ -92,7 +92,7 @@ def generate(model, prompts: list[Prompt], items: list[dict], settings: FreeRunS
         cfg = settings.generation_config(min(limit, int(LENGTH_FACTOR * longest) + LENGTH_MARGIN))
         text = pad_sequence([p.text_ids.long() for p in part], batch_first=True, padding_value=model.stop_text)
         device = next(model.gpt.parameters()).device
-        rows = torch.stack([conds[p.item] for p in part]).to(device)  # (B, 32, D)
+        rows = generation_prefix(model.gpt, [conds[p.item] for p in part]).to(device)  # (B, 32 or 34, D)
         g = torch.Generator(device=device).manual_seed(seed + b)
         codes, lengths = generate_codes(model.gpt, text.to(device), cfg, conds=rows, generator=g)
         out += [codes[k, : int(n)].cpu() for k, n in enumerate(lengths)]
@@ -101,8 +101,8 @@ def generate(model, prompts: list[Prompt], items: list[dict], settings: FreeRunS
     return out
 
 
-def _tolerance(n_codes: int) -> float:
-    return max(HIT_TOLERANCE_S * 1000.0 / MS_PER_CODE, TOLERANCE_FRACTION * n_codes)
+def _tolerance(n_codes: int, ms_per_code: float = MS_PER_CODE) -> float:
+    return max(HIT_TOLERANCE_S * 1000.0 / ms_per_code, TOLERANCE_FRACTION * n_codes)
 
 
 def score_clips(detector: CodeEventDetector, prompts: list[Prompt], codes: list[torch.Tensor], items: list[dict],
@@ -115,12 +115,14 @@ def score_clips(detector: CodeEventDetector, prompts: list[Prompt], codes: list[
             false_flags.append(bool(found))
             continue
         any_flags.append(bool(found))
-        for occ in occurrences(items[prompt.item], prompt.item, tags, tag_ids):
+        item = items[prompt.item]
+        ms_per_code = 1000.0 * item.get("samples_per_code", SAMPLES_PER_CODE) / SAMPLE_RATE  # IndexTTS-2: 20 ms
+        for occ in occurrences(item, prompt.item, tags, tag_ids):
             expected = occ.onset_fraction * len(seq)
-            near = [d for d in found if abs(d.onset - expected) <= _tolerance(len(seq))]
+            near = [d for d in found if abs(d.onset - expected) <= _tolerance(len(seq), ms_per_code)]
             best = min(near, key=lambda d: abs(d.onset - expected)) if near else None
             trials.append({"tag": occ.tag, "detected": best.tag if best else NONE,
-                           "error_ms": abs(best.onset - expected) * MS_PER_CODE if best else None})
+                           "error_ms": abs(best.onset - expected) * ms_per_code if best else None})
     return {"trials": trials, "false_flags": false_flags, "any_flags": any_flags}
 
 

@@ -26,9 +26,14 @@ NEGATIVES_SEED_OFFSET = 10_000  # their sampling seeds never coincide with the e
 
 
 def split_items(data_dir: Path, split: str) -> list[dict]:
-    """Every item of ``split`` ("train" or "val") of a prepared DATA_DIR."""
+    """Every item of ``split`` ("train" or "val") of a prepared DATA_DIR (IndexTTS-2 data: ``PreparedDatasetV2``'s
+    items, with speaker and emotion clip features in place of the reference mel)."""
+    from tagtune.data.dataset import PreparedDatasetV2
+
     try:
         ds = PreparedDataset(data_dir, split)
+        if ds.manifest.get("model_family") == "v2":
+            ds = PreparedDatasetV2(data_dir, split)
     except FileNotFoundError as e:
         raise EvaluationError(str(e)) from None
     return [ds[i] for i in range(len(ds))]
@@ -45,9 +50,16 @@ def event_clips(items: list[dict], tags, tag_ids) -> list[tuple[torch.Tensor, li
 
 
 def codebook_of(model_dir: Path | None, base_dir: Path | None) -> torch.Tensor:
-    from tagtune.checkpoint import load_dvae
+    """The vectors the detector describes codes by (n_codes, dim): the DVAE codebook, or on IndexTTS-2 the
+    semantic codec's L2-normalised codebook (the codec picks codes by cosine)."""
+    from tagtune.checkpoint import load_dvae, model_family
 
     folder = model_dir if model_dir is not None and (model_dir / "config.yaml").is_file() else base_dir
+    if model_family(folder) == "v2":
+        from tagtune.loaders import load_model
+
+        book = load_model(folder).semantic_codec.quantizer.quantizers[0].codebook.weight  # (n_codes, dim)
+        return torch.nn.functional.normalize(book.detach().float()).contiguous()
     return load_dvae(folder).codebook.embed.t().contiguous()  # (n_codes, dim)
 
 

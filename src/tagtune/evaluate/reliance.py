@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tagtune.audio import SAMPLE_RATE
-from tagtune.evaluate.nll import ScoreRow, code_nll, code_span, speaker_latents
+from tagtune.audio import SAMPLE_RATE, SAMPLES_PER_CODE
+from tagtune.evaluate.nll import ScoreRow, code_nll, code_span, item_conditioning
 from tagtune.tags.vocab import TagError, TagSet
 
 EVENT, CLIP = "event", "clip"
@@ -84,11 +84,12 @@ def occurrences(item: dict, clip: int, tags: TagSet, tag_ids: dict[str, int]) ->
     events = [e for e in events if _event_tag(e, tags) is not None]
     matched = len(events) == len(found) and all(_event_tag(e, tags) == t for e, (_, t) in zip(events, found))
     n_codes, wav_len = len(item["codes"]), max(1, int(item["wav_len"]))
+    per_code = item.get("samples_per_code", SAMPLES_PER_CODE)  # IndexTTS-2 items name their code rate
     out = []
     for n, (k, tag) in enumerate(found):
         if matched:
             start, end = _event_samples(events[n], wav_len)
-            out.append(Occurrence(clip, tag, k, code_span(start, end, n_codes), start / wav_len))
+            out.append(Occurrence(clip, tag, k, code_span(start, end, n_codes, per_code), start / wav_len))
         else:
             out.append(Occurrence(clip, tag, k, None, k / max(1, len(ids))))
     return out
@@ -122,7 +123,7 @@ def _span_sum(nll: torch.Tensor, span: tuple[int, int] | None) -> float:
 
 def score_reliance(model, items: list[dict], tags: TagSet, space_id: int | None) -> list[TrialScore]:
     """Score every tag occurrence of ``items`` (prepared examples) under ``model`` (an EvalModel)."""
-    conds = speaker_latents(model.gpt, [it["cond_mel"] for it in items])
+    conds = item_conditioning(model.gpt, items)
     occs = [o for c, it in enumerate(items) for o in occurrences(it, c, tags, model.tag_ids)]
     occs = [o for o in occs if o.span is None or o.span[1] > o.span[0]]
     rows = [ScoreRow(conds[c], it["text_ids"], it["codes"], int(it["wav_len"])) for c, it in enumerate(items)]

@@ -79,6 +79,15 @@ def _teacher_forced(models, tagged: list[dict], untagged: list[dict], tags, spac
     return out
 
 
+def _check_family(folder, judges, transfer_dir) -> None:
+    """The judges and the transfer evaluation hear DVAE codes through the 1.x vocoder: refused for IndexTTS-2."""
+    from tagtune.checkpoint import model_family
+
+    if (judges is not None or transfer_dir is not None) and folder is not None and model_family(folder) == "v2":
+        raise EvaluationError(f"{folder} is an IndexTTS-2 model: the judges and the transfer evaluation are not "
+                              "available for it yet (reliance, forgetting and free-running codes are)")
+
+
 def _open_judges(settings, tags, model_dir, base_dir, adapter, device):
     """The judges' panel (see ``judges/``), opened before any work so that a missing judge model fails fast."""
     from tagtune.evaluate.judges import open_judges
@@ -108,6 +117,7 @@ def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | 
     ``transfer_settings`` a ``TransferSettings``).
     """
     started = time.perf_counter()
+    _check_family(model_dir if model_dir is not None else base_dir, judges, transfer_dir)
     settings = free_settings or FreeRunSettings(n_free, untagged_prompts=max(UNTAGGED_PROMPTS, n_free // 2))
     model_dir = Path(model_dir) if model_dir is not None else None
     tuned, base, tags, space_id = load_models(model_dir, base_dir, adapter, device, tag_init, tag_seed)

@@ -35,19 +35,21 @@ def transfer_markdown(report: dict) -> str:
     emb = judges["speaker_embedding"]
     lines = ["", "## Transfer to unseen voices and to Chinese", "",
              f"Fine-tune voices: {', '.join(t['fine_tune_voices'])}. Per condition, {t['settings']['prompts']} "
-             f"tagged prompts (each also without its tags) and {t['settings']['untagged_prompts']} untagged ones "
-             f"with the clip's own voice as reference. transfer ratio = mean hit rate / mean hit rate in "
+             f"tagged prompts at most (each also without its tags) and {t['settings']['untagged_prompts']} untagged "
+             f"ones (as many as the condition has: column prompts), with the clip's own voice as reference. "
+             f"transfer ratio = mean hit rate / mean hit rate in "
              f"`{REFERENCE_CONDITION}` (goal >= {MIN_TRANSFER_RATIO}); similarity: cosine of the generated codes' "
              f"speaker embedding to the prompt clip's recording (goal: tuned at most {MAX_SIMILARITY_DROP} below "
              "base for unseen voices).", "",
-             "| condition | voices | " + " | ".join(f"hit `{x}`" for x in tags)
+             "| condition | voices | prompts | " + " | ".join(f"hit `{x}`" for x in tags)
              + " | mean hit (base) | transfer ratio | false events | untagged NLL ratio | similarity tuned / base |",
-             "|---|---|" + "---|" * len(tags) + "---|---|---|---|---|"]
+             "|---|---|---|" + "---|" * len(tags) + "---|---|---|---|---|"]
     for c in conds:
         e, base = t[c], t[c].get("base") or {}
         sim = e["speaker_similarity"]
         lines.append(
-            f"| {CONDITION_NAMES[c]} | {', '.join(t['voices'][c])} | "
+            f"| {CONDITION_NAMES[c]} | {', '.join(t['voices'][c])} | {e['clips']['tagged']} + "
+            f"{e['clips']['untagged']} | "
             + " | ".join(_fmt(e["hit_rate"][x], True) for x in tags)
             + f" | {_fmt(e['hit_rate']['mean'], True)} ({_fmt((base.get('hit_rate') or {}).get('mean'), True)})"
             f" | {_fmt(e['transfer_ratio'])} | {_fmt(e['false_event_rate'], True)}"

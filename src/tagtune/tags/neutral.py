@@ -9,6 +9,8 @@ minimises KL(p_base(codes | text) || p_base(codes | text with the tag)), teacher
 codes. Only that row moves; every base weight stays as it is, and no event audio is ever seen, so the base
 learns nothing about any event. Training then starts every tag from the same neutral row (the gradients of
 each tag's own clips tell them apart within the first steps).
+On IndexTTS-2 the same fit reads each clip's 34-position prefix (speaker latents and emotion vector) and its
+semantic codes, all of them counted.
 
 The rows a run starts from are saved as ``tag_init.safetensors`` (embedding, head weight and head bias
 rows, ``tags.rows.save_start_rows``) in its weights folders and exports, so ``tagtune eval`` can measure the
@@ -52,9 +54,10 @@ class Insertion:
 
     text_ids: torch.Tensor  # (Lt,)
     codes: torch.Tensor  # (Lc,)
-    wav_len: int
+    wav_len: int | None  # samples (1.x: the official rule keeps codes by it); None for IndexTTS-2
     conds: torch.Tensor  # (32, D)
     at: int
+    emovec: torch.Tensor | None = None  # (D,) the IndexTTS-2 emotion vector; None for 1.x
 
 
 def tokenizer_layout(bpe_model: str | Path) -> tuple[torch.Tensor, int | None]:
@@ -128,13 +131,19 @@ def _frozen_eval(gpt: nn.Module, ids: list[int], row: torch.Tensor):
 def _code_log_probs(gpt, texts: list[torch.Tensor], batch: list[Insertion]) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities (B, V, L) of each clip's code positions and the (B, L) mask of real ones."""
     cfg, device = gpt.cfg, next(gpt.parameters()).device
-    text = pad_sequence(texts, batch_first=True, padding_value=cfg.stop_text_token)
+    text = pad_sequence(texts, batch_first=True, padding_value=cfg.stop_text_token).to(device)
+    text_lengths = torch.tensor([len(t) for t in texts], device=device)
     codes = pad_sequence([b.codes.long() for b in batch], batch_first=True, padding_value=cfg.stop_mel_token)
-    kept = max(cfg.kept_codes(b.wav_len) for b in batch)
-    codes = F.pad(codes, (0, max(0, kept - codes.shape[1])), value=cfg.stop_mel_token)
-    out = gpt.logits(None, text.to(device), torch.tensor([len(t) for t in texts], device=device), codes.to(device),
-                     torch.tensor([b.wav_len for b in batch], device=device),
-                     conds=torch.stack([b.conds for b in batch]).to(device), mask_padding=True)
+    conds = torch.stack([b.conds for b in batch]).to(device)
+    if batch[0].emovec is not None:  # IndexTTS-2: the prefix adds the emotion vector; codes are counted
+        emovec = torch.stack([b.emovec for b in batch]).to(device)
+        lengths = torch.tensor([len(b.codes) for b in batch], device=device)
+        out = gpt.logits(conds, emovec, text, text_lengths, codes.to(device), lengths, mask_padding=True)
+    else:
+        kept = max(cfg.kept_codes(b.wav_len) for b in batch)
+        codes = F.pad(codes, (0, max(0, kept - codes.shape[1])), value=cfg.stop_mel_token)
+        out = gpt.logits(None, text, text_lengths, codes.to(device),
+                         torch.tensor([b.wav_len for b in batch], device=device), conds=conds, mask_padding=True)
     n_scored = torch.tensor([len(b.codes) + 1 for b in batch], device=device)  # the codes and the stop code
     mask = torch.arange(out.mel_logits.shape[2], device=device)[None, :] < n_scored[:, None]
     return F.log_softmax(out.mel_logits.float(), dim=1), mask
@@ -149,11 +158,14 @@ def divergence(gpt, batch: list[Insertion], tag_id: int, space_id: int | None) -
     return (kl * mask).sum() / mask.sum()
 
 
-def _insertions(clips: list[dict], conds: list[torch.Tensor], starts: torch.Tensor, rng: random.Random):
+def _insertions(clips: list[dict], conds: list, starts: torch.Tensor, rng: random.Random):
     out = []
-    for clip, latents in zip(clips, conds):
+    for clip, prefix in zip(clips, conds):
         at = rng.choice(insertion_points(clip["text_ids"], starts))
-        out.append(Insertion(clip["text_ids"], clip["codes"], int(clip["wav_len"]), latents, at))
+        if isinstance(prefix, tuple):  # IndexTTS-2: (speaker latents, emotion vector)
+            out.append(Insertion(clip["text_ids"], clip["codes"], None, prefix[0], at, emovec=prefix[1]))
+        else:
+            out.append(Insertion(clip["text_ids"], clip["codes"], int(clip["wav_len"]), prefix, at))
     return out
 
 
@@ -166,16 +178,16 @@ def _probe_kl(gpt, probe: list[Insertion], tag_id: int, space_id, batch_size: in
     return total / max(1, len(probe))
 
 
-def fit_neutral_row(gpt, tag_ids: list[int], clips: list[dict], conds: list[torch.Tensor], starts: torch.Tensor,
+def fit_neutral_row(gpt, tag_ids: list[int], clips: list[dict], conds: list, starts: torch.Tensor,
                     space_id: int | None, settings: NeutralFit = NeutralFit(),
                     progress: bool = False) -> tuple[torch.Tensor, dict]:
     """One embedding row (D,) that makes " <tag>" a no-op for the base; ``gpt``'s weights are left unchanged.
 
     ``clips`` are untagged prepared examples (``text_ids``, ``codes``, ``wav_len``) and ``conds`` their
-    speaker latents (32, D); ``starts`` marks word-start pieces (``tokenizer_layout``). The row starts at the
-    mean of the current rows of ``tag_ids``. Returns the row and a report (divergence in nats per code on
-    fixed probe insertions, before and after). ``progress`` shows a bar with ETA on stderr (when it is a
-    terminal).
+    speaker latents (32, D), or for IndexTTS-2 (speaker latents, emotion vector (D,)) pairs; ``starts`` marks
+    word-start pieces (``tokenizer_layout``). The row starts at the mean of the current rows of ``tag_ids``.
+    Returns the row and a report (divergence in nats per code on fixed probe insertions, before and after).
+    ``progress`` shows a bar with ETA on stderr (when it is a terminal).
     """
     if not clips:
         raise ValueError("the neutral tag row needs untagged training clips, and the data has none")

@@ -3,21 +3,36 @@
 Official layout: 0 ``<s>``, 1 ``</s>``, 2 ``<unk>``, then user-defined symbols (CJK characters, matched
 whole), then the learned pieces with the lone word-boundary piece "▁" among the first. Training text is
 written the official way: normalised, CJK characters spaced out, everything else upper-cased.
+
+The user-defined symbols are every CJK character the corpus generator can write (plus a few frequent ones),
+so no Chinese corpus text maps to ``<unk>`` whichever clips a seed draws.
 """
 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterable
 
 import sentencepiece as spm
 
-from tagtune.text.tokenizer import tokenize_by_cjk_char
+from tagtune.synthetic.script import ZH_SHORT_TEMPLATES, ZH_SLOTS, ZH_TEMPLATES
+from tagtune.text.tokenizer import CJK_RANGES, tokenize_by_cjk_char
 
-DEFAULT_VOCAB_SIZE = 384
-# A few frequent CJK characters as user-defined symbols, in Unicode order as in the official model, so a
-# Chinese character costs "▁" + one piece here as there (the English-only corpus never trains them).
-USER_SYMBOLS = tuple(sorted("一不个中了人们他你到在好我是有的这说"))
+DEFAULT_VOCAB_SIZE = 512
+FREQUENT_CJK = "一不个中了人们他你到在好我是有的这说"
+_CJK_RE = re.compile(f"[{CJK_RANGES}]")
+
+
+def generator_cjk() -> str:
+    """Every CJK character the synthetic corpus generator's Mandarin templates and slots can write."""
+    text = "".join(ZH_TEMPLATES + ZH_SHORT_TEMPLATES) + "".join(w for words in ZH_SLOTS.values() for w in words)
+    return "".join(_CJK_RE.findall(text))
+
+
+# CJK characters as user-defined symbols, in Unicode order as in the official model, so a Chinese character
+# costs "▁" + one piece here as there, and every character of the generator has its own piece.
+USER_SYMBOLS = tuple(sorted(set(FREQUENT_CJK + generator_cjk())))
 TRAINER_SETTINGS = dict(
     model_type="unigram",
     character_coverage=1.0,
@@ -64,7 +79,7 @@ def check_layout(model: bytes, user_symbols: Iterable[str] = USER_SYMBOLS) -> No
     if head != ["<s>", "</s>", "<unk>"]:
         raise ValueError(f"tokenizer ids 0..2 are {head}, expected <s>, </s>, <unk>")
     symbols = list(user_symbols)
-    got = [sp.IdToPiece(3 + i) for i in range(len(symbols))]
+    got = [sp.IdToPiece(3 + i) for i in range(min(len(symbols), sp.GetPieceSize() - 3))]
     if got != symbols:
         raise ValueError(f"user-defined symbols not at ids 3..{2 + len(symbols)}: {got}")
     if sp.PieceToId("▁") == sp.unk_id():

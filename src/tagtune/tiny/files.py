@@ -71,18 +71,21 @@ def _environment(threads: int) -> dict:
 
 
 def build_record(settings, command: str, seeds: dict, corpus: dict, timer, paths: dict[str, Path],
-                 cfg: ModelConfig, results: dict) -> dict:
-    """The BUILD.json content: how to rebuild, what came out, how long it took."""
+                 cfg: ModelConfig, results: dict, quality: dict) -> dict:
+    """The BUILD.json content: how to rebuild, which voices, how good per language, what came out, how long."""
     sizes = {p.name: p.stat().st_size for p in paths.values()}
+    corpus = dict(corpus)
     return {
         "builder": "tagtune.tiny.build",
         "command": command,
         "seed": settings.seed,
         "stage_seeds": seeds,
         "settings": settings.to_dict(),
+        "voice_roles": {"engine": corpus["engine"], **corpus.pop("voice_roles")},
         "corpus": corpus,
         "vocab_size": cfg.gpt.number_text_tokens,
         "storage_dtypes": STORAGE_DTYPES,
+        "quality": quality,
         "results": results,
         "timings_s": {**timer.seconds, "total": round(sum(timer.seconds.values()), 2)},
         "cpu_seconds": {**timer.cpu_seconds, "total": round(sum(timer.cpu_seconds.values()), 2)},
@@ -90,6 +93,11 @@ def build_record(settings, command: str, seeds: dict, corpus: dict, timer, paths
         "folder_mb": round(sum(sizes.values()) / 1e6, 3),
         "environment": _environment(settings.threads),
         "notes": [
+            "Corpus: untagged English and Mandarin (espeak-ng cmn) read by the pretrain voices only; the "
+            "fine-tune and held-out voices of voice_roles never reach the base (the build raises otherwise).",
+            "quality: per language, validation mel-code CE (stored weights) and the stop-code rate: the share of "
+            "check_texts validation texts whose sampled generation (official settings, prompt = another clip "
+            "of the same voice) ends with the stop code before the length limit.",
             "DVAE encoder: seeded random init; codebook: k-means of its outputs on the corpus mels; "
             "code 52 = digital silence (log-mel ln(1e-7)); decoder fitted with smooth-L1 for the given steps.",
             "BigVGAN: ECAPA speaker encoder left at its seeded random init; AMP blocks of upsampling stages >= "

@@ -16,7 +16,7 @@ from tagtune.tiny.pretrain import Example, fixed_prompts, same_speaker
 from tagtune.tiny.vocoder_train import VocoderSettings, mel_l1, train_vocoder, unit_gain_path
 
 HOP = 1024
-CHECK_MAX_NEW = 300
+CHECK_MAX_NEW = 400  # the length limit of the stop check (also capped by the model's max_mel_tokens)
 VAL_VOCODER_CLIPS = 8
 
 

@@ -30,6 +30,9 @@ from tagtune.train.loss import Batch
 
 EXAMPLE_KEYS = ("split", "shard", "row", "cond", "cond_shard", "cond_row", "n_text", "n_codes", "tags", "has_tag")
 SHARD_TENSORS = ("text_ids", "text_offsets", "codes", "code_offsets", "mels", "mel_offsets", "wav_lens")
+# an IndexTTS-2 shard keeps w2v-BERT features where 1.x keeps log-mels
+SHARD_TENSORS_V2 = ("text_ids", "text_offsets", "codes", "code_offsets", "features", "feature_offsets", "wav_lens")
+V2 = "v2"  # the manifest's model_family of data prepared for an IndexTTS-2 base
 
 
 class DataError(UserError):
@@ -48,8 +51,9 @@ class DataBundle:
     tokenizer_path: Path
     tags_path: Path
     tagset: object  # TagSet: canonical tags in token-id order
-    train: object  # PreparedDataset
+    train: object  # PreparedDataset (PreparedDatasetV2 for IndexTTS-2 data)
     val: object
+    family: str = "v1"  # the base model's family: "v1" (IndexTTS 1.x) or "v2" (IndexTTS-2)
 
     @property
     def tag_names(self) -> list[str]:
@@ -60,10 +64,13 @@ def open_data(data_dir: str | Path) -> DataBundle:
     """Open and check DATA_DIR; resolve the base checkpoint, tokenizer and tags file its manifest names."""
     from tagtune.checkpoint import file_sha256
     from tagtune.data import PreparedDataset
+    from tagtune.data.dataset import PreparedDatasetV2
     from tagtune.tags.vocab import TagSet
 
     data_dir = Path(data_dir)
     manifest = _read_manifest(data_dir)
+    family = V2 if manifest.get("model_family") == V2 else "v1"
+    dataset = PreparedDatasetV2 if family == V2 else PreparedDataset
     _check_examples_and_shards(data_dir, manifest)
     tags_path = _manifest_file(data_dir, manifest, "tags_file", DEFAULT_TAGS)
     tokenizer_path = _manifest_file(data_dir, manifest, "tokenizer", DEFAULT_TOKENIZER)
@@ -79,8 +86,9 @@ def open_data(data_dir: str | Path) -> DataBundle:
         tokenizer_path=tokenizer_path,
         tags_path=tags_path,
         tagset=tagset,
-        train=PreparedDataset(data_dir, "train"),
-        val=PreparedDataset(data_dir, "val"),
+        train=dataset(data_dir, "train"),
+        val=dataset(data_dir, "val"),
+        family=family,
     )
 
 
@@ -119,13 +127,14 @@ def _check_examples_and_shards(data_dir: Path, manifest: dict) -> None:
     from safetensors import SafetensorError, safe_open
 
     rows = {}
+    wanted = SHARD_TENSORS_V2 if manifest.get("model_family") == V2 else SHARD_TENSORS
     for name in manifest["shards"]:
         path = data_dir / SHARDS / str(name)
         if not path.is_file():
             raise DataError(f"{path}: shard not found (named by {data_dir / MANIFEST}); prepare the data again")
         try:
             with safe_open(str(path), "pt") as f:
-                missing = [k for k in SHARD_TENSORS if k not in f.keys()]
+                missing = [k for k in wanted if k not in f.keys()]
                 rows[name] = f.get_slice("wav_lens").get_shape()[0] if not missing else 0
         except (SafetensorError, OSError) as e:
             raise DataError(f"{path}: unreadable shard (truncated or corrupt? {e}); prepare the data again") from None
@@ -133,7 +142,10 @@ def _check_examples_and_shards(data_dir: Path, manifest: dict) -> None:
             raise DataError(f"{path}: not a prepared shard (lacks {missing}); prepare the data again")
     examples = _read_examples(data_dir)
     for n, e in enumerate(examples, 1):
-        for shard, row in ((e["shard"], e["row"]), (e["cond_shard"], e["cond_row"])):
+        pointers = [(e["shard"], e["row"]), (e["cond_shard"], e["cond_row"])]
+        if e.get("emo") is not None:  # IndexTTS-2: the emotion clip's features
+            pointers.append((e.get("emo_shard"), e.get("emo_row")))
+        for shard, row in pointers:
             if shard not in rows:
                 raise DataError(f"{data_dir / EXAMPLES}: line {n} names shard {shard!r}, which {MANIFEST} does "
                                 "not list")
@@ -154,7 +166,7 @@ def _manifest_file(data_dir: Path, manifest: dict, key: str, default: str) -> Pa
 
 def _check_base(data_dir: Path, manifest: dict) -> tuple[Path, str]:
     """The base checkpoint folder the data was prepared from, and its fingerprint (checked when recorded)."""
-    from tagtune.checkpoint import folder_fingerprint, read_config
+    from tagtune.checkpoint import folder_fingerprint, read_model_config
 
     path = data_dir / MANIFEST
     recorded = manifest.get("base_checkpoint") or {}
@@ -163,7 +175,8 @@ def _check_base(data_dir: Path, manifest: dict) -> tuple[Path, str]:
     base_dir = (data_dir / recorded["dir"]).resolve()
     if not base_dir.is_dir():
         raise DataError(f"{path}: the base checkpoint folder {base_dir} (base_checkpoint.dir) does not exist")
-    fingerprint = folder_fingerprint(base_dir, read_config(base_dir))  # read_config names a bad config.yaml
+    # read_model_config reads either family's config.yaml and names a bad one
+    fingerprint = folder_fingerprint(base_dir, read_model_config(base_dir))
     want = recorded.get("hash") or manifest.get("base_checkpoint_hash")
     if want and want != fingerprint:
         raise DataError(f"{base_dir}: fingerprint {fingerprint} differs from {want} recorded in {path} "
@@ -229,6 +242,9 @@ def mix_replay(data: DataBundle, replay_dir: str | Path, fraction: float, seed: 
 
     from tagtune.data import PreparedDataset
 
+    if data.family == V2:
+        raise DataError(f"{data.data_dir}: replay (the recipe's replay section) is not supported for IndexTTS-2 "
+                        "data yet; train without replay.data")
     replay_dir = Path(replay_dir)
     manifest = _read_manifest(replay_dir)
     _check_examples_and_shards(replay_dir, manifest)

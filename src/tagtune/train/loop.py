@@ -32,17 +32,9 @@ from tagtune.train import run as rundir
 from tagtune.train import state as ts
 from tagtune.train.accel import make_accelerator, start_trackers
 from tagtune.train.config import TrainConfig, TrainConfigError
-from tagtune.train.data import (
-    clip_lengths,
-    collate,
-    epoch_batches,
-    micro_batch,
-    mix_replay,
-    open_data,
-    pad_spec,
-    precompute_conds,
-)
-from tagtune.train.loss import RowLosses, combine, split_means
+from tagtune.train.data import clip_lengths, epoch_batches, micro_batch, mix_replay, open_data
+from tagtune.train.family import family_of
+from tagtune.train.loss import combine, split_means
 from tagtune.train.metrics import MetricsLog, forgetting, validate
 
 log = logging.getLogger(__name__)
@@ -104,6 +96,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
     # ---- setup: data, model (grown base + adapters), optimizer, schedule, resume state. Everything that can
     # be checked is checked before the first write: a refused run leaves RUN_DIR as it was.
     data = open_data(data_dir)
+    family = family_of(data)  # batches, losses and the conditioning cache of the base model's family
     if config.replay.data:
         data.train = mix_replay(data, config.replay.data, config.replay.fraction, config.seed)
         log.info("replay: %d untagged clips of %s mixed into %d training clips", len(data.train.picks),
@@ -139,22 +132,21 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
     meta = rundir.weights_meta(data, model_cfg, new_ids, config)
     # metric lines after the restored step are replayed; a run without a checkpoint starts its metrics afresh
     metrics = MetricsLog(run_dir, main, progress.step if checkpoint is not None else None, tracker=accel)
-    conds = None if config.lora.train_conditioning else precompute_conds(gpt, data.train, accel.device)
-    val_conds = None if config.lora.train_conditioning else precompute_conds(gpt, data.val, accel.device)
+    conds = None if config.lora.train_conditioning else family.prefix_cache(gpt, data.train, accel.device)
+    val_conds = None if config.lora.train_conditioning else family.prefix_cache(gpt, data.val, accel.device)
     if need_start_rows:
-        _start_tag_rows(gpt, data, new_ids, config, conds, accel, rows_file)
-    pad = pad_spec(gpt)
-    val_batches = [collate(data.val, list(range(i, min(i + VAL_BATCH_SIZE, len(data.val)))), pad, val_conds)
+        _start_tag_rows(gpt, data, new_ids, config, family, conds, accel, rows_file)
+    val_batches = [family.collate(data.val, list(range(i, min(i + VAL_BATCH_SIZE, len(data.val)))), gpt, val_conds)
                    for i in range(0, len(data.val), VAL_BATCH_SIZE)]
     run_validation = functools.partial(validate, gpt, val_batches, config.loss, data.tag_names, accel.device,
-                                       accel.autocast)
+                                       accel.autocast, family.losses(gpt, config.loss))
     if main and progress.base_untagged_loss is None and val_batches:
         base = run_validation()  # adapters start as the identity: this is the base model's loss
         progress.base_untagged_loss = base["loss_untagged"]
         metrics.add("val", 0, base)
         metrics.flush()
 
-    model, optimizer = accel.prepare(RowLosses(gpt, config.loss), optimizer)
+    model, optimizer = accel.prepare(family.losses(gpt, config.loss), optimizer)
     trainable = [p for p in gpt.parameters() if p.requires_grad]
     lengths = clip_lengths(data.train)
     # the bar (with ETA) is the main process's, on stderr, and off when stderr is not a terminal
@@ -169,7 +161,8 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
         while progress.batch_in_epoch < len(batches) and progress.step < total_steps:
             clips = batches[progress.batch_in_epoch]
             for k in range(config.batch.grad_accum):
-                batch = collate(data.train, micro_batch(clips, k, rank, world, config.batch.batch_size), pad, conds)
+                batch = family.collate(data.train, micro_batch(clips, k, rank, world, config.batch.batch_size), gpt,
+                                       conds)
                 batch = batch.to(accel.device)
                 sync = contextlib.nullcontext() if k == config.batch.grad_accum - 1 else accel.no_sync(model)
                 with sync:
@@ -228,7 +221,8 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
                      run_dir / rundir.BEST)
 
 
-def _start_tag_rows(gpt, data, new_ids: list[int], config: TrainConfig, conds, accel, rows_file: Path) -> None:
+def _start_tag_rows(gpt, data, new_ids: list[int], config: TrainConfig, family, conds, accel,
+                    rows_file: Path) -> None:
     """Fit the "neutral" tag row when the recipe asks for it, and record the rows training starts from.
 
     The main process fits and writes ``rows_file``; the others read it, so every process starts alike.
@@ -239,7 +233,7 @@ def _start_tag_rows(gpt, data, new_ids: list[int], config: TrainConfig, conds, a
             fit = NeutralFit(steps=config.lora.neutral_steps, lr=config.lora.neutral_lr, seed=config.seed)
             picks = untagged_indices(data.train, fit.max_clips, fit.seed)
             clips = [data.train[i] for i in picks]
-            latents = _clip_conds(gpt, picks, clips, conds, accel.device)
+            latents = family.neutral_prefix(gpt, data.train, picks, conds, accel.device)
             starts, space_id = tokenizer_layout(data.tokenizer_path)
             row, report = fit_neutral_row(gpt, new_ids, clips, latents, starts, space_id, fit,
                                           progress=config.runtime.progress_bar)
@@ -248,14 +242,6 @@ def _start_tag_rows(gpt, data, new_ids: list[int], config: TrainConfig, conds, a
     accel.wait_for_everyone()
     if not accel.is_main_process:
         set_tag_rows(gpt, new_ids, read_start_rows(rows_file, len(new_ids)))
-
-
-def _clip_conds(gpt, picks: list[int], clips: list[dict], conds, device) -> list[torch.Tensor]:
-    """Speaker latents of ``clips`` (training examples ``picks``): cached when the conditioning is frozen."""
-    if conds is not None:
-        return [conds[i] for i in picks]
-    fresh = precompute_conds(gpt, clips, device)
-    return [fresh[k] for k in range(len(clips))]
 
 
 def _apply_lora(gpt, config: TrainConfig, new_ids: list[int]) -> None:

@@ -38,12 +38,14 @@ def _mean(values: list[float]) -> float | None:
 
 @torch.no_grad()
 def validate(gpt: torch.nn.Module, batches: list[Batch], settings: LossSettings, tag_names: list[str],
-             device, autocast) -> dict[str, float | None]:
+             device, autocast, losses: torch.nn.Module | None = None) -> dict[str, float | None]:
     """Mean per-clip losses over the validation batches: ``loss``, ``loss_text``, ``loss_mel``,
-    ``loss_untagged``, ``loss_tagged`` and ``loss_tag/<tag>`` (None where no clip qualifies)."""
+    ``loss_untagged``, ``loss_tagged`` and ``loss_tag/<tag>`` (None where no clip qualifies).
+
+    ``losses`` scores a batch (``RowLosses`` of ``gpt`` when not given; ``RowLossesV2`` for IndexTTS-2)."""
     was_training = gpt.training
     gpt.eval()
-    scorer = RowLosses(gpt, settings)
+    scorer = losses if losses is not None else RowLosses(gpt, settings)
     rows: list[tuple[float, float, float, list[str]]] = []
     for batch in batches:
         with autocast():

@@ -7,8 +7,7 @@ tagged target itself); both conformers run with true lengths and ``mask_padding`
 depend on the clips that share its batch. ``conditioning_prefix_inputs`` computes them once for frozen
 conditioning branches (the default), as ``train.data.precompute_conds`` does for 1.x.
 
-This is the forward only; the loop (``train.loop``) is shared with 1.x and needs the hooks listed in
-``docs/architecture.md`` to call it.
+The loop (``train.loop``) is shared with 1.x; ``train.family.FamilyV2`` hands it these.
 """
 
 from __future__ import annotations
@@ -19,7 +18,10 @@ import torch
 from torch import nn
 
 from tagtune.data.dataset import PreparedDatasetV2
-from tagtune.train.loss import _row_ce
+from tagtune.models.v2.gpt import SPEED_ROWS
+from tagtune.train.loss import COND_LATENTS, _row_ce
+
+PREFIX_POSITIONS = COND_LATENTS + SPEED_ROWS  # speaker latents + emotion vector (32), speed_emb(1), speed_emb(0)
 
 
 @dataclass
@@ -42,6 +44,11 @@ class BatchV2:
     def to(self, device) -> BatchV2:
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
         return BatchV2(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
+
+    @property
+    def real_positions(self) -> int:
+        """Positions that belong to a clip: its 34-position prefix, text + 2 and codes + 2 (logged as speed)."""
+        return int((PREFIX_POSITIONS + self.text_lengths + 2 + self.code_lengths + 2).sum())
 
 
 def _pad(seqs: list[torch.Tensor], value: float) -> torch.Tensor:

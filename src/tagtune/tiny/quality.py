@@ -1,0 +1,41 @@
+"""How good the built base is, per language: validation mel-code cross-entropy and the stop-code rate.
+
+The stop-code rate is the share of validation texts whose free-running generation (official sampling,
+conditioned on another clip of the same voice) ends with the stop code before the length limit; a base
+that does not stop cannot be fine-tuned into one that speaks a tag and ends.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tagtune.models.unified_voice import UnifiedVoice
+from tagtune.tiny.corpus import Clip, by_language
+from tagtune.tiny.pretrain import Example, evaluate, same_speaker
+from tagtune.tiny.vocoder_stage import check_generation
+
+
+def language_quality(gpt: UnifiedVoice, examples: list[Example], clips: list[Clip], train_idx: list[int],
+                     val_idx: list[int], check_texts: int, seed: int) -> tuple[dict, dict]:
+    """Per language: (summary numbers, the generation checks behind them); languages without clips are None."""
+    mels = [c.mel for c in clips]
+    pools = same_speaker(examples, train_idx + val_idx)
+    summary, checks = {}, {}
+    for k, (lang, idx) in enumerate(by_language(clips, val_idx).items()):
+        if not idx:
+            summary[lang], checks[lang] = None, []
+            continue
+        ce = evaluate(gpt, examples, idx, mels, pools)
+        checks[lang] = check_generation(gpt, examples, mels, _spread(idx, check_texts), train_idx, seed + k)
+        stopped = sum(c["stopped"] for c in checks[lang])
+        summary[lang] = {"val_clips": len(idx), "val_mel_ce": round(ce["mel_loss"], 4),
+                         "val_text_ce": round(ce["text_loss"], 4), "checked": len(checks[lang]),
+                         "stopped": stopped, "stop_rate": round(stopped / len(checks[lang]), 4)}
+    return summary, checks
+
+
+def _spread(indices: list[int], n: int) -> list[int]:
+    """At most ``n`` of ``indices``, evenly spaced (so the checked texts cover every voice)."""
+    if len(indices) <= n:
+        return list(indices)
+    return [indices[int(j)] for j in torch.linspace(0, len(indices) - 1, n).round().long().tolist()]

@@ -1,0 +1,78 @@
+"""What the training loop asks of a model family: batches, per-clip losses and the frozen conditioning cache.
+
+The loop (``train.loop``) is the same for IndexTTS 1.x and IndexTTS-2; the few things that differ live in one
+small object per family, picked from the data folder's ``model_family``:
+
+* ``prefix_cache(gpt, dataset, device)``: what the frozen conditioning branches give each clip, computed once
+  (1.x: speaker latents by dataset index; IndexTTS-2: speaker latents and emotion vector by example id);
+* ``collate(dataset, indices, gpt, cache)``: a micro-batch of those clips;
+* ``losses(gpt, settings)``: the ``nn.Module`` giving (text CE (B,), code CE (B,)), which DDP wraps;
+* ``neutral_prefix(gpt, dataset, picks, cache, device)``: the conditioning of the clips the neutral tag-row
+  fit reads, in the form ``tags.neutral.fit_neutral_row`` takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from tagtune.train.config import LossSettings
+from tagtune.train.data import V2, collate, pad_spec, precompute_conds
+from tagtune.train.loss import RowLosses
+from tagtune.train.v2_batch import RowLossesV2, collate_v2, conditioning_prefix_inputs
+
+
+@dataclass(frozen=True)
+class FamilyV1:
+    """IndexTTS 1.x: DVAE codes after 32 speaker latents read from a reference log-mel."""
+
+    name: str = "v1"
+
+    def prefix_cache(self, gpt: nn.Module, dataset, device) -> dict:
+        return precompute_conds(gpt, dataset, device)
+
+    def collate(self, dataset, indices: list[int], gpt: nn.Module, cache: dict | None):
+        return collate(dataset, indices, pad_spec(gpt), cache)
+
+    def losses(self, gpt: nn.Module, settings: LossSettings) -> nn.Module:
+        return RowLosses(gpt, settings)
+
+    def neutral_prefix(self, gpt: nn.Module, dataset, picks: list[int], cache: dict | None, device) -> list:
+        """Speaker latents (32, D) of ``dataset[i]`` for ``picks``: cached, or computed here when training
+        the conditioning."""
+        if cache is not None:
+            return [cache[i] for i in picks]
+        fresh = precompute_conds(gpt, [dataset[i] for i in picks], device)
+        return [fresh[k] for k in range(len(picks))]
+
+
+@dataclass(frozen=True)
+class FamilyV2:
+    """IndexTTS-2: semantic codes after the 34-position prefix (speaker latents + emotion vector, speed rows)."""
+
+    name: str = V2
+
+    def prefix_cache(self, gpt: nn.Module, dataset, device) -> dict:
+        return conditioning_prefix_inputs(gpt, dataset, device)
+
+    def collate(self, dataset, indices: list[int], gpt: nn.Module, cache: dict | None):
+        return collate_v2([dataset[i] for i in indices], gpt.cfg, cache)
+
+    def losses(self, gpt: nn.Module, settings: LossSettings) -> nn.Module:
+        return RowLossesV2(gpt, settings.mask_padding)
+
+    def neutral_prefix(self, gpt: nn.Module, dataset, picks: list[int], cache: dict | None, device) -> list:
+        """(speaker latents (32, D), emotion vector (D,)) of ``dataset[i]`` for ``picks``."""
+        ids = [dataset.examples[i]["id"] for i in picks]
+        if cache is None:
+            cache = conditioning_prefix_inputs(gpt, [dataset[i] for i in picks], device)
+        return [cache[i] for i in ids]
+
+
+FAMILIES = {"v1": FamilyV1(), V2: FamilyV2()}
+
+
+def family_of(data) -> FamilyV1 | FamilyV2:
+    """The training family of an opened DATA_DIR (``train.data.open_data``)."""
+    return FAMILIES[data.family]
