@@ -121,8 +121,27 @@ def _with_adapter(adapter: Path, cfg):
     return adapter, cfg, read_tagset(adapter)
 
 
+class _FolderNetworks:
+    """What both loaded families share: networks built on first use, and the text side's folder (the adapter's
+    when there is one). Subclasses are dataclasses with ``model_dir``, ``adapter_dir`` and ``_cache``."""
+
+    def _get(self, name: str, make: Callable[[], Any]):
+        if name not in self._cache:
+            self._cache[name] = make()
+        return self._cache[name]
+
+    @property
+    def text_dir(self) -> Path:
+        """The folder whose ``bpe.model`` and ``tags.json`` the text side reads."""
+        return self.adapter_dir if self.adapter_dir is not None else self.model_dir
+
+    def _adapter_tokenizer(self) -> Path | None:
+        own = AdapterFolder(self.adapter_dir).tokenizer if self.adapter_dir is not None else None
+        return own if own is not None and own.is_file() else None
+
+
 @dataclass
-class LoadedModel:
+class LoadedModel(_FolderNetworks):
     """A model folder (plus an optional adapter folder); networks load on first use.
 
     ``config`` describes the GPT that ``gpt`` returns: with an adapter, ``number_text_tokens`` counts its tags.
@@ -139,20 +158,9 @@ class LoadedModel:
 
     family = "v1"
 
-    def _get(self, name: str, make: Callable[[], Any]):
-        if name not in self._cache:
-            self._cache[name] = make()
-        return self._cache[name]
-
-    @property
-    def text_dir(self) -> Path:
-        """The folder whose ``bpe.model`` and ``tags.json`` the text side reads."""
-        return self.adapter_dir if self.adapter_dir is not None else self.model_dir
-
     @property
     def tokenizer_path(self) -> Path:
-        own = AdapterFolder(self.adapter_dir).tokenizer if self.adapter_dir is not None else None
-        return own if own is not None and own.is_file() else bpe_path(self.model_dir, self.config)
+        return self._adapter_tokenizer() or bpe_path(self.model_dir, self.config)
 
     @property
     def gpt(self) -> nn.Module:
@@ -300,7 +308,7 @@ def find_aux_models(model_dir: str | Path, cfg=None, *, hub_cache: str | Path | 
 
 
 @dataclass
-class LoadedModelV2:
+class LoadedModelV2(_FolderNetworks):
     """An IndexTTS-2 folder; networks load on first use, all float32.
 
     ``gpt`` (UnifiedVoiceV2), ``semantic_features`` (w2v-BERT cut to the layer used, normalised),
@@ -320,20 +328,9 @@ class LoadedModelV2:
 
     family = "v2"
 
-    def _get(self, name: str, make: Callable[[], Any]):
-        if name not in self._cache:
-            self._cache[name] = make()
-        return self._cache[name]
-
-    @property
-    def text_dir(self) -> Path:
-        """The folder whose ``bpe.model`` and ``tags.json`` the text side reads (as ``LoadedModel.text_dir``)."""
-        return self.adapter_dir if self.adapter_dir is not None else self.model_dir
-
     @property
     def tokenizer_path(self) -> Path:
-        own = AdapterFolder(self.adapter_dir).tokenizer if self.adapter_dir is not None else None
-        return own if own is not None and own.is_file() else self.model_dir / self.config.dataset.bpe_model
+        return self._adapter_tokenizer() or self.model_dir / self.config.dataset.bpe_model
 
     @property
     def adapter_gpt(self) -> nn.Module:

@@ -115,7 +115,7 @@ class CodeEventDetector:
         self.mean, self.std = x.mean(0), x.std(0).clamp_min(1e-6)
         counts = torch.bincount(y, minlength=len(self.classes)).float()
         weights = torch.where(counts > 0, counts.sum() / (len(self.classes) * counts.clamp_min(1)), 0.0)
-        self.weight, self.bias = _logistic_regression((x - self.mean) / self.std, y, weights, len(self.classes))
+        self.weight, self.bias = logistic_regression((x - self.mean) / self.std, y, weights)
         return {**{c: int(n) for c, n in zip(self.classes, counts.tolist())}, "generated_none": len(gy)}
 
     def window_probs(self, codes: torch.Tensor) -> torch.Tensor:
@@ -195,15 +195,17 @@ def _cap_per_class(x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int):
     return x[keep], y[keep]
 
 
-def _logistic_regression(x: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor, n_classes: int):
-    """Weighted multinomial logistic regression with an L2 penalty, full-batch L-BFGS."""
-    weight = torch.zeros(x.shape[1], n_classes, requires_grad=True)
-    bias = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], max_iter=LBFGS_STEPS, line_search_fn="strong_wolfe")
+def logistic_regression(x: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor, l2: float = L2,
+                        steps: int = LBFGS_STEPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted multinomial logistic regression with an L2 penalty, full-batch L-BFGS from zeros (deterministic):
+    (weight (F, C), bias (C,)) for ``C = len(class_weights)`` classes."""
+    weight = torch.zeros(x.shape[1], len(class_weights), requires_grad=True)
+    bias = torch.zeros(len(class_weights), requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(x @ weight + bias, y, weight=class_weights) + L2 * weight.pow(2).sum()
+        loss = F.cross_entropy(x @ weight + bias, y, weight=class_weights) + l2 * weight.pow(2).sum()
         loss.backward()
         return loss
 

@@ -28,6 +28,8 @@ import random
 import torch
 import torch.nn.functional as F
 
+from tagtune.evaluate.detector import logistic_regression
+
 MIN_CODES = 8  # codes a clip needs (~0.34 s): fewer say little about a voice
 MIN_SPEAKERS = 3  # two speakers give a one-dimensional space, whose cosine is only +-1
 EMBED_DIM = 32  # at most this many dimensions (fewer when there are fewer training speakers)
@@ -116,7 +118,8 @@ class CodeSpeakerEmbedding:
         x, y = self._xy(train)
         self.mean, self.std = x.mean(0), x.std(0).clamp_min(1e-6)
         counts = torch.bincount(y, minlength=len(self.speakers)).float()
-        weight, bias = _logistic_regression((x - self.mean) / self.std, y, counts.sum() / (len(counts) * counts))
+        weight, bias = logistic_regression((x - self.mean) / self.std, y, counts.sum() / (len(counts) * counts),
+                                          l2=L2, steps=LBFGS_STEPS)
         self.projection = _span(weight, min(EMBED_DIM, len(self.speakers) - 1))
         self.summary = {"speakers": len(self.speakers), "train_clips": len(y), "heldout_clips": len(held),
                         "skipped_short": skipped, "embedding_dim": self.projection.shape[1], "seed": seed}
@@ -205,23 +208,6 @@ def _split(by_speaker: dict[str, list[torch.Tensor]], seed: int, fraction: float
         held += [(f, speaker) for f in feats[:n_held]]
         train += [(f, speaker) for f in feats[n_held:]]
     return train, held
-
-
-def _logistic_regression(x: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor):
-    """Weighted multinomial logistic regression with an L2 penalty, full-batch L-BFGS from zeros."""
-    weight = torch.zeros(x.shape[1], len(class_weights), requires_grad=True)
-    bias = torch.zeros(len(class_weights), requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], max_iter=LBFGS_STEPS, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ weight + bias, y, weight=class_weights) + L2 * weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    return weight.detach(), bias.detach()
 
 
 def _span(weight: torch.Tensor, r: int) -> torch.Tensor:
