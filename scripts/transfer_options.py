@@ -24,6 +24,7 @@ VARIANTS = {
     "default": ({}, {}),
     "no-replay": ({"replay.data": None}, {}),
     "replay-0.5": ({"replay.fraction": 0.5}, {}),
+    "replay-english": ({}, {}),  # the replay corpus without Chinese clips
     "prompt-is-target": ({}, {"cond_mode": "self"}),
     "rank-4": ({"lora.rank": 4, "lora.alpha": 8}, {}),
     "last-2-layers": ({"lora.layers": [2, 3]}, {}),
@@ -43,6 +44,23 @@ def _data_for(demo: Path, out: Path, prep: dict, seed: int, val_fraction: float)
     return folder
 
 
+def _english_replay(out: Path, s: DemoSettings) -> Path:
+    """The demo's replay corpus without its Chinese clips: as many untagged English clips of the same voices."""
+    from tagtune.data.for_model import prepare_for_model
+    from tagtune.demo import CORPUS_SEEDS, DEMO_TAGS
+    from tagtune.synthetic import generate_corpus
+    from tagtune.synthetic.voices import PRETRAIN, resolve_engine, voices_with
+
+    folder = out / "replay-english"
+    if not (folder / "manifest.json").is_file():
+        engine = resolve_engine("auto")
+        generate_corpus(out / "replay-english-corpus", n_clips=s.replay_clips, seed=s.seed + CORPUS_SEEDS["replay"],
+                        tags=DEMO_TAGS, untagged_fraction=1.0, voices=voices_with(PRETRAIN, engine), engine=engine)
+        prepare_for_model(shipped_base(), str(out / "replay-english-corpus"), folder, tags="auto", progress=False,
+                          seed=s.seed, val_fraction=0.0)
+    return folder
+
+
 def run_variant(name: str, demo: Path, out: Path, s: DemoSettings) -> dict:
     from tagtune.evaluate import evaluate
     from tagtune.export import export
@@ -52,7 +70,8 @@ def run_variant(name: str, demo: Path, out: Path, s: DemoSettings) -> dict:
     recipe, prep = VARIANTS[name]
     started = time.perf_counter()
     data = _data_for(demo, out, prep, s.seed, s.val_fraction)
-    settings = {"replay.data": str(demo / "replay"), "replay.fraction": s.replay_fraction, **recipe}
+    replay = _english_replay(out, s) if name == "replay-english" else demo / "replay"
+    settings = {"replay.data": str(replay), "replay.fraction": s.replay_fraction, **recipe}
     if settings["replay.data"] is None:
         settings.pop("replay.fraction")
     cfg = TrainConfig.from_yaml(shipped_recipe(s.recipe)).with_settings(settings).with_overrides(
