@@ -135,6 +135,13 @@ class _FolderNetworks:
         """The folder whose ``bpe.model`` and ``tags.json`` the text side reads."""
         return self.adapter_dir if self.adapter_dir is not None else self.model_dir
 
+    @property
+    def adapter_gpt(self) -> nn.Module:
+        """The tuned GPT with the adapter kept as peft layers (the plain GPT when there is no adapter)."""
+        if self.adapter_dir is None:
+            return self.gpt
+        return self._get("adapter_gpt", lambda: load_adapter_model(self.model_dir, self.adapter_dir, self.device)[0])
+
     def _adapter_tokenizer(self) -> Path | None:
         own = AdapterFolder(self.adapter_dir).tokenizer if self.adapter_dir is not None else None
         return own if own is not None and own.is_file() else None
@@ -170,13 +177,6 @@ class LoadedModel(_FolderNetworks):
                 return load_gpt(self.model_dir, self.config, dtype=self.dtype, device=self.device)
             return merged_adapter_gpt(self.model_dir, self.adapter_dir, self.device)
         return self._get("gpt", make)
-
-    @property
-    def adapter_gpt(self) -> nn.Module:
-        """The tuned GPT with the adapter kept as peft layers (the plain GPT when there is no adapter)."""
-        if self.adapter_dir is None:
-            return self.gpt
-        return self._get("adapter_gpt", lambda: load_adapter_model(self.model_dir, self.adapter_dir, self.device)[0])
 
     @property
     def dvae(self) -> nn.Module:
@@ -331,13 +331,6 @@ class LoadedModelV2(_FolderNetworks):
     @property
     def tokenizer_path(self) -> Path:
         return self._adapter_tokenizer() or self.model_dir / self.config.dataset.bpe_model
-
-    @property
-    def adapter_gpt(self) -> nn.Module:
-        """The tuned UnifiedVoiceV2 with the adapter kept as peft layers (the plain GPT when there is none)."""
-        if self.adapter_dir is None:
-            return self.gpt
-        return self._get("adapter_gpt", lambda: load_adapter_model(self.model_dir, self.adapter_dir, self.device)[0])
 
     @property
     def gpt(self) -> nn.Module:

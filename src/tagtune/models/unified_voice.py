@@ -146,7 +146,25 @@ def add_token_trunk(model: nn.Module, cfg, D: int, dropout: float) -> None:
     model.mel_head = nn.Linear(D, cfg.number_mel_codes)
 
 
-class UnifiedVoice(nn.Module):
+class TokenTrunk(nn.Module):
+    """The embeddings and mel head around the GPT-2 trunk that ``add_token_trunk`` builds, shared by both
+    IndexTTS generations' GPTs (no parameters of its own)."""
+
+    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """Text ids (B, L) -> embeddings plus text position rows 0..L-1, (B, L, D)."""
+        return self.text_embedding(ids) + self.text_pos_embedding(ids)
+
+    def embed_mel(self, ids: torch.Tensor, positions: torch.Tensor | int) -> torch.Tensor:
+        """Mel ids (B, T) plus mel position rows ``positions`` (an int, (T,) or (B, T)) -> (B, T, D)."""
+        pos = torch.as_tensor(positions, device=ids.device)
+        return self.mel_embedding(ids) + self.mel_pos_embedding.emb(pos)
+
+    def mel_logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Backbone output (B, T, D) -> mel logits (B, T, number_mel_codes) through final_norm and mel_head."""
+        return self.mel_head(self.final_norm(hidden))
+
+
+class UnifiedVoice(TokenTrunk):
     """The IndexTTS GPT, built from ``GPTConfig``; its state dict matches the official ``gpt.pth``."""
 
     def __init__(self, cfg: GPTConfig, dropout: float = OFFICIAL_DROPOUT):
@@ -173,20 +191,6 @@ class UnifiedVoice(nn.Module):
         x, mask = self.conditioning_encoder(cond_mel.transpose(1, 2), cond_lengths, mask_padding)  # (B, T', C)
         return self.perceiver_encoder(x, mask)
 
-    # -------------------------------------------------------------------------------------- embeddings
-
-    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
-        """Text ids (B, L) -> embeddings plus text position rows 0..L-1, (B, L, D)."""
-        return self.text_embedding(ids) + self.text_pos_embedding(ids)
-
-    def embed_mel(self, ids: torch.Tensor, positions: torch.Tensor | int) -> torch.Tensor:
-        """Mel ids (B, T) plus mel position rows ``positions`` (an int, (T,) or (B, T)) -> (B, T, D)."""
-        pos = torch.as_tensor(positions, device=ids.device)
-        return self.mel_embedding(ids) + self.mel_pos_embedding.emb(pos)
-
-    def mel_logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Backbone output (B, T, D) -> mel logits (B, T, number_mel_codes) through final_norm and mel_head."""
-        return self.mel_head(self.final_norm(hidden))
 
     # ------------------------------------------------------------------------------- training layout
 

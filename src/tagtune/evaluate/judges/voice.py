@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 
@@ -19,11 +21,14 @@ BATCH_CLIPS = 8
 ECAPA = "ecapa"  # the --speaker-model value that picks the model's own ECAPA
 
 
-class _CosineJudge:
+class _CosineJudge(ABC):
+    """A voice judge is a speaker embedding; the similarity is the cosine of two of them."""
+
     name: str
 
+    @abstractmethod
     def embed(self, clips: list[Speech]) -> torch.Tensor:
-        raise NotImplementedError
+        """(N, D) speaker embeddings of ``clips``."""
 
     def similarity(self, clips: list[Speech], references: list[Speech]) -> list[float]:
         """Cosine similarity of each clip's speaker embedding with its reference's."""

@@ -24,6 +24,7 @@ from tagtune.models.unified_voice import (
     IGNORE_INDEX,
     OFFICIAL_DROPOUT,
     GPTLogits,
+    TokenTrunk,
     add_token_trunk,
     aligned_tokens,
     segment_hidden,
@@ -33,7 +34,7 @@ EMO_LATENTS = 1  # the emotion perceiver resamples to one latent
 SPEED_ROWS = 2  # speed_emb rows; the prefix uses row 1 then row 0
 
 
-class UnifiedVoiceV2(nn.Module):
+class UnifiedVoiceV2(TokenTrunk):
     """The IndexTTS2 GPT, built from ``GPTV2Config``; its state dict matches the official ``gpt.pth``."""
 
     def __init__(self, cfg: GPTV2Config, dropout: float = OFFICIAL_DROPOUT):
@@ -96,20 +97,6 @@ class UnifiedVoiceV2(nn.Module):
         speed = self.speed_emb(rows)[None].expand(B, -1, -1)  # (B, 2, D): speed_emb(1), speed_emb(0)
         return torch.cat([(conds + emovec[:, None]).expand(B, -1, -1), speed], dim=1)
 
-    # -------------------------------------------------------------------------------------- embeddings
-
-    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
-        """Text ids (B, L) -> embeddings plus text position rows 0..L-1, (B, L, D)."""
-        return self.text_embedding(ids) + self.text_pos_embedding(ids)
-
-    def embed_mel(self, ids: torch.Tensor, positions: torch.Tensor | int) -> torch.Tensor:
-        """Mel ids (B, T) plus mel position rows ``positions`` (an int, (T,) or (B, T)) -> (B, T, D)."""
-        pos = torch.as_tensor(positions, device=ids.device)
-        return self.mel_embedding(ids) + self.mel_pos_embedding.emb(pos)
-
-    def mel_logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Backbone output (B, T, D) -> mel logits (B, T, number_mel_codes) through final_norm and mel_head."""
-        return self.mel_head(self.final_norm(hidden))
 
     # ------------------------------------------------------------------------------- teacher forcing
 
