@@ -27,7 +27,8 @@ from v2_fixture import V2_CHECKPOINT, require_keys, require_v2
 
 TAGS = ["<giggles>", "<sighs>"]
 BASE_TOKENS = 224
-LOGIT_TOL = 1e-5  # merged weights vs LoRA applied on the fly: fp32 rounding only (atol and rtol; logits reach ~12)
+LOGIT_TOL = 5e-5  # merged weights vs LoRA applied on the fly: fp32 rounding only (logits reach ~12; the
+# rounding depends on the thread count, measured up to 1.1e-5)
 CARRIED = {"s2mel.pth", "wav2vec2bert_stats.pt", "feat1.pt", "feat2.pt"}
 
 
