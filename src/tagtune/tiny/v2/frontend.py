@@ -1,0 +1,122 @@
+"""The tiny v2 base's front end, fitted to the corpus: w2v-BERT statistics and the semantic codec.
+
+IndexTTS2 reads semantic codes: one w2v-BERT layer, normalised by per-channel statistics of speech
+(``wav2vec2bert_stats.pt``), quantised by the MaskGCT codec. Here w2v-BERT is a seeded random network at the
+parity fixture's tiny size (a random transformer over Kaldi fbank rows keeps what distinguishes sounds; it is
+never trained). What is fitted to the corpus, so that the codes carry the speech and are all in use:
+
+* the statistics: mean and variance of the layer's output over the training clips (as the released file is);
+* the codec's projection (``in_project``, 1024 -> codebook_dim): the principal directions of its encoder's
+  output, so that the few codebook dimensions keep the most varied part of the signal, and ``out_project`` its
+  transpose (the decoder side, for ``vq2emb``);
+* the codebook: spherical k-means of the projected frames (the codec picks codes by cosine).
+
+Hidden states are computed the way preparation computes them (``data.semantic``: the speaker path to 16 kHz,
+SeamlessM4T fbank rows, batched with the attention mask), so the build's codes are the ones ``prepare`` gives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
+
+from tagtune.config import SemanticCodecConfig
+from tagtune.data.semantic import speaker_path_16k
+from tagtune.models.v2.codec import RepCodec
+from tagtune.models.v2.semantic_features import SemanticFeatures, extract_inputs
+from tagtune.tiny.kmeans import kmeans
+from tagtune.tiny.v2.settings import TinySizesV2, w2v_bert_config
+
+# SeamlessM4TFeatureExtractor as facebook/w2v-bert-2.0 ships it
+EXTRACTOR_SETTINGS = {"feature_size": 80, "num_mel_bins": 80, "padding_value": 1, "stride": 2,
+                      "sampling_rate": 16000, "return_attention_mask": True, "padding_side": "right"}
+STATE_BATCH = 8
+KMEANS_ITERS = 30
+
+
+def feature_extractor() -> SeamlessM4TFeatureExtractor:
+    return SeamlessM4TFeatureExtractor(**EXTRACTOR_SETTINGS)
+
+
+def build_w2v_bert(sizes: TinySizesV2 | None, seed: int) -> Wav2Vec2BertModel:
+    """The seeded random w2v-BERT 2.0 of the tiny base (eval mode)."""
+    torch.manual_seed(seed)
+    return Wav2Vec2BertModel(Wav2Vec2BertConfig(**w2v_bert_config(sizes))).eval()
+
+
+@torch.no_grad()
+def hidden_states(w2v: Wav2Vec2BertModel, extractor, wavs: list[np.ndarray],
+                  batch_size: int = STATE_BATCH) -> list[torch.Tensor]:
+    """The raw output of the layer IndexTTS2 reads for each 24 kHz waveform: (T_i, 1024) float32, real rows."""
+    width = w2v.config.hidden_size
+    raw = SemanticFeatures(w2v, torch.zeros(width), torch.ones(width)).eval()
+    audio = [speaker_path_16k(w)[0] for w in wavs]
+    order = sorted(range(len(audio)), key=lambda i: audio[i].shape[-1])
+    out: list[torch.Tensor | None] = [None] * len(audio)
+    for s in range(0, len(order), batch_size):
+        part = order[s : s + batch_size]
+        feats, mask = extract_inputs(extractor, [audio[i] for i in part])
+        states = raw.hidden_state(feats, mask)
+        for row, i in enumerate(part):
+            out[i] = states[row, : int(mask[row].sum())].float().clone()
+    return out
+
+
+def feature_stats(states: list[torch.Tensor], indices: list[int]) -> dict[str, torch.Tensor]:
+    """Per-channel mean and (population) variance over every row of the ``indices`` clips: the stats file."""
+    rows = torch.cat([states[i] for i in indices]).double()
+    return {"mean": rows.mean(0).float(), "var": rows.var(0, unbiased=False).clamp(min=1e-8).float()}
+
+
+def normalise(states: list[torch.Tensor], stats: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    std = stats["var"].sqrt()
+    return [(s - stats["mean"]) / std for s in states]
+
+
+@torch.no_grad()
+def _encoder_frames(codec: RepCodec, feats: list[torch.Tensor], indices: list[int], n_frames: int,
+                    gen: torch.Generator) -> torch.Tensor:
+    """Encoder outputs (N, 1024) of up to ``n_frames`` rows drawn evenly from the ``indices`` clips."""
+    z = torch.cat([codec.encoder(feats[i].T[None]) [0] for i in indices])  # (rows, 1024)
+    if len(z) > n_frames:
+        z = z[torch.randperm(len(z), generator=gen)[:n_frames]]
+    return z
+
+
+@torch.no_grad()
+def fit_codec(cfg: SemanticCodecConfig, feats: list[torch.Tensor], indices: list[int], n_frames: int,
+              seed: int) -> tuple[RepCodec, dict]:
+    """A seeded RepCodec whose projection and codebook are fitted to the normalised features ``feats``.
+
+    Returns the codec (weight norm in its stored form) and fit statistics: the variance share the projection
+    keeps, and how many codes the fitting frames use.
+    """
+    torch.manual_seed(seed)
+    codec = RepCodec(cfg).eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    z = _encoder_frames(codec, feats, indices, n_frames, gen).double()
+    centre = z.mean(0)
+    _, sv, vt = torch.linalg.svd(z - centre, full_matrices=False)
+    d = cfg.codebook_dim
+    comps = vt[:d]  # (d, 1024) orthonormal principal directions
+    kept = float((sv[:d] ** 2).sum() / (sv**2).sum())
+    vq = codec.quantizer.quantizers[0]
+    vq.in_project.weight_v.copy_(comps[:, :, None].float())
+    vq.in_project.weight_g.fill_(1.0)
+    vq.in_project.bias.copy_((-comps @ centre).float())
+    vq.out_project.weight_v.copy_(comps.T[:, :, None].float())
+    vq.out_project.weight_g.copy_(comps.T.norm(dim=1).view(-1, 1, 1).float())
+    vq.out_project.bias.copy_(centre.float())
+    projected = F.normalize(((z - centre) @ comps.T).float(), dim=1)
+    book = F.normalize(kmeans(projected, cfg.codebook_size, seed + 2, iters=KMEANS_ITERS), dim=1)
+    vq.codebook.weight.copy_(book)
+    used = int(vq.nearest(projected.T[None].contiguous()).unique().numel())
+    return codec, {"fit_frames": len(z), "projection_variance_kept": round(kept, 4), "codes_used_on_fit": used}
+
+
+@torch.no_grad()
+def encode_codes(codec: RepCodec, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Semantic codes (T_i,) of each clip's normalised features, each clip alone (as preparation does)."""
+    return [codec.quantize(f[None])[0][0].long() for f in feats]
