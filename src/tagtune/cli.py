@@ -166,12 +166,12 @@ def _demo(a) -> int:
         Path(a.out).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"{a.out}: cannot create the demo folder ({e.strerror})", params=("out_dir",)) from None
-    settings = DemoSettings.quick(a.seed) if a.quick else DemoSettings(seed=a.seed)
+    settings = (DemoSettings.quick if a.quick else DemoSettings.full)(a.seed, a.model_family)
     if a.steps is not None:
         settings.steps = a.steps
     if a.clips is not None:
         settings.clips = a.clips
-    summary = run_demo(a.out, settings, progress=not a.no_progress)
+    summary = run_demo(a.out, settings, base_dir=a.base, progress=not a.no_progress)
     print(format_summary(summary))
     acceptance = summary["acceptance"]
     return 1 if acceptance["judged"] and not acceptance["passed"] else 0  # a smoke run is not judged
@@ -552,8 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of every stage")
     s.add_argument("--quick", action="store_true",
                    help="a smoke run: every stage at a tiny size, checks shown but not judged")
-    s.add_argument("--steps", type=int, help="training steps (default: the demo's, 1000; 20 with --quick)")
-    s.add_argument("--clips", type=int, help="corpus size (default: the demo's, 2600; 160 with --quick)")
+    s.add_argument("--model-family", choices=("v1", "v2"), default="v1",
+                   help="the base's family: v1 (IndexTTS 1.x) or v2 (IndexTTS-2: no replay, no transfer set) "
+                   "(default: v1)")
+    s.add_argument("--base", type=Path, help="base model folder of that family (default: the shipped tiny base)")
+    s.add_argument("--steps", type=int, help="training steps (default: the demo's, 400 for both families; 20 with "
+                   "--quick)")
+    s.add_argument("--clips", type=int, help="corpus size (default: the demo's, 1200 for v1, 800 for v2; 160 "
+                   "with --quick)")
     s.set_defaults(func=_demo)
     return p
 

@@ -6,6 +6,11 @@ than sighs, giggles rarer, plus untagged clips) -> prepare for the shipped tiny 
 the reference example's four lines in an unseen female and an unseen male voice, English and Chinese ->
 evaluate base vs tuned, on the fine-tune voice and on a transfer set of unseen voices in both languages ->
 summary table with the acceptance checks. Everything is deterministic by seed and lands in one folder.
+
+On an IndexTTS-2 base (``model_family="v2"``) the scenario is what the v2 parts of tagtune support so far: a
+tagged multi-voice English corpus (the pre-training voices) -> prepare -> LoRA + tag rows (no replay) -> export
+-> the same four lines in an unseen female and an unseen male voice (references from a small held-out-voice
+corpus) -> evaluate base vs tuned on the fine-tune data (no transfer set: eval refuses it for v2).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tagtune.folders import SAMPLE_INDEX_FILE, SAMPLE_INDEX_MD_FILE, shipped_base, shipped_recipe
+from tagtune.errors import UserError
+from tagtune.folders import SAMPLE_INDEX_FILE, SAMPLE_INDEX_MD_FILE, shipped_base, shipped_base_v2, shipped_recipe
 from tagtune.text.language import CHINESE, text_language
 
 log = logging.getLogger(__name__)
@@ -35,12 +41,17 @@ SAMPLE_SENTENCES = (
     "哎呀! 忘了他还在那等我们呢！<giggles> 我们两个动作得快点了！",
 )
 SLUG_WORDS = 6  # words of a sample's sentence in its file name
-CORPUS_SEEDS = {"fine-tune": 0, "transfer": 1000, "replay": 2000}  # added to the demo seed
+CORPUS_SEEDS = {"fine-tune": 0, "transfer": 1000, "replay": 2000, "reference": 3000}  # added to the demo seed
+MODEL_FAMILIES = ("v1", "v2")
+# the corpus whose held-out voices speak the samples' references, per family
+REFERENCE_CORPUS = {"v1": "transfer-corpus", "v2": "reference-corpus"}
 
 
 @dataclass
 class DemoSettings:
-    """Sizes of the demo; ``quick()`` is the CI-sized variant."""
+    """Sizes of the demo; ``full()`` gives a family's defaults, ``quick()`` the CI-sized variant.
+
+    The transfer, replay and Chinese sizes are 1.x only; ``reference_clips`` is v2 only."""
 
     clips: int = 1200  # the Elise-like fine-tune corpus (Elise: ~1.2k clips)
     untagged_fraction: float = 0.35
@@ -58,11 +69,25 @@ class DemoSettings:
     neutral_steps: int | None = None  # steps of the neutral tag-row fit; None = the recipe's
     recipe: str = "demo.yaml"
     smoke: bool = False  # too small to judge: the report shows the numbers and judges no check
+    model_family: str = "v1"  # the base's: "v1" (IndexTTS 1.x) or "v2" (IndexTTS-2)
+    reference_clips: int = 12  # v2: untagged English clips of the held-out voices, the samples' references
+
+    def __post_init__(self):
+        if self.model_family not in MODEL_FAMILIES:
+            raise ValueError(f"model_family must be one of {MODEL_FAMILIES}, got {self.model_family!r}")
 
     @classmethod
-    def quick(cls, seed: int = 0) -> DemoSettings:
+    def full(cls, seed: int = 0, model_family: str = "v1") -> DemoSettings:
+        """The family's full-size demo. IndexTTS-2 codes run at 50/s (1.x: 25/s), so each clip costs about twice
+        as much to prepare, train and generate: its corpus, steps and prompts are smaller (~15 CPU minutes)."""
+        if model_family == "v2":
+            return cls(clips=800, steps=400, free_prompts=64, seed=seed, model_family="v2")
+        return cls(seed=seed, model_family=model_family)
+
+    @classmethod
+    def quick(cls, seed: int = 0, model_family: str = "v1") -> DemoSettings:
         return cls(clips=160, val_fraction=0.2, transfer_clips=100, replay_clips=60, steps=20, free_prompts=6,
-                   transfer_prompts=3, seed=seed, neutral_steps=30, smoke=True)
+                   transfer_prompts=3, seed=seed, neutral_steps=30, smoke=True, model_family=model_family)
 
 
 def _stage(name: str, timings: dict):
@@ -79,12 +104,21 @@ def _stage(name: str, timings: dict):
 
 
 def make_corpora(out: Path, s: DemoSettings, progress: bool) -> dict:
-    """The three corpora of the scenario; returns {name: CorpusInfo}."""
+    """The corpora of the family's scenario; returns {name: CorpusInfo}."""
     from tagtune.synthetic import generate_corpus
     from tagtune.synthetic.voices import FINE_TUNE, HELD_OUT, PRETRAIN, resolve_engine, voices_with
 
     engine = resolve_engine("auto")
     fine_tune, unseen = voices_with(FINE_TUNE, engine), voices_with(HELD_OUT, engine)
+    if s.model_family == "v2":  # the pre-training voices (generate_corpus's default), English only
+        return {
+            "fine-tune": generate_corpus(out / "corpus", n_clips=s.clips, seed=s.seed + CORPUS_SEEDS["fine-tune"],
+                                         tags=DEMO_TAGS, untagged_fraction=s.untagged_fraction, engine=engine,
+                                         progress=progress),
+            "reference": generate_corpus(out / REFERENCE_CORPUS["v2"], n_clips=s.reference_clips,
+                                         seed=s.seed + CORPUS_SEEDS["reference"], tags=DEMO_TAGS,
+                                         untagged_fraction=1.0, voices=unseen, engine=engine, progress=progress),
+        }
     return {
         "fine-tune": generate_corpus(out / "corpus", n_clips=s.clips, seed=s.seed + CORPUS_SEEDS["fine-tune"],
                                      tags=DEMO_TAGS, untagged_fraction=s.untagged_fraction, voices=fine_tune,
@@ -103,59 +137,96 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir
              progress: bool = True) -> dict:
     """Run every stage into ``out_dir``; returns the summary (also written as ``summary.json``).
 
+    ``base_dir`` replaces the shipped tiny base of ``settings.model_family`` (an IndexTTS-2 folder for "v2").
     ``progress`` shows the stages' bars with ETA (prepare, train, synthesise, evaluate) on stderr when it is
     a terminal."""
-    from tagtune.data.for_model import prepare_for_model
     from tagtune.evaluate import evaluate
     from tagtune.evaluate.report import attach_samples
-    from tagtune.evaluate.transfer import TransferSettings
     from tagtune.export import export
-    from tagtune.tags.vocab import read_tagset
     from tagtune.train import train
-    from tagtune.train.config import TrainConfig
 
     s = settings or DemoSettings()
     out = Path(out_dir)
-    base = Path(base_dir) if base_dir else shipped_base()
+    base = demo_base(s.model_family, base_dir)
     t: dict[str, float] = {}
     with _stage("corpus", t):
         corpora = make_corpora(out, s, progress)
     with _stage("prepare", t):
-        manifest = prepare_for_model(base, str(out / "corpus"), out / "data", tags="auto", progress=progress,
-                                     seed=s.seed, overwrite=True, val_fraction=s.val_fraction)
-        # the transfer set spells each tag with the fine-tune data's id: its tags are listed in that order
-        tag_order = [t.strip("<>") for t in read_tagset(out / "data").tags]
-        prepare_for_model(base, str(out / "transfer-corpus"), out / "transfer", tags=tag_order, progress=progress,
-                          seed=s.seed, overwrite=True, val_fraction=s.transfer_val_fraction)
-        prepare_for_model(base, str(out / "replay-corpus"), out / "replay", tags="auto", progress=progress,
-                          seed=s.seed, overwrite=True, val_fraction=0.0)
+        manifest = prepare_corpora(base, out, s, progress)
     with _stage("train", t):
-        cfg = TrainConfig.from_yaml(shipped_recipe(s.recipe)).with_overrides(
-            max_steps=s.steps, seed=s.seed, neutral_steps=s.neutral_steps, replay=str(out / "replay"),
-            replay_fraction=s.replay_fraction)
+        cfg = demo_recipe(out, s)
         cfg.runtime.progress_bar = progress
         run = train(out / "data", out / "run", cfg, resume=(out / "run").exists())
     with _stage("export", t):
         export(out / "run", out / "model")
     with _stage("synthesise", t):
-        samples = synthesise_samples(out / "model", base, out / "transfer-corpus", out / "samples", s.seed, progress)
+        samples = synthesise_samples(out / "model", base, out / REFERENCE_CORPUS[s.model_family], out / "samples",
+                                     s.seed, progress)
     with _stage("evaluate", t):
         # the base's untrained tag rows are made exactly as training made the tuned model's first ones
         report = evaluate(out / "model", out / "data", out / "report", base_dir=base, n_free=s.free_prompts,
                           seed=s.seed, tag_init=cfg.lora.tag_init, tag_seed=cfg.seed, smoke=s.smoke,
-                          progress=progress, transfer_dir=out / "transfer",
-                          transfer_settings=TransferSettings(s.transfer_prompts, max(1, s.transfer_prompts // 2)))
+                          progress=progress, **_transfer(out, s))
         attach_samples(report, out / "report", samples, out / "samples")
-    summary = {"seed": s.seed, "settings": s.__dict__, "timings_s": t, "total_s": round(sum(t.values()), 1),
+    summary = {"seed": s.seed, "model_family": s.model_family, "base": str(base), "settings": s.__dict__,
+               "timings_s": t, "total_s": round(sum(t.values()), 1),
                "corpora": {k: {"clips": v.n_clips, "speakers": v.speaker_counts, "languages": v.language_counts,
                                "tags": v.tag_counts} for k, v in corpora.items()},
                "data": manifest["counts"] if manifest else None, "train": _run_summary(run),
                "train_config": {"tag_init": cfg.lora.tag_init, "max_steps": cfg.schedule.max_steps,
-                                "replay_fraction": cfg.replay.fraction},
+                                "replay_fraction": cfg.replay.fraction if cfg.replay.data else None},
                "samples": [str(out / "samples" / e["file"]) for e in samples], "report": report,
                "acceptance": report["acceptance"]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str, ensure_ascii=False))
     return summary
+
+
+def demo_base(model_family: str, base_dir: str | Path | None = None) -> Path:
+    """``base_dir``, or the shipped tiny base of ``model_family``; a UserError when that folder is missing."""
+    base = Path(base_dir) if base_dir else shipped_base_v2() if model_family == "v2" else shipped_base()
+    if not base.is_dir():
+        shipped = "" if base_dir else f"this install ships no tiny {model_family} base; "
+        raise UserError(f"{base}: no such model folder ({shipped}pass an IndexTTS folder as the base)",
+                        params=("base_dir",))
+    return base
+
+
+def prepare_corpora(base: Path, out: Path, s: DemoSettings, progress: bool) -> dict | None:
+    """Prepare the family's corpora for ``base``; returns the fine-tune data's manifest."""
+    from tagtune.data.for_model import prepare_for_model
+    from tagtune.tags.vocab import read_tagset
+
+    manifest = prepare_for_model(base, str(out / "corpus"), out / "data", tags="auto", progress=progress,
+                                 seed=s.seed, overwrite=True, val_fraction=s.val_fraction)
+    if s.model_family == "v2":  # no transfer set, no replay for IndexTTS-2 yet
+        return manifest
+    # the transfer set spells each tag with the fine-tune data's id: its tags are listed in that order
+    tag_order = [t.strip("<>") for t in read_tagset(out / "data").tags]
+    prepare_for_model(base, str(out / "transfer-corpus"), out / "transfer", tags=tag_order, progress=progress,
+                      seed=s.seed, overwrite=True, val_fraction=s.transfer_val_fraction)
+    prepare_for_model(base, str(out / "replay-corpus"), out / "replay", tags="auto", progress=progress,
+                      seed=s.seed, overwrite=True, val_fraction=0.0)
+    return manifest
+
+
+def demo_recipe(out: Path, s: DemoSettings):
+    """The demo's training recipe (a ``TrainConfig``): 1.x mixes the replay corpus in, IndexTTS-2 does not."""
+    from tagtune.train.config import TrainConfig
+
+    v1 = s.model_family == "v1"  # an override of None is no override
+    return TrainConfig.from_yaml(shipped_recipe(s.recipe)).with_overrides(
+        max_steps=s.steps, seed=s.seed, neutral_steps=s.neutral_steps, replay=str(out / "replay") if v1 else None,
+        replay_fraction=s.replay_fraction if v1 else None)
+
+
+def _transfer(out: Path, s: DemoSettings) -> dict:
+    """evaluate()'s transfer arguments: the transfer set for 1.x; none for IndexTTS-2 (eval refuses it)."""
+    from tagtune.evaluate.transfer import TransferSettings
+
+    if s.model_family == "v2":
+        return {}
+    return {"transfer_dir": out / "transfer",
+            "transfer_settings": TransferSettings(s.transfer_prompts, max(1, s.transfer_prompts // 2))}
 
 
 def sample_name(number: int, model: str, text: str, voice: str = "") -> str:
@@ -170,7 +241,9 @@ def sample_name(number: int, model: str, text: str, voice: str = "") -> str:
 
 
 def reference_voices(corpus: Path) -> list[tuple[str, str, Path]]:
-    """(label, voice name, clip) of an unseen female and an unseen male voice: each one's first untagged clip."""
+    """(label, voice name, clip) of an unseen female and an unseen male voice: each one's first untagged clip
+    long enough to take a voice from (``MIN_REFERENCE_SECONDS``)."""
+    from tagtune.synthesis.reference import MIN_REFERENCE_SECONDS
     from tagtune.synthetic.voices import HELD_OUT, VOICES
 
     rows = [json.loads(x) for x in (corpus / "metadata.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -178,7 +251,7 @@ def reference_voices(corpus: Path) -> list[tuple[str, str, Path]]:
     for gender, label in (("f", "unseen-female"), ("m", "unseen-male")):
         for r in rows:
             v = VOICES[r["speaker"]]
-            if v.role == HELD_OUT and v.gender == gender and not r["events"]:
+            if v.role == HELD_OUT and v.gender == gender and not r["events"] and r["duration"] >= MIN_REFERENCE_SECONDS:
                 out.append((label, v.name, corpus / r["audio"]))
                 break
     return out

@@ -80,6 +80,11 @@ def shipped_base() -> Path:
     return Path(str(resources.files("tagtune") / "assets" / "tiny-base"))
 
 
+def shipped_base_v2() -> Path:
+    """The tiny IndexTTS-2 base that ships with tagtune (official IndexTTS-2 layout, ``hf_cache/`` included)."""
+    return Path(str(resources.files("tagtune") / "assets" / "tiny-base-v2"))
+
+
 def shipped_recipe(name: str = DEFAULT_RECIPE) -> Path:
     """A training recipe that ships with tagtune (``configs/``)."""
     return Path(str(resources.files("tagtune") / "configs" / name))
