@@ -1,7 +1,9 @@
-"""Serving: an HTTP server with an OpenAI-compatible speech API over one base model and its tag adapters.
+"""Serving: an HTTP server with an OpenAI-compatible speech API over one base model (IndexTTS 1.x or 2) and its
+tag adapters.
 
     models.py     SharedBase: the base loaded once, adapters as named LoRA layers + tag rows + tokenizers
     scheduler.py  one thread that batches the decode steps of every running request (continuous batching)
+    v2.py         IndexTTS-2: the 34-position prefix into the same pool, the back end per finished segment
     app.py        the FastAPI app: /v1/audio/speech, /v1/models, /v1/voices, /health, /ready; limits
 
 ``serve(...)`` is what ``tagtune serve`` calls; ``build_app(...)`` gives the app without running it.
@@ -29,7 +31,8 @@ def build_app(model_dir: str | Path, adapters: dict[str, str | Path] | None = No
     from tagtune.synthesis.reference import MIN_REFERENCE_SECONDS, read_reference_audio
 
     limits = limits or Limits()
-    shared = SharedBase.open(model_dir, adapters, device=device, base_name=base_name or BASE)
+    shared = SharedBase.open(model_dir, adapters, device=device, base_name=base_name or BASE,
+                             max_text_chars=limits.max_text_chars)
     checked: dict[str, Path | bytes] = {}
     for name, path in (voices or {}).items():
         try:

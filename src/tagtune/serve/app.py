@@ -1,7 +1,8 @@
 """The HTTP face of the server (FastAPI): an OpenAI-compatible speech endpoint, models, voices, health.
 
     POST /v1/audio/speech   {model, input, voice, response_format: wav|pcm, stream, seed?, greedy?,
-                             max_new_tokens?}: 24 kHz 16-bit mono audio, whole or streamed as generated
+                             max_new_tokens?}: 16-bit mono audio (24 kHz from IndexTTS 1.x, 22.05 kHz
+                            from IndexTTS-2), whole or streamed as generated (IndexTTS-2: a segment at a time)
     GET  /v1/models         the base and every adapter, by name
     GET  /v1/voices         registered and uploaded voices; POST /v1/voices?name=NAME with the audio file as
                             the body uploads one
@@ -10,6 +11,9 @@
 Every error is JSON in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad
 request, 404 for an unknown model, 413 for an upload over the limits, 429 when the queue is full, 503 while
 shutting down, 504 past the request time limit.
+
+On an IndexTTS-2 base, text is split by TTSV2's segment rules and decoding defaults to TTSV2's (the official
+IndexTTS2 settings); emotion follows the speaker reference, as the official default.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pydantic import BaseModel, ConfigDict
 from tagtune.audio import SAMPLE_RATE
 from tagtune.errors import UserError
 from tagtune.generation import GenerationConfig
+from tagtune.generation.v2 import official_v2
 from tagtune.serve.limits import Limits
 from tagtune.serve.scheduler import QueueFull, ShuttingDown, SpeechJob
 from tagtune.synthesis.reference import MIN_REFERENCE_SECONDS, read_reference_audio
@@ -90,6 +95,7 @@ def create_app(shared, scheduler, voices: dict[str, Path | bytes], limits: Limit
     """The FastAPI app over a loaded SharedBase and its Scheduler; ``voices`` maps names to references."""
     fixed_voices = set(voices)
     model_limit = shared.gpt.cfg.max_mel_tokens
+    rate = shared.sample_rate
 
     @asynccontextmanager
     async def lifespan(app):
@@ -165,11 +171,11 @@ def create_app(shared, scheduler, voices: dict[str, Path | bytes], limits: Limit
             if item.error:
                 return error_response(*item.error)
             audio = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
-            return Response(_encode(audio, body.response_format), media_type=media)
+            return Response(_encode(audio, body.response_format, rate), media_type=media)
         first = await channel.get()
         if isinstance(first, _Done) and first.error:
             return error_response(*first.error)
-        return StreamingResponse(_stream(job, channel, first, body.response_format), media_type=media)
+        return StreamingResponse(_stream(job, channel, first, body.response_format, rate), media_type=media)
 
     def _make_job(body: SpeechBody):
         lane = shared.lanes.get(body.model)
@@ -187,17 +193,25 @@ def create_app(shared, scheduler, voices: dict[str, Path | bytes], limits: Limit
         if body.voice not in voices:
             raise ApiError(400, f"voice {body.voice!r} is not known; known: {sorted(voices)} (upload one with "
                            "POST /v1/voices?name=NAME)", "voice")
+        tts = shared.tts.get(body.model)  # IndexTTS-2: the lane's TTSV2
         try:
-            most = min(MAX_SENTENCE_TOKENS, lane.cfg.max_text_tokens)
-            sentences = text_to_sentences(lane.tokenizer, body.input, most, limits.max_text_chars)
+            if tts is not None:
+                sentences = tts.sentences(body.input)
+            else:
+                most = min(MAX_SENTENCE_TOKENS, lane.cfg.max_text_tokens)
+                sentences = text_to_sentences(lane.tokenizer, body.input, most, limits.max_text_chars)
             seed = check_seed(body.seed)
         except UserError as e:
             raise ApiError(400, str(e), "seed" if "seed" in str(e) else "input") from None
         wanted = body.max_new_tokens or model_limit
         if not 1 <= wanted <= model_limit:
             raise ApiError(400, f"max_new_tokens must be from 1 to {model_limit}", "max_new_tokens")
-        make = GenerationConfig.greedy if body.greedy else GenerationConfig
-        generation = make(max_new_tokens=wanted, position_mode="train")
+        if tts is not None:  # TTSV2's settings, as its synthesize completes them
+            make = GenerationConfig.greedy if body.greedy else official_v2
+            generation = tts._generation_config(make(max_new_tokens=wanted), None)
+        else:
+            make = GenerationConfig.greedy if body.greedy else GenerationConfig
+            generation = make(max_new_tokens=wanted, position_mode="train")
         generator = torch.Generator()
         if seed is not None:
             generator.manual_seed(seed)
@@ -219,11 +233,11 @@ def create_app(shared, scheduler, voices: dict[str, Path | bytes], limits: Limit
     return app
 
 
-async def _stream(job: SpeechJob, channel: asyncio.Queue, first, response_format: str):
+async def _stream(job: SpeechJob, channel: asyncio.Queue, first, response_format: str, sample_rate: int):
     finished = False
     try:
         if response_format == "wav":
-            yield wav_header()
+            yield wav_header(sample_rate)
         item = first
         while not isinstance(item, _Done):
             yield item.tobytes()
@@ -234,11 +248,11 @@ async def _stream(job: SpeechJob, channel: asyncio.Queue, first, response_format
             job.cancelled = (499, "the client closed the connection")
 
 
-def _encode(audio: np.ndarray, response_format: str) -> bytes:
+def _encode(audio: np.ndarray, response_format: str, sample_rate: int) -> bytes:
     if response_format == "pcm":
         return audio.astype("<i2").tobytes()
     buf = io.BytesIO()
-    sf.write(buf, audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    sf.write(buf, audio, sample_rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()
 
 

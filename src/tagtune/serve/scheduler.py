@@ -9,6 +9,9 @@ vocoder windows) to its ``on_chunk``. Requests join and leave between steps.
 Beams are rows: a request with 3-beam sampling holds 3 rows per sentence, reordered inside its own block. A
 request's sentences are decoded in the same length-sorted groups as ``TTS.synthesize`` (one group in the pool at
 a time), so a seeded request gives the codes the Python API gives for the same model.
+
+An IndexTTS-2 base decodes the same way with its 34-position prefix; its sentences go into the pool one at a
+time and its audio comes a segment at a time (``serve.v2``, where the design is explained).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from tagtune.generation.batched import length_groups, pad_rows
 from tagtune.generation.decoder import prepare_prompt
 from tagtune.generation.pool import DecodePool
 from tagtune.generation.stepwise import new_search
+from tagtune.serve.v2 import start_v2
 from tagtune.synthesis.reference import ReferenceCache
 from tagtune.synthesis.stream import SpeechStream
 
@@ -63,8 +67,8 @@ class SpeechJob:
     steps: int = 0  # decode steps this job took part in
     # running state
     groups: list[list[int]] = field(default_factory=list)
-    speech: SpeechStream | None = None
-    conds: torch.Tensor | None = None
+    speech: SpeechStream | None = None  # or serve.v2.SegmentSpeech
+    conds: torch.Tensor | None = None  # the decode prefix: 32 speaker latents (1.x), 34 positions (v2)
     member: object = None
     search: object = None
     logits: torch.Tensor | None = None
@@ -76,7 +80,7 @@ class Scheduler:
 
     def __init__(self, shared, *, max_active: int = 8, max_queue: int = 16, batch_size: int = 8):
         self.shared, self.max_active, self.max_queue, self.batch_size = shared, max_active, max_queue, batch_size
-        self.references = ReferenceCache(shared.gpt, shared.vocoder, shared.mel)
+        self.references = ReferenceCache(shared.gpt, shared.vocoder, shared.mel) if shared.family == "v1" else None
         self.pools = {name: DecodePool(lane) for name, lane in shared.lanes.items()}
         self.waiting: deque[SpeechJob] = deque()
         self.running: list[SpeechJob] = []
@@ -159,19 +163,29 @@ class Scheduler:
         if job.cancelled or time.monotonic() > job.deadline:
             job.on_done(job.cancelled or TIMED_OUT)
             return
+        lane = self.shared.lanes[job.lane]
+        lane.activate()
         try:
-            ref = self.references.get(job.voice)
+            self._start(job, lane)
         except UserError as e:
             job.on_done((400, str(e)))
             return
-        lane = self.shared.lanes[job.lane]
+        self.running.append(job)
+        self._join_group(job)
+
+    def _start(self, job: SpeechJob, lane) -> None:
+        """The job's prefix, sentence groups and audio stage (raises UserError for an unusable reference)."""
+        if self.shared.family == "v2":  # one segment at a time, in order, as TTSV2.synthesize decodes them
+            tts = self.shared.tts
+            job.conds, job.speech = start_v2(tts[job.lane], tts[self.shared.base_name], job.voice, job.sentences,
+                                             job.generator)
+            job.groups = [[i] for i in range(len(job.sentences))]
+            return
+        ref = self.references.get(job.voice)
         job.conds = ref.conds
         job.groups = length_groups([len(s) for s in job.sentences], self.batch_size)
         job.speech = SpeechStream(lane, self.shared.vocoder, ref.conds, ref.speaker, job.sentences,
                                   job.generation.max_new_tokens)
-        self.running.append(job)
-        lane.activate()
-        self._join_group(job)
 
     def _join_group(self, job: SpeechJob) -> None:
         """Put the job's next sentence group into its lane's pool (prefill now, first code next step)."""

@@ -317,7 +317,7 @@ class TTSV2:
     def _segment(self, speaker: SpeakerPromptV2, emovec, ids: list[int], cfg, generator, timings,
                  noise_seed: int | None = None, decoder=None):
         """One segment -> (codes (1, N) kept, float wav (1, samples) scaled to int16 range, or None)."""
-        m, spk = self.model, speaker.spk_cond_emb
+        spk = speaker.spk_cond_emb
         text_ids = torch.tensor([ids], dtype=torch.int32, device=self.device)
         t0 = time.perf_counter()
         out = generate_codes_v2(decoder or self.gpt, spk, text_ids, emovec, cfg, spk_lengths=feature_width_lengths(spk),
@@ -329,8 +329,17 @@ class TTSV2:
         if n == 0:
             log.warning("a segment produced no speech codes; skipped")
             return codes, None
-        lengths = torch.tensor([n], device=self.device)
-        latent = self.gpt(out.conds, emovec, text_ids, torch.tensor([len(ids)], device=self.device), codes, lengths)
+        return codes, self.segment_audio(speaker, emovec, ids, codes, out.conds, generator, timings, noise_seed)
+
+    def segment_audio(self, speaker: SpeakerPromptV2, emovec, ids: list[int], codes: torch.Tensor,
+                      conds: torch.Tensor, generator=None, timings=None, noise_seed: int | None = None):
+        """The back end of one segment: its final codes (1, N), N > 0, and speaker latents ``conds`` (1, 32, D)
+        -> float wav (1, samples) scaled to int16 range (latent pass, s2mel, BigVGAN v2)."""
+        m, timings = self.model, timings if timings is not None else {}
+        t1 = time.perf_counter()
+        text_ids = torch.tensor([ids], dtype=torch.int32, device=self.device)
+        lengths = torch.tensor([codes.shape[1]], device=self.device)
+        latent = self.gpt(conds, emovec, text_ids, torch.tensor([len(ids)], device=self.device), codes, lengths)
         t2 = time.perf_counter()
         semantic = m.s2mel.semantic(m.semantic_codec.vq2emb(codes), latent)  # (1, N, 1024)
         condition = m.s2mel.content(semantic, mel_frames_for_codes(lengths))  # (1, frames, C)
@@ -339,10 +348,9 @@ class TTSV2:
         mel = m.s2mel.generate(speaker.prompt_condition, condition, speaker.ref_mel, speaker.style, noise)
         t3 = time.perf_counter()
         wav = m.vocoder(mel)[:, 0]  # (1, frames * 256)
-        timings["latents"] += t2 - t1
-        timings["s2mel"] += t3 - t2
-        timings["vocoder"] += time.perf_counter() - t3
-        return codes, torch.clamp(PCM_SCALE * wav, -PCM_SCALE, PCM_SCALE)
+        for stage, seconds in (("latents", t2 - t1), ("s2mel", t3 - t2), ("vocoder", time.perf_counter() - t3)):
+            timings[stage] = timings.get(stage, 0.0) + seconds
+        return torch.clamp(PCM_SCALE * wav, -PCM_SCALE, PCM_SCALE)
 
     def _noise(self, frames: int, generator: torch.Generator | None, seed: int | None) -> torch.Tensor:
         """CFM noise (1, 80, frames): seeded afresh, from the synthesis generator, or from the global RNG."""
