@@ -20,15 +20,25 @@ def language_quality(gpt: UnifiedVoice, examples: list[Example], clips: list[Cli
     """Per language: (summary numbers, the generation checks behind them); languages without clips are None."""
     mels = [c.mel for c in clips]
     pools = same_speaker(examples, train_idx + val_idx)
+    return per_language(clips, val_idx, check_texts, seed, "val_mel_ce",
+                        score=lambda idx: evaluate(gpt, examples, idx, mels, pools),
+                        check=lambda idx, s: check_generation(gpt, examples, mels, idx, train_idx, s))
+
+
+def per_language(clips: list[Clip], val_idx: list[int], check_texts: int, seed: int, ce_name: str, score,
+                 check) -> tuple[dict, dict]:
+    """The per-language summary of any base: ``score(indices)`` gives {"mel_loss", "text_loss"} (token CE),
+    ``check(indices, seed)`` the generation checks ({"stopped": bool, ...} each) of up to ``check_texts``
+    validation texts spread over the voices; the code CE is reported as ``ce_name``."""
     summary, checks = {}, {}
     for k, (lang, idx) in enumerate(by_language(clips, val_idx).items()):
         if not idx:
             summary[lang], checks[lang] = None, []
             continue
-        ce = evaluate(gpt, examples, idx, mels, pools)
-        checks[lang] = check_generation(gpt, examples, mels, _spread(idx, check_texts), train_idx, seed + k)
+        ce = score(idx)
+        checks[lang] = check(_spread(idx, check_texts), seed + k)
         stopped = sum(c["stopped"] for c in checks[lang])
-        summary[lang] = {"val_clips": len(idx), "val_mel_ce": round(ce["mel_loss"], 4),
+        summary[lang] = {"val_clips": len(idx), ce_name: round(ce["mel_loss"], 4),
                          "val_text_ce": round(ce["text_loss"], 4), "checked": len(checks[lang]),
                          "stopped": stopped, "stop_rate": round(stopped / len(checks[lang]), 4)}
     return summary, checks

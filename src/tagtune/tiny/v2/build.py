@@ -25,15 +25,28 @@ import torch
 
 from tagtune.checkpoint import atomic_write_text, file_sha256
 from tagtune.tiny.build import Timer, make_tokenizer, torch_threads
-from tagtune.tiny.corpus import by_language, load_clips, make_corpus, split_by_speaker
+from tagtune.tiny.corpus import check_voice_roles, load_clips, make_corpus, split_by_speaker
 from tagtune.tiny.pretrain import PretrainSettings
+from tagtune.tiny.quality import per_language
 from tagtune.tiny.v2 import files, frontend
 from tagtune.tiny.v2.pretrain import ExampleV2, check_generation, evaluate, pretrain, same_speaker
 from tagtune.tiny.v2.settings import BuildSettingsV2, tiny_config_v2
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "assets" / "tiny-base-v2"
-SEED_OFFSETS = {"corpus": 0, "split": 1, "w2v_bert": 2, "codec": 3, "gpt": 4, "aux": 5}
+SEED_OFFSETS = {"corpus": 0, "split": 1, "w2v_bert": 2, "codec": 3, "gpt": 4, "aux": 5, "codec_corpus": 6}
+CODEC_CORPUS_UNTAGGED = 0.5  # half of the codec's extra clips have no event
 BUILD_FILE = "BUILD.json"
+
+
+def make_codec_corpus(out_dir: Path, n_clips: int, seed: int, engine: str, chinese_fraction: float) -> dict:
+    """Clips of the pre-training voices with the generator's events in half of them, for fitting the codec."""
+    from tagtune.synthetic import generate_corpus
+
+    info = generate_corpus(out_dir, n_clips=n_clips, seed=seed, untagged_fraction=CODEC_CORPUS_UNTAGGED,
+                           engine=engine, chinese_fraction=chinese_fraction)
+    check_voice_roles(info.speaker_counts, info.engine)
+    return {"n_clips": info.n_clips, "languages": info.language_counts, "tags": info.tag_counts,
+            "hours": round(info.total_seconds / 3600, 3)}
 
 
 def make_examples(clips, tok, feats, codes, cfg) -> list[ExampleV2]:
@@ -52,27 +65,12 @@ def fitting(examples: list[ExampleV2], indices: list[int], cfg) -> list[int]:
             and len(examples[i].codes) <= cfg.gpt.max_mel_tokens]
 
 
-def _spread(indices: list[int], n: int) -> list[int]:
-    if len(indices) <= n:
-        return list(indices)
-    return [indices[int(j)] for j in torch.linspace(0, len(indices) - 1, n).round().long().tolist()]
-
-
 def language_quality(gpt, examples, clips, train_idx, val_idx, check_texts: int, seed: int) -> tuple[dict, dict]:
     """Per language: validation code CE and the stop-code rate of sampled generations (and the checks)."""
     pools = same_speaker(examples, train_idx + val_idx)
-    summary, checks = {}, {}
-    for k, (lang, idx) in enumerate(by_language(clips, val_idx).items()):
-        if not idx:
-            summary[lang], checks[lang] = None, []
-            continue
-        ce = evaluate(gpt, examples, idx, pools)
-        checks[lang] = check_generation(gpt, examples, _spread(idx, check_texts), train_idx, seed + k)
-        stopped = sum(c["stopped"] for c in checks[lang])
-        summary[lang] = {"val_clips": len(idx), "val_code_ce": round(ce["mel_loss"], 4),
-                         "val_text_ce": round(ce["text_loss"], 4), "checked": len(checks[lang]),
-                         "stopped": stopped, "stop_rate": round(stopped / len(checks[lang]), 4)}
-    return summary, checks
+    return per_language(clips, val_idx, check_texts, seed, "val_code_ce",
+                        score=lambda idx: evaluate(gpt, examples, idx, pools),
+                        check=lambda idx, s: check_generation(gpt, examples, idx, train_idx, s))
 
 
 def build_tiny_model_v2(out_dir: str | Path = DEFAULT_OUT, seed: int = 0, settings: BuildSettingsV2 | None = None,
@@ -86,18 +84,24 @@ def build_tiny_model_v2(out_dir: str | Path = DEFAULT_OUT, seed: int = 0, settin
             corpus = make_corpus(Path(tmp) / "corpus", s.n_clips, seeds["corpus"], s.engine, s.chinese_fraction)
             clips = load_clips(Path(tmp) / "corpus")
             train_idx, val_idx = split_by_speaker(clips, s.val_fraction, seeds["split"])
+            corpus["codec_fit"] = make_codec_corpus(Path(tmp) / "codec", s.codec_clips, seeds["codec_corpus"],
+                                                    s.engine, s.chinese_fraction)
+            codec_clips = load_clips(Path(tmp) / "codec")
         with timer.stage("tokenizer", log):
             bpe, tok = make_tokenizer(clips, train_idx, s.vocab_size)
             cfg = tiny_config_v2(tok.vocab_size, s.sizes)
         with timer.stage("semantic front end", log):
             w2v = frontend.build_w2v_bert(s.sizes, seeds["w2v_bert"])
             files.round_trip(w2v, files.STORAGE_DTYPES["w2v_bert"])  # the stored weights give the stored codes
-            states = frontend.hidden_states(w2v, frontend.feature_extractor(), [c.wav.numpy() for c in clips])
-            stats = frontend.feature_stats(states, train_idx)
+            extractor = frontend.feature_extractor()
+            states = frontend.hidden_states(w2v, extractor, [c.wav.numpy() for c in clips + codec_clips])
+            fit_idx = train_idx + list(range(len(clips), len(states)))  # training clips + the codec's own
+            stats = frontend.feature_stats(states, fit_idx)
             feats = frontend.normalise(states, stats)
             del states
-            codec, codec_stats = frontend.fit_codec(cfg.semantic_codec, feats, train_idx, s.codec_fit_frames,
+            codec, codec_stats = frontend.fit_codec(cfg.semantic_codec, feats, fit_idx, s.codec_fit_frames,
                                                     seeds["codec"])
+            feats = feats[: len(clips)]
             files.round_trip_codec(codec)  # encode with the stored values
             codes = frontend.encode_codes(codec, feats)
             all_codes = torch.cat([codes[i] for i in train_idx])
@@ -154,10 +158,14 @@ def build_record(s: BuildSettingsV2, command: str, seeds: dict, corpus: dict, ti
             "Corpus: untagged English and Mandarin (espeak-ng cmn) read by the pretrain voices only; the fine-tune "
             "and held-out voices of voice_roles never reach the base (the build raises otherwise).",
             "w2v-BERT 2.0: seeded random init at width 1024 (the official GPT's conditioner input), one layer, "
-            "read as hidden_states[1]; wav2vec2bert_stats.pt: mean and variance of that layer on the training clips.",
+            "read as hidden_states[1], the output projections of its residual branches scaled by 0.1 (a full-scale "
+            "random layer mixes every frame with the whole utterance); wav2vec2bert_stats.pt: mean and variance of "
+            "that layer on the fitting clips.",
             "Semantic codec: seeded random encoder; in_project = the top codebook_dim principal directions of its "
-            "output on the training clips, out_project their transpose, codebook = spherical k-means of the "
-            "projected frames.",
+            "output on the fitting clips, out_project their transpose, codebook = spherical k-means of the "
+            "projected frames. Fitting clips: the GPT's training clips plus corpus.codec_fit (the same voices, half "
+            "of its clips with the generator's laughs, giggles or sighs): a codec needs codes for those sounds. "
+            "The GPT never hears an event: its corpus is untagged.",
             "GPT: pre-trained on the semantic codes, speaker and emotion prompt = a crop of another clip of the same "
             "speaker. s2mel, CAMPPlus, BigVGAN v2 and the emotion matrices are seeded random networks: the tiny "
             "base's audio is noise, and what it learns is judged on the semantic codes.",

@@ -109,6 +109,7 @@ class BuildSettingsV2:
     engine: str = "auto"
     vocab_size: int = 512
     sizes: TinySizesV2 = field(default_factory=TinySizesV2)
+    codec_clips: int = 400  # clips with events (half of them), same voices and languages: codec fitting only
     codec_fit_frames: int = 60000  # feature rows the codec's projection and codebook are fitted on
     gpt_steps: int = 700
     gpt_batch: int = 16
@@ -120,7 +121,7 @@ class BuildSettingsV2:
     def quick(cls, **overrides) -> BuildSettingsV2:
         """Seconds-long settings for tests: same code path, tiny corpus and step counts."""
         sizes = TinySizesV2(model_dim=32, layers=1, heads=2, max_mel_tokens=600, max_text_tokens=120)
-        base = dict(n_clips=30, val_fraction=0.1, vocab_size=200, sizes=sizes, codec_fit_frames=2000,
+        base = dict(n_clips=30, val_fraction=0.1, vocab_size=200, sizes=sizes, codec_clips=10, codec_fit_frames=2000,
                     gpt_steps=3, gpt_batch=4, check_texts=1)
         return cls(**{**base, **overrides})
 
