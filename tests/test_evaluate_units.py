@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tagtune.evaluate.detector import NONE, CodeEventDetector, window_features, window_labels
+from tagtune.evaluate.detector import NONE, CodeEventDetector, choose_window, window_features, window_labels
 from tagtune.evaluate.freerun import strip_tags, summarize_free
 from tagtune.evaluate.nll import ScoreRow, code_nll, code_span
 from tagtune.evaluate.reliance import TrialScore, occurrences, summarize, with_other_tag, without_tag
@@ -178,3 +178,11 @@ def test_plain_tag_rows_are_the_short_mean_row():
     assert new.norm(dim=1).max() < 0.5 * state["text_embedding.weight"][:n].norm(dim=1).median()
     torch.testing.assert_close(grown["text_head.bias"][n : n + 3], state["text_head.bias"][:n].mean().expand(3))
     assert torch.equal(grown["text_embedding.weight"][-1], state["text_embedding.weight"][-1])
+
+
+def test_detector_windows_span_the_same_time_at_both_code_rates():
+    """8 DVAE codes (1024 samples each) are ~0.34 s; IndexTTS-2's semantic codes (480 samples) need 17 for it."""
+    assert choose_window([]) == 8 and choose_window([], samples_per_code=480) == 17
+    assert choose_window([20, 30, 40]) == 8 and choose_window([20, 30, 40], samples_per_code=480) == 17
+    assert choose_window([5, 6, 7], samples_per_code=480) == 6  # shorter events: their median length
+    assert choose_window([1, 1, 2]) == 3  # never below MIN_WINDOW

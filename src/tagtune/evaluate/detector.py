@@ -20,8 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tagtune.audio import SAMPLES_PER_CODE
+
 NONE = "none"
-WINDOW = 8  # codes per window (~0.34 s), shrunk for corpora with shorter events
+WINDOW = 8  # DVAE codes per window (~0.34 s; the same time at other code rates), shrunk for shorter events
 MIN_WINDOW = 3
 COVERAGE = 0.6  # share of a window an event must cover to label it
 STRIDE_TRAIN = 2
@@ -74,12 +76,19 @@ def window_labels(n_codes: int, spans: list[tuple[str, int, int]], window: int) 
     return labels
 
 
-def choose_window(event_lengths: list[int]) -> int:
-    """WINDOW, or the median event length (in codes) when events are shorter."""
+def longest_window(samples_per_code: int = SAMPLES_PER_CODE) -> int:
+    """The longest window in codes at a code rate: WINDOW DVAE codes' duration (0.34 s), so that windows and runs
+    span the same time on IndexTTS-2's 50 codes per second (17 codes) as on 1.x's DVAE codes (8)."""
+    return max(MIN_WINDOW, round(WINDOW * SAMPLES_PER_CODE / samples_per_code))
+
+
+def choose_window(event_lengths: list[int], samples_per_code: int = SAMPLES_PER_CODE) -> int:
+    """The longest window at the code rate, or the median event length (in codes) when events are shorter."""
+    longest = longest_window(samples_per_code)
     if not event_lengths:
-        return WINDOW
+        return longest
     median = sorted(event_lengths)[len(event_lengths) // 2]
-    return max(MIN_WINDOW, min(WINDOW, median))
+    return max(MIN_WINDOW, min(longest, median))
 
 
 class CodeEventDetector:

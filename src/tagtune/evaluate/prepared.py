@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from tagtune.audio import SAMPLES_PER_CODE
 from tagtune.data import PreparedDataset
 from tagtune.evaluate.detector import CodeEventDetector, choose_window
 from tagtune.evaluate.freerun import FreeRunSettings, Prompt, generate, strip_tags
@@ -86,7 +87,8 @@ def train_detector(codebook, train: list[dict], val: list[dict], tags, tag_ids, 
         return None, {"available": False, "reason": "the corpus has no event boundaries"}
     random.Random(seed).shuffle(fit_clips)
     fit_clips = fit_clips[:MAX_DETECTOR_CLIPS]
-    window = choose_window([b - a for _, spans in fit_clips for _, a, b in spans])
+    window = choose_window([b - a for _, spans in fit_clips for _, a, b in spans],
+                           train[0].get("samples_per_code", SAMPLES_PER_CODE))  # IndexTTS-2 items name their rate
     det = CodeEventDetector(codebook, list(tags.tags), window)
     counts = det.fit(fit_clips, seed, negatives)
     return det, {"available": True, "window_codes": window, "min_run_windows": det.min_run, "train_windows": counts,
