@@ -92,6 +92,8 @@ def test_only_adapters_and_tag_rows_are_saved(trained_run, shipped_base):
                                                                           "mlp.c_proj") for ab in "AB"}}
     meta = json.loads((run_dir / "best" / "tagtune_adapter.json").read_text())
     assert meta["step"] == result.best_step and meta["new_token_ids"] == [vocab, vocab + 1]
+    config = json.loads((run_dir / "best" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(shipped_base.resolve())  # stock PEFT finds the base
 
 
 def _launch(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:

@@ -103,16 +103,16 @@ def save_weights(gpt, folder: Path, meta: dict, data, config: TrainConfig) -> No
     """Write release weights to ``folder``, replacing it whole (staged beside it, then renamed)."""
     with publish_folder(folder) as staged:
         write_weights(gpt, staged, meta, data.tokenizer_path, data.tags_path, config.lora.mode,
-                      folder.parent / START_ROWS)
+                      folder.parent / START_ROWS, base_model=str(data.base_dir))
 
 
 def write_weights(gpt, folder: Path, meta: dict, tokenizer: Path, tags: Path, mode: str,
-                  start_rows: Path | None = None) -> None:
+                  start_rows: Path | None = None, base_model: str | None = None) -> None:
     files = {TOKENIZER: tokenizer, TAGS: tags}
     if start_rows is not None and start_rows.is_file():
         files[START_ROWS] = start_rows
     if mode == "lora":
-        lora.save_adapter(gpt, folder, meta, files)
+        lora.save_adapter(gpt, folder, meta, files, base_model=base_model)  # PEFT's base_model_name_or_path
         return
     folder.mkdir(parents=True, exist_ok=True)
     save_safetensors(folder / FULL_WEIGHTS, lora.merge(gpt))
@@ -136,7 +136,7 @@ def save_checkpoint(accel, run_dir: Path, gpt, optimizer, scheduler, progress: t
         kept = [s for s in progress.kept if s != step] + [step]
         drop, progress.kept = kept[: -config.eval.keep_last], kept[-config.eval.keep_last :]
         write_weights(gpt, staged / ts.WEIGHTS, meta | {"step": step}, data.tokenizer_path, data.tags_path,
-                      config.lora.mode, run_dir / START_ROWS)
+                      config.lora.mode, run_dir / START_ROWS, base_model=str(data.base_dir))
         ts.write_state(staged, lora.trainable_state(gpt), optimizer, scheduler, progress)
         ts.publish(run_dir, step)
         for old in drop:
