@@ -109,7 +109,7 @@ def test_report_has_the_acceptance_checks_unjudged(demo):
 def test_settings_per_family():
     assert DemoSettings.full() == DemoSettings() and DemoSettings.quick().model_family == "v1"
     v2 = DemoSettings.full(seed=3, model_family="v2")
-    assert (v2.model_family, v2.clips, v2.steps, v2.free_prompts, v2.seed) == ("v2", 800, 400, 64, 3)
+    assert (v2.model_family, v2.clips, v2.steps, v2.free_prompts, v2.seed) == ("v2", 1600, 800, 64, 3)
     quick = DemoSettings.quick(seed=3, model_family="v2")
     assert (quick.model_family, quick.smoke, quick.steps) == ("v2", True, 20)
     with pytest.raises(ValueError, match="model_family"):
