@@ -16,7 +16,15 @@ import torch
 from tagtune.config import GPTV2Config
 from tagtune.generation.v2 import generate_codes_v2, official_v2
 from tagtune.models.v2.gpt import UnifiedVoiceV2
-from tagtune.tiny.pretrain import GRAD_CLIP, TEXT_WEIGHT, WEIGHT_DECAY, PretrainSettings, batch_order, lr_at
+from tagtune.tiny.pretrain import (
+    GRAD_CLIP,
+    TEXT_WEIGHT,
+    WEIGHT_DECAY,
+    PretrainSettings,
+    batch_order,
+    lr_at,
+    pick_prompt,
+)
 from tagtune.train.v2_batch import RowLossesV2, collate_v2
 
 PROMPT_ROWS = 100  # 2 s of features at 50 rows/s: a speaker identity, cheap for the conformers
@@ -48,8 +56,10 @@ def prompt_rows(features: torch.Tensor, gen: torch.Generator | None) -> torch.Te
 
 
 def _other(i: int, examples: list[ExampleV2], pools: dict[str, list[int]], gen: torch.Generator | None) -> int:
-    pool = [j for j in pools[examples[i].speaker] if j != i] or [i]
-    return pool[int(torch.randint(len(pool), (1,), generator=gen))] if gen is not None else pool[0]
+    """Another clip of the same speaker: drawn with ``gen``, else the first (fixed prompts)."""
+    if gen is not None:
+        return pick_prompt(i, examples, pools, gen)
+    return ([j for j in pools[examples[i].speaker] if j != i] or [i])[0]
 
 
 def make_items(rows: list[int], examples: list[ExampleV2], pools: dict[str, list[int]],
@@ -98,9 +108,8 @@ def pretrain(cfg: GPTV2Config, examples: list[ExampleV2], train_idx: list[int], 
     history = {"initial_val": evaluate(model, examples, val_idx, pools_val), "train": []}
     model.train()
     queue: list[list[int]] = []
-    by_length = [_Len(e) for e in examples]
     for step in range(s.steps):
-        queue = queue or batch_order(by_length, train_idx, s.batch_size, gen)
+        queue = queue or batch_order(examples, train_idx, s.batch_size, gen)
         batch = collate_v2(make_items(queue.pop(0), examples, pools_train, gen), cfg)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, s)
@@ -117,13 +126,6 @@ def pretrain(cfg: GPTV2Config, examples: list[ExampleV2], train_idx: list[int], 
     model.eval()
     history["final_val"] = evaluate(model, examples, val_idx, pools_val)
     return model, history
-
-
-class _Len:
-    """What ``tiny.pretrain.batch_order`` reads of an example: its codes (for the length sort)."""
-
-    def __init__(self, e: ExampleV2):
-        self.codes = e.codes
 
 
 @torch.no_grad()
