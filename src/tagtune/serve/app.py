@@ -208,7 +208,7 @@ def create_app(shared, scheduler, voices: dict[str, Path | bytes], limits: Limit
             raise ApiError(400, f"max_new_tokens must be from 1 to {model_limit}", "max_new_tokens")
         if tts is not None:  # TTSV2's settings, as its synthesize completes them
             make = GenerationConfig.greedy if body.greedy else official_v2
-            generation = tts._generation_config(make(max_new_tokens=wanted), None)
+            generation = tts.generation_config(make(max_new_tokens=wanted), None)
         else:
             make = GenerationConfig.greedy if body.greedy else GenerationConfig
             generation = make(max_new_tokens=wanted, position_mode="train")

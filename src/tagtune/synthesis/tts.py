@@ -209,7 +209,7 @@ class TTS:
         start = time.perf_counter()
         sentences = self.sentences(text, max_sentence_tokens)  # text first: checked without touching the audio
         ref = self.reference(reference)
-        cfg = self._generation_config(generation, compat)
+        cfg = self.generation_config(generation, compat)
         generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
         run = self._run_official if compat else self._run_fast
         out = run(ref, sentences, cfg, generator)
@@ -228,11 +228,11 @@ class TTS:
         seed = check_seed(seed)
         sentences = self.sentences(text, max_sentence_tokens)
         ref = self.reference(reference)
-        cfg = self._generation_config(generation, None)
+        cfg = self.generation_config(generation, None)
         generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
         return stream_speech(self, ref, sentences, cfg, generator)
 
-    def _generation_config(self, generation: GenerationConfig | None, compat: str | None) -> GenerationConfig:
+    def generation_config(self, generation: GenerationConfig | None, compat: str | None) -> GenerationConfig:
         cfg = generation or GenerationConfig()
         limit = self.gpt.cfg.max_mel_tokens  # the official limit is 600 new codes; tiny models hold fewer
         cfg = replace(cfg, max_new_tokens=min(cfg.max_new_tokens, limit))

@@ -289,7 +289,7 @@ class TTSV2:
         speaker = self.speaker(reference)
         emo_cond_emb = self.emotion_features(emotion)
         emovec = self.emotion_vector(speaker, emo_cond_emb, emo_alpha, weights)
-        cfg = self._generation_config(generation, compat)
+        cfg = self.generation_config(generation, compat)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         timings = {"emotion": time.perf_counter() - start, "gpt": 0.0, "latents": 0.0, "s2mel": 0.0, "vocoder": 0.0}
         waves, kept, steps = [], [], 0
@@ -305,7 +305,7 @@ class TTSV2:
         timings["total"] = time.perf_counter() - start
         return Synthesis(audio, S2MEL_SAMPLE_RATE, segments, kept, timings, steps)
 
-    def _generation_config(self, generation: GenerationConfig | None, compat: str | None) -> GenerationConfig:
+    def generation_config(self, generation: GenerationConfig | None, compat: str | None) -> GenerationConfig:
         cfg = generation or official_v2()
         # beam sampling starts from beam 0 alone in the transformers release IndexTTS2 runs on, whatever the caller
         cfg = replace(cfg, max_new_tokens=min(cfg.max_new_tokens, self.gpt.cfg.max_mel_tokens),
