@@ -215,7 +215,7 @@ def test_set_overrides_any_recipe_key(capsys, tmp_path, monkeypatch):
     training = importlib.import_module("tagtune.train")  # the package (tagtune.train is also the function)
     seen = {}
 
-    def record(data, out, cfg, resume=False):
+    def record(data, out, cfg, resume=False, on_validate=None):
         seen["cfg"] = cfg
         raise KeyboardInterrupt  # the recipe is what this test is about, not the run
 

@@ -198,7 +198,7 @@ def _train(a) -> int:
         cfg = TrainConfig.from_yaml(a.config or shipped_recipe()).with_settings(settings).with_overrides(**overrides)
         if a.no_progress:
             cfg.runtime.progress_bar = False
-        res = train(a.data, a.out, cfg, resume=a.resume)
+        res = train(a.data, a.out, cfg, resume=a.resume, on_validate=_sample_hook(a.data, cfg))
     except TrainConfigError as e:  # a recipe key this command line set: say which flag set it
         flags = [flag for key, flag in set_by.items() if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", str(e))]
         if flags:
@@ -211,6 +211,46 @@ def _train(a) -> int:
     if res.forgetting_pct is not None:
         print(f"untagged val loss vs base: {res.forgetting_pct:+.2f}%")
     return 0
+
+
+def _sample_hook(data_dir: Path, cfg):
+    """The hook that speaks the recipe's ``eval.sample_sentences`` at each validation (None without any), in the
+    voice of ``eval.sample_reference`` or else of a validation clip."""
+    if not cfg.eval.sample_sentences:
+        return None
+    from tagtune.synthesis.run_samples import TrainingSamples
+    from tagtune.train.data import DataError, open_data
+
+    try:
+        data = open_data(data_dir)
+    except DataError:
+        return None  # train() opens it next and says what is wrong with it
+    reference = cfg.eval.sample_reference or _validation_voice(data)
+    return TrainingSamples(data.base_dir, reference, cfg.seed) if reference is not None else None
+
+
+def _validation_voice(data):
+    """The audio (a path, or bytes) of a validation clip, untagged and long enough for a voice when one is, from
+    the corpus DATA_DIR was prepared from; None, with a warning, when that corpus no longer gives it."""
+    from tagtune.data.sources import SourceError, open_source
+    from tagtune.synthesis.reference import MIN_REFERENCE_SECONDS
+
+    clips = [e for e in data.val.examples if e.get("seconds", 0) >= MIN_REFERENCE_SECONDS] or data.val.examples
+    if not clips:
+        return None  # no validation split: nothing is validated, so nothing is spoken
+    clip = next((e for e in clips if not e["has_tag"]), clips[0])
+    corpus, index = data.manifest.get("source", {}).get("name"), clip.get("index")
+    try:
+        source = open_source(corpus)
+        if source.records()[index].source_id == clip.get("source_id"):
+            return source.audio(index, index + 1)[0]
+        problem = "the corpus lists another clip there"
+    except (SourceError, OSError, IndexError, TypeError) as e:
+        problem = str(e)
+    logging.getLogger(__name__).warning(
+        "eval.sample_sentences: no samples: validation clip %s of corpus %s cannot be read (%s); set "
+        "eval.sample_reference to an audio file", clip.get("source_id"), corpus, problem)
+    return None
 
 
 def _export(a) -> int:

@@ -196,13 +196,14 @@ class ModelSettings:
 
 @dataclass
 class EvalSettings:
-    """Validation, checkpoints and the forgetting guard."""
+    """Validation, checkpoints, the forgetting guard and the samples spoken at each validation."""
 
     every_steps: int = 100
     save_every_steps: int = 100  # resumable checkpoint interval (also written at each validation)
     keep_last: int = 3
     forgetting_tolerance_pct: float = 5.0  # warn when untagged val loss exceeds the base model's by this much
-    sample_sentences: list[str] = field(default_factory=list)  # synthesised at each validation by a hook
+    sample_sentences: list[str] = field(default_factory=list)  # spoken at each validation (`tagtune train`)
+    sample_reference: str | None = None  # their voice (an audio file); null: an untagged validation clip
 
     def __post_init__(self):
         _check_types(self, "eval")
