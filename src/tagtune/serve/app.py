@@ -1,8 +1,9 @@
 """The HTTP face of the server (FastAPI): an OpenAI-compatible speech endpoint, models, voices, health.
 
     POST /v1/audio/speech   {model, input, voice, response_format: wav|pcm, stream, seed?, greedy?,
-                             max_new_tokens?}: 16-bit mono audio (24 kHz from IndexTTS 1.x, 22.05 kHz
-                            from IndexTTS-2), whole or streamed as generated (IndexTTS-2: a segment at a time)
+                             max_new_tokens?, IndexTTS-2 only: emo_voice?, emo_alpha?, emo_vector?, emo_text?}:
+                            16-bit mono audio (24 kHz from IndexTTS 1.x, 22.05 kHz from IndexTTS-2), whole or
+                            streamed as generated (IndexTTS-2: a segment at a time)
     GET  /v1/models         the base and every adapter, by name
     GET  /v1/voices         registered and uploaded voices; POST /v1/voices?name=NAME with the audio file as
                             the body uploads one
@@ -13,7 +14,12 @@ request, 404 for an unknown model, 413 for an upload over the limits, 429 when t
 shutting down, 504 past the request time limit.
 
 On an IndexTTS-2 base, text is split by TTSV2's segment rules and decoding defaults to TTSV2's (the official
-IndexTTS2 settings); emotion follows the speaker reference, as the official default.
+IndexTTS2 settings). Emotion takes ``TTSV2.synthesize``'s settings: ``emo_voice`` (a registered or uploaded voice
+as the emotion reference) blended by ``emo_alpha`` (0-1, default 1), ``emo_vector`` (8 weights >= 0: happy,
+angry, sad, afraid, disgusted, melancholic, surprised, calm; scaled by ``emo_alpha``) or ``emo_text`` (an
+emotion description for the folder's QwenEmotion model; "" means the input text). A vector or text replaces the
+emotion reference; without any, the speaker reference is the emotion reference, as the official default. They
+are refused (400) on an IndexTTS 1.x model.
 """
 
 from __future__ import annotations
@@ -40,18 +46,23 @@ from tagtune.audio import SAMPLE_RATE
 from tagtune.errors import UserError
 from tagtune.generation import GenerationConfig
 from tagtune.generation.v2 import official_v2
+from tagtune.loaders import AuxModelError
 from tagtune.serve.limits import Limits
 from tagtune.serve.scheduler import QueueFull, ShuttingDown, SpeechJob
 from tagtune.synthesis.reference import MIN_REFERENCE_SECONDS, read_reference_audio
 from tagtune.synthesis.tts import MAX_SENTENCE_TOKENS, check_seed, text_to_sentences
+from tagtune.synthesis.tts_v2 import check_emotion_alpha, check_emotion_vector
 
 FORMATS = {"wav": "audio/wav", "pcm": "audio/pcm"}
 VOICE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 STREAMED_SIZE = 0xFFFFFFFF  # RIFF and data sizes of a wav whose length is not known when its header is sent
+EMOTION_FIELDS = ("emo_voice", "emo_alpha", "emo_vector", "emo_text")  # IndexTTS-2 only
 
 
 class SpeechBody(BaseModel):
-    """OpenAI's speech request, plus ``seed``, ``greedy`` and ``max_new_tokens``; unknown fields are refused."""
+    """OpenAI's speech request, plus ``seed``, ``greedy``, ``max_new_tokens`` and IndexTTS-2's emotion settings
+    (``EMOTION_FIELDS``, as ``TTSV2.synthesize`` takes them; ``emo_voice`` names a voice as ``voice`` does);
+    unknown fields are refused."""
 
     model_config = ConfigDict(extra="forbid")
     model: str
@@ -65,6 +76,10 @@ class SpeechBody(BaseModel):
     seed: int | None = None
     greedy: bool = False
     max_new_tokens: int | None = None
+    emo_voice: str | None = None
+    emo_alpha: float | None = None
+    emo_vector: list[float] | None = None
+    emo_text: str | None = None
 
 
 class ApiError(Exception):
@@ -194,6 +209,7 @@ def create_app(shared, scheduler, voices: dict[str, Path | bytes], limits: Limit
             raise ApiError(400, f"voice {body.voice!r} is not known; known: {sorted(voices)} (upload one with "
                            "POST /v1/voices?name=NAME)", "voice")
         tts = shared.tts.get(body.model)  # IndexTTS-2: the lane's TTSV2
+        emotion = _emotion(body, tts)
         try:
             if tts is not None:
                 sentences = tts.sentences(body.input)
@@ -227,8 +243,43 @@ def create_app(shared, scheduler, voices: dict[str, Path | bytes], limits: Limit
 
         job = SpeechJob(body.model, sentences, voices[body.voice], generation, generator,
                         on_chunk=send, on_done=lambda error: send(_Done(error)),
-                        deadline=time.monotonic() + limits.request_timeout)
+                        deadline=time.monotonic() + limits.request_timeout, text=body.input, emotion=emotion)
         return job, body.stream or body.stream_format == "audio", channel
+
+    def _emotion(body: SpeechBody, tts) -> dict:
+        """The request's emotion settings as TTSV2.synthesize keywords, checked as it checks them (ApiError)."""
+        given = [name for name in EMOTION_FIELDS if getattr(body, name) is not None]
+        if not given:
+            return {}
+        if tts is None:
+            raise ApiError(400, f"{given[0]} is an IndexTTS-2 setting; model {body.model!r} is an IndexTTS 1.x "
+                           "model, whose emotion follows the voice", given[0])
+        emotion = {}
+        if body.emo_voice is not None:
+            if body.emo_voice not in voices:
+                raise ApiError(400, f"emo_voice {body.emo_voice!r} is not known; known: {sorted(voices)} (upload "
+                               "one with POST /v1/voices?name=NAME)", "emo_voice")
+            emotion["emotion"] = voices[body.emo_voice]
+        try:
+            if body.emo_alpha is not None:
+                emotion["emo_alpha"] = check_emotion_alpha(body.emo_alpha)
+            if body.emo_vector is not None:
+                emotion["emo_vector"] = check_emotion_vector(body.emo_vector)
+        except UserError as e:
+            raise ApiError(400, str(e), e.params[0] if e.params else None) from None
+        if body.emo_text is not None:
+            if len(body.emo_text) > limits.max_text_chars:
+                raise ApiError(400, f"emo_text has {len(body.emo_text)} characters; the limit is "
+                               f"{limits.max_text_chars}", "emo_text")
+            try:
+                has_qwen = tts.model.qwen_emotion_dir is not None  # the folder's QwenEmotion model, or AuxModelError
+            except AuxModelError:
+                has_qwen = False
+            if not has_qwen:
+                raise ApiError(400, f"emo_text needs a QwenEmotion model, which model {body.model!r} does not "
+                               "have on this server; send emo_vector or emo_voice instead", "emo_text")
+            emotion["emo_text"] = body.emo_text
+        return emotion
 
     return app
 

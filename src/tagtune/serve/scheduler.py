@@ -64,6 +64,8 @@ class SpeechJob:
     on_done: Callable[[tuple[int, str] | None], None]
     deadline: float = float("inf")  # time.monotonic() after which the job is cancelled (504)
     cancelled: tuple[int, str] | None = None  # set (from any thread) to stop the job with this error
+    text: str = ""  # the request's input (IndexTTS-2: what an empty emo_text describes)
+    emotion: dict = field(default_factory=dict)  # IndexTTS-2: TTSV2.synthesize's emotion keywords, checked
     steps: int = 0  # decode steps this job took part in
     # running state
     groups: list[list[int]] = field(default_factory=list)
@@ -170,6 +172,10 @@ class Scheduler:
         except UserError as e:
             job.on_done((400, str(e)))
             return
+        except Exception:  # noqa: BLE001 - this request's own start failed; the running ones are untouched
+            log.exception("a request failed before decoding; the others go on")
+            job.on_done((500, "internal error while preparing this request"))
+            return
         self.running.append(job)
         self._join_group(job)
 
@@ -178,7 +184,7 @@ class Scheduler:
         if self.shared.family == "v2":  # one segment at a time, in order, as TTSV2.synthesize decodes them
             tts = self.shared.tts
             job.conds, job.speech = start_v2(tts[job.lane], tts[self.shared.base_name], job.voice, job.sentences,
-                                             job.generator)
+                                             job.generator, job.text, job.emotion)
             job.groups = [[i] for i in range(len(job.sentences))]
             return
         ref = self.references.get(job.voice)

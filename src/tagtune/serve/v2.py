@@ -10,7 +10,10 @@ Segments are decoded one at a time in text order, as ``TTSV2.synthesize`` decode
 noise is drawn from the request's generator right after its segment's codes, so a seeded request gives the
 audio the Python API gives (``TTS.load(base, adapter).synthesize(..., seed=...)``).
 
-Emotion is the official default: the speaker reference is also the emotion reference (alpha 1).
+Emotion follows ``TTSV2.synthesize``: a request's emotion settings (an emotion reference and its alpha, eight
+weights, or an emotion description for QwenEmotion) become its emotion vector through ``TTSV2.emotion_choice``,
+the code ``synthesize`` runs; without them the speaker reference is also the emotion reference (alpha 1), the
+official default.
 """
 
 from __future__ import annotations
@@ -49,12 +52,17 @@ class SegmentSpeech:
 
 
 @torch.no_grad()
-def start_v2(tts, base_tts, voice, sentences: list[list[int]], generator: torch.Generator | None):
+def start_v2(tts, base_tts, voice, sentences: list[list[int]], generator: torch.Generator | None,
+             text: str = "", emotion: dict | None = None):
     """A request's decode prefix (1, 34, D) and its SegmentSpeech; ``tts`` is the lane's TTSV2 (its adapter
-    active), ``base_tts`` the base lane's, whose speaker-prompt cache every lane shares (the prompt does not
-    depend on the GPT). Raises ReferenceAudioError for an unusable reference."""
+    active), ``base_tts`` the base lane's, whose prompt caches and QwenEmotion every lane shares (prompts and
+    emotion weights do not depend on the GPT). ``emotion`` holds ``TTSV2.synthesize``'s emotion keywords
+    (``emotion``, ``emo_alpha``, ``emo_vector``, ``emo_text``) and ``text`` is the request's input (what an
+    empty ``emo_text`` describes). Raises ReferenceAudioError for an unusable reference, EmotionError for an
+    unusable emotion setting."""
     speaker = base_tts.speaker(voice)
-    emovec = tts.emotion_vector(speaker, base_tts.emotion_features(voice))  # (1, D): the speaker's own emotion
+    source, alpha, weights = base_tts.emotion_choice(text, voice, **(emotion or {}))
+    emovec = tts.emotion_vector(speaker, base_tts.emotion_features(source), alpha, weights)  # (1, D)
     spk = speaker.spk_cond_emb
     conds = tts.gpt.get_conditioning(spk, feature_width_lengths(spk))  # (1, 32, D)
     prefix = tts.gpt.conditioning_prefix(conds, emovec)  # (1, 34, D)

@@ -99,6 +99,17 @@ def check_emotion_vector(weights) -> list[float]:
     return values
 
 
+def check_emotion_alpha(emo_alpha) -> float:
+    """The strength of an emotion reference or vector: a number in [0, 1]."""
+    try:
+        alpha = float(emo_alpha)
+    except (TypeError, ValueError):
+        raise EmotionError(f"emo_alpha must be a number in [0, 1], got {emo_alpha!r}", params=("emo_alpha",)) from None
+    if not np.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
+        raise EmotionError(f"emo_alpha must be in [0, 1], got {emo_alpha}", params=("emo_alpha",))
+    return alpha
+
+
 def parse_emotion_vector(text: str) -> list[float]:
     """``"0,0,0.3,0,0,0,0.2,0"`` -> eight weights (checked)."""
     return check_emotion_vector([p for p in text.replace(" ", ",").split(",") if p])
@@ -258,6 +269,22 @@ class TTSV2:
             self._qwen = QwenEmotion.load(folder, device=self.device)
         return self._qwen.weights(text)
 
+    def emotion_choice(self, text: str, reference, emotion=None, emo_alpha: float = 1.0,
+                       emo_vector: list[float] | None = None, emo_text: str | None = None):
+        """``synthesize``'s emotion keywords -> (emotion prompt source, alpha, 8 scaled weights or None), the
+        arguments of ``emotion_features`` and ``emotion_vector``; EmotionError for a setting that cannot be used.
+        A vector or emotion text (QwenEmotion, "" meaning ``text``) replaces the prompt and is scaled by
+        ``emo_alpha``; without a prompt the speaker ``reference`` is the emotion prompt, at alpha 1."""
+        emo_alpha = check_emotion_alpha(emo_alpha)
+        weights = check_emotion_vector(emo_vector) if emo_vector is not None else None
+        if emo_text is not None:
+            weights = self.emotion_from_text(emo_text or text)
+        if weights is not None:
+            weights, emotion = scale_emotion_weights(weights, emo_alpha), None
+        if emotion is None:
+            emotion, emo_alpha = reference, 1.0
+        return emotion, emo_alpha, weights
+
     # ------------------------------------------------------------------------------------- synthesis
 
     @torch.no_grad()
@@ -274,18 +301,11 @@ class TTSV2:
         """
         if compat is not None and compat not in COMPAT_MODES:
             raise UserError(f"unknown compat mode {compat!r}; choose one of {COMPAT_MODES}")
-        if not np.isfinite(emo_alpha) or not 0.0 <= emo_alpha <= 1.0:
-            raise EmotionError(f"emo_alpha must be in [0, 1], got {emo_alpha}", params=("emo_alpha",))
+        check_emotion_alpha(emo_alpha)
         seed = check_seed(seed)
         start = time.perf_counter()
         segments = self.sentences(text, max_sentence_tokens)
-        weights = check_emotion_vector(emo_vector) if emo_vector is not None else None
-        if emo_text is not None:
-            weights = self.emotion_from_text(emo_text or text)
-        if weights is not None:
-            weights, emotion = scale_emotion_weights(weights, emo_alpha), None
-        if emotion is None:
-            emotion, emo_alpha = reference, 1.0
+        emotion, emo_alpha, weights = self.emotion_choice(text, reference, emotion, emo_alpha, emo_vector, emo_text)
         speaker = self.speaker(reference)
         emo_cond_emb = self.emotion_features(emotion)
         emovec = self.emotion_vector(speaker, emo_cond_emb, emo_alpha, weights)
