@@ -3,19 +3,36 @@ that differ from the base and from each other."""
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import torch
 
 from tagtune import lora
 from tagtune.lora import LoraSpec
+from tagtune.synthesis.stream import STREAM_TOLERANCE_LSB
 from tagtune.tags import TagSet, add_tag_pieces
 from tagtune.tags.rows import grow_base
 
 STARTUP_SECONDS = 60
+V2_RATE = 22050  # what an IndexTTS-2 base speaks at
+
+
+def v2_pcm(wav: bytes) -> np.ndarray:
+    """The int16 samples of a 22.05 kHz mono wav reply (an IndexTTS-2 model's)."""
+    audio, rate = sf.read(io.BytesIO(wav), dtype="int16")
+    assert rate == V2_RATE and audio.ndim == 1
+    return audio
+
+
+def within_stream_tolerance(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same length, and no sample further apart than streamed audio may be from whole audio."""
+    return a.shape == b.shape and int(np.abs(a.astype(int) - b.astype(int)).max(initial=0)) <= STREAM_TOLERANCE_LSB
 
 
 def make_adapter(base: Path, out: Path, tags: list[str], seed: int) -> Path:

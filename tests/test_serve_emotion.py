@@ -9,7 +9,6 @@ Unusable settings are refused with a 400 naming the field, before anything is de
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -20,15 +19,13 @@ import soundfile as sf
 import torch
 
 from base_fixtures import babble_clip
-from serve_fixtures import running_server
+from serve_fixtures import V2_RATE, running_server, v2_pcm, within_stream_tolerance
 from tagtune.folders import shipped_base_v2
 from tagtune.generation import GenerationConfig
 from tagtune.serve import build_app
 from tagtune.serve.limits import Limits
-from tagtune.synthesis.stream import STREAM_TOLERANCE_LSB
 from tagtune.synthesis.tts import TTS
 
-V2_RATE = 22050
 TEXT = "Well, that is funny."
 MAX_CODES = 40  # the tiny model's segments stay short
 TIMEOUT = 300
@@ -70,15 +67,6 @@ def tts(base_v2):
     return TTS.load(base_v2, precision="fp32")
 
 
-def _pcm_of_wav(data: bytes) -> np.ndarray:
-    audio, rate = sf.read(io.BytesIO(data), dtype="int16")
-    assert rate == V2_RATE and audio.ndim == 1
-    return audio
-
-
-def _close(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and int(np.abs(a.astype(int) - b.astype(int)).max(initial=0)) <= STREAM_TOLERANCE_LSB
-
 
 def _speech(url: str, **body) -> httpx.Response:
     return httpx.post(f"{url}/v1/audio/speech", json={"model": "base", "input": TEXT, "voice": "alice",
@@ -89,7 +77,7 @@ def _speech(url: str, **body) -> httpx.Response:
 def _spoken(url: str, **body) -> np.ndarray:
     reply = _speech(url, **body)
     assert reply.status_code == 200, reply.text
-    return _pcm_of_wav(reply.content)
+    return v2_pcm(reply.content)
 
 
 def _synthesized(tts, reference, **emotion) -> np.ndarray:
@@ -130,7 +118,7 @@ def test_without_emotion_settings_the_audio_is_the_default(server, tts, referenc
     url, scheduler = server
     calls = _spy(monkeypatch, scheduler.shared.tts["base"])
     got = _spoken(url)
-    assert len(got) > 0 and _close(got, _synthesized(tts, reference_wav))
+    assert len(got) > 0 and within_stream_tolerance(got, _synthesized(tts, reference_wav))
     ((_, alpha, weights, emovec),) = calls
     assert alpha == 1.0 and weights is None and torch.equal(emovec, default_emovec)
 
@@ -149,21 +137,21 @@ def test_emotion_settings_give_the_python_apis_audio(server, default, default_em
     keywords = {k: (emotion_wav if v == "moody" else v) for k, v in keywords.items()}
     served, local = _spy(monkeypatch, scheduler.shared.tts["base"]), _spy(monkeypatch, tts)
     got = _spoken(url, **body)
-    assert len(got) > 0 and _close(got, _synthesized(tts, reference_wav, **keywords))
+    assert len(got) > 0 and within_stream_tolerance(got, _synthesized(tts, reference_wav, **keywords))
     # the same emotion prompt, alpha, weights and vector as synthesize (the tiny base's emotion encoder barely
     # tells clips apart, so an emotion reference moves the vector, and the audio, very little)
     ((features, alpha, weights, emovec),), ((features_0, alpha_0, weights_0, emovec_0),) = served, local
     assert torch.equal(features, features_0) and (alpha, weights) == (alpha_0, weights_0)
     assert torch.equal(emovec, emovec_0) and not torch.equal(emovec, default_emovec)
     if "emo_vector" in body:
-        assert not _close(got, default), "the emotion vector changed nothing"
+        assert not within_stream_tolerance(got, default), "the emotion vector changed nothing"
 
 
 @pytest.mark.slow
 def test_alpha_alone_keeps_the_speakers_emotion(server, default, default_emovec, monkeypatch):
     url, scheduler = server
     calls = _spy(monkeypatch, scheduler.shared.tts["base"])
-    assert _close(_spoken(url, emo_alpha=0.3), default)
+    assert within_stream_tolerance(_spoken(url, emo_alpha=0.3), default)
     ((_, alpha, weights, emovec),) = calls  # as synthesize: no emotion prompt means alpha 1
     assert alpha == 1.0 and weights is None and torch.equal(emovec, default_emovec)
 
@@ -175,7 +163,7 @@ def test_an_uploaded_voice_is_an_emotion_reference(server, tts, reference_wav, e
     assert upload.status_code == 201, upload.text
     calls = _spy(monkeypatch, scheduler.shared.tts["base"])
     got = _spoken(url, emo_voice="upset", emo_alpha=0.8)
-    assert _close(got, _synthesized(tts, reference_wav, emotion=emotion_wav, emo_alpha=0.8))
+    assert within_stream_tolerance(got, _synthesized(tts, reference_wav, emotion=emotion_wav, emo_alpha=0.8))
     ((features, alpha, _, _),) = calls
     assert alpha == 0.8 and torch.equal(features, tts.emotion_features(emotion_wav))
     assert not torch.equal(features, tts.emotion_features(reference_wav))
@@ -186,12 +174,12 @@ def test_streamed_emotion_joins_to_the_whole(server):
     url, _ = server
     body = {"model": "base", "input": f"{TEXT} It costs ten dollars, my friend.", "voice": "alice",
             "max_new_tokens": MAX_CODES, "seed": 2, "emo_vector": VECTOR}
-    whole = _pcm_of_wav(httpx.post(f"{url}/v1/audio/speech", json=body, timeout=TIMEOUT).content)
+    whole = v2_pcm(httpx.post(f"{url}/v1/audio/speech", json=body, timeout=TIMEOUT).content)
     with httpx.stream("POST", f"{url}/v1/audio/speech", json={**body, "stream": True}, timeout=TIMEOUT) as reply:
         data = reply.read()
-    assert data[:4] == b"RIFF" and _close(np.frombuffer(data[44:], dtype="<i2"), whole)
-    assert not _close(whole, _pcm_of_wav(httpx.post(f"{url}/v1/audio/speech", json={**body, "emo_vector": None},
-                                                    timeout=TIMEOUT).content))
+    assert data[:4] == b"RIFF" and within_stream_tolerance(np.frombuffer(data[44:], dtype="<i2"), whole)
+    default = v2_pcm(httpx.post(f"{url}/v1/audio/speech", json={**body, "emo_vector": None}, timeout=TIMEOUT).content)
+    assert not within_stream_tolerance(whole, default)
 
 
 def _raw(url: str, text: str) -> httpx.Response:
@@ -297,11 +285,12 @@ def test_emotion_text_goes_through_the_folders_qwen_emotion(base_v2, reference_w
         assert heard == ["quietly furious"]
         itself = _spoken(url, emo_text="")
         assert heard[1:] == [TEXT]  # an empty description means the input text
-        assert _close(itself, _spoken(url, emo_vector=VECTOR))
-        assert not _close(itself, _spoken(url))
+        assert within_stream_tolerance(itself, _spoken(url, emo_vector=VECTOR))
+        assert not within_stream_tolerance(itself, _spoken(url))
     tts = TTS.load(folder, precision="fp32")
-    assert _close(described, _synthesized(tts, reference_wav, emo_text="quietly furious", emo_alpha=0.7))
-    assert _close(itself, _synthesized(tts, reference_wav, emo_text=""))
+    expected = _synthesized(tts, reference_wav, emo_text="quietly furious", emo_alpha=0.7)
+    assert within_stream_tolerance(described, expected)
+    assert within_stream_tolerance(itself, _synthesized(tts, reference_wav, emo_text=""))
 
 
 @pytest.mark.slow

@@ -16,16 +16,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serve_fixtures import make_adapter, running_server
+from serve_fixtures import V2_RATE, make_adapter, running_server, v2_pcm, within_stream_tolerance
 from tagtune.folders import shipped_base_v2
 from tagtune.generation import GenerationConfig
 from tagtune.generation.v2 import official_v2
 from tagtune.serve import build_app
 from tagtune.serve.models import AdapterError
-from tagtune.synthesis.stream import STREAM_TOLERANCE_LSB
 from tagtune.synthesis.tts import TTS
 
-V2_RATE = 22050
 TEXT = "Well, that is funny."
 TAGGED = "Well <giggles> that is funny."
 MAX_CODES = 40  # the tiny model's segments stay short
@@ -59,15 +57,6 @@ def server(base_v2, adapter_v2, reference_wav):
         yield url, app.state.scheduler
 
 
-def _pcm_of_wav(data: bytes) -> np.ndarray:
-    audio, rate = sf.read(io.BytesIO(data), dtype="int16")
-    assert rate == V2_RATE and audio.ndim == 1
-    return audio
-
-
-def _close(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and int(np.abs(a.astype(int) - b.astype(int)).max(initial=0)) <= STREAM_TOLERANCE_LSB
-
 
 def _speech(url: str, **body) -> httpx.Response:
     return httpx.post(f"{url}/v1/audio/speech", json={"voice": "alice", "max_new_tokens": MAX_CODES, **body},
@@ -83,27 +72,27 @@ def test_base_and_adapter_give_the_python_apis_audio(server, base_v2, adapter_v2
     for name, adapter, text, greedy in cases:
         reply = _speech(url, model=name, input=text, seed=5, greedy=greedy)
         assert reply.status_code == 200, reply.text
-        got = _pcm_of_wav(reply.content)
+        got = v2_pcm(reply.content)
         tts = TTS.load(base_v2, adapter, precision="fp32")
         make = GenerationConfig.greedy if greedy else official_v2
         expected = tts.synthesize(text, reference_wav, generation=make(max_new_tokens=MAX_CODES), seed=5)
         assert expected.sample_rate == V2_RATE and len(got) > 0
-        assert _close(got, expected.audio), name
+        assert within_stream_tolerance(got, expected.audio), name
         outputs[name] = got
-    plain = _pcm_of_wav(_speech(url, model="giggling", input=TEXT, greedy=True, seed=5).content)
-    assert not _close(plain, outputs["base"]), "the adapter changed nothing"
+    plain = v2_pcm(_speech(url, model="giggling", input=TEXT, greedy=True, seed=5).content)
+    assert not within_stream_tolerance(plain, outputs["base"]), "the adapter changed nothing"
 
 
 @pytest.mark.slow
 def test_streamed_wav_is_22k_and_joins_to_the_whole(server):
     url, _ = server
     body = {"model": "giggling", "input": f"{TAGGED} It costs ten dollars, my friend.", "seed": 2}
-    whole = _pcm_of_wav(_speech(url, **body).content)
+    whole = v2_pcm(_speech(url, **body).content)
     with httpx.stream("POST", f"{url}/v1/audio/speech", json={"voice": "alice", "stream": True,
                       "max_new_tokens": MAX_CODES, **body}, timeout=TIMEOUT) as reply:
         data = reply.read()
     assert data[:4] == b"RIFF" and int.from_bytes(data[24:28], "little") == V2_RATE
-    assert _close(np.frombuffer(data[44:], dtype="<i2"), whole)
+    assert within_stream_tolerance(np.frombuffer(data[44:], dtype="<i2"), whole)
 
 
 @pytest.mark.slow
@@ -164,5 +153,5 @@ def test_concurrent_requests_share_decode_steps(server, base_v2, reference_wav):
     for text, reply in zip(texts, replies):
         expected = tts.synthesize(text, reference_wav, generation=GenerationConfig.greedy(max_new_tokens=MAX_CODES),
                                   seed=len(text))  # the flow-matching noise needs a seed, even with greedy codes
-        assert _close(_pcm_of_wav(reply.content), expected.audio), text
+        assert within_stream_tolerance(v2_pcm(reply.content), expected.audio), text
     assert scheduler.widest > max(widest_before, 1), "the requests never shared a decode step"
