@@ -52,7 +52,7 @@ def sampled_run(tiny_data, tmp_path_factory):
     from tagtune.train.config import TrainConfig
 
     run_dir = tmp_path_factory.mktemp("sampled") / "run"
-    hook = TrainingSamples(shipped_base(), tiny_data.parent / "corpus" / REFERENCE, seed=11)
+    hook = TrainingSamples(tiny_data.parent / "corpus" / REFERENCE, seed=11)
     return run_dir, train(tiny_data, run_dir, TrainConfig.from_dict(_recipe(sample_sentences=SENTENCES)),
                           on_validate=hook)
 
@@ -80,6 +80,14 @@ def test_samples_do_not_change_training(sampled_run, trained_run):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_data):
+    """The tiny DATA_DIR as the training loop opens it (what it hands the hook as ``data``)."""
+    from tagtune.train.data import open_data
+
+    return open_data(tiny_data)
+
+
 @pytest.fixture
 def grown_gpt(tiny_data):
     from tagtune.tags.rows import grow_base
@@ -88,23 +96,26 @@ def grown_gpt(tiny_data):
     return gpt.train()
 
 
-def _call(hook, gpt, tiny_data, samples_dir: Path, step: int = 3, sentences=SENTENCES):
+def _call(hook, gpt, data, samples_dir: Path, step: int = 3, sentences=SENTENCES):
+    """``hook`` called as the training loop calls it, with ``data`` the opened DATA_DIR."""
     return hook(gpt=gpt, step=step, samples_dir=samples_dir, sentences=sentences,
-                tokenizer_path=tiny_data / "bpe.model", tags_path=tiny_data / "tags.json")
+                tokenizer_path=data.tokenizer_path, tags_path=data.tags_path, data=data)
 
 
-def test_samples_are_seeded_and_leave_the_model_and_random_state_as_found(grown_gpt, tiny_data, tmp_path):
-    hook = TrainingSamples(shipped_base(), tiny_data.parent / "corpus" / REFERENCE, seed=5)
+def test_samples_are_seeded_and_leave_the_model_and_random_state_as_found(grown_gpt, tiny_data, tiny_bundle,
+                                                                          tmp_path):
+    hook = TrainingSamples(tiny_data.parent / "corpus" / REFERENCE, seed=5)
     rng = torch.get_rng_state()
-    first = _call(hook, grown_gpt, tiny_data, tmp_path / "a")
+    first = _call(hook, grown_gpt, tiny_bundle, tmp_path / "a")
+    assert hook.base_dir == tiny_bundle.base_dir == shipped_base()  # the base the data was prepared from
     assert grown_gpt.training and torch.equal(torch.get_rng_state(), rng)
-    second = _call(hook, grown_gpt, tiny_data, tmp_path / "b")
+    second = _call(hook, grown_gpt, tiny_bundle, tmp_path / "b")
     assert first == tmp_path / "a" / "step-000003" and second == tmp_path / "b" / "step-000003"
     for x, y in zip(_read_samples(first, SENTENCES, 24000), _read_samples(second, SENTENCES, 24000)):
         assert np.array_equal(x, y)
     assert [e["seed"] for e in json.loads((first / "index.json").read_text())] == [5, 6]
-    other = _call(TrainingSamples(shipped_base(), tiny_data.parent / "corpus" / REFERENCE, seed=6), grown_gpt,
-                  tiny_data, tmp_path / "c")
+    other = _call(TrainingSamples(tiny_data.parent / "corpus" / REFERENCE, seed=6), grown_gpt, tiny_bundle,
+                  tmp_path / "c")
     assert not np.array_equal(_read_samples(other, SENTENCES, 24000)[0], _read_samples(first, SENTENCES, 24000)[0])
 
 
@@ -112,21 +123,26 @@ def test_samples_are_seeded_and_leave_the_model_and_random_state_as_found(grown_
     ("missing.wav", SENTENCES, "missing.wav"),
     (REFERENCE, ["Hello <giggles> world."], "<giggles>"),  # a tag the data does not know
 ])
-def test_a_failed_sample_is_one_warning_and_nothing_written(grown_gpt, tiny_data, tmp_path, caplog, reference,
-                                                            sentences, why):
-    hook = TrainingSamples(shipped_base(), tiny_data.parent / "corpus" / reference)
+def test_a_failed_sample_is_one_warning_and_nothing_written(grown_gpt, tiny_data, tiny_bundle, tmp_path, caplog,
+                                                            reference, sentences, why):
+    hook = TrainingSamples(tiny_data.parent / "corpus" / reference)
     with caplog.at_level(logging.WARNING):
-        assert _call(hook, grown_gpt, tiny_data, tmp_path / "samples", sentences=sentences) is None
+        assert _call(hook, grown_gpt, tiny_bundle, tmp_path / "samples", sentences=sentences) is None
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "step 3: no samples written" in warnings[0].getMessage()
     assert why in warnings[0].getMessage() and "\n" not in warnings[0].getMessage()
     assert not (tmp_path / "samples").exists() and grown_gpt.training
 
 
-def test_no_sentences_no_samples(grown_gpt, tiny_data, tmp_path):
-    hook = TrainingSamples(shipped_base(), tiny_data.parent / "corpus" / REFERENCE)
-    assert _call(hook, grown_gpt, tiny_data, tmp_path / "samples", sentences=[]) is None
+def test_no_sentences_no_samples(grown_gpt, tiny_data, tiny_bundle, tmp_path):
+    hook = TrainingSamples(tiny_data.parent / "corpus" / REFERENCE)
+    assert _call(hook, grown_gpt, tiny_bundle, tmp_path / "samples", sentences=[]) is None
     assert not (tmp_path / "samples").exists()
+
+
+def test_samples_need_a_voice():
+    with pytest.raises(ValueError, match="reference"):
+        TrainingSamples(seed=1)
 
 
 @pytest.mark.parametrize("number, text, name", [
@@ -168,9 +184,30 @@ def test_cli_train_with_a_bad_reference_warns_and_trains(tiny_data, tmp_path, ca
     assert not (tmp_path / "run" / "samples").exists() and (tmp_path / "run" / "best").is_dir()
 
 
-def test_sample_voice_from_a_corpus_that_is_gone_is_a_warning(tiny_data, tmp_path, caplog):
+def test_cli_train_with_sample_sentences_opens_the_data_once(tiny_data, tmp_path, capsys, monkeypatch):
+    """The base checkpoint is fingerprinted once per run: the sample hook takes the base folder and the voice from
+    the data the training loop opened."""
+    import tagtune.checkpoint
+
+    fingerprint, hashed = tagtune.checkpoint.folder_fingerprint, []
+
+    def counted(model_dir, *args, **kwargs):
+        hashed.append(Path(model_dir))
+        return fingerprint(model_dir, *args, **kwargs)
+
+    monkeypatch.setattr(tagtune.checkpoint, "folder_fingerprint", counted)
+    code, err = _train_cli(capsys, tiny_data, tmp_path / "run", "--max-steps", "2",
+                           "--set", "eval.sample_sentences=[Hello world.]")
+    assert code == 0, err
+    assert len(_read_samples(tmp_path / "run" / "samples" / "step-000002", ["Hello world."], 24000)) == 1
+    assert len(hashed) == 1 and hashed[0].resolve() == shipped_base().resolve()
+
+
+def test_sample_voice_from_a_corpus_that_is_gone_is_a_warning_at_the_first_validation(tiny_data, tiny_bundle,
+                                                                                      grown_gpt, tmp_path, caplog):
     from tagtune.cli import _sample_hook
     from tagtune.train.config import TrainConfig
+    from tagtune.train.data import open_data
 
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
@@ -179,10 +216,18 @@ def test_sample_voice_from_a_corpus_that_is_gone_is_a_warning(tiny_data, tmp_pat
     (data / "manifest.json").write_text(json.dumps(manifest))
     cfg = TrainConfig.from_dict(_recipe(sample_sentences=SENTENCES))
     with caplog.at_level(logging.WARNING):
-        assert _sample_hook(data, cfg) is None
+        hook = _sample_hook(cfg)
+        assert hook is not None and hook.reference is None and not caplog.records  # nothing is read at start-up
+        moved = open_data(data)
+        assert _call(hook, grown_gpt, moved, tmp_path / "samples", step=2) is None
+        assert len(caplog.records) == 1
+        assert _call(hook, grown_gpt, moved, tmp_path / "samples", step=4) is None
+    assert len(caplog.records) == 1  # said once, at the first validation; later ones speak nothing
     assert "eval.sample_reference" in caplog.text and "moved" in caplog.text
-    assert _sample_hook(tiny_data, cfg).reference == str(tiny_data.parent / "corpus" / REFERENCE)
-    assert _sample_hook(tiny_data, TrainConfig.from_dict(_recipe())) is None
+    assert not (tmp_path / "samples").exists() and grown_gpt.training
+    hook = _sample_hook(cfg)
+    assert hook.resolve(tiny_bundle) and hook.reference == str(tiny_data.parent / "corpus" / REFERENCE)
+    assert _sample_hook(TrainConfig.from_dict(_recipe())) is None
 
 
 # ----------------------------------------------------------------------------------------------------- IndexTTS-2
@@ -206,7 +251,7 @@ def test_v2_training_speaks_sample_sentences(v2_data, tmp_path):
     sentences = ["HELLO <giggles> WORLD.", "WORLD WELL."]
     recipe = _recipe(sample_sentences=sentences, every_steps=2)
     recipe["batch"]["batch_size"], recipe["schedule"]["max_steps"], recipe["optim"]["lr"] = 2, 4, 1e-3
-    hook = TrainingSamples(shipped_base_v2(), v2_data.parent / "corpus" / "c5.wav", seed=3)
+    hook = TrainingSamples(v2_data.parent / "corpus" / "c5.wav", seed=3)
     train(v2_data, tmp_path / "run", TrainConfig.from_dict(recipe), on_validate=hook)
     assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["step-000002", "step-000004"]
     for step in ("step-000002", "step-000004"):

@@ -198,7 +198,7 @@ def _train(a) -> int:
         cfg = TrainConfig.from_yaml(a.config or shipped_recipe()).with_settings(settings).with_overrides(**overrides)
         if a.no_progress:
             cfg.runtime.progress_bar = False
-        res = train(a.data, a.out, cfg, resume=a.resume, on_validate=_sample_hook(a.data, cfg))
+        res = train(a.data, a.out, cfg, resume=a.resume, on_validate=_sample_hook(cfg))
     except TrainConfigError as e:  # a recipe key this command line set: say which flag set it
         flags = [flag for key, flag in set_by.items() if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", str(e))]
         if flags:
@@ -213,25 +213,20 @@ def _train(a) -> int:
     return 0
 
 
-def _sample_hook(data_dir: Path, cfg):
+def _sample_hook(cfg):
     """The hook that speaks the recipe's ``eval.sample_sentences`` at each validation (None without any), in the
-    voice of ``eval.sample_reference`` or else of a validation clip."""
+    voice of ``eval.sample_reference`` or else of a validation clip of the data the run opens."""
     if not cfg.eval.sample_sentences:
         return None
     from tagtune.synthesis.run_samples import TrainingSamples
-    from tagtune.train.data import DataError, open_data
 
-    try:
-        data = open_data(data_dir)
-    except DataError:
-        return None  # train() opens it next and says what is wrong with it
-    reference = cfg.eval.sample_reference or _validation_voice(data)
-    return TrainingSamples(data.base_dir, reference, cfg.seed) if reference is not None else None
+    return TrainingSamples(cfg.eval.sample_reference or None, seed=cfg.seed, voice=_validation_voice)
 
 
 def _validation_voice(data):
-    """The audio (a path, or bytes) of a validation clip, untagged and long enough for a voice when one is, from
-    the corpus DATA_DIR was prepared from; None, with a warning, when that corpus no longer gives it."""
+    """The audio (a path, or bytes) of a validation clip of ``data`` (an opened DATA_DIR), untagged and long enough
+    for a voice when one is, from the corpus DATA_DIR was prepared from; None, with a warning, when that corpus no
+    longer gives it."""
     from tagtune.data.sources import SourceError, open_source
     from tagtune.synthesis.reference import MIN_REFERENCE_SECONDS
 

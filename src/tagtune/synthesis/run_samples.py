@@ -1,11 +1,13 @@
 """Samples while a model trains: the recipe's ``eval.sample_sentences`` spoken by the GPT being trained.
 
-``TrainingSamples(base_dir, reference, seed)`` is the training loop's ``on_validate`` hook. At each validation
-it speaks every sentence with the GPT as it is at that step (adapters live, in eval mode, no gradients, back in
-train mode after) through the synthesis code of the base's family: ``TTS`` for IndexTTS 1.x, ``TTSV2`` for
-IndexTTS-2, with the base folder's other networks (loaded once) and the data folder's tokenizer and tags.
-Sentence ``i`` is sampled with seed ``seed + i`` at every step, so two steps differ only by the model, and the
-global random state is left as it was, so a run with samples trains exactly as one without.
+``TrainingSamples(reference, seed=, voice=)`` is the training loop's ``on_validate`` hook. The loop hands it the
+data it opened; at the first validation the hook takes the base folder from it and, without a reference, its
+voice (``voice(data)``, e.g. an untagged validation clip). At each validation it speaks every sentence with the
+GPT as it is at that step (adapters live, in eval mode, no gradients, back in train mode after) through the
+synthesis code of the base's family: ``TTS`` for IndexTTS 1.x, ``TTSV2`` for IndexTTS-2, with the base folder's
+other networks (loaded once) and the data folder's tokenizer and tags. Sentence ``i`` is sampled with seed
+``seed + i`` at every step, so two steps differ only by the model, and the global random state is left as it was,
+so a run with samples trains exactly as one without.
 
 The files of a step are published whole into ``RUN_DIR/samples/step-000100/``: ``01-hello-laughs.wav``, ...
 and ``index.json`` (sentence, file, seconds, seed of each). Samples are something to listen to, never a reason
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,30 +38,46 @@ SLUG_CHARS = 40  # of the sentence, in its file name
 class TrainingSamples:
     """The ``on_validate`` hook that writes ``sentences`` as wav files at each validation.
 
-    ``base_dir``: the base model folder the data was prepared from (it gives the vocoder and, for IndexTTS-2,
-    the prompt and back-end networks); ``reference``: the voice, an audio file path or its bytes; ``seed``: the
-    first sentence's sampling seed.
+    ``reference``: the voice, an audio file path or its bytes; None: ``voice(data)`` gives it at the first
+    validation (None then, having said why, means no samples in this run); ``seed``: the first sentence's sampling
+    seed. The base model folder the data was prepared from (it gives the vocoder and, for IndexTTS-2, the prompt
+    and back-end networks) is the training data's ``base_dir``.
     """
 
-    def __init__(self, base_dir: str | Path, reference, seed: int = 0):
-        self.base_dir, self.reference, self.seed = Path(base_dir), reference, seed
+    def __init__(self, reference=None, *, seed: int = 0, voice: Callable | None = None):
+        if reference is None and voice is None:
+            raise ValueError("TrainingSamples needs a reference or a voice(data) that picks one")
+        self.reference, self.seed, self.voice = reference, seed, voice
+        self.base_dir: Path | None = None  # from the training data, at the first validation
+        self._voiced = reference is not None  # the reference is known (None after voice(data): nothing to speak)
         self._base = None  # the base folder's networks, loaded at the first validation on the GPT's device
         self._tokenizer = None
 
     def __call__(self, *, gpt, step: int, samples_dir: Path, sentences: list[str], tokenizer_path: Path,
-                 tags_path: Path, **_) -> Path | None:
+                 tags_path: Path, data, **_) -> Path | None:
         """Write the samples of ``step``; returns their folder (None when there was nothing to write)."""
         if not sentences:
             return None
         try:
+            if not self.resolve(data):
+                return None
             return self.write(gpt, step, Path(samples_dir), sentences, tokenizer_path, tags_path)
         except Exception as e:  # noqa: BLE001 - a sample must never end a training run
             log.warning("step %d: no samples written: %s", step, " ".join(f"{type(e).__name__}: {e}".split()))
             return None
 
+    def resolve(self, data) -> bool:
+        """Take the base folder and, without a reference, the voice from the training ``data`` (a
+        ``train.data.DataBundle``) once; False when there is no voice to speak in."""
+        if self.base_dir is None:
+            self.base_dir = Path(data.base_dir)
+        if not self._voiced:
+            self.reference, self._voiced = self.voice(data), True
+        return self.reference is not None
+
     def write(self, gpt, step: int, samples_dir: Path, sentences: list[str], tokenizer_path: Path,
               tags_path: Path) -> Path:
-        """Speak ``sentences`` into ``samples_dir/step-NNNNNN/``; errors are raised."""
+        """Speak ``sentences`` into ``samples_dir/step-NNNNNN/`` (after ``resolve``); errors are raised."""
         tts = self.tts(gpt, tokenizer_path, tags_path)
         seeds = [self.seed + i for i in range(len(sentences))]
         was_training = gpt.training

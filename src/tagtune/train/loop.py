@@ -40,7 +40,8 @@ from tagtune.train.metrics import MetricsLog, forgetting, validate
 log = logging.getLogger(__name__)
 
 VAL_BATCH_SIZE = 8
-ValidateHook = Callable[..., None]  # hook(gpt=, step=, samples_dir=, sentences=, tokenizer_path=, tags_path=)
+# hook(gpt=, step=, samples_dir=, sentences=, tokenizer_path=, tags_path=, data=): data is the opened DataBundle
+ValidateHook = Callable[..., None]
 
 
 @dataclass
@@ -89,7 +90,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
 
     ``resume`` continues from the last complete checkpoint exactly (same data order, RNG, optimizer).
     ``on_validate`` is called on the main process after each validation (e.g. to synthesise
-    ``eval.sample_sentences`` into RUN_DIR/samples/).
+    ``eval.sample_sentences`` into RUN_DIR/samples/), with the data as opened here (``data=``).
     """
     config = config or TrainConfig()
     run_dir = Path(out_dir)
@@ -197,7 +198,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
                 if on_validate is not None:
                     on_validate(gpt=gpt, step=step, samples_dir=RunFolder(run_dir).samples,
                                 sentences=config.eval.sample_sentences,
-                                tokenizer_path=data.tokenizer_path, tags_path=data.tags_path)
+                                tokenizer_path=data.tokenizer_path, tags_path=data.tags_path, data=data)
                 metrics.flush()
             if validate_now or step % config.eval.save_every_steps == 0 or done:
                 rundir.save_checkpoint(accel, run_dir, gpt, optimizer, scheduler, progress, meta, data, config)
