@@ -170,7 +170,7 @@ def _base_config(key: str, value):
 
 
 BAD_DATA = [
-    ("bpe without tag pieces", _strip_tags, r"bpe.model: has no piece <LAUGHS> for tag <laughs> \(the data was "
+    ("bpe without tag pieces", _strip_tags, r"bpe.model: has no piece ▁<LAUGHS> for tag <laughs> \(the data was "
                                             r"encoded with it at id {vocab}\)"),
     ("base changed", _changed_base, r"base: fingerprint \w+ differs from \w+ recorded in .*manifest.json "
                                     r"\(base_checkpoint.hash\)"),

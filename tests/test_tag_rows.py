@@ -25,7 +25,8 @@ TAGS = ["<a>", "<b>", "<c>"]
 
 
 def test_tokenizer_layout_and_insertion_points():
-    starts, space = tokenizer_layout(shipped_base() / "bpe.model")
+    assert tokenizer_layout(shipped_base() / "bpe.model", spaced_tags=True)[1] is None  # the tag holds the space
+    starts, space = tokenizer_layout(shipped_base() / "bpe.model", spaced_tags=False)
     from sentencepiece import SentencePieceProcessor
 
     sp = SentencePieceProcessor(model_file=str(shipped_base() / "bpe.model"))
@@ -71,7 +72,7 @@ def test_neutral_fit_lowers_the_divergence_and_leaves_the_base_alone(tiny_data):
     flags = [p.requires_grad for p in gpt.parameters()]
     clips, conds = _clips_and_conds(gpt, tiny_data)
     assert clips and not any(c["has_tag"] for c in clips)
-    starts, space = tokenizer_layout(data.tokenizer_path)
+    starts, space = tokenizer_layout(data.tokenizer_path, data.tagset.spaced)
     row, report = fit_neutral_row(gpt, ids, clips, conds, starts, space, NeutralFit(steps=40, lr=3e-2, batch_size=4))
     assert row.shape == (gpt.cfg.model_dim,)
     assert report["kl_per_code_after"] < 0.9 * report["kl_per_code_before"], report  # measured: -18%

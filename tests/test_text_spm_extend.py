@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tagtune.tags import TagSet, add_tag_pieces, extend_model_file
+from tagtune.tags import TagSet, add_tag_pieces, extend_model_file, extend_tokenizer
 from tagtune.text import TextNormalizer, TextTokenizer, TokenizerError
 from tagtune.text.sentences import split_sentences
 
@@ -81,7 +81,7 @@ def test_old_pieces_keep_their_ids_and_bytes(extended, base_tok, bpe_path, vocab
     assert raw.vocab_size == vocab + 5
     assert raw.convert_ids_to_tokens(list(range(vocab))) == base_tok.convert_ids_to_tokens(list(range(vocab)))
     assert raw.convert_ids_to_tokens(list(range(vocab, vocab + 5))) == [
-        "<LAUGHS>", "<GIGGLES>", "<SIGHS>", "<CHUCKLES>", "<LAUGHS▁NERVOUSLY>"]
+        "▁<LAUGHS>", "▁<GIGGLES>", "▁<SIGHS>", "▁<CHUCKLES>", "▁<LAUGHS▁NERVOUSLY>"]
     assert data.startswith(bpe_path.read_bytes())
 
 
@@ -127,20 +127,20 @@ def test_each_tag_encodes_to_one_id(tok, extended, vocab, text, tags):
     tag_ids = [i for i in ids if i >= vocab]
     assert tag_ids == [tagset.token_ids[t] for t in tags]
     pieces = tok.tokenize(text)
-    assert [p for p in pieces if p.startswith("<") and len(p) > 1] == [tagset.pieces[tagset.tags.index(t)]
-                                                                        for t in tags]
+    assert [p for p in pieces if "<" in p and len(p) > 1] == [tagset.pieces[tagset.tags.index(t)] for t in tags]
 
 
 def test_fixture_tag_text_with_tags(tok, vocab, space_id):
-    # Official: "<GIGGLES>" falls apart into 8 pieces with two <unk>s; with the tag set, one id after a space piece,
-    # and the words around the tags keep their own ids
+    # Official: "<GIGGLES>" falls apart into 8 pieces with two <unk>s; with the tag set, one id that holds the space
+    # before it (no bare space piece), and the words around the tags keep their own ids
     text = "<GIGGLES> Well, that's funny... <laugh> Ha!"  # the fixture's text 3
     giggles, laughs = vocab + 1, vocab
     ids = tok.encode(text)
-    assert ids[:2] == [space_id, giggles] and ids.count(giggles) == ids.count(laughs) == 1
+    assert ids[0] == giggles and ids.count(giggles) == ids.count(laughs) == 1
     k = ids.index(laughs)
-    assert ids[k - 1] == space_id and not any(i >= vocab for i in ids[2 : k - 1] + ids[k + 1:])
-    assert ids[2 : k - 1] == tok.encode("Well, that's funny...") and ids[k + 1:] == tok.encode("Ha!")
+    assert ids[k - 1] != space_id
+    assert not any(i >= vocab for i in ids[1:k] + ids[k + 1:])
+    assert ids[1:k] == tok.encode("Well, that's funny...") and ids[k + 1:] == tok.encode("Ha!")
 
 
 def test_unknown_tag_at_synthesis(tok, extended, vocab, space_id):
@@ -149,7 +149,7 @@ def test_unknown_tag_at_synthesis(tok, extended, vocab, space_id):
         tok.encode("hi <whistles>")
     lenient = TextTokenizer(data, tagset=tagset, normalizer=None, unknown_tags="drop")
     with pytest.warns(UserWarning, match="whistles"):
-        assert lenient.encode("<whistles> <laughs>") == [space_id, vocab]
+        assert lenient.encode("<whistles> <laughs>") == [vocab]
 
 
 def test_tokenizer_rejects_a_model_without_the_tag_pieces(bpe_path, extended):
@@ -179,8 +179,9 @@ def test_lone_tag_chunks_stay_with_their_sentence():
 
 def test_tagged_text_splits_like_official_around_tags(tok):
     pieces = tok.tokenize("<laughs> Ha! Well. <sighs>")
-    assert pieces[:4] == ["▁", "<LAUGHS>", "▁HA", "!"] and pieces[-3:] == [".", "▁", "<SIGHS>"]
-    assert tok.split_sentences(pieces, 4) == [pieces[:4], pieces[4:]]
+    assert pieces[:3] == ["▁<LAUGHS>", "▁HA", "!"] and pieces[-2:] == [".", "▁<SIGHS>"]
+    assert split_sentences(pieces, 3)[-1] == ["▁<SIGHS>"]  # official packing isolates the closing tag
+    assert tok.split_sentences(pieces, 3) == [pieces[:3], pieces[3:]]
 
 
 def test_from_model_dir_picks_up_the_tags_file(bpe_path, tmp_path, vocab, space_id):
@@ -189,4 +190,23 @@ def test_from_model_dir_picks_up_the_tags_file(bpe_path, tmp_path, vocab, space_
     ids = extend_model_file(bpe_path, tmp_path / "bpe.model", FOUR)
     TagSet(FOUR).with_token_ids(ids).save(tmp_path / "tags.json")
     tok = TextTokenizer.from_model_dir(tmp_path, normalizer=None)
-    assert tok.tag_ids == ids and tok.encode("<LAUGH>") == [space_id, vocab]
+    assert tok.tag_ids == ids and tok.encode("<LAUGH>") == [vocab] and tok.tag_space_id is None
+
+
+def test_bare_tag_pieces_of_older_tag_sets_keep_working(bpe_path, tmp_path, vocab, space_id):
+    # tags files written before spaced pieces: "<LAUGHS>" after a bare space piece, as they were trained
+    ids = extend_model_file(bpe_path, tmp_path / "bpe.model", FOUR, spaced=False)
+    TagSet(FOUR, spaced=False).with_token_ids(ids).save(tmp_path / "tags.json")
+    tok = TextTokenizer.from_model_dir(tmp_path, normalizer=None)
+    assert tok.encode("<LAUGH>") == [space_id, vocab] and tok.tag_space_id == space_id
+    assert tok.encode("hi <sighs>")[-2:] == [space_id, vocab + 2]
+    assert tok.tag_pieces == {"<LAUGHS>", "<GIGGLES>", "<SIGHS>", "<CHUCKLES>"}
+    # a tag added to such a tokenizer takes the same bare style
+    data, merged = extend_tokenizer((tmp_path / "bpe.model").read_bytes(), tok.tagset, TagSet(["<whispers>"]))
+    assert not merged.spaced and merged.pieces[-1] == "<WHISPERS>"
+    assert TextTokenizer(data, merged, normalizer=None).encode("a <whispers>")[-2:] == [space_id, vocab + 4]
+
+
+def test_spaced_tag_set_on_an_official_tokenizer(bpe_path):
+    data, merged = extend_tokenizer(bpe_path.read_bytes(), None, TagSet(["<whispers>"]))
+    assert merged.spaced and merged.pieces == ["\u2581<WHISPERS>"]

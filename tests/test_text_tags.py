@@ -18,6 +18,7 @@ from tagtune.tags import (
     scan_texts,
     tag_piece,
 )
+from tagtune.tags.vocab import space_before_tags
 
 FOUR = ["<laughs>", "<giggles>", "<sighs>", "<chuckles>"]
 
@@ -54,7 +55,16 @@ def test_find_tags_with_other_delimiters():
 ])
 def test_spellings(tag, canonical, piece):
     assert format_tag(tag) == canonical
-    assert tag_piece(tag) == piece
+    assert tag_piece(tag) == "▁" + piece  # spaced: the piece holds the space before the tag
+    assert tag_piece(tag, spaced=False) == piece
+
+
+@pytest.mark.parametrize("text, spaced", [
+    ("Hi!<laughs> ok", "Hi! <laughs> ok"), ("<laughs> first", "<laughs> first"), ("a <sighs>", "a <sighs>"),
+    ("x<a><b>", "x <a> <b>"), ("你好<laughs>", "你好 <laughs>"), ("no tags", "no tags"), ("a\t<b>", "a\t<b>"),
+])
+def test_space_before_tags(text, spaced):
+    assert space_before_tags(text) == spaced
 
 
 @pytest.mark.parametrize("bad", ["<>", "<3 cats>", "<a_b>", "<one two three four five>"])
@@ -182,8 +192,18 @@ def test_tags_file_round_trip(tmp_path):
     path = tmp_path / "tags.json"
     tagset.save(path)
     data = json.loads(path.read_text(encoding="utf-8"))
-    assert data["tags"][0] == {"tag": "<laughs>", "piece": "<LAUGHS>", "id": 12000}
+    assert data["tags"][0] == {"tag": "<laughs>", "piece": "▁<LAUGHS>", "id": 12000} and data["spaced_pieces"]
     assert TagSet.load(path) == tagset
+    legacy = dict(data, tags=[dict(e, piece=e["piece"].lstrip("▁")) for e in data["tags"]])
+    del legacy["spaced_pieces"]  # a tags file written before spaced pieces: bare pieces, read as such
+    path.write_text(json.dumps(legacy), encoding="utf-8")
+    old = TagSet.load(path)
+    assert not old.spaced and old.pieces[0] == "<LAUGHS>" and old.tags == tagset.tags
+    old.save(path)
+    assert TagSet.load(path) == old and json.loads(path.read_text(encoding="utf-8"))["spaced_pieces"] is False
+    path.write_text(json.dumps(dict(data, spaced_pieces="yes")), encoding="utf-8")
+    with pytest.raises(TagError, match="spaced_pieces"):
+        TagSet.load(path)
     path.write_text("{}", encoding="utf-8")
     with pytest.raises(TagError, match="tags file"):
         TagSet.load(path)

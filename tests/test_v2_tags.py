@@ -37,7 +37,7 @@ def test_tags_add_writes_a_v2_folder_with_the_tags(grown):
     assert cfg.fixture is not None and cfg.fixture.w2v_bert_hidden_layer == 1  # the fixture's sizes survive
     sp = spm.SentencePieceProcessor(model_file=str(out / cfg.dataset.bpe_model))
     assert sp.get_piece_size() == BASE_TOKENS + 2
-    assert [sp.id_to_piece(i) for i in (BASE_TOKENS, BASE_TOKENS + 1)] == [t.upper() for t in TAGS]
+    assert [sp.id_to_piece(i) for i in (BASE_TOKENS, BASE_TOKENS + 1)] == ["\u2581" + t.upper() for t in TAGS]
     for name in ("s2mel.pth", "wav2vec2bert_stats.pt", "feat1.pt", "feat2.pt"):
         assert (out / name).read_bytes() == (V2_CHECKPOINT / name).read_bytes()
     aux = sorted(p.relative_to(out / AUX_MODELS_DIR) for p in (out / AUX_MODELS_DIR).rglob("*") if p.is_file())

@@ -47,10 +47,13 @@ class EvalModel:
         return self.gpt.cfg.stop_mel_token
 
 
-def _space_id(bpe_model: Path) -> int | None:
-    """Id of the bare word-boundary piece that sentencepiece puts before a tag preceded by a space."""
+def _space_id(bpe_model: Path, tags: TagSet) -> int | None:
+    """Id of the bare word-boundary piece that sentencepiece puts before a tag preceded by a space (None when
+    the tag pieces hold that space: spaced tag sets)."""
     from sentencepiece import SentencePieceProcessor
 
+    if tags.spaced:
+        return None
     sp = SentencePieceProcessor(model_file=str(bpe_model))
     piece = sp.PieceToId(SPACE_PIECE)
     return None if piece == sp.unk_id() else piece
@@ -83,7 +86,8 @@ def load_models(model_dir: str | Path | None, base_dir: str | Path | None = None
                 tag_init: str = "mean", tag_seed: int = 0):
     """``(tuned, base or None, tagset, space_id)`` for a model folder, or a base folder plus an adapter.
 
-    ``space_id`` is the tokenizer's bare "▁" piece (None when the tokenizer has none). A base that does
+    ``space_id`` is the tokenizer's bare "▁" piece written before a tag (None for spaced tag pieces, or when the
+    tokenizer has none). A base that does
     not know the tags gets the tuned folder's recorded start rows, or else rows made by ``tag_init`` with
     ``tag_seed``, as training did.
     """
@@ -101,4 +105,4 @@ def load_models(model_dir: str | Path | None, base_dir: str | Path | None = None
     rows = ModelFolder(m.text_dir).start_rows
     init = TagInit(tag_init, tag_seed, m.tokenizer_path, rows if rows.is_file() else None)
     base = _base_model(Path(base_dir), tags, device, init) if base_dir is not None else None
-    return tuned, base, tags, _space_id(m.tokenizer_path)
+    return tuned, base, tags, _space_id(m.tokenizer_path, tags)

@@ -60,10 +60,12 @@ class Insertion:
     emovec: torch.Tensor | None = None  # (D,) the IndexTTS-2 emotion vector; None for 1.x
 
 
-def tokenizer_layout(bpe_model: str | Path) -> tuple[torch.Tensor, int | None]:
-    """(word-start mask (V,) bool, id of the bare "▁" piece or None) of a sentencepiece model.
+def tokenizer_layout(bpe_model: str | Path, spaced_tags: bool) -> tuple[torch.Tensor, int | None]:
+    """(word-start mask (V,) bool, id of the bare "▁" piece written before a tag, or None) of a sentencepiece
+    model whose tag pieces are ``spaced_tags`` (``TagSet.spaced``).
 
-    A tag typed between words lands before a word-start piece ("▁..."), after a bare "▁" piece.
+    A tag typed between words lands before a word-start piece ("▁..."): as one spaced piece, or after a bare
+    "▁" piece for bare tag pieces.
     """
     from sentencepiece import SentencePieceProcessor
 
@@ -71,7 +73,7 @@ def tokenizer_layout(bpe_model: str | Path) -> tuple[torch.Tensor, int | None]:
     pieces = [sp.IdToPiece(i) for i in range(sp.GetPieceSize())]
     space = sp.PieceToId(SPACE)
     return (torch.tensor([p.startswith(SPACE) for p in pieces], dtype=torch.bool),
-            None if space == sp.unk_id() else space)
+            None if spaced_tags or space == sp.unk_id() else space)
 
 
 def untagged_indices(dataset, max_clips: int, seed: int) -> list[int]:

@@ -7,7 +7,8 @@ and setting) is untouched, and the new pieces get the ids right after the curren
 no protobuf package (sentencepiece does not depend on one).
 
 Tags become USER_DEFINED pieces: sentencepiece matches them as whole strings before segmenting, the way
-the official model treats its CJK characters.
+the official model treats its CJK characters. A spaced piece ("▁<LAUGHS>", ``tag_piece``) matches the tag
+together with the space before it, so " <laughs>" is one id.
 """
 
 from __future__ import annotations
@@ -56,8 +57,10 @@ def _read_model(model: bytes | str | Path) -> bytes:
     return model if isinstance(model, bytes) else Path(model).read_bytes()
 
 
-def add_tag_pieces(model: bytes | str | Path, tags: Iterable[str]) -> tuple[bytes, dict[str, int]]:
-    """Append each tag as a user-defined piece; returns the new model bytes and tag → id.
+def add_tag_pieces(model: bytes | str | Path, tags: Iterable[str], spaced: bool = True) \
+        -> tuple[bytes, dict[str, int]]:
+    """Append each tag as a user-defined piece (``tag_piece(tag, spaced)``); returns the new model bytes and
+    tag → id.
 
     Tags already in the model keep their id and are not added again, so extending an extended model
     appends only the new tags. Old pieces keep their ids.
@@ -66,7 +69,7 @@ def add_tag_pieces(model: bytes | str | Path, tags: Iterable[str]) -> tuple[byte
     sp = SentencePieceProcessor(model_proto=data)
     size, ids, added = sp.GetPieceSize(), {}, []
     for tag in dict.fromkeys(format_tag(t) for t in tags):
-        piece = tag_piece(tag)
+        piece = tag_piece(tag, spaced)
         existing = sp.PieceToId(piece)
         if existing != sp.unk_id() and sp.IdToPiece(existing) == piece:
             ids[tag] = existing
@@ -74,22 +77,22 @@ def add_tag_pieces(model: bytes | str | Path, tags: Iterable[str]) -> tuple[byte
         ids[tag] = size + len(added)
         added.append(piece)
     data += b"".join(_piece_record(p) for p in added)
-    _verify(data, size + len(added), ids)
+    _verify(data, size + len(added), ids, spaced)
     return data, ids
 
 
-def _verify(data: bytes, size: int, ids: dict[str, int]) -> None:
+def _verify(data: bytes, size: int, ids: dict[str, int], spaced: bool) -> None:
     sp = SentencePieceProcessor(model_proto=data)
     if sp.GetPieceSize() != size:
         raise RuntimeError(f"extended model has {sp.GetPieceSize()} pieces, expected {size}")
     for tag, i in ids.items():
-        if sp.PieceToId(tag_piece(tag)) != i:
-            raise RuntimeError(f"tag {tag} landed at id {sp.PieceToId(tag_piece(tag))}, expected {i}")
+        if sp.PieceToId(tag_piece(tag, spaced)) != i:
+            raise RuntimeError(f"tag {tag} landed at id {sp.PieceToId(tag_piece(tag, spaced))}, expected {i}")
 
 
-def extend_model_file(src: str | Path, dst: str | Path, tags: Iterable[str]) -> dict[str, int]:
+def extend_model_file(src: str | Path, dst: str | Path, tags: Iterable[str], spaced: bool = True) -> dict[str, int]:
     """Read ``src``, append the tag pieces, write ``dst`` atomically (``dst`` may equal ``src``)."""
-    data, ids = add_tag_pieces(src, tags)
+    data, ids = add_tag_pieces(src, tags, spaced)
     atomic_write_bytes(dst, data)
     return ids
 
@@ -98,12 +101,14 @@ def extend_tokenizer(model: bytes | str | Path, base: TagSet | None, wanted: Tag
     """A base tokenizer extended for ``wanted``'s tags, and the merged tag set that describes it.
 
     ``base`` is the tag set the tokenizer already knows (None for an official model). Tags it knows keep their
-    ids; the others are appended as pieces after the vocabulary. The merged set lists the base's tags, then the
-    new ones, with both sets' aliases (``wanted``'s win) and ``wanted``'s spelling settings.
+    ids; the others are appended as pieces after the vocabulary, in the base's piece style when it has tags
+    (one tokenizer, one style), else in ``wanted``'s. The merged set lists the base's tags, then the new ones,
+    with both sets' aliases (``wanted``'s win) and ``wanted``'s spelling settings.
     """
     base = base or TagSet()
+    spaced = base.spaced if base.tags else wanted.spaced
     new = [t for t in wanted.tags if t not in base.tags]
-    data, ids = add_tag_pieces(model, new)
+    data, ids = add_tag_pieces(model, new, spaced)
     merged = TagSet([*base.tags, *new], {**base.aliases, **wanted.aliases}, wanted.multiword,
-                    wanted.merge_variants, wanted.delimiters, {**base.token_ids, **ids})
+                    wanted.merge_variants, wanted.delimiters, {**base.token_ids, **ids}, spaced)
     return data, merged

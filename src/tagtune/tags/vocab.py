@@ -4,8 +4,12 @@ A tag is one to four words of ASCII letters between delimiters, written in any c
 ``<LAUGH>``, ``<laughs nervously>``, or ``[laughter]`` with ``delimiters=("[", "]")``. Internally a tag has
 a *name* (lower-case words, single spaces: ``"laughs nervously"``) and a canonical spelling with angle
 brackets (``"<laughs nervously>"``), whatever delimiters the corpus used. Its sentencepiece piece is the
-upper-cased spelling with "▁" for spaces (``"<LAUGHS▁NERVOUSLY>"``), because the tokenizer upper-cases
-Latin text and sentencepiece turns spaces into "▁" before matching pieces.
+upper-cased spelling with "▁" for spaces, led by the "▁" of the space before the tag
+(``"▁<LAUGHS▁NERVOUSLY>"``), because the tokenizer upper-cases Latin text and sentencepiece turns spaces into
+"▁" before matching pieces. The tag thus takes the word boundary before it into its own piece: a bare "▁"
+piece before it would be read by a base model as one more word boundary (a pause), which no tag row can
+cancel. Tag sets made before this carry bare pieces (``"<LAUGHS>"``, after a "▁" piece) and keep them
+(``TagSet.spaced``).
 
 By default plural/singular and case variants merge (``<laugh>``, ``<laughs>``, ``<LAUGHS>`` → one tag);
 different words (giggle, laugh, chuckle, sigh) never do. A user tag map (alias → canonical, ``null`` to
@@ -81,9 +85,19 @@ def format_tag(name: str) -> str:
     return f"<{tag_name(name)}>"
 
 
-def tag_piece(tag: str) -> str:
-    """The sentencepiece piece of a tag: ``"<laughs nervously>"`` → ``"<LAUGHS▁NERVOUSLY>"``."""
-    return "<" + tag_name(tag).upper().replace(" ", SPACE_PIECE) + ">"
+def tag_piece(tag: str, spaced: bool = True) -> str:
+    """The sentencepiece piece of a tag: ``"<laughs nervously>"`` → ``"▁<LAUGHS▁NERVOUSLY>"`` (spaced, the
+    space before the tag included) or ``"<LAUGHS▁NERVOUSLY>"`` (the bare pieces of older tag sets)."""
+    return (SPACE_PIECE if spaced else "") + "<" + tag_name(tag).upper().replace(" ", SPACE_PIECE) + ">"
+
+
+def space_before_tags(text: str, delimiters: tuple[str, str] = DEFAULT_DELIMITERS) -> str:
+    """``text`` with a space before every tag that follows a non-space (``"Hi!<laughs>"`` → ``"Hi! <laughs>"``),
+    so that sentencepiece sees the "▁" a spaced tag piece starts with."""
+    matches = [m for m in find_tags(text, delimiters) if m.start > 0 and not text[m.start - 1].isspace()]
+    for m in reversed(matches):
+        text = text[: m.start] + " " + text[m.start :]
+    return text
 
 
 def tag_words(tag: str) -> str:
@@ -187,6 +201,7 @@ class TagSet:
     merge_variants: bool = True
     delimiters: tuple[str, str] = DEFAULT_DELIMITERS
     token_ids: dict[str, int] = field(default_factory=dict)
+    spaced: bool = True  # pieces hold the space before the tag ("▁<LAUGHS>"); False: bare pieces ("<LAUGHS>")
 
     def __post_init__(self):
         self.tags = list(dict.fromkeys(format_tag(t) for t in self.tags))
@@ -216,7 +231,11 @@ class TagSet:
     @property
     def pieces(self) -> list[str]:
         """Sentencepiece pieces of the canonical tags, in order."""
-        return [tag_piece(t) for t in self.tags]
+        return [self.piece(t) for t in self.tags]
+
+    def piece(self, tag: str) -> str:
+        """The sentencepiece piece of ``tag`` in this set's style (``spaced`` or bare)."""
+        return tag_piece(tag, self.spaced)
 
     def resolve(self, tag: str) -> str | None:
         """Canonical spelling of any spelling of a known tag; None when the policy drops it.
@@ -276,7 +295,8 @@ class TagSet:
             "delimiters": list(self.delimiters),
             "multiword": self.multiword,
             "merge_variants": self.merge_variants,
-            "tags": [{"tag": t, "piece": tag_piece(t), "id": self.token_ids.get(t)} for t in self.tags],
+            "spaced_pieces": self.spaced,
+            "tags": [{"tag": t, "piece": self.piece(t), "id": self.token_ids.get(t)} for t in self.tags],
             "aliases": dict(self.aliases),
         }
 
@@ -286,6 +306,11 @@ class TagSet:
         if data.get("format") != TAGS_FILE_FORMAT or data.get("version") != TAGS_FILE_VERSION:
             raise TagError(f"not a {TAGS_FILE_FORMAT} v{TAGS_FILE_VERSION} tags file")
         entries = data.get("tags", [])
+        spaced = data.get("spaced_pieces")
+        if spaced is None:  # written before the key existed: the pieces say the style (bare then)
+            spaced = any(str(e.get("piece", "")).startswith(SPACE_PIECE) for e in entries)
+        if not isinstance(spaced, bool):
+            raise TagError(f"spaced_pieces must be true or false, not {spaced!r}")
         return cls(
             tags=[e["tag"] for e in entries],
             aliases=data.get("aliases", {}),
@@ -293,6 +318,7 @@ class TagSet:
             merge_variants=data.get("merge_variants", True),
             delimiters=tuple(data.get("delimiters", DEFAULT_DELIMITERS)),
             token_ids={e["tag"]: e["id"] for e in entries if e.get("id") is not None},
+            spaced=spaced,
         )
 
     def save(self, path: str | Path) -> None:
@@ -311,7 +337,8 @@ class TagSet:
 
     def with_token_ids(self, ids: dict[str, int]) -> TagSet:
         """A copy whose tags carry these token ids (from ``add_tag_pieces``)."""
-        return TagSet(self.tags, self.aliases, self.multiword, self.merge_variants, self.delimiters, ids)
+        return TagSet(self.tags, self.aliases, self.multiword, self.merge_variants, self.delimiters, ids,
+                      self.spaced)
 
 
 def read_tagset(folder: str | Path) -> TagSet | None:

@@ -2,9 +2,11 @@
 
 encode(text): empty → []; a text whose stripped length is 1 goes to sentencepiece as it is; otherwise
 canonicalise tags (when a TagSet is given) → normalise (tags shielded) → ``tokenize_by_cjk_char``
-(CJK characters spaced out, everything else upper-cased) → sentencepiece. A tag ``<laughs>`` thus reaches
-sentencepiece as ``<LAUGHS>``, a user-defined piece of the extended model: one id, preceded by the
-word-boundary piece "▁" when a space precedes it, exactly like a CJK character.
+(CJK characters spaced out, everything else upper-cased) → a space before each tag (spaced tag sets) →
+sentencepiece. A tag ``<laughs>`` thus reaches sentencepiece as `` <LAUGHS>`` and becomes the user-defined
+piece ``▁<LAUGHS>`` of the extended model: one id, the word boundary before the tag included. Older tag sets
+have bare pieces (``<LAUGHS>``): one id, preceded by the word-boundary piece "▁" when a space precedes it,
+exactly like a CJK character.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sentencepiece import SentencePieceProcessor
 
 from tagtune.errors import UserError
 from tagtune.folders import TAGS_FILE
-from tagtune.tags.vocab import SPACE_PIECE, UNKNOWN_POLICIES, TagSet, find_tags, tag_piece
+from tagtune.tags.vocab import SPACE_PIECE, UNKNOWN_POLICIES, TagSet, find_tags, space_before_tags
 from tagtune.text.normalize import TextNormalizer
 from tagtune.text.sentences import DEFAULT_MAX_TOKENS, split_segments, split_sentences
 
@@ -100,7 +102,7 @@ class TextTokenizer:
     def _check_tags(self, tagset: TagSet) -> dict[str, int]:
         ids = {}
         for tag in tagset.tags:
-            piece = tag_piece(tag)
+            piece = tagset.piece(tag)
             ids[tag] = self.sp.PieceToId(piece)
             if ids[tag] == self.sp.unk_id():
                 raise TokenizerError(f"tag {tag}: piece {piece!r} is not in the tokenizer model; "
@@ -122,7 +124,16 @@ class TextTokenizer:
     @property
     def tag_pieces(self) -> set[str]:
         """The pieces that stand for tags."""
-        return {tag_piece(t) for t in self.tag_ids}
+        return {self.tagset.piece(t) for t in self.tag_ids}
+
+    @property
+    def tag_space_id(self) -> int | None:
+        """Id of the bare "▁" piece sentencepiece writes before a tag typed after a space; None when the tag
+        pieces hold that space themselves (spaced tag sets) or the model has no such piece."""
+        if self.tagset is not None and self.tagset.spaced:
+            return None
+        space = self.sp.PieceToId(SPACE_PIECE)
+        return None if space == self.sp.unk_id() else space
 
     def preprocess(self, text: str) -> str:
         """The exact string handed to sentencepiece (after tags, normalisation and CJK splitting)."""
@@ -132,7 +143,10 @@ class TextTokenizer:
             text = self.tagset.canonicalize(text, unknown=self.unknown_tags)
         if self.normalizer is not None:
             text = self.normalizer.normalize(text)
-        return tokenize_by_cjk_char(text)
+        text = tokenize_by_cjk_char(text)
+        if self.tagset is not None and self.tagset.spaced:
+            text = space_before_tags(text)
+        return text
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (no start/stop tokens)."""

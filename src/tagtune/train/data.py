@@ -187,7 +187,6 @@ def _check_base(data_dir: Path, manifest: dict) -> tuple[Path, str]:
 
 def _check_tokenizer(path: Path, tags_path: Path, tagset, manifest_path: Path, recorded: dict) -> None:
     """Each tag is one piece of the tokenizer, at the id the data was encoded with (manifest ``tag_ids``)."""
-    from tagtune.tags.vocab import tag_piece
     from tagtune.text.tokenizer import TextTokenizer
 
     tokenizer = TextTokenizer(path, normalizer=None)  # an empty or garbage file fails here, naming it
@@ -197,7 +196,7 @@ def _check_tokenizer(path: Path, tags_path: Path, tagset, manifest_path: Path, r
             raise DataError(f"{tags_path}: tag {tag} has id {listed}, the data was encoded with {want} "
                             f"({manifest_path} tag_ids)")
         want = want if want is not None else listed
-        piece = tag_piece(tag)
+        piece = tagset.piece(tag)
         got = tokenizer.convert_tokens_to_ids(piece)[0]
         if got == tokenizer.unk_token_id:
             raise DataError(f"{path}: has no piece {piece} for tag {tag} (the data was encoded with it at id "

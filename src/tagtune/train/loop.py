@@ -235,7 +235,7 @@ def _start_tag_rows(gpt, data, new_ids: list[int], config: TrainConfig, family, 
             picks = untagged_indices(data.train, fit.max_clips, fit.seed)
             clips = [data.train[i] for i in picks]
             latents = family.neutral_prefix(gpt, data.train, picks, conds, accel.device)
-            starts, space_id = tokenizer_layout(data.tokenizer_path)
+            starts, space_id = tokenizer_layout(data.tokenizer_path, data.tagset.spaced)
             row, report = fit_neutral_row(gpt, new_ids, clips, latents, starts, space_id, fit,
                                           progress=config.runtime.progress_bar)
             set_tag_rows(gpt, new_ids, {"text_embedding.weight": row.expand(len(new_ids), -1)})
