@@ -181,11 +181,11 @@ def test_conditioning_modules_of_each_family(shipped_base):
         "emo_conditioning_encoder", "emo_perceiver_encoder", "emovec_layer", "emo_layer")
 
 
-def test_replay_is_refused_for_v2_data(v2_data, tmp_path):
+def test_replay_of_1x_data_is_refused_for_v2_data(v2_data, tiny_data, tmp_path):
     from tagtune.train import train
     from tagtune.train.config import TrainConfig
 
-    recipe = json.loads(json.dumps(RECIPE)) | {"replay": {"data": str(v2_data)}}
-    with pytest.raises(UserError, match="replay .* not supported for IndexTTS-2"):
+    recipe = json.loads(json.dumps(RECIPE)) | {"replay": {"data": str(tiny_data)}}
+    with pytest.raises(UserError, match="prepared for IndexTTS 1.x, the fine-tune data .* for IndexTTS-2"):
         train(v2_data, tmp_path / "run", TrainConfig.from_dict(recipe))
     assert not (tmp_path / "run").exists()

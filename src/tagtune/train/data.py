@@ -33,6 +33,7 @@ SHARD_TENSORS = ("text_ids", "text_offsets", "codes", "code_offsets", "mels", "m
 # an IndexTTS-2 shard keeps w2v-BERT features where 1.x keeps log-mels
 SHARD_TENSORS_V2 = ("text_ids", "text_offsets", "codes", "code_offsets", "features", "feature_offsets", "wav_lens")
 V2 = "v2"  # the manifest's model_family of data prepared for an IndexTTS-2 base
+FAMILY_NAMES = {"v1": "IndexTTS 1.x", V2: "IndexTTS-2"}
 
 
 class DataError(UserError):
@@ -51,7 +52,7 @@ class DataBundle:
     tokenizer_path: Path
     tags_path: Path
     tagset: object  # TagSet: canonical tags in token-id order
-    train: object  # PreparedDataset (PreparedDatasetV2 for IndexTTS-2 data)
+    train: object  # PreparedDataset (PreparedDatasetV2 for IndexTTS-2 data); a ReplayMix once mix_replay ran
     val: object
     family: str = "v1"  # the base model's family: "v1" (IndexTTS 1.x) or "v2" (IndexTTS-2)
 
@@ -210,7 +211,9 @@ class ReplayMix:
     """The fine-tune training split with untagged clips of a replay DATA_DIR appended (``replay`` recipe section).
 
     Indices below ``len(primary)`` are the fine-tune clips, the rest are replay clips; each keeps its own
-    reference clip. It reads like a ``PreparedDataset`` to training (``examples``, ``lengths``, items).
+    reference clip (IndexTTS-2: its own speaker and emotion clips), read from its own folder. It reads like a
+    ``PreparedDataset`` (``PreparedDatasetV2``) to training (``examples``, ``lengths``, items); example ids are
+    per folder, so the two parts share ids and training keys clips by index.
     """
 
     def __init__(self, primary, replay, picks: list[int]):
@@ -232,20 +235,23 @@ class ReplayMix:
 def mix_replay(data: DataBundle, replay_dir: str | Path, fraction: float, seed: int) -> ReplayMix:
     """``data.train`` with a seeded choice of the replay folder's untagged clips making up ``fraction`` of the mix.
 
-    The replay folder must be prepared from the same base (fingerprint) with a tokenizer whose pieces the
-    fine-tune tokenizer starts with (tag pieces come after them), so its text ids mean the same thing.
+    The replay folder must be prepared for the same model family from the same base (fingerprint) with a
+    tokenizer whose pieces the fine-tune tokenizer starts with (tag pieces come after them), so its text ids
+    mean the same thing.
     """
     import random
 
     from sentencepiece import SentencePieceProcessor
 
     from tagtune.data import PreparedDataset
+    from tagtune.data.dataset import PreparedDatasetV2
 
-    if data.family == V2:
-        raise DataError(f"{data.data_dir}: replay (the recipe's replay section) is not supported for IndexTTS-2 "
-                        "data yet; train without replay.data")
     replay_dir = Path(replay_dir)
     manifest = _read_manifest(replay_dir)
+    family = V2 if manifest.get("model_family") == V2 else "v1"
+    if family != data.family:
+        raise DataError(f"{replay_dir}: prepared for {FAMILY_NAMES[family]}, the fine-tune data {data.data_dir} "
+                        f"for {FAMILY_NAMES[data.family]}; prepare the replay corpus for the same base")
     _check_examples_and_shards(replay_dir, manifest)
     _, fingerprint = _check_base(replay_dir, manifest)
     if fingerprint != data.base_fingerprint:
@@ -257,7 +263,7 @@ def mix_replay(data: DataBundle, replay_dir: str | Path, fraction: float, seed: 
     if ours[: len(theirs)] != theirs:
         raise DataError(f"{replay_dir}: its tokenizer's pieces are not those of the fine-tune data's tokenizer "
                         f"({data.tokenizer_path}); prepare the replay corpus with the same base")
-    replay = PreparedDataset(replay_dir, "all")
+    replay = (PreparedDatasetV2 if family == V2 else PreparedDataset)(replay_dir, "all")
     untagged = [i for i, e in enumerate(replay.examples) if not e["has_tag"]]
     if not untagged:
         raise DataError(f"{replay_dir}: has no untagged clip to replay")

@@ -4,7 +4,7 @@ The loop (``train.loop``) is the same for IndexTTS 1.x and IndexTTS-2; the few t
 small object per family, picked from the data folder's ``model_family``:
 
 * ``prefix_cache(gpt, dataset, device)``: what the frozen conditioning branches give each clip, computed once
-  (1.x: speaker latents by dataset index; IndexTTS-2: speaker latents and emotion vector by example id);
+  (1.x: speaker latents; IndexTTS-2: speaker latents and emotion vector), by dataset index;
 * ``collate(dataset, indices, gpt, cache)``: a micro-batch of those clips;
 * ``losses(gpt, settings)``: the ``nn.Module`` giving (text CE (B,), code CE (B,)), which DDP wraps;
 * ``neutral_prefix(gpt, dataset, picks, cache, device)``: the conditioning of the clips the neutral tag-row
@@ -54,20 +54,21 @@ class FamilyV2:
     name: str = V2
 
     def prefix_cache(self, gpt: nn.Module, dataset, device) -> dict:
-        return conditioning_prefix_inputs(gpt, dataset, device)
+        return conditioning_prefix_inputs(gpt, dataset, device, by_index=True)
 
     def collate(self, dataset, indices: list[int], gpt: nn.Module, cache: dict | None):
-        return collate_v2([dataset[i] for i in indices], gpt.cfg, cache)
+        return collate_v2([dataset[i] for i in indices], gpt.cfg, cache, keys=indices)
 
     def losses(self, gpt: nn.Module, settings: LossSettings) -> nn.Module:
         return RowLossesV2(gpt, settings.mask_padding)
 
     def neutral_prefix(self, gpt: nn.Module, dataset, picks: list[int], cache: dict | None, device) -> list:
-        """(speaker latents (32, D), emotion vector (D,)) of ``dataset[i]`` for ``picks``."""
-        ids = [dataset.examples[i]["id"] for i in picks]
-        if cache is None:
-            cache = conditioning_prefix_inputs(gpt, [dataset[i] for i in picks], device)
-        return [cache[i] for i in ids]
+        """(speaker latents (32, D), emotion vector (D,)) of ``dataset[i]`` for ``picks``: cached, or computed here
+        when training the conditioning."""
+        if cache is not None:
+            return [cache[i] for i in picks]
+        fresh = conditioning_prefix_inputs(gpt, [dataset[i] for i in picks], device, by_index=True)
+        return [fresh[k] for k in range(len(picks))]
 
 
 FAMILIES = {"v1": FamilyV1(), V2: FamilyV2()}

@@ -55,12 +55,14 @@ def _pad(seqs: list[torch.Tensor], value: float) -> torch.Tensor:
     return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=value)
 
 
-def collate_v2(items: list[dict], gpt_cfg, prefix: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
-               ) -> BatchV2:
+def collate_v2(items: list[dict], gpt_cfg, prefix: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+               keys: list[int] | None = None) -> BatchV2:
     """Items of ``PreparedDatasetV2`` -> a BatchV2; text padded with the stop text token, codes with the stop
-    code (the forward turns padding into them anyway). With ``prefix`` (example id -> (conds (32, D), emovec
-    (D,)) from ``conditioning_prefix_inputs``) the features are not batched."""
+    code (the forward turns padding into them anyway). With ``prefix`` (key -> (conds (32, D), emovec (D,)) from
+    ``conditioning_prefix_inputs``) the features are not batched; ``keys`` are the items' keys in it (default
+    their example ids)."""
     cached = prefix is not None
+    keys = [b["id"] for b in items] if keys is None else keys
     spk = [b["spk_features"] for b in items]
     emo = [b["emo_features"] for b in items]
     return BatchV2(
@@ -74,8 +76,8 @@ def collate_v2(items: list[dict], gpt_cfg, prefix: dict[int, tuple[torch.Tensor,
         emo_lengths=None if cached else torch.tensor([s.shape[0] for s in emo]),
         has_tag=torch.tensor([b["has_tag"] for b in items]),
         tags=[b["tags"] for b in items],
-        conds=torch.stack([prefix[b["id"]][0] for b in items]) if cached else None,
-        emovec=torch.stack([prefix[b["id"]][1] for b in items]) if cached else None,
+        conds=torch.stack([prefix[k][0] for k in keys]) if cached else None,
+        emovec=torch.stack([prefix[k][1] for k in keys]) if cached else None,
     )
 
 
@@ -105,17 +107,20 @@ class RowLossesV2(nn.Module):
 
 
 @torch.no_grad()
-def conditioning_prefix_inputs(gpt: nn.Module, dataset: PreparedDatasetV2, device="cpu",
-                               batch_size: int = 16) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Example id -> (speaker latents (32, D), emotion vector (D,)) on the CPU, for frozen conditioning branches.
+def conditioning_prefix_inputs(gpt: nn.Module, dataset: PreparedDatasetV2, device="cpu", batch_size: int = 16,
+                               by_index: bool = False) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Example id (dataset index with ``by_index``) -> (speaker latents (32, D), emotion vector (D,)) on the CPU,
+    for frozen conditioning branches.
 
     Batch-independent (true lengths, padding masked), so they equal what ``RowLossesV2`` computes per batch.
+    Ids are unique within one folder only: a dataset mixing folders (``train.data.ReplayMix``) is keyed by index.
     """
     out = {}
     for s in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(s, min(len(dataset), s + batch_size))]
+        indices = range(s, min(len(dataset), s + batch_size))
+        items = [dataset[i] for i in indices]
         batch = collate_v2(items, gpt.cfg).to(device)
         conds, emovec = prefix_inputs(gpt, batch)
-        for row, item in enumerate(items):
-            out[item["id"]] = (conds[row].cpu(), emovec[row].cpu())
+        for row, (i, item) in enumerate(zip(indices, items)):
+            out[i if by_index else item["id"]] = (conds[row].cpu(), emovec[row].cpu())
     return out
