@@ -588,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true",
                    help="a smoke run: every stage at a tiny size, checks shown but not judged")
     s.add_argument("--model-family", choices=("v1", "v2"), default="v1",
-                   help="the base's family: v1 (IndexTTS 1.x) or v2 (IndexTTS-2: no replay, no transfer set) "
+                   help="the base's family: v1 (IndexTTS 1.x) or v2 (IndexTTS-2: multi-voice, no transfer set) "
                    "(default: v1)")
     s.add_argument("--base", type=Path, help="base model folder of that family (default: the shipped tiny base)")
     s.add_argument("--steps", type=int, help="training steps (default: the demo's, 400 for v1, 800 for v2; 20 with "

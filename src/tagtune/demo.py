@@ -198,7 +198,7 @@ def prepare_corpora(base: Path, out: Path, s: DemoSettings, progress: bool) -> d
 
     manifest = prepare_for_model(base, str(out / "corpus"), out / "data", tags="auto", progress=progress,
                                  seed=s.seed, overwrite=True, val_fraction=s.val_fraction)
-    if s.model_family == "v2":  # no transfer set, no replay for IndexTTS-2 yet
+    if s.model_family == "v2":  # a multi-voice scenario: no transfer set (none in eval for v2), no replay
         return manifest
     # the transfer set spells each tag with the fine-tune data's id: its tags are listed in that order
     tag_order = [t.strip("<>") for t in read_tagset(out / "data").tags]
