@@ -30,3 +30,15 @@ def test_ids_and_tags(shipped_base):
     # a tag the tag set does not know must reject the clip, not stop the run
     bad = encode_text("ha <coughs> ha", tagged, max_text_tokens=600)
     assert isinstance(bad, Rejection) and bad.reason == "unencodable_text"
+
+
+def test_encoders_run_where_devices_chooses(monkeypatch):
+    """With no device named, the clip encoder takes tagtune.devices' choice, the one "auto" means everywhere."""
+    import torch
+
+    from tagtune import devices
+    from tagtune.data.encoders import dvae_clip_encoder
+
+    monkeypatch.setattr(devices, "best_device", lambda: torch.device("meta"))
+    encoder = dvae_clip_encoder(torch.nn.Linear(2, 2))
+    assert encoder.device == torch.device("meta") and encoder.dvae.weight.device.type == "meta"

@@ -92,8 +92,9 @@ def test_only_adapters_and_tag_rows_are_saved(trained_run, shipped_base):
                                                                           "mlp.c_proj") for ab in "AB"}}
     meta = json.loads((run_dir / "best" / "tagtune_adapter.json").read_text())
     assert meta["step"] == result.best_step and meta["new_token_ids"] == [vocab, vocab + 1]
-    config = json.loads((run_dir / "best" / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == str(shipped_base.resolve())  # stock PEFT finds the base
+    for folder in ("best", "last", "checkpoints/step-000008/weights"):  # each names the base: stock PEFT finds it
+        config = json.loads((run_dir / folder / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == str(shipped_base.resolve()), folder
 
 
 def _launch(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:

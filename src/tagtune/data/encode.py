@@ -103,13 +103,6 @@ def encode_text(raw: Any, encoder: TextEncoder, max_text_tokens: int) -> Encoded
     return enc
 
 
-def best_device() -> torch.device:
-    """This process's accelerator (accelerate's choice under a launcher), else the CPU."""
-    from accelerate import PartialState
-
-    return PartialState().device
-
-
 class DVAEClipEncoder:
     """Log-mel on the CPU in fp32 (as the official reference path), DVAE codes batched on ``device``.
 

@@ -49,7 +49,7 @@ def dvae_clip_encoder(dvae: torch.nn.Module, mel_config=None, device: torch.devi
 
     mel = MelSpectrogram.from_config(mel_config) if mel_config is not None else MelSpectrogram()
     if device is None:
-        from tagtune.data.encode import best_device
+        from tagtune.devices import best_device
 
         device = best_device()
     return DVAEClipEncoder(mel, dvae, device, batch_size, identity="dvae:" + _tensor_hash(dvae))

@@ -80,7 +80,7 @@ def semantic_clip_encoder(model, device: torch.device | str | None = None, batch
     """A ``SemanticClipEncoder`` from a ``loaders.LoadedModelV2``; its identity hashes the folder's statistics,
     the w2v-BERT layer, the codec and the feature path, so data of another model is never mixed in."""
     if device is None:
-        from tagtune.data.encode import best_device
+        from tagtune.devices import best_device
 
         device = best_device()
     h = hashlib.sha256(FEATURE_PATH.encode())
