@@ -20,9 +20,8 @@ from tagtune.folders import shipped_base
 
 PACKAGE = Path(tagtune.__file__).parent
 README = PACKAGE.parents[1] / "README.md"
-# Modules allowed to import the training package: training itself, the entry points above every stage, and the
-# tiny base builders (they pre-train a base with the training forward).
-TRAINING_IMPORTERS = ("train/", "cli.py", "demo.py", "__init__.py", "tiny/")
+# Modules allowed to import the training package: training itself and the entry points above every stage.
+TRAINING_IMPORTERS = ("train/", "cli.py", "demo.py", "__init__.py")
 ABOVE_FOUNDATIONS = ("tagtune.models", "tagtune.generation", "tagtune.checkpoint", "tagtune.lora", "tagtune.tags.rows",
                      "tagtune.loaders", "tagtune.synthesis", "tagtune.evaluate", "tagtune.data", "tagtune.train",
                      "tagtune.serve")

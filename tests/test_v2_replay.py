@@ -59,9 +59,9 @@ def gpt():
 def test_replayed_clips_are_untagged_clips_of_the_replay_folder_with_their_own_conditioning(v2_data, replay_dir,
                                                                                              gpt):
     from tagtune.data.dataset import PreparedDatasetV2
+    from tagtune.models.v2.objective import collate_v2, prefix_inputs
     from tagtune.train.data import mix_replay, open_data
     from tagtune.train.family import FamilyV2
-    from tagtune.train.v2_batch import collate_v2, prefix_inputs
 
     data = open_data(v2_data)
     mix = mix_replay(data, replay_dir, FRACTION, seed=3)

@@ -1,4 +1,4 @@
-"""The IndexTTS-2 training forward (train/v2_batch.py) on data prepared from the tiny v2 fixture: the 34-position
+"""The IndexTTS-2 training forward (models/v2/objective.py) on data prepared from the tiny v2 fixture: the 34-position
 prefix from another clip's speaker features and an emotion clip's features, per-clip losses independent of the
 batch, gradients reaching LoRA and the tag rows only."""
 
@@ -9,9 +9,9 @@ import torch
 
 from tagtune import lora
 from tagtune.data.dataset import PreparedDatasetV2
+from tagtune.models.unified_voice import row_ce
+from tagtune.models.v2.objective import RowLossesV2, collate_v2, conditioning_prefix_inputs
 from tagtune.tags.rows import TagInit, grow_base
-from tagtune.train.loss import _row_ce
-from tagtune.train.v2_batch import RowLossesV2, collate_v2, conditioning_prefix_inputs
 from test_v2_prepare import LAYOUT, _corpus, _prepare
 from v2_fixture import V2_CHECKPOINT, require_v2
 
@@ -69,7 +69,7 @@ def test_the_loss_is_the_inference_prefix_teacher_forced(data, tuned):
         assert prefix.shape[1] == 34
         text, codes = item["text_ids"][None], item["codes"][None]
         out = tuned.logits(conds, emovec, text, torch.tensor([text.shape[1]]), codes, torch.tensor([codes.shape[1]]))
-        want = _row_ce(out.mel_logits, out.mel_targets)
+        want = row_ce(out.mel_logits, out.mel_targets)
         got = RowLossesV2(tuned)(collate_v2([item], tuned.cfg))[1]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert out.mel_targets[0, -2].item() == tuned.cfg.stop_mel_token  # codes, then stop

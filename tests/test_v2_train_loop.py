@@ -113,10 +113,10 @@ def test_v2_run_lowers_the_loss_and_saves_lora_and_tag_rows_only(v2_run):
 def test_validation_is_the_v2_teacher_forced_loss_of_the_start(v2_run, v2_data):
     """The step-0 record is the grown base with the run's start rows, scored clip by clip by hand."""
     from tagtune.data.dataset import PreparedDatasetV2
+    from tagtune.models.v2.objective import RowLossesV2, collate_v2
     from tagtune.tags.rows import TagInit, grow_base
     from tagtune.train.config import LossSettings
     from tagtune.train.loss import combine
-    from tagtune.train.v2_batch import RowLossesV2, collate_v2
 
     gpt, _, _ = grow_base(V2_CHECKPOINT, ["<giggles>"], TagInit("mean", 0, rows_file=v2_run / "tag_init.safetensors"))
     val = PreparedDatasetV2(v2_data, "val")

@@ -26,6 +26,7 @@ from tagtune.models.gpt2 import GPT2Backbone
 OFFICIAL_DROPOUT = 0.1  # GPT-2 attn/resid/embd dropout of the official config (train mode only)
 POS_INIT_STD = 0.02
 IGNORE_INDEX = -100  # target value F.cross_entropy skips: marks padding when the loss is masked
+COND_LATENTS = 32  # speaker latents in front of every sequence
 LN_EPS = 1e-5
 
 
@@ -262,3 +263,10 @@ class UnifiedVoice(TokenTrunk):
         code_lengths = code_lengths if code_lengths is not None else torch.full((B,), N, device=codes.device)
         tok = self.training_tokens(text_ids, text_lengths, codes, code_lengths * self.cfg.mel_length_compression)
         return self._segment_hidden(conds, tok, mask_padding=masked)[1][:, :-2]
+
+
+def row_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean CE of each row over its non-ignored positions: logits (B, V, L), targets (B, L) -> (B,)."""
+    ce = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="none")  # (B, L)
+    count = (targets != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+    return ce.sum(dim=1) / count

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from tagtune.models.v2.objective import RowLossesV2, collate_v2, conditioning_prefix_inputs
 from tagtune.train.config import LossSettings
 from tagtune.train.data import V2, collate, pad_spec, precompute_conds
 from tagtune.train.loss import RowLosses
-from tagtune.train.v2_batch import RowLossesV2, collate_v2, conditioning_prefix_inputs
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from tagtune.models.unified_voice import IGNORE_INDEX
+from tagtune.models.unified_voice import COND_LATENTS, row_ce
 from tagtune.train.config import LossSettings
 
-COND_LATENTS = 32  # speaker latents in front of every sequence
 MEL_COMPRESSION = 1024  # 24 kHz samples per DVAE code
 
 
@@ -51,13 +49,6 @@ class Batch:
         return int((COND_LATENTS + self.text_lengths + 2 + code_lengths + 2).sum())
 
 
-def _row_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean CE of each row over its non-ignored positions: logits (B, V, L), targets (B, L) -> (B,)."""
-    ce = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="none")  # (B, L)
-    count = (targets != IGNORE_INDEX).sum(dim=1).clamp(min=1)
-    return ce.sum(dim=1) / count
-
-
 class RowLosses(nn.Module):
     """``forward(batch) -> (text CE (B,), mel CE (B,))`` for each clip of the batch."""
 
@@ -72,7 +63,7 @@ class RowLosses(nn.Module):
             batch.cond_lengths, conds=batch.conds,
             mask_padding=self.mask_padding, mask_loss=self.mask_padding,
         )
-        return _row_ce(out.text_logits, out.text_targets), _row_ce(out.mel_logits, out.mel_targets)
+        return row_ce(out.text_logits, out.text_targets), row_ce(out.mel_logits, out.mel_targets)
 
 
 def combine(text_ce: torch.Tensor, mel_ce: torch.Tensor, settings: LossSettings) -> torch.Tensor:

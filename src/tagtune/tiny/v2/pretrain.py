@@ -1,4 +1,4 @@
-"""Pre-training the tiny IndexTTS-2 GPT on untagged clips with the training forward of ``train.v2_batch``.
+"""Pre-training the tiny IndexTTS-2 GPT on untagged clips with the IndexTTS-2 objective of ``models.v2.objective``.
 
 Each example is (text ids, semantic codes, features) of one clip. The speaker prompt is a random crop of
 ANOTHER clip of the same speaker, and the emotion prompt is the same crop: at synthesis the official pipeline
@@ -16,6 +16,7 @@ import torch
 from tagtune.config import GPTV2Config
 from tagtune.generation.v2 import generate_codes_v2, official_v2
 from tagtune.models.v2.gpt import UnifiedVoiceV2
+from tagtune.models.v2.objective import RowLossesV2, collate_v2
 from tagtune.tiny.pretrain import (
     GRAD_CLIP,
     TEXT_WEIGHT,
@@ -25,7 +26,6 @@ from tagtune.tiny.pretrain import (
     lr_at,
     pick_prompt,
 )
-from tagtune.train.v2_batch import RowLossesV2, collate_v2
 
 PROMPT_ROWS = 100  # 2 s of features at 50 rows/s: a speaker identity, cheap for the conformers
 CHECK_MAX_NEW = 600  # the length limit of the stop check (also capped by max_mel_tokens)

@@ -1,4 +1,4 @@
-"""The IndexTTS-2 training forward: prepared v2 data -> batches -> per-clip text and semantic-code cross-entropy.
+"""The IndexTTS-2 objective: prepared v2 items -> batches -> per-clip text and semantic-code cross-entropy.
 
 The GPT reads ``[speaker latents + emotion vector (32), speed_emb(1), speed_emb(0)]`` (the 34-position prefix of
 ``UnifiedVoiceV2.conditioning_prefix``), then the text, then the codes, exactly as at inference. The speaker
@@ -7,7 +7,9 @@ tagged target itself); both conformers run with true lengths and ``mask_padding`
 depend on the clips that share its batch. ``conditioning_prefix_inputs`` computes them once for frozen
 conditioning branches (the default), as ``train.data.precompute_conds`` does for 1.x.
 
-The loop (``train.loop``) is shared with 1.x; ``train.family.FamilyV2`` hands it these.
+It lives with the model, below the stages: the training loop (``train.family.FamilyV2`` hands these to the loop it
+shares with 1.x) and the tiny v2 base's pre-training (``tiny.v2.pretrain``) both use it. Items are dicts in the
+layout of ``data.dataset.PreparedDatasetV2``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from tagtune.data.dataset import PreparedDatasetV2
+from tagtune.models.unified_voice import COND_LATENTS, row_ce
 from tagtune.models.v2.gpt import SPEED_ROWS
-from tagtune.train.loss import COND_LATENTS, _row_ce
 
 PREFIX_POSITIONS = COND_LATENTS + SPEED_ROWS  # speaker latents + emotion vector (32), speed_emb(1), speed_emb(0)
 
@@ -103,14 +104,14 @@ class RowLossesV2(nn.Module):
         conds, emovec = prefix_inputs(self.gpt, batch)
         out = self.gpt.logits(conds, emovec, batch.text_ids, batch.text_lengths, batch.codes, batch.code_lengths,
                               mask_padding=self.mask_padding, mask_loss=self.mask_padding)
-        return _row_ce(out.text_logits, out.text_targets), _row_ce(out.mel_logits, out.mel_targets)
+        return row_ce(out.text_logits, out.text_targets), row_ce(out.mel_logits, out.mel_targets)
 
 
 @torch.no_grad()
-def conditioning_prefix_inputs(gpt: nn.Module, dataset: PreparedDatasetV2, device="cpu", batch_size: int = 16,
+def conditioning_prefix_inputs(gpt: nn.Module, dataset, device="cpu", batch_size: int = 16,
                                by_index: bool = False) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Example id (dataset index with ``by_index``) -> (speaker latents (32, D), emotion vector (D,)) on the CPU,
-    for frozen conditioning branches.
+    for frozen conditioning branches; ``dataset`` is indexable (``PreparedDatasetV2``, a list of its items).
 
     Batch-independent (true lengths, padding masked), so they equal what ``RowLossesV2`` computes per batch.
     Ids are unique within one folder only: a dataset mixing folders (``train.data.ReplayMix``) is keyed by index.
