@@ -19,7 +19,7 @@ from tagtune.errors import UserError
 from tagtune.folders import ModelFolder
 from tagtune.loaders import load_model
 from tagtune.tags.rows import TagInit, grow_base
-from tagtune.tags.vocab import SPACE_PIECE, TagSet, read_tagset
+from tagtune.tags.vocab import TagSet, read_tagset
 
 TUNED, BASE = "tuned", "base"
 
@@ -45,18 +45,6 @@ class EvalModel:
     @property
     def stop_mel(self) -> int:
         return self.gpt.cfg.stop_mel_token
-
-
-def _space_id(bpe_model: Path, tags: TagSet) -> int | None:
-    """Id of the bare word-boundary piece that sentencepiece puts before a tag preceded by a space (None when
-    the tag pieces hold that space: spaced tag sets)."""
-    from sentencepiece import SentencePieceProcessor
-
-    if tags.spaced:
-        return None
-    sp = SentencePieceProcessor(model_file=str(bpe_model))
-    piece = sp.PieceToId(SPACE_PIECE)
-    return None if piece == sp.unk_id() else piece
 
 
 def _grown_base(base_dir: Path, tags: TagSet, device, init: TagInit) -> nn.Module:
@@ -105,4 +93,4 @@ def load_models(model_dir: str | Path | None, base_dir: str | Path | None = None
     rows = ModelFolder(m.text_dir).start_rows
     init = TagInit(tag_init, tag_seed, m.tokenizer_path, rows if rows.is_file() else None)
     base = _base_model(Path(base_dir), tags, device, init) if base_dir is not None else None
-    return tuned, base, tags, _space_id(m.tokenizer_path, tags)
+    return tuned, base, tags, m.tokenizer.tag_space_id
