@@ -19,16 +19,18 @@ from tagtune.demo import DemoSettings
 from tagtune.evaluate.transfer import CONDITIONS, TransferSettings
 from tagtune.folders import shipped_base, shipped_recipe
 
-# variant -> (recipe settings, prepare settings of the fine-tune data); "default" is the demo's own recipe
+# variant -> (recipe settings, prepare settings of the fine-tune data, share of Chinese in a replay corpus made
+# for the variant or None for the demo's own); "default" is the demo's own recipe
 VARIANTS = {
-    "default": ({}, {}),
-    "no-replay": ({"replay.data": None}, {}),
-    "replay-0.5": ({"replay.fraction": 0.5}, {}),
-    "replay-english": ({}, {}),  # the replay corpus without Chinese clips
-    "prompt-is-target": ({}, {"cond_mode": "self"}),
-    "rank-4": ({"lora.rank": 4, "lora.alpha": 8}, {}),
-    "last-2-layers": ({"lora.layers": [2, 3]}, {}),
-    "train-conditioning": ({"lora.train_conditioning": True}, {}),
+    "default": ({}, {}, None),
+    "no-replay": ({"replay.data": None}, {}, None),
+    "replay-0.5": ({"replay.fraction": 0.5}, {}, None),
+    "replay-english": ({}, {}, 0.0),
+    "replay-zh-0.2": ({}, {}, 0.2),
+    "prompt-is-target": ({}, {"cond_mode": "self"}, None),
+    "rank-4": ({"lora.rank": 4, "lora.alpha": 8}, {}, None),
+    "last-2-layers": ({"lora.layers": [2, 3]}, {}, None),
+    "train-conditioning": ({"lora.train_conditioning": True}, {}, None),
 }
 
 
@@ -44,19 +46,20 @@ def _data_for(demo: Path, out: Path, prep: dict, seed: int, val_fraction: float)
     return folder
 
 
-def _english_replay(out: Path, s: DemoSettings) -> Path:
-    """The demo's replay corpus without its Chinese clips: as many untagged English clips of the same voices."""
+def _replay(out: Path, s: DemoSettings, chinese: float) -> Path:
+    """A replay corpus like the demo's (as many untagged clips of the same voices) with another share of Chinese."""
     from tagtune.data.for_model import prepare_for_model
     from tagtune.demo import CORPUS_SEEDS, DEMO_TAGS
     from tagtune.synthetic import generate_corpus
     from tagtune.synthetic.voices import PRETRAIN, resolve_engine, voices_with
 
-    folder = out / "replay-english"
+    folder = out / f"replay-zh-{chinese}"
     if not (folder / "manifest.json").is_file():
         engine = resolve_engine("auto")
-        generate_corpus(out / "replay-english-corpus", n_clips=s.replay_clips, seed=s.seed + CORPUS_SEEDS["replay"],
-                        tags=DEMO_TAGS, untagged_fraction=1.0, voices=voices_with(PRETRAIN, engine), engine=engine)
-        prepare_for_model(shipped_base(), str(out / "replay-english-corpus"), folder, tags="auto", progress=False,
+        generate_corpus(out / f"{folder.name}-corpus", n_clips=s.replay_clips, seed=s.seed + CORPUS_SEEDS["replay"],
+                        tags=DEMO_TAGS, untagged_fraction=1.0, voices=voices_with(PRETRAIN, engine), engine=engine,
+                        chinese_fraction=chinese)
+        prepare_for_model(shipped_base(), str(out / f"{folder.name}-corpus"), folder, tags="auto", progress=False,
                           seed=s.seed, val_fraction=0.0)
     return folder
 
@@ -67,10 +70,10 @@ def run_variant(name: str, demo: Path, out: Path, s: DemoSettings) -> dict:
     from tagtune.train import train
     from tagtune.train.config import TrainConfig
 
-    recipe, prep = VARIANTS[name]
+    recipe, prep, chinese = VARIANTS[name]
     started = time.perf_counter()
     data = _data_for(demo, out, prep, s.seed, s.val_fraction)
-    replay = _english_replay(out, s) if name == "replay-english" else demo / "replay"
+    replay = demo / "replay" if chinese is None else _replay(out, s, chinese)
     settings = {"replay.data": str(replay), "replay.fraction": s.replay_fraction, **recipe}
     if settings["replay.data"] is None:
         settings.pop("replay.fraction")
