@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import sys
 import types
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from tagtune.api import evaluate, export, prepare, train
     from tagtune.loaders import LoadedModel, load_model
     from tagtune.synthesis import TTS, Synthesis
     from tagtune.tags.rows import grow_for_adapter
@@ -39,6 +39,11 @@ _LAZY = {
     "Synthesis": "tagtune.synthesis",
     "UserError": "tagtune.errors",
     "grow_for_adapter": "tagtune.tags.rows",
+    # the public calls live with the entry points (api.py): the package root imports no stage, the recipe included
+    "prepare": "tagtune.api",
+    "train": "tagtune.api",
+    "export": "tagtune.api",
+    "evaluate": "tagtune.api",
 }
 
 __all__ = ["TTS", "LoadedModel", "Synthesis", "UserError", "evaluate", "export", "grow_for_adapter", "load_model",
@@ -51,50 +56,6 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'tagtune' has no attribute {name!r}")
-
-
-def prepare(model_dir: str | Path, data: str | Path, out_dir: str | Path, *, tags: str | list[str] = "auto",
-            **options) -> dict | None:
-    """Prepare a tagged corpus for a base model folder; returns the data folder's manifest.
-
-    ``data`` is any corpus ``tagtune prepare`` reads (parquet/arrow, LJSpeech, CSV/JSONL manifest, a folder
-    with metadata.jsonl, or a Hugging Face dataset name with ``kind="hf"``); ``tags`` is "auto" or a list
-    such as ``["<laughs>", "<sighs>"]``. ``options``: see ``tagtune.data.for_model.prepare_for_model``.
-    """
-    from tagtune.data.for_model import prepare_for_model
-
-    return prepare_for_model(model_dir, str(data), out_dir, tags=tags, **options)
-
-
-def train(data_dir: str | Path, out_dir: str | Path, config: Any = None, *, resume: bool = False, **overrides):
-    """LoRA-train the base model of a prepared data folder on its tags; returns the run's summary.
-
-    ``config``: a ``TrainConfig``, the path of a YAML recipe, or None for the shipped ``configs/lora.yaml``.
-    ``overrides``: ``max_steps``, ``epochs``, ``batch_size``, ``lr``, ``rank``, ``seed``, ``neutral_steps``.
-    """
-    from tagtune.folders import shipped_recipe
-    from tagtune.train import TrainConfig
-    from tagtune.train import train as run_training
-
-    if not isinstance(config, TrainConfig):
-        config = TrainConfig.from_yaml(config if config is not None else shipped_recipe())
-    return run_training(data_dir, out_dir, config.with_overrides(**overrides), resume=resume)
-
-
-def export(run_dir: str | Path, out_dir: str | Path, **options) -> Path:
-    """A training run's weights as a model folder the official loader accepts (``adapter_only=True``: a PEFT
-    adapter folder instead); ``options``: ``dtype``, ``which`` ("best"/"last"), ``overwrite``."""
-    from tagtune.export import export as export_run
-
-    return export_run(run_dir, out_dir, **options)
-
-
-def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | Path, **options) -> dict:
-    """Tag reliance, forgetting and free-running event numbers of a tuned model against its base; writes
-    report.json, report.md and plots to ``out_dir``. ``options``: ``base_dir``, ``adapter``, ``n_free`` ..."""
-    from tagtune.evaluate import evaluate as run_evaluation
-
-    return run_evaluation(model_dir, data_dir, out_dir, **options)
 
 
 class _PublicFace(types.ModuleType):
