@@ -98,6 +98,7 @@ def row(name: str, report: dict, seconds: float) -> dict:
         "ft_voice_en_hit": t["ft_voice_en"]["hit_rate"]["mean"],
         "transfer_ratio": {c: t[c]["transfer_ratio"] for c in CONDITIONS if c in t},
         "false_event_rate": {c: t[c]["false_event_rate"] for c in CONDITIONS if c in t},
+        "false_event_rate_by_prompt": {c: t[c].get("false_event_rate_by_prompt") for c in CONDITIONS if c in t},
         "untagged_nll_ratio": {c: t[c]["untagged_nll_ratio"] for c in CONDITIONS if c in t},
         "similarity_drop": {c: t[c]["speaker_similarity"]["drop"] for c in CONDITIONS if c in t},
         "failed_checks": [c["name"] for c in checks if c["passed"] is False],

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tagtune.evaluate.detector import NONE, CodeEventDetector, choose_window, window_features, window_labels
-from tagtune.evaluate.freerun import strip_tags, summarize_free
+from tagtune.evaluate.freerun import make_prompts, score_clips, strip_tags, summarize_free
 from tagtune.evaluate.nll import ScoreRow, code_nll, code_span
 from tagtune.evaluate.reliance import TrialScore, occurrences, summarize, with_other_tag, without_tag
 from tagtune.tags.vocab import TagSet
@@ -113,12 +113,30 @@ def test_free_running_rates_from_trials():
     scored = {"trials": [{"tag": "<laughs>", "detected": "<laughs>", "error_ms": 100.0},
                          {"tag": "<laughs>", "detected": "<sighs>", "error_ms": 50.0},
                          {"tag": "<sighs>", "detected": NONE, "error_ms": None}],
-              "false_flags": [True, False, False, False], "any_flags": [True, True, False]}
+              "false_flags": [True, False, False, False], "any_flags": [True, True, False],
+              "twin_flags": [True, False], "untagged_flags": [False, False, False]}
     s = summarize_free(scored, ["<laughs>", "<sighs>"])
+    assert s["false_event_rate_by_prompt"] == {"tag_free_twins": {"rate": 0.5, "prompts": 2},
+                                               "untagged_clips": {"rate": 0.0, "prompts": 3}}
     assert s["per_tag"]["<laughs>"] == {"trials": 2, "hit_rate": 0.5, "placement_error_ms": 100.0}
     assert s["per_tag"]["<sighs>"]["hit_rate"] == 0.0 and s["mean_hit_rate"] == 0.25
     assert s["false_event_rate"] == 0.25 and s["any_event_rate"] == pytest.approx(2 / 3)
     assert s["confusion"]["counts"]["<laughs>"] == {"<laughs>": 1, "<sighs>": 1, NONE: 0}
+
+
+def test_false_events_are_split_into_tag_free_twins_and_untagged_clips():
+    class EventsAtCodeSeven:  # "detects" an event in every sequence that holds code 7
+        def detect(self, seq):
+            return ["event"] if 7 in seq.tolist() else []
+
+    tagged = [{"text_ids": torch.tensor([5, 99, 6]), "codes": torch.zeros(4), "wav_len": 4096}]
+    untagged = [{"text_ids": torch.tensor([5, 6]), "codes": torch.zeros(4), "wav_len": 4096} for _ in range(2)]
+    prompts = make_prompts(tagged, untagged, {99}, None)
+    assert [(p.tagged, p.twin) for p in prompts] == [(True, False), (False, True), (False, False), (False, False)]
+    codes = [torch.tensor([1, 2]), torch.tensor([7, 1]), torch.tensor([1, 1]), torch.tensor([7, 7])]
+    scored = score_clips(EventsAtCodeSeven(), prompts, codes, tagged + untagged, TagSet(["<laughs>"]), {"<laughs>": 99})
+    assert scored["false_flags"] == [True, False, True]
+    assert scored["twin_flags"] == [True] and scored["untagged_flags"] == [False, True]
 
 
 def test_strip_tags_at_the_end_and_adjacent():

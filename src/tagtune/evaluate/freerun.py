@@ -25,6 +25,8 @@ TOLERANCE_FRACTION = 0.25
 LENGTH_FACTOR = 1.5  # max_new_tokens = LENGTH_FACTOR x the longest reference clip of the batch (+ margin)
 LENGTH_MARGIN = 8
 MS_PER_CODE = 1000.0 * SAMPLES_PER_CODE / SAMPLE_RATE
+# the two kinds of tag-free prompt, as report keys -> the scored lists that hold their false-event flags
+FALSE_EVENT_PROMPTS = {"tag_free_twins": "twin_flags", "untagged_clips": "untagged_flags"}
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Prompt:
     item: int  # index into the clip list
     text_ids: torch.Tensor
     tagged: bool
+    twin: bool = False  # a tagged clip's text with its tags removed (not an untagged clip's own text)
 
 
 def strip_tags(text_ids: torch.Tensor, tag_ids: set[int], space_id: int | None) -> torch.Tensor:
@@ -70,7 +73,7 @@ def make_prompts(tagged: list[dict], untagged: list[dict], tag_ids: set[int], sp
     prompts = []
     for k, it in enumerate(tagged):
         prompts.append(Prompt(k, it["text_ids"], True))
-        prompts.append(Prompt(k, strip_tags(it["text_ids"], tag_ids, space_id), False))
+        prompts.append(Prompt(k, strip_tags(it["text_ids"], tag_ids, space_id), False, twin=True))
     prompts += [Prompt(len(tagged) + k, it["text_ids"], False) for k, it in enumerate(untagged)]
     return prompts
 
@@ -107,12 +110,16 @@ def _tolerance(n_codes: int, ms_per_code: float = MS_PER_CODE) -> float:
 
 def score_clips(detector: CodeEventDetector, prompts: list[Prompt], codes: list[torch.Tensor], items: list[dict],
                 tags, tag_ids: dict[str, int]) -> dict:
-    """Per-trial hits and per-prompt false events from detections on ``codes`` (one sequence per prompt)."""
-    trials, false_flags, any_flags = [], [], []
+    """Per-trial hits and per-prompt false events from detections on ``codes`` (one sequence per prompt).
+
+    ``false_flags`` pools every tag-free prompt; ``twin_flags`` and ``untagged_flags`` split them into the
+    tag-free twins of tagged clips (their text was written around a tag) and the untagged clips' own texts."""
+    trials, false_flags, any_flags, twin_flags, untagged_flags = [], [], [], [], []
     for prompt, seq in zip(prompts, codes):
         found = detector.detect(seq)
         if not prompt.tagged:
             false_flags.append(bool(found))
+            (twin_flags if prompt.twin else untagged_flags).append(bool(found))
             continue
         any_flags.append(bool(found))
         item = items[prompt.item]
@@ -123,7 +130,8 @@ def score_clips(detector: CodeEventDetector, prompts: list[Prompt], codes: list[
             best = min(near, key=lambda d: abs(d.onset - expected)) if near else None
             trials.append({"tag": occ.tag, "detected": best.tag if best else NONE,
                            "error_ms": abs(best.onset - expected) * ms_per_code if best else None})
-    return {"trials": trials, "false_flags": false_flags, "any_flags": any_flags}
+    return {"trials": trials, "false_flags": false_flags, "any_flags": any_flags, "twin_flags": twin_flags,
+            "untagged_flags": untagged_flags}
 
 
 def summarize_free(scored: dict, tag_names: list[str]) -> dict:
@@ -145,6 +153,8 @@ def summarize_free(scored: dict, tag_names: list[str]) -> dict:
         "mean_hit_rate": sum(rates) / len(rates) if rates else None,
         "any_event_rate": _rate(scored["any_flags"]),
         "false_event_rate": _rate(scored["false_flags"]),
+        "false_event_rate_by_prompt": {kind: {"rate": _rate(scored.get(key, [])), "prompts": len(scored.get(key, []))}
+                                       for kind, key in FALSE_EVENT_PROMPTS.items()},
         "tagged_prompts": len(scored["any_flags"]),
         "untagged_prompts": len(scored["false_flags"]),
         "confusion": {"rows": tag_names, "columns": columns, "counts": confusion},

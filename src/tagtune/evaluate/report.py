@@ -64,10 +64,12 @@ def _overall(s: dict) -> dict:
         "untagged_nll_ratio": _get(s, "forgetting", "untagged_nll_ratio"),
         "untagged_nll": _get(s, "forgetting", "untagged_nll"),
         "false_event_rate": _get(free, "tuned", "false_event_rate"),
+        "false_event_rate_by_prompt": _get(free, "tuned", "false_event_rate_by_prompt"),
         "any_event_rate": _get(free, "tuned", "any_event_rate"),
         "mean_hit_rate": _get(free, "tuned", "mean_hit_rate"),
         "placement_error_ms": _get(free, "tuned", "placement_error_ms"),
-        "base": {k: _get(free, "base", k) for k in ("false_event_rate", "any_event_rate", "mean_hit_rate")},
+        "base": {k: _get(free, "base", k) for k in ("false_event_rate", "false_event_rate_by_prompt",
+                                                    "any_event_rate", "mean_hit_rate")},
         "detector_accuracy": _get(s, "detector", "held_out", "accuracy"),
         "detector_balanced_accuracy": _get(s, "detector", "held_out", "balanced_accuracy"),
         # the detector on held-out generations of the base, which never emits events

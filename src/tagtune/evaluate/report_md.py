@@ -101,6 +101,15 @@ def _md_escape(s: str) -> str:
     return re.sub(r"([\\|<*`\[\]])", r"\\\1", s)
 
 
+def false_event_split(by_prompt: dict | None) -> str:
+    """"twins a% of n, untagged clips b% of m": false events on tag-free twins vs on untagged clips' own texts."""
+    if not by_prompt:
+        return "–"
+    names = {"tag_free_twins": "twins", "untagged_clips": "untagged clips"}
+    return ", ".join(f"{name} {fmt(by_prompt[k]['rate'], True)} of {by_prompt[k]['prompts']}"
+                     for k, name in names.items() if k in by_prompt)
+
+
 def fmt(v, pct: bool = False, digits: int = 2) -> str:
     """A number as the report shows it; None (not measured) as a dash."""
     if v is None:
@@ -140,15 +149,16 @@ def _tag_table(report: dict, w) -> list[str]:
 
 def _overall(report: dict, w) -> list[str]:
     o = report["overall"]
+    split_tuned, split_base = (false_event_split(d.get("false_event_rate_by_prompt")) for d in (o, o["base"]))
     nll = o["untagged_nll"] or {}
     return w.heading("Overall") + w.bullets([
         f"untagged NLL per code: tuned {fmt(nll.get('tuned'), digits=4)}, base {fmt(nll.get('base'), digits=4)}, "
         f"ratio {w.strong(fmt(o['untagged_nll_ratio'], digits=4))}",
         f"free running (tuned): mean hit rate {w.strong(fmt(o['mean_hit_rate'], True))}, any-event rate "
         f"{fmt(o['any_event_rate'], True)}, false-event rate on tag-free prompts "
-        f"{w.strong(fmt(o['false_event_rate'], True))}",
+        f"{w.strong(fmt(o['false_event_rate'], True))} ({split_tuned})",
         f"free running (base): mean hit rate {fmt(o['base']['mean_hit_rate'], True)}, false-event rate "
-        f"{fmt(o['base']['false_event_rate'], True)}",
+        f"{fmt(o['base']['false_event_rate'], True)} ({split_base})",
         f"detector held-out window accuracy {fmt(o['detector_accuracy'], True)} (class-balanced "
         f"{fmt(o['detector_balanced_accuracy'], True)}) on real clips; trained with "
         f"{o['detector_generated_negatives'] or 0} generated negatives; false positives on the base's held-out "

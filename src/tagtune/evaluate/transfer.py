@@ -113,6 +113,7 @@ def _condition(models, detector, embedding, items: list[dict], tags, space_id, f
         out[m.name] = {"hit_rate": {**{t: v["hit_rate"] for t, v in summary["per_tag"].items()},
                                     "mean": summary["mean_hit_rate"]},
                        "false_event_rate": summary["false_event_rate"],
+                       "false_event_rate_by_prompt": summary["false_event_rate_by_prompt"],
                        "placement_error_ms": summary["placement_error_ms"]["median"],
                        "speaker_similarity": _mean(sims), "similarity_clips": len(sims),
                        "mean_generated_codes": _mean([float(len(c)) for c in codes])}
@@ -122,6 +123,7 @@ def _condition(models, detector, embedding, items: list[dict], tags, space_id, f
     forgetting = forgetting_summary(nll[TUNED], nll.get(BASE)) if TUNED in nll else None
     tuned, base = out[TUNED], out.get(BASE) or {}
     out.update({"hit_rate": tuned["hit_rate"], "false_event_rate": tuned["false_event_rate"],
+                "false_event_rate_by_prompt": tuned["false_event_rate_by_prompt"],
                 "placement_error_ms": tuned["placement_error_ms"],
                 "untagged_nll_ratio": forgetting["untagged_nll_ratio"] if forgetting else None,
                 "untagged_nll": forgetting["untagged_nll"] if forgetting else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 from tagtune.evaluate.report import MAX_SIMILARITY_DROP, MIN_TRANSFER_RATIO
+from tagtune.evaluate.report_md import false_event_split
 from tagtune.evaluate.transfer import CONDITIONS, REFERENCE_CONDITION
 
 FIGURE = "transfer.png"
@@ -59,6 +60,10 @@ def transfer_markdown(report: dict) -> str:
                   f"{_fmt(det.get('accuracy'), True)} (balanced {_fmt(det.get('balanced_accuracy'), True)}); speaker "
                   f"embedding held-out speaker accuracy {_fmt(emb.get('accuracy'), True)} over "
                   f"{emb.get('speakers', '–')} voices."]
+    lines += ["", "False events split by prompt (tuned): tag-free twins of tagged clips (text written around a tag) vs "
+                  "untagged clips' own texts: "
+              + "; ".join(f"{CONDITION_NAMES[c]}: {false_event_split(t[c].get('false_event_rate_by_prompt'))}"
+                          for c in conds) + "."]
     if "transfer.png" in report.get("figures", []):
         lines += ["", f"![transfer]({FIGURE})"]
     return "\n".join(lines) + "\n"
