@@ -27,6 +27,7 @@ VARIANTS = {
     "replay-0.5": ({"replay.fraction": 0.5}, {}, None),
     "replay-english": ({}, {}, 0.0),
     "replay-zh-0.2": ({}, {}, 0.2),
+    "replay-events-0.5": ({"replay.events": 0.5}, {}, None),
     "prompt-is-target": ({}, {"cond_mode": "self"}, None),
     "rank-4": ({"lora.rank": 4, "lora.alpha": 8}, {}, None),
     "last-2-layers": ({"lora.layers": [2, 3]}, {}, None),

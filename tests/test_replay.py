@@ -25,6 +25,20 @@ def replay_dir(shipped_base, tmp_path_factory):
     return root / "data"
 
 
+@pytest.fixture(scope="module")
+def events_data(shipped_base, tmp_path_factory):
+    """A tagged one-voice corpus with recorded event boundaries, prepared for the shipped base."""
+    from tagtune.data.for_model import prepare_for_model
+    from tagtune.synthetic import generate_corpus
+
+    root = tmp_path_factory.mktemp("events")
+    generate_corpus(root / "corpus", n_clips=24, seed=5, untagged_fraction=0.25, voices=["builtin-f3"],
+                    engine="builtin")
+    prepare_for_model(shipped_base, str(root / "corpus"), root / "data", tags="auto", progress=False, seed=0,
+                      val_fraction=0.0)
+    return root / "data"
+
+
 def test_replay_mix_adds_untagged_clips_of_other_voices(tiny_data, replay_dir):
     from tagtune.train.data import mix_replay, open_data
 
@@ -40,6 +54,46 @@ def test_replay_mix_adds_untagged_clips_of_other_voices(tiny_data, replay_dir):
     capped = mix_replay(data, replay_dir, 0.9, seed=0)
     held = sum(not e["has_tag"] for e in mix.replay.examples)
     assert len(capped.picks) == held >= 20  # no more than the replay folder holds
+
+
+def test_spliced_replay_clips_carry_a_fine_tune_event_and_its_tag(events_data, replay_dir):
+    from tagtune.audio import SAMPLES_PER_CODE as PER_CODE
+    from tagtune.train.data import mix_replay, open_data
+    from tagtune.train.splice import BETWEEN, END, START
+
+    data = open_data(events_data)
+    n = len(data.train)
+    plain = mix_replay(data, replay_dir, 0.5, seed=0)
+    mix = mix_replay(data, replay_dir, 0.5, seed=0, events=1.0)
+    assert not plain.splices and mix.picks == plain.picks  # the same replay clips, some of them spliced
+    assert len(mix.splices) >= len(mix.picks) // 2 and {s.layout for s in mix.splices.values()} >= {END, START}
+    assert mix_replay(data, replay_dir, 0.5, seed=0, events=1.0).splices == mix.splices  # seeded
+    tag_ids = {t: pieces[-1] for t, pieces in mix.tag_pieces.items()}
+    for k, splice in mix.splices.items():
+        item, own, donor = mix[n + k], plain[n + k], mix.primary[splice.donor]
+        assert item["has_tag"] and item["speaker"] == own["speaker"] and mix.examples[n + k]["has_tag"]
+        assert len(item["text_ids"]) == mix.examples[n + k]["n_text"]
+        assert len(item["codes"]) == mix.examples[n + k]["n_codes"] == -(-item["wav_len"] // PER_CODE)
+        (tag,) = item["tags"]
+        assert item["text_ids"].tolist().count(tag_ids[tag]) == 1 and tag == donor["tags"][splice.event]
+        event = sorted(donor["events"], key=lambda e: e["start_sample"])[splice.event]
+        cut = donor["codes"][event["start_sample"] // PER_CODE :][: len(item["codes"]) - len(own["codes"])]
+        (placed,) = item["events"]
+        at = placed["start_sample"] // PER_CODE
+        if splice.layout == START:
+            assert at == 0 and item["text_ids"][0] == tag_ids[tag]
+            assert item["codes"][len(cut):].equal(own["codes"])
+        else:
+            assert at == len(own["codes"]) and item["codes"][:at].equal(own["codes"])
+            assert item["text_ids"][: len(own["text_ids"])].equal(own["text_ids"])
+        if splice.layout == BETWEEN:
+            partner = mix.replay[splice.partner]
+            assert partner["speaker"] == own["speaker"] and item["codes"][-len(partner["codes"]):].equal(
+                partner["codes"])
+            cut = cut[: len(item["codes"]) - len(own["codes"]) - len(partner["codes"])]
+        elif splice.layout == END:
+            assert item["text_ids"][-1] == tag_ids[tag]
+        assert item["codes"][at : at + len(cut)].equal(cut) and len(cut) >= 1
 
 
 def test_replay_from_another_base_is_refused(tiny_data, replay_dir, tmp_path):
@@ -62,13 +116,13 @@ def test_training_with_replay_records_it(tiny_data, replay_dir, tmp_path, caplog
     from train_fixtures import RUN_CONFIG
 
     cfg = TrainConfig.from_dict({**RUN_CONFIG, "schedule": {"max_steps": 2, "warmup_steps": 1},
-                                 "replay": {"data": str(replay_dir), "fraction": 0.3}})
+                                 "replay": {"data": str(replay_dir), "fraction": 0.3, "events": 0.5}})
     with caplog.at_level(logging.INFO, logger="tagtune.train.loop"):
         result = train(tiny_data, tmp_path / "run", cfg)
     assert result.steps == 2
     assert any("replay:" in r.getMessage() for r in caplog.records)
     recorded = (tmp_path / "run" / "train_config.yaml").read_text()
-    assert str(replay_dir) in recorded and "fraction: 0.3" in recorded
+    assert str(replay_dir) in recorded and "fraction: 0.3" in recorded and "events: 0.5" in recorded
 
 
 def test_replay_fraction_is_checked():
@@ -76,6 +130,8 @@ def test_replay_fraction_is_checked():
 
     with pytest.raises(TrainConfigError, match="replay.fraction"):
         TrainConfig.from_dict({"replay": {"data": "x", "fraction": 0.95}})
+    with pytest.raises(TrainConfigError, match="replay.events"):
+        TrainConfig.from_dict({"replay": {"data": "x", "events": 1.5}})
 
 
 def test_tag_weights_skew_the_corpus(tmp_path):

@@ -186,7 +186,7 @@ def _train(a) -> int:
     overrides = {"max_steps": a.max_steps, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
                  "rank": a.rank, "seed": a.seed, "device": a.device, "precision": a.precision,
                  "report_to": a.report_to, "replay": str(a.replay) if a.replay else None,
-                 "replay_fraction": a.replay_fraction}
+                 "replay_fraction": a.replay_fraction, "replay_events": a.replay_events}
     # recipe key -> the flag that set it, named when that key's value is refused
     set_by = {CLI_OVERRIDES[name]: f"--{name.replace('_', '-')}" for name, v in overrides.items() if v is not None}
     try:
@@ -467,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
                    + recipe.format("replay.data"))
     s.add_argument("--replay-fraction", type=float, help="share of replay clips in the training mix "
                    + recipe.format("replay.fraction"))
+    s.add_argument("--replay-events", type=float, help="share of replay clips given one event cut from a tagged "
+                   "clip, with its tag, at an edge of their text (tags in the replay's voices and languages) "
+                   + recipe.format("replay.events"))
     s.set_defaults(func=_train)
 
     s = command(sub, "export", "a model folder the official IndexTTS loader accepts, or a PEFT adapter")

@@ -42,6 +42,7 @@ CLI_OVERRIDES = {
     "report_to": "runtime.report_to",
     "replay": "replay.data",
     "replay_fraction": "replay.fraction",
+    "replay_events": "replay.events",
 }
 
 
@@ -218,15 +219,19 @@ class ReplaySettings:
     """Untagged clips of another prepared DATA_DIR (same base) mixed into training: many voices and both
     languages keep a single-speaker fine-tune from pulling every voice toward its speaker (docs/transfer.md).
 
-    ``data``: the replay DATA_DIR (null: no replay); ``fraction``: the share of replay clips in the training mix.
+    ``data``: the replay DATA_DIR (null: no replay); ``fraction``: the share of replay clips in the training mix;
+    ``events``: the share of those replay clips that carry one event cut from a tagged fine-tune clip, with its
+    tag, at an edge of their text (train/splice.py): tags seen in the replay's voices and languages.
     """
 
     data: str | None = None
     fraction: float = 0.3
+    events: float = 0.0
 
     def __post_init__(self):
         _check_types(self, "replay")
         _check(0.0 < self.fraction <= 0.9, f"replay.fraction must be in (0, 0.9], got {self.fraction}")
+        _check(0.0 <= self.events <= 1.0, f"replay.events must be in [0, 1], got {self.events}")
 
 
 @dataclass

@@ -213,27 +213,52 @@ class ReplayMix:
     Indices below ``len(primary)`` are the fine-tune clips, the rest are replay clips; each keeps its own
     reference clip (IndexTTS-2: its own speaker and emotion clips), read from its own folder. It reads like a
     ``PreparedDataset`` (``PreparedDatasetV2``) to training (``examples``, ``lengths``, items); example ids are
-    per folder, so the two parts share ids and training keys clips by index.
+    per folder, so the two parts share ids and training keys clips by index. ``splices`` ({position in picks:
+    Splice}, train/splice.py) give some replay clips a fine-tune clip's event and its tag's ``tag_pieces``.
     """
 
-    def __init__(self, primary, replay, picks: list[int]):
+    def __init__(self, primary, replay, picks: list[int], splices: dict | None = None,
+                 tag_pieces: dict[str, list[int]] | None = None):
+        from tagtune.train.splice import spliced_example
+
         self.primary, self.replay, self.picks = primary, replay, picks
-        self.examples = list(primary.examples) + [replay.examples[i] for i in picks]
+        self.splices, self.tag_pieces = splices or {}, tag_pieces or {}
+        per_code = _samples_per_code(replay)
+        self.examples = list(primary.examples) + [
+            spliced_example(replay.examples[j], self.splices[k], primary, replay, self.tag_pieces, per_code)
+            if k in self.splices else replay.examples[j] for k, j in enumerate(picks)]
 
     def __len__(self) -> int:
         return len(self.primary) + len(self.picks)
 
     def __getitem__(self, i: int) -> dict:
+        from tagtune.train.splice import spliced_item
+
         n = len(self.primary)
-        return self.primary[i] if i < n else self.replay[self.picks[i - n]]
+        if i < n:
+            return self.primary[i]
+        item = self.replay[self.picks[i - n]]
+        splice = self.splices.get(i - n)
+        if splice is None:
+            return item
+        partner = self.replay[splice.partner] if splice.partner is not None else None
+        return spliced_item(item, self.primary[splice.donor], splice, partner, self.tag_pieces)
 
     def lengths(self) -> list[int]:
-        replay = self.replay.lengths()
-        return list(self.primary.lengths()) + [replay[i] for i in self.picks]
+        return [e["n_text"] + e["n_codes"] for e in self.examples]
 
 
-def mix_replay(data: DataBundle, replay_dir: str | Path, fraction: float, seed: int) -> ReplayMix:
-    """``data.train`` with a seeded choice of the replay folder's untagged clips making up ``fraction`` of the mix.
+def _samples_per_code(dataset) -> int:
+    from tagtune.audio import SAMPLES_PER_CODE
+    from tagtune.data.dataset import SAMPLES_PER_SEMANTIC_CODE, PreparedDatasetV2
+
+    return SAMPLES_PER_SEMANTIC_CODE if isinstance(dataset, PreparedDatasetV2) else SAMPLES_PER_CODE
+
+
+def mix_replay(data: DataBundle, replay_dir: str | Path, fraction: float, seed: int,
+               events: float = 0.0) -> ReplayMix:
+    """``data.train`` with a seeded choice of the replay folder's untagged clips making up ``fraction`` of the mix;
+    a seeded ``events`` share of them carries a spliced fine-tune event and its tag (train/splice.py).
 
     The replay folder must be prepared for the same model family from the same base (fingerprint) with a
     tokenizer whose pieces the fine-tune tokenizer starts with (tag pieces come after them), so its text ids
@@ -269,7 +294,17 @@ def mix_replay(data: DataBundle, replay_dir: str | Path, fraction: float, seed: 
         raise DataError(f"{replay_dir}: has no untagged clip to replay")
     want = round(len(data.train) * fraction / (1.0 - fraction))
     picks = sorted(random.Random(seed).sample(untagged, min(want, len(untagged))))
-    return ReplayMix(data.train, replay, picks)
+    if not events:
+        return ReplayMix(data.train, replay, picks)
+    from tagtune.tags.vocab import SPACE_PIECE
+    from tagtune.train.splice import plan_splices
+
+    sp = pieces[1]  # the fine-tune data's tokenizer
+    space = sp.PieceToId(SPACE_PIECE)
+    bare = [] if data.tagset.spaced or space == sp.unk_id() else [space]  # "▁" before a bare tag piece
+    tag_pieces = {t: bare + [sp.PieceToId(data.tagset.piece(t))] for t in data.tagset.tags}
+    splices = plan_splices(data.train, replay, picks, events, data.tagset, seed, _samples_per_code(replay))
+    return ReplayMix(data.train, replay, picks, splices, tag_pieces)
 
 
 def epoch_batches(lengths: list[int], size: int, seed: int, epoch: int) -> list[list[int]]:

@@ -99,7 +99,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
     data = open_data(data_dir)
     family = family_of(data)  # batches, losses and the conditioning cache of the base model's family
     if config.replay.data:
-        data.train = mix_replay(data, config.replay.data, config.replay.fraction, config.seed)
+        data.train = mix_replay(data, config.replay.data, config.replay.fraction, config.seed, config.replay.events)
         log.info("replay: %d untagged clips of %s mixed into %d training clips", len(data.train.picks),
                  config.replay.data, len(data.train.primary))
     accel = make_accelerator(config, run_dir)
