@@ -28,6 +28,8 @@ VARIANTS = {
     "replay-english": ({}, {}, 0.0),
     "replay-zh-0.2": ({}, {}, 0.2),
     "replay-events-0.5": ({"replay.events": 0.5}, {}, None),
+    "event-cuts-0.5": ({"augment.event_cuts": 0.5}, {}, None),
+    "replay-events-0.5+cuts-0.5": ({"replay.events": 0.5, "augment.event_cuts": 0.5}, {}, None),
     "prompt-is-target": ({}, {"cond_mode": "self"}, None),
     "rank-4": ({"lora.rank": 4, "lora.alpha": 8}, {}, None),
     "last-2-layers": ({"lora.layers": [2, 3]}, {}, None),

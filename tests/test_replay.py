@@ -8,6 +8,7 @@ import shutil
 from collections import Counter
 
 import pytest
+import torch
 
 REPLAY_VOICES = ["builtin-f2", "builtin-m2"]
 
@@ -96,6 +97,33 @@ def test_spliced_replay_clips_carry_a_fine_tune_event_and_its_tag(events_data, r
         assert item["codes"][at : at + len(cut)].equal(cut) and len(cut) >= 1
 
 
+def test_event_cuts_add_tagged_clips_without_their_events(events_data):
+    from tagtune.audio import SAMPLES_PER_CODE as PER_CODE
+    from tagtune.train.data import add_event_cuts, open_data, tag_text_pieces
+
+    data = open_data(events_data)
+    n = len(data.train)
+    cuts = add_event_cuts(data, 1.0, seed=0)
+    tagged = [i for i, e in enumerate(data.train.examples) if e["has_tag"]]
+    assert cuts.picks == tagged and len(cuts) == n + len(tagged)
+    assert [cuts[i]["id"] for i in range(n)] == [data.train[i]["id"] for i in range(n)]
+    assert add_event_cuts(data, 0.5, seed=0).picks == add_event_cuts(data, 0.5, seed=0).picks  # seeded
+    assert 0 < len(add_event_cuts(data, 0.5, seed=0).picks) < len(tagged)
+    tag_ids = {pieces[-1] for pieces in tag_text_pieces(data).values()}
+    for k, i in enumerate(cuts.picks):
+        own, cut = data.train[i], cuts[n + k]
+        assert not cut["has_tag"] and not cut["tags"] and not cuts.examples[n + k]["has_tag"]
+        assert not tag_ids & set(cut["text_ids"].tolist())
+        assert [t for t in own["text_ids"].tolist() if t not in tag_ids] == cut["text_ids"].tolist()
+        keep = torch.ones(len(own["codes"]), dtype=torch.bool)
+        for e in own["events"]:
+            keep[e["start_sample"] // PER_CODE : -(-e["end_sample"] // PER_CODE)] = False
+        assert cut["codes"].equal(own["codes"][keep]) and len(cut["codes"]) < len(own["codes"])
+        assert (len(cut["codes"]), len(cut["text_ids"])) == (cuts.examples[n + k]["n_codes"],
+                                                              cuts.examples[n + k]["n_text"])
+    assert cuts.lengths()[:n] == data.train.lengths()
+
+
 def test_replay_from_another_base_is_refused(tiny_data, replay_dir, tmp_path):
     from tagtune.train.data import DataError, mix_replay, open_data
 
@@ -108,7 +136,7 @@ def test_replay_from_another_base_is_refused(tiny_data, replay_dir, tmp_path):
         mix_replay(open_data(tiny_data), other, 0.3, seed=0)
 
 
-def test_training_with_replay_records_it(tiny_data, replay_dir, tmp_path, caplog):
+def test_training_with_replay_records_it(events_data, replay_dir, tmp_path, caplog):
     import logging
 
     from tagtune.train import train
@@ -116,13 +144,16 @@ def test_training_with_replay_records_it(tiny_data, replay_dir, tmp_path, caplog
     from train_fixtures import RUN_CONFIG
 
     cfg = TrainConfig.from_dict({**RUN_CONFIG, "schedule": {"max_steps": 2, "warmup_steps": 1},
-                                 "replay": {"data": str(replay_dir), "fraction": 0.3, "events": 0.5}})
+                                 "replay": {"data": str(replay_dir), "fraction": 0.3, "events": 0.5},
+                                 "augment": {"event_cuts": 0.5}})
     with caplog.at_level(logging.INFO, logger="tagtune.train.loop"):
-        result = train(tiny_data, tmp_path / "run", cfg)
+        result = train(events_data, tmp_path / "run", cfg)
     assert result.steps == 2
     assert any("replay:" in r.getMessage() for r in caplog.records)
+    assert any("event cuts:" in r.getMessage() for r in caplog.records)
     recorded = (tmp_path / "run" / "train_config.yaml").read_text()
     assert str(replay_dir) in recorded and "fraction: 0.3" in recorded and "events: 0.5" in recorded
+    assert "event_cuts: 0.5" in recorded
 
 
 def test_replay_fraction_is_checked():
@@ -132,6 +163,8 @@ def test_replay_fraction_is_checked():
         TrainConfig.from_dict({"replay": {"data": "x", "fraction": 0.95}})
     with pytest.raises(TrainConfigError, match="replay.events"):
         TrainConfig.from_dict({"replay": {"data": "x", "events": 1.5}})
+    with pytest.raises(TrainConfigError, match="augment.event_cuts"):
+        TrainConfig.from_dict({"augment": {"event_cuts": -0.1}})
 
 
 def test_tag_weights_skew_the_corpus(tmp_path):

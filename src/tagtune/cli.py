@@ -186,7 +186,8 @@ def _train(a) -> int:
     overrides = {"max_steps": a.max_steps, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
                  "rank": a.rank, "seed": a.seed, "device": a.device, "precision": a.precision,
                  "report_to": a.report_to, "replay": str(a.replay) if a.replay else None,
-                 "replay_fraction": a.replay_fraction, "replay_events": a.replay_events}
+                 "replay_fraction": a.replay_fraction, "replay_events": a.replay_events,
+                 "event_cuts": a.event_cuts}
     # recipe key -> the flag that set it, named when that key's value is refused
     set_by = {CLI_OVERRIDES[name]: f"--{name.replace('_', '-')}" for name, v in overrides.items() if v is not None}
     try:
@@ -470,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--replay-events", type=float, help="share of replay clips given one event cut from a tagged "
                    "clip, with its tag, at an edge of their text (tags in the replay's voices and languages) "
                    + recipe.format("replay.events"))
+    s.add_argument("--event-cuts", type=float, help="share of tagged clips also trained on with their events cut "
+                   "out and their tags removed, against events where no tag stands "
+                   + recipe.format("augment.event_cuts"))
     s.set_defaults(func=_train)
 
     s = command(sub, "export", "a model folder the official IndexTTS loader accepts, or a PEFT adapter")

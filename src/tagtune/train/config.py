@@ -43,6 +43,7 @@ CLI_OVERRIDES = {
     "replay": "replay.data",
     "replay_fraction": "replay.fraction",
     "replay_events": "replay.events",
+    "event_cuts": "augment.event_cuts",
 }
 
 
@@ -235,6 +236,22 @@ class ReplaySettings:
 
 
 @dataclass
+class AugmentSettings:
+    """Extra training clips made from the fine-tune corpus itself by its recorded event boundaries.
+
+    ``event_cuts``: the share of tagged clips also trained on once more with every event's codes cut out and
+    every tag taken from the text (train/splice.py): the same context without the event, against events
+    where no tag stands.
+    """
+
+    event_cuts: float = 0.0
+
+    def __post_init__(self):
+        _check_types(self, "augment")
+        _check(0.0 <= self.event_cuts <= 1.0, f"augment.event_cuts must be in [0, 1], got {self.event_cuts}")
+
+
+@dataclass
 class RuntimeSettings:
     device: str = "auto"
     # "auto": the mixed precision set in accelerate (``accelerate launch --mixed_precision``, its config file,
@@ -257,7 +274,7 @@ class RuntimeSettings:
 SECTIONS = {
     "lora": LoraSettings, "optim": OptimSettings, "schedule": ScheduleSettings, "batch": BatchSettings,
     "loss": LossSettings, "model": ModelSettings, "eval": EvalSettings, "replay": ReplaySettings,
-    "runtime": RuntimeSettings,
+    "augment": AugmentSettings, "runtime": RuntimeSettings,
 }
 
 
@@ -274,6 +291,7 @@ class TrainConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
 
     def __post_init__(self):

@@ -296,15 +296,31 @@ def mix_replay(data: DataBundle, replay_dir: str | Path, fraction: float, seed: 
     picks = sorted(random.Random(seed).sample(untagged, min(want, len(untagged))))
     if not events:
         return ReplayMix(data.train, replay, picks)
-    from tagtune.tags.vocab import SPACE_PIECE
     from tagtune.train.splice import plan_splices
 
-    sp = pieces[1]  # the fine-tune data's tokenizer
-    space = sp.PieceToId(SPACE_PIECE)
-    bare = [] if data.tagset.spaced or space == sp.unk_id() else [space]  # "▁" before a bare tag piece
-    tag_pieces = {t: bare + [sp.PieceToId(data.tagset.piece(t))] for t in data.tagset.tags}
+    tag_pieces = tag_text_pieces(data)
     splices = plan_splices(data.train, replay, picks, events, data.tagset, seed, _samples_per_code(replay))
     return ReplayMix(data.train, replay, picks, splices, tag_pieces)
+
+
+def tag_text_pieces(data: DataBundle) -> dict[str, list[int]]:
+    """Per tag the text ids it is written as: its piece, after a bare "▁" unless the tag pieces hold the space."""
+    from sentencepiece import SentencePieceProcessor
+
+    from tagtune.tags.vocab import SPACE_PIECE
+
+    sp = SentencePieceProcessor(model_file=str(data.tokenizer_path))
+    space = sp.PieceToId(SPACE_PIECE)
+    bare = [] if data.tagset.spaced or space == sp.unk_id() else [space]
+    return {t: bare + [sp.PieceToId(data.tagset.piece(t))] for t in data.tagset.tags}
+
+
+def add_event_cuts(data: DataBundle, share: float, seed: int):
+    """``data.train`` with cut copies of a seeded ``share`` of its tagged clips appended (train/splice.py)."""
+    from tagtune.train.splice import WithEventCuts
+
+    per_code = _samples_per_code(data.train.primary if isinstance(data.train, ReplayMix) else data.train)
+    return WithEventCuts(data.train, share, data.tagset, tag_text_pieces(data), seed, per_code)
 
 
 def epoch_batches(lengths: list[int], size: int, seed: int, epoch: int) -> list[list[int]]:

@@ -32,7 +32,7 @@ from tagtune.train import run as rundir
 from tagtune.train import state as ts
 from tagtune.train.accel import make_accelerator, start_trackers
 from tagtune.train.config import TrainConfig, TrainConfigError
-from tagtune.train.data import clip_lengths, epoch_batches, micro_batch, mix_replay, open_data
+from tagtune.train.data import add_event_cuts, clip_lengths, epoch_batches, micro_batch, mix_replay, open_data
 from tagtune.train.family import family_of
 from tagtune.train.loss import combine, split_means
 from tagtune.train.metrics import MetricsLog, forgetting, validate
@@ -102,6 +102,9 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
         data.train = mix_replay(data, config.replay.data, config.replay.fraction, config.seed, config.replay.events)
         log.info("replay: %d untagged clips of %s mixed into %d training clips", len(data.train.picks),
                  config.replay.data, len(data.train.primary))
+    if config.augment.event_cuts:
+        data.train = add_event_cuts(data, config.augment.event_cuts, config.seed)
+        log.info("event cuts: %d tagged clips also trained on without their events", len(data.train.picks))
     accel = make_accelerator(config, run_dir)
     rank, world, main = accel.process_index, accel.num_processes, accel.is_main_process
     torch.manual_seed(config.seed + rank)

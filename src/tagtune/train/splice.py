@@ -1,4 +1,6 @@
-"""Events spliced into replay clips: tags heard in the replay's voices and languages without new recordings.
+"""Events moved by their recorded boundaries: spliced into replay clips, or cut out of tagged clips.
+
+Splices: tags heard in the replay's voices and languages without new recordings.
 
 A single-speaker English corpus never shows a tag in Chinese text or next to another voice; its replay clips
 (many voices, both languages) are all untagged, so they teach "no events in Chinese" as firmly as the corpus
@@ -7,6 +9,10 @@ event without any alignment: the event's codes are cut from a tagged fine-tune c
 boundaries), and they go where the replay text has a clear edge — after the clip, before it, or between it and
 another clip of the same speaker — with the tag's text pieces at the same edge of the text. The speaker
 reference stays the replay clip's own.
+
+Cuts: a tagged clip once more with every event's codes cut out and every tag taken from its text — the same
+words, voice and context without the event, so the model learns that the context alone makes no event (the
+fine-tuned model's events on tag-free prompts, docs/transfer.md).
 
 Every choice is drawn at mix time from the run's seed, and an item is a pure function of its index, so
 resumed and multi-process runs see the same clips.
@@ -122,3 +128,71 @@ def spliced_item(item: dict, donor: dict, splice: Splice, partner: dict | None,
     return {**item, "text_ids": text, "codes": codes, "wav_len": wav_len, "tags": [tag], "has_tag": True,
             "events": [{"tag": event["tag"], "start_sample": onset * per_code,
                         "end_sample": (onset + len(event_codes)) * per_code}]}
+
+
+def _cuttable(example: dict, tagset) -> bool:
+    events = example.get("events") or []
+    if not example["has_tag"] or example.get("spliced") or not events or len(events) != len(example["tags"]):
+        return False
+    try:
+        return all(tagset.resolve(str(e.get("tag", ""))) for e in events)
+    except (ValueError, KeyError):
+        return False
+
+
+def _cut_spans(example: dict, n_codes: int, per_code: int) -> list[tuple[int, int]]:
+    spans = sorted((e["start_sample"] // per_code, min(n_codes, -(-e["end_sample"] // per_code)))
+                   for e in example["events"])
+    return [(a, b) for a, b in spans if b > a]
+
+
+def cut_item(item: dict, tag_pieces: dict[str, list[int]]) -> dict:
+    """``item`` without its events' codes and without its tags' pieces (and nothing else changed)."""
+    per_code = int(item.get("samples_per_code", SAMPLES_PER_CODE))
+    codes = item["codes"]
+    keep = torch.ones(len(codes), dtype=torch.bool)
+    for a, b in _cut_spans(item, len(codes), per_code):
+        keep[a:b] = False
+    text = item["text_ids"].tolist()
+    drop = set()
+    for pieces in tag_pieces.values():  # the tag's piece, and the bare "▁" written before it when there is one
+        for k, i in enumerate(text):
+            if i == pieces[-1]:
+                drop.add(k)
+                if len(pieces) == 2 and k > 0 and text[k - 1] == pieces[0]:
+                    drop.add(k - 1)
+    text_ids = torch.tensor([i for k, i in enumerate(text) if k not in drop], dtype=item["text_ids"].dtype)
+    codes = codes[keep]
+    return {**item, "text_ids": text_ids, "codes": codes, "wav_len": per_code * len(codes) - per_code // 2,
+            "tags": [], "has_tag": False, "events": None}
+
+
+class WithEventCuts:
+    """A training dataset with cut copies (``cut_item``) of a seeded ``share`` of its tagged clips appended.
+
+    Reads like the dataset it wraps (``examples``, ``lengths``, items); indices below ``len(dataset)`` are its own.
+    """
+
+    def __init__(self, dataset, share: float, tagset, tag_pieces: dict[str, list[int]], seed: int,
+                 per_code: int = SAMPLES_PER_CODE):
+        self.dataset, self.tag_pieces = dataset, tag_pieces
+        rng = random.Random(seed)
+        self.picks = [i for i, e in enumerate(dataset.examples) if _cuttable(e, tagset) and rng.random() < share]
+        cut_examples = []
+        for i in self.picks:
+            e = dataset.examples[i]
+            n_codes = e["n_codes"] - sum(b - a for a, b in _cut_spans(e, e["n_codes"], per_code))
+            n_text = e["n_text"] - sum(len(tag_pieces[t]) for t in e["tags"])
+            cut_examples.append({**e, "has_tag": False, "tags": [], "events": None, "n_codes": n_codes,
+                                 "n_text": n_text, "cut": True})
+        self.examples = list(dataset.examples) + cut_examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        n = len(self.dataset)
+        return self.dataset[i] if i < n else cut_item(self.dataset[self.picks[i - n]], self.tag_pieces)
+
+    def lengths(self) -> list[int]:
+        return [e["n_text"] + e["n_codes"] for e in self.examples]
