@@ -156,6 +156,21 @@ def test_training_with_replay_records_it(events_data, replay_dir, tmp_path, capl
     assert "event_cuts: 0.5" in recorded
 
 
+def test_event_options_on_data_without_event_boundaries_warn(tiny_data, replay_dir, tmp_path, caplog):
+    import logging
+
+    from tagtune.train import train
+    from tagtune.train.config import TrainConfig
+    from train_fixtures import RUN_CONFIG
+
+    cfg = TrainConfig.from_dict({**RUN_CONFIG, "schedule": {"max_steps": 1, "warmup_steps": 1},
+                                 "replay": {"data": str(replay_dir), "events": 0.5}, "augment": {"event_cuts": 0.5}})
+    with caplog.at_level(logging.INFO, logger="tagtune.train.loop"):
+        assert train(tiny_data, tmp_path / "run", cfg).steps == 1
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "replay.events" in warned and "augment.event_cuts" in warned
+
+
 def test_replay_fraction_is_checked():
     from tagtune.train.config import TrainConfig, TrainConfigError
 
