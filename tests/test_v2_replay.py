@@ -116,7 +116,8 @@ def test_training_v2_with_replay(v2_data, replay_dir, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="tagtune.train.loop"):
         result = train(v2_data, tmp_path / "run", TrainConfig.from_dict(recipe))
     assert result.steps == 2
-    assert any(r.getMessage() == f"replay: 4 untagged clips of {replay_dir} mixed into 6 training clips"
+    assert any(r.getMessage() == f"replay: 4 untagged clips of {replay_dir} mixed into 6 training clips (0 with a "
+               "spliced event)"
                for r in caplog.records)
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["kind"] == "train"]
