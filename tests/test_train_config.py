@@ -132,3 +132,14 @@ def test_dotted_settings_apply_and_unknown_keys_are_named():
         TrainConfig().with_settings({"runtime.reportto": "none"})
     with pytest.raises(TrainConfigError, match="optim.lr is not a section"):
         TrainConfig().with_settings({"optim.lr.x": 1})
+
+
+def test_recipe_from_plain_values(tmp_path):
+    from tagtune.folders import shipped_recipe
+    from tagtune.train.config import TrainConfig
+
+    shipped = TrainConfig.from_yaml(shipped_recipe())
+    assert TrainConfig.of() == shipped and TrainConfig.of(str(shipped_recipe())) == shipped
+    assert TrainConfig.of(shipped, max_steps=7).schedule.max_steps == 7 and shipped.schedule.max_steps is None
+    assert TrainConfig.of({"seed": 3, "lora": {"rank": 4}}, lr=1e-4).to_dict() == TrainConfig.from_dict(
+        {"seed": 3, "lora": {"rank": 4}, "optim": {"lr": 1e-4}}).to_dict()

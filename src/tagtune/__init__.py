@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from tagtune.api import evaluate, export, prepare, train
+    from tagtune.api import evaluate, export, prepare
     from tagtune.loaders import LoadedModel, load_model
     from tagtune.synthesis import TTS, Synthesis
     from tagtune.tags.rows import grow_for_adapter
@@ -39,9 +39,9 @@ _LAZY = {
     "Synthesis": "tagtune.synthesis",
     "UserError": "tagtune.errors",
     "grow_for_adapter": "tagtune.tags.rows",
-    # the public calls live with the entry points (api.py): the package root imports no stage, the recipe included
+    # the public calls (api.py, and training's own ``train``, which takes plain values): imported on first use
     "prepare": "tagtune.api",
-    "train": "tagtune.api",
+    "train": "tagtune.train",
     "export": "tagtune.api",
     "evaluate": "tagtune.api",
 }
@@ -62,9 +62,9 @@ class _PublicFace(types.ModuleType):
     """The package module, keeping its public functions when a stage module of the same name is imported.
 
     ``train``, ``export`` and ``evaluate`` name both a call of the public face and a stage package or module;
-    importing ``tagtune.train`` would otherwise rebind ``tagtune.train`` to the package (Python sets a parent
-    attribute for every imported submodule). The stage modules stay reachable as ``from tagtune.train import
-    ...`` and through ``sys.modules``.
+    importing the stage package would otherwise rebind the attribute to that package (Python sets a parent
+    attribute for every imported submodule). The stage modules stay reachable by their dotted names and
+    through ``sys.modules``.
     """
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -1,13 +1,13 @@
-"""The public calls of ``import tagtune`` (``tagtune.prepare/train/export/evaluate``), one per stage.
+"""The public calls ``tagtune.prepare/export/evaluate``, one per stage (``tagtune.train`` is the training
+package's own ``train``, which takes plain values).
 
-An entry point like ``cli.py``: each call imports its stage when called, so ``import tagtune`` stays light, and the
-package root (``__init__.py``) names these lazily instead of importing the stages itself.
+Each call imports its stage when called, so ``import tagtune`` stays light, and the package root
+(``__init__.py``) names these lazily instead of importing the stages itself.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 
 def prepare(model_dir: str | Path, data: str | Path, out_dir: str | Path, *, tags: str | list[str] = "auto",
@@ -21,21 +21,6 @@ def prepare(model_dir: str | Path, data: str | Path, out_dir: str | Path, *, tag
     from tagtune.data.for_model import prepare_for_model
 
     return prepare_for_model(model_dir, str(data), out_dir, tags=tags, **options)
-
-
-def train(data_dir: str | Path, out_dir: str | Path, config: Any = None, *, resume: bool = False, **overrides):
-    """LoRA-train the base model of a prepared data folder on its tags; returns the run's summary.
-
-    ``config``: a ``TrainConfig``, the path of a YAML recipe, or None for the shipped ``configs/lora.yaml``.
-    ``overrides``: ``max_steps``, ``epochs``, ``batch_size``, ``lr``, ``rank``, ``seed``, ``neutral_steps``.
-    """
-    from tagtune.folders import shipped_recipe
-    from tagtune.train import TrainConfig
-    from tagtune.train import train as run_training
-
-    if not isinstance(config, TrainConfig):
-        config = TrainConfig.from_yaml(config if config is not None else shipped_recipe())
-    return run_training(data_dir, out_dir, config.with_overrides(**overrides), resume=resume)
 
 
 def export(run_dir: str | Path, out_dir: str | Path, **options) -> Path:

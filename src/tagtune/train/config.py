@@ -346,6 +346,20 @@ class TrainConfig:
             node[leaf] = value
         return TrainConfig.from_dict(data)
 
+    @classmethod
+    def of(cls, recipe: TrainConfig | str | Path | dict | None = None, **overrides: Any) -> TrainConfig:
+        """The recipe named by plain values: a ``TrainConfig``, a YAML path, a mapping of sections, or None (the
+        shipped ``configs/lora.yaml``), with ``overrides`` (keys of ``CLI_OVERRIDES``) applied."""
+        if recipe is None:
+            from tagtune.folders import shipped_recipe
+
+            recipe = shipped_recipe()
+        if isinstance(recipe, dict):
+            recipe = cls.from_dict(recipe)
+        elif not isinstance(recipe, TrainConfig):
+            recipe = cls.from_yaml(recipe)
+        return recipe.with_overrides(**overrides)
+
     def with_overrides(self, **values: Any) -> TrainConfig:
         """A copy with CLI overrides applied (keys of ``CLI_OVERRIDES``; ``None`` values are ignored)."""
         data = self.to_dict()

@@ -84,15 +84,19 @@ def _total_steps(n_train: int, config: TrainConfig, world: int) -> tuple[int, in
     return total, global_batch
 
 
-def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None = None, resume: bool = False,
-          *, on_validate: ValidateHook | None = None) -> RunResult:
+def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | str | Path | dict | None = None,
+          resume: bool = False, *, on_validate: ValidateHook | None = None, **overrides) -> RunResult:
     """Fine-tune the base model named by DATA_DIR's manifest on its tags; write everything to ``out_dir``.
+
+    ``config``: a ``TrainConfig``, the path of a YAML recipe, a mapping of recipe sections, or None for the
+    shipped ``configs/lora.yaml``; ``overrides``: ``max_steps``, ``epochs``, ``batch_size``, ``lr``, ``rank``,
+    ``seed``, ``neutral_steps`` ... (``config.CLI_OVERRIDES``).
 
     ``resume`` continues from the last complete checkpoint exactly (same data order, RNG, optimizer).
     ``on_validate`` is called on the main process after each validation (e.g. to synthesise
     ``eval.sample_sentences`` into RUN_DIR/samples/), with the data as opened here (``data=``).
     """
-    config = config or TrainConfig()
+    config = TrainConfig.of(config, **overrides)
     run_dir = Path(out_dir)
     # ---- setup: data, model (grown base + adapters), optimizer, schedule, resume state. Everything that can
     # be checked is checked before the first write: a refused run leaves RUN_DIR as it was.
