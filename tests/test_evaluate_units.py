@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tagtune.audio import code_span
 from tagtune.evaluate.detector import NONE, CodeEventDetector, choose_window, window_features, window_labels
 from tagtune.evaluate.freerun import make_prompts, score_clips, strip_tags, summarize_free
-from tagtune.evaluate.nll import ScoreRow, code_nll, code_span
+from tagtune.evaluate.nll import ScoreRow, code_nll
 from tagtune.evaluate.reliance import TrialScore, occurrences, summarize, with_other_tag, without_tag
 from tagtune.tags.vocab import TagSet
 

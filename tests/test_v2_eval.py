@@ -109,7 +109,7 @@ def test_untagged_nll_and_forgetting_are_the_v2_teacher_forced_numbers(evaluated
 
 
 def test_reliance_is_scored_on_each_events_semantic_codes(evaluated):
-    from tagtune.evaluate.nll import code_span
+    from tagtune.audio import code_span
     from tagtune.evaluate.reliance import without_tag
     from tagtune.loaders import load_model
 

@@ -38,6 +38,16 @@ LOG_FLOOR = 1e-7  # ln(max(x, 1e-7)): the official "safe_log" clip
 FRAMES_PER_SECOND = SAMPLE_RATE / HOP  # 93.75
 SAMPLES_PER_CODE = 4 * HOP  # one DVAE code per 4 mel frames (the GPT config's mel_length_compression)
 
+
+def code_span(start_sample: int, end_sample: int, n_codes: int,
+              samples_per_code: int = SAMPLES_PER_CODE) -> tuple[int, int]:
+    """Codes [first, last) overlapping samples [start_sample, end_sample), clipped to the clip's codes
+    (``samples_per_code``: 1024 for DVAE codes, 480 for IndexTTS-2's semantic codes)."""
+    first = max(0, start_sample // samples_per_code)
+    last = min(n_codes, -(-end_sample // samples_per_code))
+    return first, max(first, last)
+
+
 # torchaudio.transforms.Resample defaults (method "sinc_interp_hann")
 RESAMPLE_LOWPASS_WIDTH = 6
 RESAMPLE_ROLLOFF = 0.99

@@ -16,8 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from tagtune.audio import SAMPLES_PER_CODE
-
 MAX_BATCH_ROWS = 16
 MAX_BATCH_POSITIONS = 4096  # rows x padded (text + codes) per forward, to bound memory on long clips
 
@@ -119,12 +117,3 @@ def code_nll(gpt, rows: list[ScoreRow]) -> list[torch.Tensor]:
         for i, values in zip(batch, _score_batch(gpt, [rows[i] for i in batch])):
             result[i] = values
     return result  # type: ignore[return-value]
-
-
-def code_span(start_sample: int, end_sample: int, n_codes: int,
-              samples_per_code: int = SAMPLES_PER_CODE) -> tuple[int, int]:
-    """Codes [first, last) overlapping samples [start_sample, end_sample), clipped to the clip's codes
-    (``samples_per_code``: 1024 for DVAE codes, 480 for IndexTTS-2's semantic codes)."""
-    first = max(0, start_sample // samples_per_code)
-    last = min(n_codes, -(-end_sample // samples_per_code))
-    return first, max(first, last)

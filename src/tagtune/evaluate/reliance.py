@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tagtune.audio import SAMPLE_RATE, SAMPLES_PER_CODE
-from tagtune.evaluate.nll import ScoreRow, code_nll, code_span, item_conditioning
+from tagtune.audio import SAMPLE_RATE, SAMPLES_PER_CODE, code_span
+from tagtune.evaluate.nll import ScoreRow, code_nll, item_conditioning
 from tagtune.tags.vocab import TagError, TagSet
 
 EVENT, CLIP = "event", "clip"

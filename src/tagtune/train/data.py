@@ -304,15 +304,13 @@ def mix_replay(data: DataBundle, replay_dir: str | Path, fraction: float, seed: 
 
 
 def tag_text_pieces(data: DataBundle) -> dict[str, list[int]]:
-    """Per tag the text ids it is written as: its piece, after a bare "▁" unless the tag pieces hold the space."""
-    from sentencepiece import SentencePieceProcessor
+    """Per tag the text ids it is written as: its piece, after the bare "▁" the tokenizer writes before it
+    (``TextTokenizer.tag_space_id``: none when the tag pieces hold the space)."""
+    from tagtune.text.tokenizer import TextTokenizer
 
-    from tagtune.tags.vocab import SPACE_PIECE
-
-    sp = SentencePieceProcessor(model_file=str(data.tokenizer_path))
-    space = sp.PieceToId(SPACE_PIECE)
-    bare = [] if data.tagset.spaced or space == sp.unk_id() else [space]
-    return {t: bare + [sp.PieceToId(data.tagset.piece(t))] for t in data.tagset.tags}
+    tokenizer = TextTokenizer(data.tokenizer_path, data.tagset, normalizer=None)
+    bare = [] if tokenizer.tag_space_id is None else [tokenizer.tag_space_id]
+    return {t: bare + tokenizer.convert_tokens_to_ids([data.tagset.piece(t)]) for t in data.tagset.tags}
 
 
 def add_event_cuts(data: DataBundle, share: float, seed: int):

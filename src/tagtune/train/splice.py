@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tagtune.audio import SAMPLES_PER_CODE
+from tagtune.audio import SAMPLES_PER_CODE, code_span
 
 END, START, BETWEEN = "end", "start", "between"
 
@@ -38,24 +38,35 @@ class Splice:
     partner: int | None = None  # for BETWEEN: a replay example index of the same speaker
 
 
+def _matched_events(example: dict, tagset) -> list[dict] | None:
+    """A tagged clip's events in time order when they match its tags one to one (None otherwise)."""
+    events = sorted(example.get("events") or [], key=lambda x: x["start_sample"])
+    if not example["has_tag"] or example.get("spliced") or not events or len(events) != len(example["tags"]):
+        return None
+    try:
+        names = [tagset.resolve(str(x.get("tag", ""))) for x in events]
+    except (ValueError, KeyError):
+        return None
+    return events if names == list(example["tags"]) else None
+
+
+def _span(event: dict, n_codes: int, per_code: int) -> tuple[int, int]:
+    return code_span(event["start_sample"], event["end_sample"], n_codes, per_code)
+
+
 def _event_codes(example: dict, event: int, per_code: int) -> int:
-    e = sorted(example["events"], key=lambda x: x["start_sample"])[event]
-    return max(1, -(-e["end_sample"] // per_code) - e["start_sample"] // per_code)
+    first, last = _span(sorted(example["events"], key=lambda x: x["start_sample"])[event], example["n_codes"], per_code)
+    return last - first
 
 
-def _donors(primary, tagset) -> list[tuple[int, int, str]]:
-    """(example index, event number, canonical tag) for each event of a tagged clip whose events match its tags."""
+def _donors(primary, tagset, per_code: int) -> list[tuple[int, int]]:
+    """(example index, event number) for each event, of at least one code, of a clip whose events match its tags."""
     out = []
     for i, e in enumerate(primary.examples):
-        events = sorted(e.get("events") or [], key=lambda x: x["start_sample"])
-        if not e["has_tag"] or not events or len(events) != len(e["tags"]):
-            continue
-        try:
-            names = [tagset.resolve(str(x.get("tag", ""))) for x in events]
-        except (ValueError, KeyError):
-            continue
-        if names == list(e["tags"]):
-            out += [(i, n, tag) for n, tag in enumerate(names)]
+        for n, event in enumerate(_matched_events(e, tagset) or []):
+            first, last = _span(event, e["n_codes"], per_code)
+            if last > first:
+                out.append((i, n))
     return out
 
 
@@ -66,7 +77,7 @@ def plan_splices(primary, replay, picks: list[int], share: float, tagset, seed: 
     A spliced clip holds no more text and no more codes than the longest clips of the mix, so batches and
     positions stay within what the prepared data already asks of the model; a BETWEEN partner is another
     untagged replay clip of the same speaker that fits. A pick too long for any layout stays as it is."""
-    donors = _donors(primary, tagset)
+    donors = _donors(primary, tagset, per_code)
     if share <= 0 or not donors:
         return {}
     mixed = list(primary.examples) + [replay.examples[j] for j in picks]
@@ -80,7 +91,7 @@ def plan_splices(primary, replay, picks: list[int], share: float, tagset, seed: 
     for k, j in enumerate(picks):
         if rng.random() >= share:
             continue
-        donor, event, _ = donors[rng.randrange(len(donors))]
+        donor, event = donors[rng.randrange(len(donors))]
         a = replay.examples[j]
         text, codes = a["n_text"] + 2, a["n_codes"] + _event_codes(primary.examples[donor], event, per_code)
         if text > max_text or codes > max_codes:
@@ -111,8 +122,7 @@ def spliced_item(item: dict, donor: dict, splice: Splice, partner: dict | None,
     per_code = int(item.get("samples_per_code", SAMPLES_PER_CODE))
     event = sorted(donor["events"], key=lambda x: x["start_sample"])[splice.event]
     tag = donor["tags"][splice.event]
-    first = event["start_sample"] // per_code
-    last = max(first + 1, min(len(donor["codes"]), -(-event["end_sample"] // per_code)))
+    first, last = _span(event, len(donor["codes"]), per_code)
     event_codes = donor["codes"][first:last]
     pieces = torch.tensor(tag_pieces[tag], dtype=item["text_ids"].dtype)
     text, codes = item["text_ids"], item["codes"]
@@ -130,19 +140,8 @@ def spliced_item(item: dict, donor: dict, splice: Splice, partner: dict | None,
                         "end_sample": (onset + len(event_codes)) * per_code}]}
 
 
-def _cuttable(example: dict, tagset) -> bool:
-    events = example.get("events") or []
-    if not example["has_tag"] or example.get("spliced") or not events or len(events) != len(example["tags"]):
-        return False
-    try:
-        return all(tagset.resolve(str(e.get("tag", ""))) for e in events)
-    except (ValueError, KeyError):
-        return False
-
-
 def _cut_spans(example: dict, n_codes: int, per_code: int) -> list[tuple[int, int]]:
-    spans = sorted((e["start_sample"] // per_code, min(n_codes, -(-e["end_sample"] // per_code)))
-                   for e in example["events"])
+    spans = sorted(_span(e, n_codes, per_code) for e in example["events"])
     return [(a, b) for a, b in spans if b > a]
 
 
@@ -177,7 +176,8 @@ class WithEventCuts:
                  per_code: int = SAMPLES_PER_CODE):
         self.dataset, self.tag_pieces = dataset, tag_pieces
         rng = random.Random(seed)
-        self.picks = [i for i, e in enumerate(dataset.examples) if _cuttable(e, tagset) and rng.random() < share]
+        self.picks = [i for i, e in enumerate(dataset.examples) if _matched_events(e, tagset) is not None
+                      and rng.random() < share]
         cut_examples = []
         for i in self.picks:
             e = dataset.examples[i]
