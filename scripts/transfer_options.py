@@ -36,6 +36,7 @@ VARIANTS = {
     "rank-4": ({"lora.rank": 4, "lora.alpha": 8}, {}, None),
     "last-2-layers": ({"lora.layers": [2, 3]}, {}, None),
     "train-conditioning": ({"lora.train_conditioning": True}, {}, None),
+    "train-conditioning+cuts-0.5": ({"lora.train_conditioning": True, "augment.event_cuts": 0.5}, {}, None),
 }
 
 
@@ -106,6 +107,8 @@ def row(name: str, report: dict, seconds: float) -> dict:
         "false_event_rate_by_prompt": {c: t[c].get("false_event_rate_by_prompt") for c in CONDITIONS if c in t},
         "untagged_nll_ratio": {c: t[c]["untagged_nll_ratio"] for c in CONDITIONS if c in t},
         "similarity_drop": {c: t[c]["speaker_similarity"]["drop"] for c in CONDITIONS if c in t},
+        "similarity_drop_by_prompt": {c: {k: v["drop"] for k, v in t[c]["speaker_similarity"]["by_prompt"].items()}
+                                      for c in CONDITIONS if c in t},
         "failed_checks": [c["name"] for c in checks if c["passed"] is False],
         "checks": len(checks),
     }

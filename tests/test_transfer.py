@@ -66,6 +66,23 @@ def test_transfer_checks_judge_each_condition():
                       transfer=good)["passed"] is True
 
 
+def test_similarities_split_by_prompt_kind():
+    from tagtune.evaluate.transfer import _similarities
+
+    class Embedding:  # cosine stand-in: the first code of each sequence, too short below 2 codes
+        def similarity(self, a, b):
+            if len(a) < 2:
+                raise ValueError("too short")
+            return float(a[0] == b[0])
+
+    import torch
+
+    codes = [torch.tensor([1, 1]), torch.tensor([2, 2]), torch.tensor([3]), torch.tensor([4, 4])]
+    refs = [torch.tensor([1]), torch.tensor([9]), torch.tensor([3]), torch.tensor([4])]
+    sims = _similarities(Embedding(), codes, refs, ["tagged", "tag_free", "tag_free", "tag_free"])
+    assert sims == {"all": [1.0, 0.0, 1.0], "tagged": [1.0], "tag_free": [0.0, 1.0]}  # the short one skipped
+
+
 @pytest.fixture(scope="module")
 def transfer_set(eval_data, tmp_path_factory):
     """A transfer set for the eval fixture's model: its voice builtin-f1 and two unseen voices, both languages."""
@@ -100,6 +117,12 @@ def test_transfer_report_end_to_end(eval_data, transfer_set, shipped_base, tmp_p
         assert set(e["hit_rate"]) == {"<giggles>", "<laughs>", "<sighs>", "mean"}
         sims = e["speaker_similarity"]
         assert -1.0 <= sims["tuned"] <= 1.0 and sims["drop"] == pytest.approx(sims["base"] - sims["tuned"])
+        tagged, tag_free = sims["by_prompt"]["tagged"], sims["by_prompt"]["tag_free"]
+        assert tagged["drop"] == pytest.approx(tagged["base"] - tagged["tuned"])
+        n = e["clips"]["tagged"]  # the mean over all prompts is the count-weighted mean of the two kinds
+        total = n + n + e["clips"]["untagged"]
+        if e["tuned"]["similarity_clips"] == total:
+            assert sims["tuned"] == pytest.approx((n * tagged["tuned"] + (total - n) * tag_free["tuned"]) / total)
         nll = e["untagged_nll"]
         assert e["untagged_nll_ratio"] == pytest.approx(nll["tuned"] / nll["base"])
         reference = t["ft_voice_en"]["hit_rate"]["mean"]
@@ -113,6 +136,7 @@ def test_transfer_report_end_to_end(eval_data, transfer_set, shipped_base, tmp_p
     assert written["transfer"]["unseen_zh"]["transfer_ratio"] == t["unseen_zh"]["transfer_ratio"]
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Transfer to unseen voices and to Chinese" in md and "unseen voices, Chinese" in md
+    assert "Speaker-similarity drop (base - tuned) split by prompt" in md
     assert "transfer.png" in written["figures"] and (tmp_path / "report" / "transfer.png").stat().st_size > 0
 
 

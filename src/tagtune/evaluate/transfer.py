@@ -12,8 +12,9 @@ The fine-tune voices are the speakers of the fine-tune data folder's training sp
 placement error; teacher-forced NLL on the condition's untagged clips gives ``untagged_nll_ratio`` (tuned /
 base: forgetting of other voices and of Chinese); and a code-level speaker embedding gives the cosine
 similarity of each generated sequence to the prompt clip's own recording (its speaker), tuned vs base: drift
-toward the fine-tune voice. ``transfer_ratio`` = the tuned model's mean hit rate in a condition / its mean hit
-rate in ``ft_voice_en``.
+toward the fine-tune voice, also split by prompt kind (tagged prompts vs tag-free twins and untagged clips) so
+that a drop carried by the generated events' own sound is told apart from a voice that moved.
+``transfer_ratio`` = the tuned model's mean hit rate in a condition / its mean hit rate in ``ft_voice_en``.
 
 The judges here are fitted on the transfer set's *training* split, never on the model: the event detector
 (with the base's tag-free generations as negatives, as in the main evaluation) and the speaker embedding
@@ -38,6 +39,7 @@ REFERENCE_CONDITION = "ft_voice_en"
 UNSEEN_CONDITIONS = ("unseen_en", "unseen_zh")
 MAX_NLL_CLIPS = 64  # untagged clips per condition scored teacher-forced
 TRANSFER_SEED_OFFSET = 20_000  # sampling seeds of the transfer prompts never coincide with the main evaluation's
+SIMILARITY_PROMPTS = ("tagged", "tag_free")  # tagged prompts vs their tag-free twins and the untagged clips
 
 
 @dataclass
@@ -77,19 +79,29 @@ def _split_tagged(items: list[dict], tag_ids: set[int]) -> tuple[list[dict], lis
     return tagged, [it for it in items if not any(int(i) in tag_ids for i in it["text_ids"])]
 
 
-def _similarities(embedding, codes: list[torch.Tensor], refs: list[torch.Tensor]) -> list[float]:
-    """Cosine of each generated sequence to its reference recording (sequences too short to embed skipped)."""
-    out = []
-    for seq, ref in zip(codes, refs):
+def _similarities(embedding, codes: list[torch.Tensor], refs: list[torch.Tensor],
+                  kinds: list[str]) -> dict[str, list[float]]:
+    """Cosine of each generated sequence to its reference recording, all together and per prompt kind (sequences
+    too short to embed skipped)."""
+    out: dict[str, list[float]] = {"all": [], **{k: [] for k in SIMILARITY_PROMPTS}}
+    for seq, ref, kind in zip(codes, refs, kinds):
         try:
-            out.append(embedding.similarity(seq, ref))
+            value = embedding.similarity(seq, ref)
         except ValueError:  # a generation that stopped after a few codes has no voice to compare
             continue
+        out["all"].append(value)
+        out[kind].append(value)
     return out
 
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def _drop(similarity: dict) -> float | None:
+    """Base minus tuned similarity (positive: the tuned model's voices moved away from the references)."""
+    tuned, base = similarity.get(TUNED), similarity.get(BASE)
+    return base - tuned if base is not None and tuned is not None else None
 
 
 def _condition(models, detector, embedding, items: list[dict], tags, space_id, free: FreeRunSettings,
@@ -109,13 +121,15 @@ def _condition(models, detector, embedding, items: list[dict], tags, space_id, f
     for m in models:
         codes = generate(m, prompts, chosen, free, seed + TRANSFER_SEED_OFFSET, on_batch=bar.update)
         summary = summarize_free(score_clips(detector, prompts, codes, chosen, tags, tag_ids), list(tags.tags))
-        sims = _similarities(embedding, codes, [chosen[p.item]["codes"] for p in prompts])
+        sims = _similarities(embedding, codes, [chosen[p.item]["codes"] for p in prompts],
+                             ["tagged" if p.tagged else "tag_free" for p in prompts])
         out[m.name] = {"hit_rate": {**{t: v["hit_rate"] for t, v in summary["per_tag"].items()},
                                     "mean": summary["mean_hit_rate"]},
                        "false_event_rate": summary["false_event_rate"],
                        "false_event_rate_by_prompt": summary["false_event_rate_by_prompt"],
                        "placement_error_ms": summary["placement_error_ms"]["median"],
-                       "speaker_similarity": _mean(sims), "similarity_clips": len(sims),
+                       "speaker_similarity": _mean(sims["all"]), "similarity_clips": len(sims["all"]),
+                       "speaker_similarity_by_prompt": {k: _mean(sims[k]) for k in SIMILARITY_PROMPTS},
                        "mean_generated_codes": _mean([float(len(c)) for c in codes])}
         if untagged:
             with torch.inference_mode():
@@ -128,7 +142,10 @@ def _condition(models, detector, embedding, items: list[dict], tags, space_id, f
                 "untagged_nll_ratio": forgetting["untagged_nll_ratio"] if forgetting else None,
                 "untagged_nll": forgetting["untagged_nll"] if forgetting else None,
                 "speaker_similarity": {TUNED: tuned["speaker_similarity"],
-                                       BASE: base.get("speaker_similarity")}})
+                                       BASE: base.get("speaker_similarity"),
+                                       "by_prompt": {k: {TUNED: tuned["speaker_similarity_by_prompt"][k],
+                                                         BASE: (base.get("speaker_similarity_by_prompt") or {}).get(k)}
+                                                     for k in SIMILARITY_PROMPTS}}})
     return out
 
 
@@ -176,8 +193,9 @@ def evaluate_transfer(models, codebook: torch.Tensor, train: list[dict], val: li
         mean = out[name]["hit_rate"]["mean"]
         out[name]["transfer_ratio"] = mean / reference if mean is not None and reference else None
         sims = out[name]["speaker_similarity"]
-        out[name]["speaker_similarity"]["drop"] = (sims[BASE] - sims[TUNED] if sims[BASE] is not None
-                                                   and sims[TUNED] is not None else None)
+        sims["drop"] = _drop(sims)
+        for kind in sims["by_prompt"].values():
+            kind["drop"] = _drop(kind)
     out["judges"] = {"detector": detector_report, "speaker_embedding": embedding_report}
     out["fine_tune_voices"] = sorted(ft_speakers)
     out["voices"] = {c: sorted({it["speaker"] for it in items}) for c, items in groups.items()}

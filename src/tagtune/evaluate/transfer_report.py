@@ -24,6 +24,12 @@ def _present(transfer: dict) -> list[str]:
     return [c for c in CONDITIONS if c in transfer]
 
 
+def _similarity_split(similarity: dict) -> str:
+    by_prompt = similarity.get("by_prompt") or {}
+    return ", ".join(f"{name} {_fmt((by_prompt.get(k) or {}).get('drop'), digits=3)}"
+                     for k, name in (("tagged", "tagged"), ("tag_free", "tag-free")))
+
+
 def transfer_markdown(report: dict) -> str:
     """The "Transfer" section of report.md ("" without a transfer set)."""
     t = report.get("transfer")
@@ -64,6 +70,10 @@ def transfer_markdown(report: dict) -> str:
                   "untagged clips' own texts: "
               + "; ".join(f"{CONDITION_NAMES[c]}: {false_event_split(t[c].get('false_event_rate_by_prompt'))}"
                           for c in conds) + "."]
+    lines += ["", "Speaker-similarity drop (base - tuned) split by prompt: tagged prompts (with their events) vs "
+                  "tag-free ones (twins and untagged clips): "
+              + "; ".join(f"{CONDITION_NAMES[c]}: {_similarity_split(t[c]['speaker_similarity'])}" for c in conds)
+              + "."]
     if "transfer.png" in report.get("figures", []):
         lines += ["", f"![transfer]({FIGURE})"]
     return "\n".join(lines) + "\n"
