@@ -89,7 +89,7 @@ def _prepare(a) -> int:
     try:
         manifest = prepare_for_model(a.model, a.data, a.out, tags=tags, tag_map=a.tag_map, multiword=a.multiword,
                                      kind=a.kind, workers=a.workers, overwrite=a.overwrite,
-                                     progress=not a.no_progress, device=_device(a), **extra)
+                                     progress=not a.no_progress, device=_device(a), events=a.events, **extra)
     except DataDirMismatch as e:
         raise DataDirMismatch(e.data_dir, e.reasons, "choose another --out, or add --overwrite to rebuild it") from None
     if manifest is not None:
@@ -98,6 +98,18 @@ def _prepare(a) -> int:
               f"train {c['train']}, val {c['val']}, tagged {c['tagged']}); rejected {c['rejected']}"
               + (f": {manifest['rejections']}" if c["rejected"] else ""))
         print(f"wrote {a.out}")
+    return 0
+
+
+def _events(a) -> int:
+    from tagtune.evaluate.judges.boundaries import find_boundaries, summary_line
+
+    given = {"event_model": a.event_model, "calibration_clips": a.calibration_clips}  # else the library's defaults
+    summary = find_boundaries(a.data, a.out, kind=a.kind, event_map=a.event_map, tag_map=a.tag_map,
+                              multiword=a.multiword, device=_device(a), seed=a.seed, progress=not a.no_progress,
+                              **{k: v for k, v in given.items() if v is not None})
+    print(summary_line(summary))
+    print(f"wrote {a.out}")
     return 0
 
 
@@ -438,8 +450,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=0, help="decoding processes (0: decode in this process)")
     _add_device(s, "the DVAE")
     s.add_argument("--overwrite", action="store_true", help="rebuild a DATA_DIR made from other inputs/settings")
+    s.add_argument("--events", type=Path, help="events file of `tagtune events`: event boundaries for the clips the "
+                   "corpus lists without them, by clip id")
     _add_tag_options(s)
     s.set_defaults(func=_prepare)
+
+    s = command(sub, "events", "find where each tag's event sounds in a corpus's tagged clips, with an AudioSet "
+                "tagger, and write an events file for `prepare --events`")
+    s.add_argument("--data", required=True, help="the corpus: any source `prepare` accepts")
+    s.add_argument("--out", required=True, type=Path, help="events file to write (JSONL: one line per clip that "
+                   "got boundaries)")
+    s.add_argument("--kind", default="auto", choices=SOURCE_KINDS, help="source layout (auto: detected)")
+    s.add_argument("--event-model", help="an AudioSet tagger, hub id or folder (default: "
+                   "MIT/ast-finetuned-audioset-10-10-0.4593)")
+    s.add_argument("--event-map", type=Path, help="YAML tag -> AudioSet classes, added to the shipped map")
+    s.add_argument("--calibration-clips", type=int, help="clips per tag, and untagged, that calibrate the tagger's "
+                   "thresholds (default: 64)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the calibration clips' choice")
+    _add_device(s, "the tagger")
+    _add_tag_options(s)
+    s.set_defaults(func=_events)
 
     s = command(sub, "train", "LoRA-fine-tune the base model of a DATA_DIR on its tags")
     s.add_argument("--data", required=True, type=Path, help="a DATA_DIR written by `tagtune prepare`")

@@ -18,7 +18,7 @@ from tagtune.config import ModelConfigV2
 from tagtune.data.encoders import TokenizerTextEncoder, clip_encoder_from_model
 from tagtune.data.prepare import PrepareSettings, PrepareSettingsV2, check_data_dir, prepare
 from tagtune.data.shards import FEATURES
-from tagtune.data.sources import ColumnMap, open_source
+from tagtune.data.sources import ColumnMap, open_source, with_events
 from tagtune.folders import TAGS_FILE, TOKENIZER_FILE
 from tagtune.tags import TagSet, extend_tokenizer, load_tag_map, read_tagset, scan_texts
 from tagtune.tags.vocab import merge_variant_list
@@ -54,7 +54,7 @@ def _v2_manifest() -> dict:
 def prepare_for_model(model_dir: str | Path, data: str, out_dir: str | Path, *, tags: str | list[str] = "auto",
                       tag_map=None, multiword: str = "own", kind: str = "auto", columns: ColumnMap | None = None,
                       workers: int = 0, overwrite: bool = False, progress: bool = True, device=None,
-                      **settings) -> dict | None:
+                      events: str | Path | None = None, **settings) -> dict | None:
     """Prepare corpus ``data`` for base model ``model_dir`` into ``out_dir``; returns the manifest.
 
     ``settings`` override :class:`PrepareSettings` fields (``val_fraction``, ``seed``, ...); the text and
@@ -65,6 +65,9 @@ def prepare_for_model(model_dir: str | Path, data: str, out_dir: str | Path, *, 
     resolved against the folder of the file naming them, absolute ones are used as they are. Only audio is
     decoded from them, and only its log-mel and codes enter ``out_dir``; a path that is missing, no regular
     file (a folder, FIFO or device, also behind a link) or no audio is a rejection with that reason.
+
+    ``events``: an events file (``tagtune events``) whose boundaries the clips that list none take, by id
+    (``data.sources.with_events``); they enter the records, so a resume with other events is refused.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     cfg = read_model_config(model_dir)
@@ -72,6 +75,10 @@ def prepare_for_model(model_dir: str | Path, data: str, out_dir: str | Path, *, 
     prep_settings = (PrepareSettingsV2 if v2 else PrepareSettings).for_model(cfg.gpt, **settings)
     check_data_dir(out_dir)  # before the corpus is read: a wrong out_dir is refused at once
     source = open_source(data, kind=kind, columns=columns)
+    events_record = {}  # where the overlaid boundaries came from, for the manifest
+    if events is not None:
+        source = with_events(source, events)
+        events_record["events_file"] = {"path": str(Path(events).resolve()), "clips": source.overlaid}
     texts = [r.text for r in source.records() if isinstance(r.text, str)]
     tagset = corpus_tagset(texts, tags, tag_map, multiword)
     bpe_bytes, tagset = extend_tokenizer(bpe_path(model_dir, cfg).read_bytes(), read_tagset(model_dir), tagset)
@@ -84,6 +91,7 @@ def prepare_for_model(model_dir: str | Path, data: str, out_dir: str | Path, *, 
         base_checkpoint_hash=fingerprint, overwrite=overwrite, progress=progress,
         manifest_extra={"base_checkpoint": {"dir": str(model_dir.resolve()), "hash": fingerprint},
                         "tokenizer": TOKENIZER_FILE, "tags_file": TAGS_FILE, "tag_ids": dict(tagset.token_ids),
+                        **events_record,
                         **(_v2_manifest() if v2 else {})},
         files={TOKENIZER_FILE: bpe_bytes,
                TAGS_FILE: json.dumps(tagset.to_dict(), ensure_ascii=False, indent=2).encode("utf-8")},

@@ -8,6 +8,9 @@ A source lists :class:`Record` s (metadata only, in a fixed order) and fetches a
 * an LJSpeech folder: ``metadata.csv`` with ``id|text`` or ``id|text|normalized``, wavs in ``wavs/`` or beside,
 * CSV / TSV / JSONL manifests with ``audio`` (path), ``text``, optional ``speaker``, ``id``, ``events``.
 
+Event boundaries a corpus does not list can come from an *events file* (``tagtune events`` writes one):
+``with_events`` lays them onto the clips by ``source_id``.
+
 Audio paths may point anywhere the user can read, also outside the corpus folder: a relative path is
 resolved against the folder of the file that names it (the manifest, ``metadata.csv``, the parquet file),
 an absolute one is taken as it is. Only audio is decoded from them; a path that is missing, no regular file
@@ -17,13 +20,17 @@ an absolute one is taken as it is. Only audio is decoded from them; a path that 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from tagtune.data.decode import special_kind
 from tagtune.errors import UserError
+
+log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl")
 LJSPEECH_METADATA = "metadata.csv"
@@ -214,3 +221,86 @@ def open_source(spec: str | Path, kind: str = "auto", columns: ColumnMap | None 
     if (path / FOLDER_MANIFEST).is_file() and kind in ("auto", "manifest"):
         return manifest_source(path / FOLDER_MANIFEST, columns)
     raise SourceError(f"{path}: no {LJSPEECH_METADATA}, no {FOLDER_MANIFEST} and no parquet/arrow files inside")
+
+
+EVENTS_LINE = '{"id": SOURCE_ID, "events": [{"tag", "start_sample", "end_sample", "sample_rate"}, ...]}'
+
+
+def _events_problem(row: Any) -> str | None:
+    """What is wrong with one line of an events file (None: nothing)."""
+    if not isinstance(row, dict):
+        return "not a JSON object"
+    if not isinstance(row.get("id"), (str, int)) or isinstance(row.get("id"), bool) or row["id"] == "":
+        return 'no "id"'
+    if not isinstance(row.get("events"), list) or not row["events"]:
+        return 'no "events" list'
+    for event in row["events"]:
+        if not isinstance(event, dict) or not isinstance(event.get("tag"), str):
+            return f"an event without a tag: {json.dumps(event)[:80]}"
+        start, end, rate = (event.get(k) for k in ("start_sample", "end_sample", "sample_rate"))
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end, rate)) \
+                or not 0 <= start < end or rate <= 0:
+            return f"event {json.dumps(event)[:80]} needs whole numbers 0 <= start_sample < end_sample, sample_rate > 0"
+    return None
+
+
+def read_events_file(path: str | Path) -> dict[str, list[dict]]:
+    """An events file (JSONL, one line per clip, ``EVENTS_LINE``) -> {source_id: events}; a malformed one is a
+    SourceError naming the line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SourceError(f"events file {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    out: dict[str, list[dict]] = {}
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SourceError(f"events file {path} line {n}: not JSON ({e.msg}); each line is {EVENTS_LINE}") from None
+        if (problem := _events_problem(row)) is not None:
+            raise SourceError(f"events file {path} line {n}: {problem}; each line is {EVENTS_LINE}")
+        if str(row["id"]) in out:
+            raise SourceError(f"events file {path} line {n}: id {row['id']!r} is given twice")
+        out[str(row["id"])] = row["events"]
+    return out
+
+
+class EventsOverlay:
+    """A source whose clips that list no events take theirs from an events file, by ``source_id``.
+
+    Its name stays the corpus's own: a data folder names the corpus it was prepared from (and reopens it); the
+    events enter the records, so they enter the prepared folder's fingerprint.
+    """
+
+    def __init__(self, source: Source, events: dict[str, list[dict]]):
+        self.source, self.name = source, source.name
+        own = source.records()
+        takes = [r.source_id in events and not r.events for r in own]
+        self._records = [dataclasses.replace(r, events=events[r.source_id]) if take else r
+                         for r, take in zip(own, takes)]
+        self.overlaid = sum(takes)
+
+    def records(self) -> list[Record]:
+        """The corpus's records, with the file's events where they had none."""
+        return self._records
+
+    def audio(self, start: int, stop: int) -> list:
+        """The corpus's own audio."""
+        return self.source.audio(start, stop)
+
+
+def with_events(source: Source, path: str | Path) -> EventsOverlay:
+    """``source`` with the events of the events file ``path`` on its clips that list none (see EventsOverlay).
+
+    Ids of the file that name no clip of the source are left out, with one warning giving their count.
+    """
+    events = read_events_file(path)
+    overlay = EventsOverlay(source, events)
+    unmatched = len(events.keys() - {r.source_id for r in source.records()})
+    if unmatched:
+        log.warning("events file %s: %d of its %d ids name no clip of %s (left out)", path, unmatched, len(events),
+                    source.name)
+    return overlay

@@ -107,12 +107,14 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | str |
         log.info("replay: %d untagged clips of %s mixed into %d training clips (%d with a spliced event)",
                  len(data.train.picks), config.replay.data, len(data.train.primary), len(data.train.splices))
         if config.replay.events and not data.train.splices:
-            log.warning("replay.events: no tagged clip of %s has event boundaries to splice; none spliced", data_dir)
+            log.warning("replay.events: no tagged clip of %s has event boundaries to splice; none spliced "
+                        "(`tagtune events` finds them, `prepare --events` adds them)", data_dir)
     if config.augment.event_cuts:
         data.train = add_event_cuts(data, config.augment.event_cuts, config.seed)
         log.info("event cuts: %d tagged clips also trained on without their events", len(data.train.picks))
         if not data.train.picks:
-            log.warning("augment.event_cuts: no tagged clip of %s has event boundaries to cut; none added", data_dir)
+            log.warning("augment.event_cuts: no tagged clip of %s has event boundaries to cut; none added "
+                        "(`tagtune events` finds them, `prepare --events` adds them)", data_dir)
     accel = make_accelerator(config, run_dir)
     rank, world, main = accel.process_index, accel.num_processes, accel.is_main_process
     torch.manual_seed(config.seed + rank)

@@ -10,6 +10,7 @@
                 95 % intervals by resampling clips
     suite.py    the prompt suite (shipped in English and Chinese, or the user's)
     speak.py    the models' speech for the suite, and corpus clips resynthesised for calibration
+    boundaries.py  where each tag's event sounds in a corpus that lists no boundaries (``tagtune events``)
     run.py      judge_models(): the report's ``judges`` section
     report.py   its report.md section and plot
 """
