@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from tagtune.evaluate.judges.events import HOP_S, WINDOW_S
+from tiny_judges import tiny_ast
 
-AUDIOSET_LABELS = ["Speech", "Laughter", "Giggle", "Snicker", "Sigh", "Breathing", "Music", "Cough"]
 COLUMNS = ["<giggles>", "<laughs>"]
 THRESHOLDS = {"<giggles>": 0.5, "<laughs>": 0.5}
 CLIP_SECONDS = 5.0
@@ -99,17 +99,6 @@ def test_tag_positions_are_shares_of_the_spoken_characters(text, tags, positions
 # ------------------------------------------------------------------------------------ a synthetic corpus
 
 
-def _tiny_ast(folder: Path) -> None:
-    """A random 1-layer AST with AudioSet-named classes, saved as a hub model would be (see test_judges.py)."""
-    from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
-
-    labels = dict(enumerate(AUDIOSET_LABELS))
-    cfg = ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_length=128,
-                    id2label=labels, label2id={v: k for k, v in labels.items()})
-    ASTForAudioClassification(cfg).save_pretrained(folder)
-    ASTFeatureExtractor(max_length=128).save_pretrained(folder)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     """A tagged one-voice corpus (giggles, laughs; a third untagged) with its true boundaries, and a tiny AST."""
@@ -118,7 +107,7 @@ def world(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("boundaries")
     generate_corpus(root / "corpus", n_clips=24, seed=3, tags=("giggles", "laughs"), untagged_fraction=0.3,
                     voices=["builtin-f3"], engine="builtin")
-    _tiny_ast(root / "ast")
+    tiny_ast(root / "ast")
     return root
 
 

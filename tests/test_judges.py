@@ -15,20 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-AUDIOSET_LABELS = ["Speech", "Laughter", "Giggle", "Snicker", "Sigh", "Breathing", "Music", "Cough"]
+from tiny_judges import tiny_ast
+
 WHISPER_SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|zh|>", "<|translate|>", "<|transcribe|>",
                     "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
 PROMPTS = "Hello <laughs> world.\nThis is funny.\n你好 <giggles> 世界。\n"
-
-
-def _tiny_ast(folder: Path) -> None:
-    from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
-
-    labels = dict(enumerate(AUDIOSET_LABELS))
-    cfg = ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_length=128,
-                    id2label=labels, label2id={v: k for k, v in labels.items()})
-    ASTForAudioClassification(cfg).save_pretrained(folder)
-    ASTFeatureExtractor(max_length=128).save_pretrained(folder)
 
 
 def _tiny_xvector(folder: Path) -> None:
@@ -82,7 +73,7 @@ def tiny_judges(tmp_path_factory) -> dict[str, Path]:
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("judges")
-    for name, build in (("ast", _tiny_ast), ("whisper", _tiny_whisper), ("sv", _tiny_xvector)):
+    for name, build in (("ast", tiny_ast), ("whisper", _tiny_whisper), ("sv", _tiny_xvector)):
         build(root / name)
     return {"events": root / "ast", "words": root / "whisper", "voice": root / "sv"}
 

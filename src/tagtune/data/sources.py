@@ -299,7 +299,7 @@ def with_events(source: Source, path: str | Path) -> EventsOverlay:
     """
     events = read_events_file(path)
     overlay = EventsOverlay(source, events)
-    unmatched = len(events.keys() - {r.source_id for r in source.records()})
+    unmatched = len(events.keys() - {r.source_id for r in overlay.records()})
     if unmatched:
         log.warning("events file %s: %d of its %d ids name no clip of %s (left out)", path, unmatched, len(events),
                     source.name)
