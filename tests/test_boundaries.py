@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -159,9 +160,17 @@ def test_boundaries_found_from_window_probabilities_match_the_true_ones(world, t
     from tagtune.evaluate.judges.events import AudioSetEventJudge
 
     truth = _truth(world)
-    monkeypatch.setattr(AudioSetEventJudge, "frame_probs", _true_frame_probs(truth))
+    stand_in, judged = _true_frame_probs(truth), Counter()
+
+    def counted(judge, clips):
+        judged.update(len(c.audio) for c in clips)
+        return stand_in(judge, clips)
+
+    monkeypatch.setattr(AudioSetEventJudge, "frame_probs", counted)
     listing = _listing_without_events(world)
     summary = find_boundaries(listing, tmp_path / "events.jsonl", event_model=str(world / "ast"), progress=False)
+    assert max(judged.values()) == 1  # the clips that calibrate the thresholds are not judged a second time
+    assert len(judged) == len(truth)  # every tagged clip, and the untagged ones of the calibration
 
     tagged = {cid: row for cid, row in truth.items() if row["events"]}
     assert summary["tagged"] == len(tagged) >= 12 and summary["with_boundaries"] == len(tagged)

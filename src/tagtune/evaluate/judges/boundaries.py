@@ -198,33 +198,40 @@ def _sample(indices: list[int], limit: int, rng: random.Random) -> list[int]:
 
 
 def calibrate_on_corpus(judge: AudioSetEventJudge, source: Source, clips: list[TaggedClip], untagged: list[int],
-                        limit: int = CALIBRATION_CLIPS, seed: int = 0) -> dict:
+                        limit: int = CALIBRATION_CLIPS, seed: int = 0) -> tuple[dict, dict[int, np.ndarray]]:
     """Set the judge's thresholds on the corpus: up to ``limit`` clips carrying each tag against as many untagged
-    ones. A tag on fewer than MIN_CALIBRATION_CLIPS clips keeps its default threshold (with a warning)."""
+    ones. A tag on fewer than MIN_CALIBRATION_CLIPS clips keeps its default threshold (with a warning).
+
+    Returns the calibration report and the ``frame_probs`` of the tagged clips it judged, by corpus index:
+    thresholds do not change them, so ``locate_events`` reuses them instead of judging those clips again."""
     rng = random.Random(seed)
     with_tag = {t: [c.index for c in clips if t in c.tags] for t in judge.tags}
     picked = {t: _sample(ix, limit, rng) if len(ix) >= MIN_CALIBRATION_CLIPS else [] for t, ix in with_tag.items()}
     negatives = _sample(untagged, limit, rng)
     audio = _decoded(source, sorted({i for ix in picked.values() for i in ix} | set(negatives)), judge.rate)
+    heard = [i for i in audio if isinstance(audio[i], Speech)]
+    probs = dict(zip(heard, judge.frame_probs([audio[i] for i in heard])))
 
-    def readable(indices: list[int]) -> list[Speech]:
-        return [audio[i] for i in indices if isinstance(audio[i], Speech)]
+    def judged(indices: list[int]) -> list[np.ndarray]:
+        return [probs[i] for i in indices if i in probs]
 
-    report = judge.calibrate({t: readable(ix) for t, ix in picked.items()}, readable(negatives), seed)
+    report = judge.calibrate_on_probs({t: judged(ix) for t, ix in picked.items()}, judged(negatives), seed)
     for tag, entry in report["per_tag"].items():
         entry["clips_with_tag"] = len(with_tag[tag])
         if not entry["calibrated"]:
             log.warning("%s: default threshold %.2f kept (%d clips carry it, %d untagged clips; calibration needs "
                         "%d and 2)", tag, entry["threshold"], len(with_tag[tag]), len(negatives), MIN_CALIBRATION_CLIPS)
-    return report
+    tagged = {i for ix in picked.values() for i in ix}
+    return report, {i: p for i, p in probs.items() if i in tagged}
 
 
-def locate_events(judge: AudioSetEventJudge, source: Source, clips: list[TaggedClip],
-                  progress: bool = False) -> tuple[dict[str, list[dict]], Counter, int]:
+def locate_events(judge: AudioSetEventJudge, source: Source, clips: list[TaggedClip], progress: bool = False,
+                  judged: dict[int, np.ndarray] | None = None) -> tuple[dict[str, list[dict]], Counter, int]:
     """({source_id: events} of the clips every tag of which got a run, {tag: clips it was missed in}, clips
-    whose audio could not be decoded)."""
+    whose audio could not be decoded). ``judged``: ``frame_probs`` already computed, by corpus index."""
     from tqdm.auto import tqdm
 
+    judged = judged or {}
     found, missed, unreadable = {}, Counter(), 0
     with tqdm(total=len(clips), desc="event boundaries", unit="clip", disable=not progress) as bar:
         for s in range(0, len(clips), CLIPS_PER_CHUNK):
@@ -232,8 +239,10 @@ def locate_events(judge: AudioSetEventJudge, source: Source, clips: list[TaggedC
             audio = _decoded(source, [c.index for c in chunk], judge.rate)
             heard = [c for c in chunk if isinstance(audio[c.index], Speech)]
             unreadable += len(chunk) - len(heard)
-            for clip, probs in zip(heard, judge.frame_probs([audio[c.index] for c in heard])):
-                speech = audio[clip.index]
+            fresh = [c for c in heard if c.index not in judged]
+            judged.update(zip((c.index for c in fresh), judge.frame_probs([audio[c.index] for c in fresh])))
+            for clip in heard:
+                speech, probs = audio[clip.index], judged.pop(clip.index)
                 expected = [p * speech.seconds for p in clip.positions]
                 placed = place_tags(probs, list(clip.tags), judge.tags, judge.thresholds, expected, speech.seconds)
                 if placed.missed is None:
@@ -280,8 +289,8 @@ def find_boundaries(corpus: str | Path, out: str | Path, *, kind: str = "auto", 
         clips = [c for c in clips if ids[c.source_id] == 1]
     judge = AudioSetEventJudge.load(event_model, tagset.tags, load_event_map(event_map), device=device,
                                     batch_size=batch_size)
-    calibration = calibrate_on_corpus(judge, source, clips, untagged, calibration_clips, seed)
-    found, missed, unreadable = locate_events(judge, source, clips, progress)
+    calibration, judged = calibrate_on_corpus(judge, source, clips, untagged, calibration_clips, seed)
+    found, missed, unreadable = locate_events(judge, source, clips, progress, judged)
     write_events_file(out, found)
     per_tag = {tag: {"clips": sum(tag in c.tags for c in clips),
                      "found": sum(tag in c.tags and c.source_id in found for c in clips),

@@ -161,12 +161,17 @@ class AudioSetEventJudge:
     def calibrate(self, positives: dict[str, list[Speech]], negatives: list[Speech], seed: int = 0) -> dict:
         """Thresholds from clips carrying each tag vs untagged clips (one half); accuracy on the other half."""
         names = list(positives)
-        clips = [c for t in names for c in positives[t]] + negatives
-        scores = [sustained(p) for p in self.frame_probs(clips)]
+        probs = self.frame_probs([c for t in names for c in positives[t]] + negatives)
         by_tag, k = {}, 0
         for t in names:
-            by_tag[t], k = scores[k : k + len(positives[t])], k + len(positives[t])
-        neg_scores = scores[k:]
+            by_tag[t], k = probs[k : k + len(positives[t])], k + len(positives[t])
+        return self.calibrate_on_probs(by_tag, probs[k:], seed)
+
+    def calibrate_on_probs(self, positives: dict[str, list[np.ndarray]], negatives: list[np.ndarray],
+                           seed: int = 0) -> dict:
+        """``calibrate`` on the clips' ``frame_probs`` already computed (a caller that needs them anyway)."""
+        by_tag = {t: [sustained(p) for p in probs] for t, probs in positives.items()}
+        neg_scores = [sustained(p) for p in negatives]
         rng = random.Random(seed)
         report = {}
         for t in self.tags:
