@@ -32,6 +32,7 @@ VARIANTS = {
     "event-cuts-1.0": ({"augment.event_cuts": 1.0}, {}, None),
     "replay-events-0.5+cuts-0.5": ({"replay.events": 0.5, "augment.event_cuts": 0.5}, {}, None),
     "replay-events-0.25+cuts-1.0": ({"replay.events": 0.25, "augment.event_cuts": 1.0}, {}, None),
+    "replay-events-0.1+cuts-1.0": ({"replay.events": 0.1, "augment.event_cuts": 1.0}, {}, None),
     "prompt-is-target": ({}, {"cond_mode": "self"}, None),
     "rank-4": ({"lora.rank": 4, "lora.alpha": 8}, {}, None),
     "last-2-layers": ({"lora.layers": [2, 3]}, {}, None),
