@@ -290,13 +290,14 @@ def test_left_padded_cache_rows_equal_their_unpadded_runs():
         torch.testing.assert_close(got[b:b + 1], alone, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("order", [[2, 2, 0], [0, 2, 1], [0, 0, 2], [0, 1, 2], [1, 2, 0], [0, 0, 1], [2, 0, 0]])
 @torch.no_grad()
-def test_cache_reorder_follows_the_selected_rows():
+def test_cache_reorder_follows_the_selected_rows(order):
     gpt = _sharp_backbone(2)
     x, step = torch.randn(3, 5, 32), torch.randn(3, 1, 32)
     cache = gpt.new_cache(3, 8)
     gpt(x, cache=cache)
-    order = torch.tensor([2, 2, 0])
+    order = torch.tensor(order)
     cache.reorder(order)
     got = gpt(step, cache=cache)
     want = gpt(torch.cat([x[order], step], dim=1))[:, -1:]
@@ -320,3 +321,21 @@ def _load_tiny_copy(tiny) -> UnifiedVoice:
     model = UnifiedVoice(tiny.cfg)
     model.load_state_dict(tiny.state_dict())
     return model
+
+
+def test_copy_plan_moves_every_row_map_of_four_rows_in_place():
+    """Replaying the plan on a list gives the gather's result for each of the 4**4 maps; no row is copied
+    that keeps its place, and each changed row is written once."""
+    from itertools import product
+
+    from tagtune.models.gpt2 import copy_plan
+
+    rows = list(range(4))
+    for index in product(rows, repeat=4):
+        kept, plan = copy_plan(rows, list(index))
+        state = [f"row{r}" for r in rows]
+        copies = {r: state[r] for r in kept}
+        for d, s in plan:
+            state[d] = state[s] if s >= 0 else copies[-1 - s]
+        assert state == [f"row{index[r]}" for r in rows], index
+        assert sorted(d for d, _ in plan) == [r for r in rows if index[r] != r], index

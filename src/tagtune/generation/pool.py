@@ -112,11 +112,9 @@ class DecodePool:
 
     def reorder(self, member: Member, index: torch.Tensor) -> None:
         """Row r of ``member`` continues its old row ``index[r]`` (beam search)."""
-        off, n = self._offset(member), self.length
+        off = self._offset(member)
         rows = index + off
-        for buf in (self.cache.k, self.cache.v):
-            for t in buf:
-                t[off : off + member.rows, :, :n] = t[rows, :, :n]
+        self.cache.move_rows(torch.arange(off, off + member.rows, device=rows.device), rows)
         self.key_mask[off : off + member.rows] = self.key_mask[rows]
 
     def leave(self, member: Member) -> None:
