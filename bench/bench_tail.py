@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     latents, seconds = {}, {}
     for name, gpt in gpts.items():
         latents[name], seconds[name] = best_of(lambda gpt=gpt: latent_pass(gpt))
+
     def autocast_pass() -> torch.Tensor:  # one context per call, as a synthesis would open: the casts are redone
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return latent_pass(tts.gpt)

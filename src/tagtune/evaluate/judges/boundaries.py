@@ -231,7 +231,7 @@ def locate_events(judge: AudioSetEventJudge, source: Source, clips: list[TaggedC
     whose audio could not be decoded). ``judged``: ``frame_probs`` already computed, by corpus index."""
     from tqdm.auto import tqdm
 
-    judged = judged or {}
+    judged = dict(judged or {})  # taken from as clips are placed: the caller's dict stays as it was
     found, missed, unreadable = {}, Counter(), 0
     with tqdm(total=len(clips), desc="event boundaries", unit="clip", disable=not progress) as bar:
         for s in range(0, len(clips), CLIPS_PER_CHUNK):
