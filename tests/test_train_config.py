@@ -84,7 +84,9 @@ def _precision(recipe: str, env: dict, config_file: Path, device: str = "cpu") -
     return run_precision(cfg, torch.device(device), env=env, config_file=config_file)
 
 
-def test_precision_comes_from_accelerate_unless_the_recipe_names_one(tmp_path):
+def test_precision_comes_from_accelerate_unless_the_recipe_names_one(tmp_path, monkeypatch):
+    import tagtune.precision
+
     none = tmp_path / "no-config.yaml"
     config = tmp_path / "default_config.yaml"
     config.write_text("compute_environment: LOCAL_MACHINE\nmixed_precision: bf16\nnum_processes: 1\n")
@@ -93,7 +95,11 @@ def test_precision_comes_from_accelerate_unless_the_recipe_names_one(tmp_path):
     assert _precision("auto", {"ACCELERATE_MIXED_PRECISION": "no"}, config) == ("fp32", "ACCELERATE_MIXED_PRECISION")
     assert _precision("auto", {}, config) == ("bf16", str(config))  # a run started without the launcher
     assert _precision("fp32", launched, config) == ("fp32", "runtime.precision")  # the recipe's choice wins
-    assert _precision("auto", {}, none) == ("fp32", "the default for cpu")
+    for native, default in ((True, "bf16"), (False, "fp32")):  # bf16 where the CPU computes in it natively
+        monkeypatch.setattr(tagtune.precision, "cpu_has_native_bf16", lambda native=native: native)
+        assert _precision("auto", {}, none) == (default, "the default for cpu")
+        # accelerate launch without --mixed_precision sets "no": fp32 on any CPU
+        assert _precision("auto", {"ACCELERATE_MIXED_PRECISION": "no"}, none)[0] == "fp32"
 
 
 @pytest.mark.parametrize("env, recipe, message", [

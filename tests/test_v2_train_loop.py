@@ -35,7 +35,9 @@ RECIPE = {
     "schedule": {"max_steps": 4, "warmup_steps": 1},
     "model": {"dropout": 0.1},  # the RNG state must be restored on resume too
     "eval": {"every_steps": 1, "save_every_steps": 2, "keep_last": 3},
-    "runtime": {"log_every_steps": 1, "progress_bar": False, "report_to": "none"},
+    # fp32: the step-0 validation loss is checked against a hand-scored fp32 forward to 1e-5, finer than bf16
+    # rounds (bf16 training is the default on CPUs with native bf16; test_train_bf16 bounds its loss)
+    "runtime": {"log_every_steps": 1, "progress_bar": False, "report_to": "none", "precision": "fp32"},
 }
 
 
@@ -160,6 +162,7 @@ def test_train_conditioning_trains_the_speaker_and_emotion_branches(v2_data, tmp
     recipe = json.loads(json.dumps(RECIPE))
     recipe["lora"] |= {"train_conditioning": True, "tag_init": "mean", "dropout": 0.0}
     recipe["schedule"]["max_steps"] = 1
+    recipe["runtime"]["precision"] = "auto"  # the device default: bf16 autocast on a CPU with native bf16
     train(v2_data, tmp_path / "run", TrainConfig.from_dict(recipe))
     saved = {k.removeprefix(PEFT_PREFIX).split(".")[0] for k in _adapter(tmp_path / "run" / "last")}
     assert saved == {"gpt", "text_embedding", "text_head", "conditioning_encoder", "perceiver_encoder",

@@ -488,8 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="seed of the run " + recipe.format("seed"))
     s.add_argument("--device", choices=DEVICES, help="auto: a GPU when there is one " + recipe.format("runtime.device"))
     s.add_argument("--precision", choices=("auto", *TRAINING_PRECISIONS),
-                   help="auto: accelerate's mixed precision when set there, else fp32 on a CPU and bf16/fp16 on a "
-                        "GPU " + recipe.format("runtime.precision"))
+                   help="auto: accelerate's mixed precision when set there, else bf16/fp16 on a GPU, bf16 on a CPU "
+                        "with native bf16 (AVX512_BF16 or AMX) and fp32 on other CPUs "
+                        + recipe.format("runtime.precision"))
     s.add_argument("--report-to", choices=REPORT_TO,
                    help="metrics tracker through accelerate (auto: TensorBoard when installed) "
                         + recipe.format("runtime.report_to"))
