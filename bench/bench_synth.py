@@ -9,10 +9,13 @@ sentence at a time, KV cache with official positions), measured in the same proc
 Per stage (gpt / latents / vocoder) seconds are printed for every run; the GPT's time per decode step stands
 next to its memory-bandwidth floor (the bytes of weights one step reads / this machine's copy bandwidth).
 The vocoder's phase-form activations are timed against the official three steps in the same process.
-Quality: teacher-forced KL(fp32 || reduced), mel NLL and top-1 agreement of each reduced precision against
-fp32 on the codes the compat path generated (``evaluate.quality``); and, under greedy fp32 decoding with equal
-positions, fast == compat codes. The last line is the default settings (3-beam sampling, the "auto"
-precision of this device): end-to-end RTF with the quality of that precision.
+Quality: KL(fp32 || reduced), mel NLL and top-1 agreement of each reduced precision against fp32 on the codes
+the compat path generated (``evaluate.quality``), teacher-forced in one pass and decoded step by step with each
+model's own KV cache (the figure the last line gives: a bf16 cache shows only there); and, under greedy fp32
+decoding with equal positions, fast == compat codes. Where the latent pass runs in bf16
+(``TTS.latent_precision``), its audio is compared with fp32 latents' on the default case's codes
+(``evaluate.quality.audio_difference``). The last line is the default settings (3-beam sampling, the "auto"
+precisions of this device): end-to-end RTF with the quality of that decode precision.
 """
 
 from __future__ import annotations
@@ -26,8 +29,15 @@ import torch
 
 from tagtune.audio import SAMPLE_RATE, MelSpectrogram
 from tagtune.config import v1_5
-from tagtune.evaluate.quality import Quality, teacher_forced_quality_over
+from tagtune.evaluate.quality import (
+    AudioDifference,
+    Quality,
+    audio_difference,
+    decoded_quality_over,
+    teacher_forced_quality_over,
+)
 from tagtune.generation import GenerationConfig
+from tagtune.generation.batched import batched_latents, vocode_joined
 from tagtune.models.bigvgan import Activation1d, BigVGAN
 from tagtune.models.unified_voice import UnifiedVoice
 from tagtune.precision import resolve_precision
@@ -173,8 +183,10 @@ def quality(tts: TTS, fast: dict[str, TTS], ref, tokens: int) -> dict[str, Quali
         prompts.append((tts.reference(ref).conds, text_ids, out.codes[0][None]))
     results = {}
     for name, candidate in fast.items():
-        results[name] = teacher_forced_quality_over(tts.gpt, candidate.fast_gpt, prompts)
-        print(f"{name:<6} {results[name].summary()}", flush=True)
+        forced = teacher_forced_quality_over(tts.gpt, candidate.fast_gpt, prompts)
+        print(f"{name:<6} {forced.summary()}", flush=True)
+        results[name] = decoded_quality_over(tts.gpt, candidate.fast_gpt, prompts)  # what sampling sees
+        print(f"{name:<6} {results[name].summary()} (decoded: each model's KV cache in the loop)", flush=True)
     greedy = GenerationConfig.greedy(max_new_tokens=min(tokens, 30))
     same = TTS(tts.gpt, tts.vocoder, tts.tokenizer, None, position_mode="official", references=tts.references,
                max_sentence_tokens=SENTENCE_TOKENS)  # the same sentences as the compat run
@@ -182,6 +194,21 @@ def quality(tts: TTS, fast: dict[str, TTS], ref, tokens: int) -> dict[str, Quali
     b = same.synthesize(SENTENCE, ref, generation=greedy).codes
     print(f"greedy fp32, official positions: fast codes == compat codes: {all(map(torch.equal, a, b))}")
     return results
+
+
+def latent_quality(tts: TTS, candidate: TTS, ref, out) -> AudioDifference | None:
+    """The candidate's latent pass against fp32 latents on the same codes, both vocoded: None when it is fp32."""
+    if candidate.latent_precision == "fp32":
+        return None
+    sentences, codes = candidate.sentences(SENTENCE), list(out.codes)
+    waves = {}
+    for name, gpt in (("fp32", tts.gpt), ("candidate", candidate.latent_gpt)):
+        latents = batched_latents(gpt, ref.conds, sentences, codes, candidate.batch_size)
+        waves[name] = torch.cat(vocode_joined(tts.vocoder, latents, ref.speaker))
+    diff = audio_difference(waves["fp32"], waves["candidate"])
+    print(f"\n== latent pass in {candidate.latent_precision} vs fp32 on the default case's codes: {diff.summary()}",
+          flush=True)
+    return diff
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         fast[name] = TTS(tts.gpt, tts.vocoder, tts.tokenizer, None, precision=name, references=tts.references,
                          max_sentence_tokens=SENTENCE_TOKENS)
-        fast[name].fast_gpt  # noqa: B018 - build the reduced copy outside the timings
+        fast[name].fast_gpt  # noqa: B018 - build the reduced copies outside the timings
+        fast[name].latent_gpt  # noqa: B018
     print(f"built {'the shipped tiny base' if a.quick else 'full-size v1.5 (random init)'} in "
           f"{time.perf_counter() - t0:.1f} s; torch {torch.__version__}, {a.threads} threads; "
           f"default precision here: {default}", flush=True)
@@ -216,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     bandwidth_floor(timed, default_case)
     vocoder_ratio(tts, ref, frames=a.tokens)
     results = quality(tts, fast, ref, a.tokens)
+    latent_quality(tts, fast[default], ref, default_case[default]["out"])
     q = results[default]
     print(f"default end-to-end RTF: {default_case[default]['rtf']:.2f} (KL {q.kl:.4f} nats/code, "
           f"NLL {100 * q.nll_change:+.2f}%)")

@@ -20,11 +20,10 @@ import torch
 
 from bench_synth import FIXTURE, SENTENCE, build_quick_tts, build_tts
 from tagtune.audio import SAMPLE_RATE, MelSpectrogram
+from tagtune.evaluate.quality import audio_difference
 from tagtune.generation import GenerationConfig
 from tagtune.generation.batched import batched_latents
-from tagtune.synthesis.fast_gpt import prepare_gpt
-
-LOUD_NATS = 8.0
+from tagtune.synthesis.fast_gpt import latent_model
 
 
 def best_of(fn, repeats: int = 3):
@@ -40,16 +39,10 @@ class Comparison:
     """Audio against the all-fp32 audio."""
 
     def __init__(self, reference: torch.Tensor):
-        self.mel = MelSpectrogram()
-        self.reference, self.reference_mel = reference, self.mel(reference)
+        self.mel, self.reference = MelSpectrogram(), reference
 
     def line(self, label: str, wav: torch.Tensor) -> str:
-        err = wav - self.reference
-        snr = 10 * torch.log10(self.reference.pow(2).mean() / err.pow(2).mean().clamp_min(1e-30)).item()
-        diff = (self.mel(wav) - self.reference_mel).abs()
-        loud = self.reference_mel > self.reference_mel.max() - LOUD_NATS
-        return (f"{label:<30} SNR {snr:6.1f} dB, log-mel |diff| mean {diff.mean().item():.4f} "
-                f"(loud bins {diff[loud].mean().item():.4f}), max {diff.max().item():.3f}")
+        return f"{label:<30} {audio_difference(self.reference, wav, self.mel).summary()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,14 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     tts = build_tts(FIXTURE) if a.model == "full" else build_quick_tts()
-    tts.precision = "int8"
+    tts.precision, tts.latent_precision = "int8", "fp32"
     ref = tts.reference(FIXTURE / "inputs" / "ref.wav")
     out = tts.synthesize(SENTENCE, ref, generation=GenerationConfig(num_beams=3, max_new_tokens=a.codes), seed=1)
     sentences, codes = tts.sentences(SENTENCE), list(out.codes)
     print(f"{a.model}: {sum(map(len, codes))} codes in {len(codes)} sentences, {a.threads} threads", flush=True)
 
     gpts = {"fp32": tts.gpt, "int8 (the decode copy)": tts.fast_gpt,
-            "bf16 (a backbone copy)": prepare_gpt(tts.gpt, "bf16")}
+            "bf16 (a backbone copy)": latent_model(tts.gpt)}
 
     def latent_pass(gpt) -> torch.Tensor:
         return torch.cat(batched_latents(gpt, ref.conds, sentences, codes, 8))

@@ -9,7 +9,7 @@ from transformers.pytorch_utils import Conv1D
 
 from tagtune.checkpoint import load_bigvgan, load_gpt
 from tagtune.evaluate.quality import teacher_forced_quality
-from tagtune.generation import latents_for_vocoder
+from tagtune.generation import GenerationConfig, generate_codes, latents_for_vocoder
 from tagtune.generation.batched import batched_latents, vocode_joined
 from tagtune.precision import CPU_DECODE_DEFAULT, TRAINING_PRECISIONS, PrecisionError, resolve_precision
 from tagtune.synthesis.fast_gpt import conv1d_to_linear, prepare_gpt
@@ -32,9 +32,14 @@ def test_conv1d_to_linear_is_exact():
     torch.testing.assert_close(block(x), before, atol=1e-6, rtol=0)
 
 
-def test_resolve_precision():
+def test_resolve_precision(monkeypatch):
+    import tagtune.precision
+
     assert resolve_precision("auto", "cpu") == CPU_DECODE_DEFAULT == "int8"  # decoding: passes the bar
-    assert resolve_precision("auto", "cpu", TRAINING_PRECISIONS) == "fp32"
+    for native, training in ((True, "bf16"), (False, "fp32")):  # bf16 training where the CPU computes in it
+        monkeypatch.setattr(tagtune.precision, "cpu_has_native_bf16", lambda native=native: native)
+        assert resolve_precision("auto", "cpu", TRAINING_PRECISIONS) == training
+        assert resolve_precision("auto", "cpu") == "int8"
     assert resolve_precision("bf16", "cpu") == "bf16"
     for bad, device in (("fp16", "cpu"), ("int4", "cpu")):
         with pytest.raises(PrecisionError):
@@ -98,3 +103,51 @@ def test_vocode_joined_splits_at_the_joins(shipped_base, base_inputs):
         whole = vocoder(lat[None], speaker=speaker)  # (1, 1, 40 * HOP)
     assert [len(w) for w in waves] == [25 * HOP, 0, 15 * HOP]
     torch.testing.assert_close(torch.cat(waves), whole[0, 0], atol=1e-4, rtol=0)
+
+
+def test_resolve_latent_precision(monkeypatch):
+    import tagtune.precision
+    from tagtune.precision import resolve_latent_precision
+
+    for native in (True, False):
+        monkeypatch.setattr(tagtune.precision, "cpu_has_native_bf16", lambda native=native: native)
+        assert resolve_latent_precision("auto", "int8", "cpu") == ("bf16" if native else "fp32")
+        assert resolve_latent_precision("auto", "fp32", "cpu") == "fp32"  # fp32 decoding: fp32 throughout
+        assert resolve_latent_precision("fp32", "int8", "cpu") == "fp32"
+    with pytest.raises(PrecisionError):
+        resolve_latent_precision("int8", "int8", "cpu")
+
+
+def test_bf16_latent_model_shares_all_but_the_backbone_and_holds_the_audio(gpt, shipped_base, base_inputs):
+    from tagtune.evaluate.quality import audio_difference
+    from tagtune.synthesis.fast_gpt import latent_model
+
+    before = {k: v.clone() for k, v in gpt.state_dict().items()}
+    model = latent_model(gpt)
+    assert all(torch.equal(v, gpt.state_dict()[k]) for k, v in before.items())
+    inner, outer = model.gpt.inner.h[0].attn.c_attn.weight, gpt.gpt.h[0].attn.c_attn.weight
+    assert inner.dtype == torch.bfloat16 and inner.data_ptr() != outer.data_ptr()
+    assert model.mel_embedding.weight is gpt.mel_embedding.weight and model.final_norm.weight is gpt.final_norm.weight
+    prompt = base_inputs["conds"], base_inputs["latent_text_ids"], base_inputs["latent_codes"]
+    lens = torch.tensor([prompt[2].shape[1]])
+    fp32, bf16 = (latents_for_vocoder(m, *prompt, lens) for m in (gpt, model))
+    assert bf16.dtype == torch.float32 and not torch.equal(fp32, bf16)
+    vocoder = load_bigvgan(shipped_base)
+    with torch.no_grad():
+        speaker = vocoder.speaker_embedding(base_inputs["cond_mel"].transpose(1, 2))
+        waves = [vocoder(lat, speaker=speaker)[0, 0] for lat in (fp32, bf16)]
+    assert audio_difference(*waves).passes
+
+
+def test_decoded_quality_runs_the_decode_path_with_its_cache(gpt, base_inputs):
+    from tagtune.evaluate.quality import decoded_logits, decoded_quality_over
+
+    conds, text_ids, codes = base_inputs["conds"], base_inputs["latent_text_ids"], base_inputs["latent_codes"]
+    logits, targets = decoded_logits(gpt, conds, text_ids, codes)
+    assert logits.shape == (codes.shape[1] + 1, gpt.cfg.number_mel_codes) and targets[-1] == gpt.cfg.stop_mel_token
+    greedy = generate_codes(gpt, text_ids, GenerationConfig.greedy(max_new_tokens=3, repetition_penalty=1.0),
+                            conds=conds)[0]  # the decode path's own argmax after the prefill
+    assert int(logits[0].argmax()) == int(greedy[0, 0])
+    assert decoded_quality_over(gpt, gpt, [(conds, text_ids, codes)]).kl == 0.0
+    q = decoded_quality_over(gpt, prepare_gpt(gpt, "int8"), [(conds, text_ids, codes)])
+    assert q.passes and q.positions == codes.shape[1] + 1 and q.kl > 0

@@ -5,6 +5,11 @@ The bar a reduced-precision decode path must meet to become a default (``QUALITY
 * mean KL(fp32 || reduced) over next-code distributions <= 0.02 nats per code: what sampling sees;
 * mel NLL on the same codes within 0.5 % of fp32's;
 * top-1 agreement is reported, not required: near-ties flip under any rounding and sampling never sees them.
+
+The stages after decoding (the latent pass, the vocoder) see no sampling: a reduced one is compared by its
+audio against the fp32 audio from the same codes (``audio_difference``): the mean absolute natural-log mel
+difference must stay within ``MAX_LOG_MEL_DIFF``, the mel tolerance of the official-parity fixtures (the
+official code's own fp32 mels move up to 3.3e-3 across machines).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import torch.nn.functional as F
 
 MAX_KL_NATS = 0.02  # mean KL(fp32 || reduced) per code
 MAX_NLL_CHANGE = 0.005  # |NLL_reduced / NLL_fp32 - 1|
+MAX_LOG_MEL_DIFF = 0.005  # mean |log-mel(reduced) - log-mel(fp32)|, nats, for the stages after decoding
+LOUD_NATS = 8.0  # "loud" mel bins: within this many nats of the loudest bin
 
 
 @dataclass(frozen=True)
@@ -100,3 +107,62 @@ def teacher_forced_quality_over(reference, candidate, prompts) -> Quality:
         cand_logits, _ = _mel_logits(candidate, conds, text_ids, codes)
         total += _sums(ref_logits, cand_logits, targets)
     return _from_sums(total)
+
+
+@torch.no_grad()
+def decoded_logits(model, conds: torch.Tensor, text_ids: torch.Tensor, codes: torch.Tensor):
+    """Next-code logits (N+1, V) and targets (N+1,) of ``model`` fed one text's codes (1, N) through the
+    decode path itself: the prompt's prefill, then one code per step into the model's own KV cache."""
+    from tagtune.generation.decoder import MelDecoder, prepare_prompt
+
+    prompt = prepare_prompt(model, conds, text_ids)
+    decoder = MelDecoder(model, prompt, use_cache=True, position_mode="train", max_new_tokens=codes.shape[1] + 1)
+    logits = [decoder.start()] + [decoder.step(codes[:, k]) for k in range(codes.shape[1])]  # each (1, V)
+    stop = codes.new_full((1,), model.cfg.stop_mel_token)
+    return torch.cat(logits), torch.cat([codes[0], stop])
+
+
+@torch.no_grad()
+def decoded_quality_over(reference, candidate, prompts) -> Quality:
+    """:class:`Quality` with each model's KV cache in the loop, as sampling runs it (``decoded_logits``), pooled
+    over prompts ``(conds, text_ids, codes)`` with codes (1, N). A reduced cache shows here and not in
+    ``teacher_forced_quality_over``, whose one forward pass keeps every key and value in the activations' dtype."""
+    total = torch.zeros(5, dtype=torch.double)
+    for conds, text_ids, codes in prompts:
+        ref_logits, targets = decoded_logits(reference, conds, text_ids, codes)
+        cand_logits, _ = decoded_logits(candidate, conds, text_ids, codes)
+        total += _sums(ref_logits, cand_logits, targets)
+    return _from_sums(total)
+
+
+@dataclass(frozen=True)
+class AudioDifference:
+    """A waveform against the fp32 one made from the same codes."""
+
+    snr_db: float
+    log_mel_mean: float  # mean |log-mel difference|, nats
+    log_mel_loud: float  # the same over the bins within LOUD_NATS of the loudest
+    log_mel_max: float
+
+    @property
+    def passes(self) -> bool:
+        return self.log_mel_mean <= MAX_LOG_MEL_DIFF
+
+    def summary(self) -> str:
+        return (f"SNR {self.snr_db:6.1f} dB, log-mel |diff| mean {self.log_mel_mean:.4f} (loud bins "
+                f"{self.log_mel_loud:.4f}), max {self.log_mel_max:.3f}: {'passes' if self.passes else 'fails'}")
+
+
+@torch.no_grad()
+def audio_difference(reference: torch.Tensor, candidate: torch.Tensor, mel=None) -> AudioDifference:
+    """SNR and log-mel differences of ``candidate`` against ``reference`` (float waveforms (n,) at 24 kHz)."""
+    if mel is None:
+        from tagtune.audio import MelSpectrogram
+
+        mel = MelSpectrogram()
+    err = candidate - reference
+    snr = 10 * torch.log10(reference.pow(2).mean() / err.pow(2).mean().clamp_min(1e-30)).item()
+    ref_mel = mel(reference)
+    diff = (mel(candidate) - ref_mel).abs()
+    loud = ref_mel > ref_mel.max() - LOUD_NATS
+    return AudioDifference(snr, diff.mean().item(), diff[loud].mean().item(), diff.max().item())

@@ -35,7 +35,7 @@ from tagtune.generation import (
     remove_long_silence,
     vocode_joined,
 )
-from tagtune.precision import resolve_precision
+from tagtune.precision import resolve_latent_precision, resolve_precision
 from tagtune.synthesis.reference import Reference, ReferenceCache
 
 if TYPE_CHECKING:
@@ -132,7 +132,9 @@ class TTS:
 
     gpt: fp32 UnifiedVoice (eval); vocoder: BigVGAN with weight norm folded; tokenizer: TextTokenizer;
     mel: MelSpectrogram. ``precision`` ("fp32", "bf16", "fp16", "int8", "auto") applies to the fast path's
-    GPT decode only; compat mode always runs the fp32 model. ``position_mode`` ("train" or "official") is
+    GPT decode only; compat mode always runs the fp32 model. ``latent_precision`` ("fp32", "bf16", "auto") is
+    the fast path's latent pass (streamed or whole); "auto" is bf16 where the decode is reduced on a CPU with
+    native bf16 (``precision.latent_precision``), fp32 otherwise. ``position_mode`` ("train" or "official") is
     the fast path's mel positions; ``batch_size`` the sentences generated together; ``max_text_chars`` the
     longest text accepted.
     """
@@ -140,10 +142,11 @@ class TTS:
     def __init__(self, gpt, vocoder, tokenizer, mel, *, precision: str = "fp32", batch_size: int = DEFAULT_BATCH,
                  max_sentence_tokens: int = MAX_SENTENCE_TOKENS, position_mode: str = "train",
                  references: ReferenceCache | None = None, name: str = "model",
-                 max_text_chars: int = MAX_TEXT_CHARS):
+                 max_text_chars: int = MAX_TEXT_CHARS, latent_precision: str = "auto"):
         self.gpt, self.vocoder, self.tokenizer = gpt, vocoder, tokenizer
         self.device = gpt.mel_head.weight.device
         self.precision = resolve_precision(precision, self.device)
+        self.latent_precision = resolve_latent_precision(latent_precision, self.precision, self.device)
         self.batch_size, self.position_mode, self.name = batch_size, position_mode, name
         self.max_text_chars = max_text_chars
         # a sentence can never exceed what the text position table holds
@@ -154,6 +157,7 @@ class TTS:
             references = ReferenceCache(gpt, vocoder, mel if mel is not None else MelSpectrogram())
         self.references = references
         self._fast_gpt = None
+        self._latent_gpt = None
 
     @classmethod
     def load(cls, model_dir: str | Path, adapter: str | Path | None = None, *, device: str = "cpu",
@@ -277,7 +281,7 @@ class TTS:
             for i, c in zip(group, found):
                 codes[i] = c
         t0 = time.perf_counter()
-        latents = batched_latents(self.gpt, ref.conds, sentences, codes, self.batch_size)
+        latents = batched_latents(self.latent_gpt, ref.conds, sentences, codes, self.batch_size)
         t1 = time.perf_counter()
         waves = vocode_joined(self.vocoder, latents, ref.speaker)
         timings["latents"], timings["vocoder"] = t1 - t0, time.perf_counter() - t1
@@ -292,6 +296,17 @@ class TTS:
 
             self._fast_gpt = self.gpt if self.precision == "fp32" else prepare_gpt(self.gpt, self.precision)
         return self._fast_gpt
+
+    @property
+    def latent_gpt(self):
+        """The GPT the fast path's latent pass runs on: the fp32 model, or one with a bf16 backbone copy
+        (``latent_precision``; 0.9 GB more at full size), built on first use."""
+        if self._latent_gpt is None:
+            from tagtune.synthesis.fast_gpt import latent_model
+
+            bf16 = self.latent_precision == "bf16"
+            self._latent_gpt = latent_model(self.gpt, torch.bfloat16) if bf16 else self.gpt
+        return self._latent_gpt
 
 
 def _to_int16(waves: list[torch.Tensor]) -> np.ndarray:
