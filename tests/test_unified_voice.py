@@ -339,3 +339,19 @@ def test_copy_plan_moves_every_row_map_of_four_rows_in_place():
             state[d] = state[s] if s >= 0 else copies[-1 - s]
         assert state == [f"row{index[r]}" for r in rows], index
         assert sorted(d for d, _ in plan) == [r for r in rows if index[r] != r], index
+
+
+def test_reorder_from_a_start_leaves_the_positions_before_it():
+    from tagtune.models.gpt2 import KVCache
+
+    cache = KVCache(2, 3, 2, 8, 4, dtype=torch.float32, device="cpu")
+    for t in cache.k + cache.v:
+        t.copy_(torch.randn_like(t))
+    cache.length = 6
+    before = [t.clone() for t in cache.k + cache.v]
+    index = torch.tensor([2, 0, 0])
+    cache.reorder(index, start=3)
+    for old, new in zip(before, cache.k + cache.v):
+        assert torch.equal(new[:, :, :3], old[:, :, :3])  # the shared prompt: not moved
+        assert torch.equal(new[:, :, 3:6], old[index, :, 3:6])
+        assert torch.equal(new[:, :, 6:], old[:, :, 6:])  # past the filled length: untouched

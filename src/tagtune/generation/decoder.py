@@ -114,13 +114,14 @@ class MelDecoder:
         return self._logits(torch.cat([self.prefix, self._embed(self.fed, 0)], dim=1))
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Make row n continue old row ``index[n]`` (beam search)."""
+        """Make row n continue old row ``index[n]`` (beam search: a row continues a beam of its own prompt)."""
         self.fed = self.fed.index_select(0, index)
         self.prefix = self.prefix.index_select(0, index)
         if self.key_mask is not None:
             self.key_mask = self.key_mask.index_select(0, index)
         if self.cache is not None:
-            self.cache.reorder(index)
+            # the beams of a prompt hold its keys alike: only the positions after the prompt move
+            self.cache.reorder(index, start=self.prefix.shape[1])
 
     def _embed(self, ids: torch.Tensor, first: int) -> torch.Tensor:
         """Mel embeddings of ``ids`` (N, T), the first being fed input number ``first``; (N, T, D)."""

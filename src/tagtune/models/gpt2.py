@@ -30,23 +30,24 @@ class KVCache:
         self.length = 0
         self.max_len = max_len
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Select batch rows (beam search): row b becomes old row ``index[b]``."""
-        self.move_rows(torch.arange(len(index), device=index.device), index)
+    def reorder(self, index: torch.Tensor, start: int = 0) -> None:
+        """Select batch rows (beam search): row b becomes old row ``index[b]``, from position ``start`` on."""
+        self.move_rows(torch.arange(len(index), device=index.device), index, start)
 
-    def move_rows(self, dest: torch.Tensor, source: torch.Tensor) -> None:
-        """Row ``dest[i]`` becomes old row ``source[i]``, over the filled positions.
+    def move_rows(self, dest: torch.Tensor, source: torch.Tensor, start: int = 0) -> None:
+        """Row ``dest[i]`` becomes old row ``source[i]``, over the filled positions from ``start`` on.
 
         Each row that changes is copied once, in place, in an order that reads a row before overwriting it
         (``copy_plan``). A gather-then-scatter moves every byte twice, and at each beam-search step that is
-        the whole filled cache of every layer: a fifth of the decode time of 3 beams at full size on a CPU."""
+        the whole filled cache of every layer: a fifth of the decode time of 3 beams at full size on a CPU.
+        ``start`` skips positions that already hold the same keys in both rows (the beams of one prompt)."""
         kept, plan = copy_plan(dest.tolist(), source.tolist())
         n = self.length
         for buf in (self.k, self.v):
             for t in buf:
-                copies = {r: t[r, :, :n].clone() for r in kept}
+                copies = {r: t[r, :, start:n].clone() for r in kept}
                 for d, s in plan:
-                    t[d, :, :n] = t[s, :, :n] if s >= 0 else copies[-1 - s]
+                    t[d, :, start:n] = t[s, :, start:n] if s >= 0 else copies[-1 - s]
 
 
 def copy_plan(dest: list[int], source: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
@@ -101,8 +102,8 @@ class Attention(nn.Module):
 def _one_query_attention(q, k, v, mask=None):
     """softmax(q k^T / sqrt(d)) v for one new query per row (a decode step): (B, H, 1, d) over (B, H, S, d).
 
-    Two matrix products read the cache once; SDPA's CPU flash kernel, built for blocks of queries, took about a
-    third more of a full-size 3-beam int8 decode step on a 2-core CPU (``bench/bench_synth.py``)."""
+    Two matrix products read the cache once; SDPA's CPU flash kernel is built for blocks of queries. A full-size
+    3-beam int8 decode on a 2-core CPU is 2-7 % faster this way (``bench/bench_decode.py``)."""
     scores = torch.matmul(q, k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, 1, S)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))  # every query sees itself: no row is all -inf
