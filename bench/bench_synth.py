@@ -9,6 +9,7 @@ sentence at a time, KV cache with official positions), measured in the same proc
 Per stage (gpt / latents / vocoder) seconds are printed for every run; the GPT's time per decode step stands
 next to its memory-bandwidth floor (the bytes of weights one step reads / this machine's copy bandwidth).
 The vocoder's phase-form activations are timed against the official three steps in the same process.
+The process keeps freed memory for reuse (``tagtune.allocator``), as every ``tagtune`` command does.
 Quality: KL(fp32 || reduced), mel NLL and top-1 agreement of each reduced precision against fp32 on the codes
 the compat path generated (``evaluate.quality``), teacher-forced in one pass and decoded step by step with each
 model's own KV cache (the figure the last line gives: a bf16 cache shows only there); and, under greedy fp32
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from tagtune.allocator import keep_freed_memory
 from tagtune.audio import SAMPLE_RATE, MelSpectrogram
 from tagtune.config import v1_5
 from tagtune.evaluate.quality import (
@@ -225,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         a.tokens, a.sentences, a.paragraph_tokens = min(a.tokens, 20), min(a.sentences, 2), min(a.paragraph_tokens, 10)
     torch.set_num_threads(a.threads)
+    keep_freed_memory()  # as the command line does: both sides run with it
     t0 = time.perf_counter()
     tts = build_quick_tts() if a.quick else build_tts(a.fixture)
     ref = tts.reference(a.fixture / "inputs" / "ref.wav")

@@ -48,6 +48,7 @@ LAYERS = {
     # foundations
     "audio_v2.py": ABOVE_FOUNDATIONS,
     "devices.py": ABOVE_FOUNDATIONS,
+    "allocator.py": ABOVE_FOUNDATIONS,
 }
 
 
