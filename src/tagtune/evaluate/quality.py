@@ -101,12 +101,7 @@ def teacher_forced_quality(reference, candidate, conds: torch.Tensor, text_ids: 
 @torch.no_grad()
 def teacher_forced_quality_over(reference, candidate, prompts) -> Quality:
     """:class:`Quality` pooled over many prompts ``(conds, text_ids, codes)``, weighted by code count."""
-    total = torch.zeros(5, dtype=torch.double)
-    for conds, text_ids, codes in prompts:
-        ref_logits, targets = _mel_logits(reference, conds, text_ids, codes)
-        cand_logits, _ = _mel_logits(candidate, conds, text_ids, codes)
-        total += _sums(ref_logits, cand_logits, targets)
-    return _from_sums(total)
+    return _pooled(reference, candidate, prompts, _mel_logits)
 
 
 @torch.no_grad()
@@ -124,13 +119,17 @@ def decoded_logits(model, conds: torch.Tensor, text_ids: torch.Tensor, codes: to
 
 @torch.no_grad()
 def decoded_quality_over(reference, candidate, prompts) -> Quality:
-    """:class:`Quality` with each model's KV cache in the loop, as sampling runs it (``decoded_logits``), pooled
-    over prompts ``(conds, text_ids, codes)`` with codes (1, N). A reduced cache shows here and not in
-    ``teacher_forced_quality_over``, whose one forward pass keeps every key and value in the activations' dtype."""
+    """:class:`Quality` of each model decoding as sampling runs it (``decoded_logits``: the inference prompt,
+    the KV cache, one query per step), pooled over prompts ``(conds, text_ids, codes)`` with codes (1, N).
+    ``teacher_forced_quality_over`` scores the training layout in one forward pass instead."""
+    return _pooled(reference, candidate, prompts, decoded_logits)
+
+
+def _pooled(reference, candidate, prompts, logits_of) -> Quality:
     total = torch.zeros(5, dtype=torch.double)
     for conds, text_ids, codes in prompts:
-        ref_logits, targets = decoded_logits(reference, conds, text_ids, codes)
-        cand_logits, _ = decoded_logits(candidate, conds, text_ids, codes)
+        ref_logits, targets = logits_of(reference, conds, text_ids, codes)
+        cand_logits, _ = logits_of(candidate, conds, text_ids, codes)
         total += _sums(ref_logits, cand_logits, targets)
     return _from_sums(total)
 
