@@ -134,7 +134,7 @@ class TTS:
     mel: MelSpectrogram. ``precision`` ("fp32", "bf16", "fp16", "int8", "auto") applies to the fast path's
     GPT decode only; compat mode always runs the fp32 model. ``latent_precision`` ("fp32", "bf16", "auto") is
     the fast path's latent pass (streamed or whole); "auto" is bf16 where the decode is reduced on a CPU with
-    native bf16 (``precision.latent_precision``), fp32 otherwise. ``position_mode`` ("train" or "official") is
+    native bf16 (``precision.resolve_latent_precision``), fp32 otherwise. ``position_mode`` ("train" or "official") is
     the fast path's mel positions; ``batch_size`` the sentences generated together; ``max_text_chars`` the
     longest text accepted.
     """
