@@ -177,7 +177,6 @@ def run(name: str, variant: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "v1.5"], choices=sorted(SETTINGS))
-    parser.add_argument("--bf16", action="store_true", help="no effect: tagtune-bf16 is always measured")
     args = parser.parse_args()
     variants = ["baseline", *TAGTUNE]
     ratios: dict[str, dict[str, float]] = {}  # model -> tagtune variant -> speed-up over the baseline
