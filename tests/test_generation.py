@@ -306,3 +306,32 @@ def test_remove_long_silence_without_fix_keeps_rows():
 
 def test_code_lengths():
     assert code_lengths(torch.tensor([[1, STOP, STOP], [1, 2, 3]]), STOP).tolist() == [1, 3]
+
+
+# ------------------------------------------------------------------------------ one prefill per prompt
+
+@torch.no_grad()
+def test_beams_prefilled_once_per_prompt_decode_as_the_repeated_prompt(model, base_inputs):
+    """``MelDecoder(repeat=3)`` prefills each text once and copies its keys to its beams: the logits and the
+    filled cache equal those of the prompt repeated row by row, through steps that send rows apart."""
+    from tagtune.generation import MelDecoder
+
+    c = model.cfg
+    conds = model.get_conditioning(base_inputs["cond_mel"])
+    text = torch.tensor([[5, 9, 14, 7, 22, 3], [11, 4, 8, c.stop_text_token, c.stop_text_token,
+                                                 c.stop_text_token]])  # row 1 left-padded in the prompt
+    prompt = prepare_prompt(model, conds, text)
+    once = MelDecoder(model, prompt, use_cache=True, position_mode="official", max_new_tokens=8, repeat=3)
+    each = MelDecoder(model, prompt.repeat_rows(3), use_cache=True, position_mode="official", max_new_tokens=8)
+    assert torch.equal(once.history, prompt.repeat_rows(3).history)
+    torch.testing.assert_close(once.start(), each.start(), atol=1e-5, rtol=0)
+    assert once.cache.length == each.cache.length == prompt.length + 1
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        order = torch.arange(6) // 3 * 3 + torch.randint(0, 3, (6,), generator=g)  # each text's own beams
+        tokens = torch.randint(0, c.start_mel_token, (6,), generator=g)
+        once.reorder(order)
+        each.reorder(order)
+        torch.testing.assert_close(once.step(tokens), each.step(tokens), atol=1e-5, rtol=0)
+    for a, b in zip(once.cache.k + once.cache.v, each.cache.k + each.cache.v):
+        torch.testing.assert_close(a[:, :, : once.cache.length], b[:, :, : each.cache.length], atol=1e-5, rtol=0)

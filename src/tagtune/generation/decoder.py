@@ -86,25 +86,42 @@ def mel_position(index: int, mode: str) -> int:
 
 
 class MelDecoder:
-    """Feeds [prompt ‖ start_mel, c1, c2, …] to the model and returns next-code logits (N, V) in fp32."""
+    """Feeds [prompt ‖ start_mel, c1, c2, …] to the model and returns next-code logits (N, V) in fp32.
 
-    def __init__(self, model, prompt: Prompt, *, use_cache: bool, position_mode: str, max_new_tokens: int):
+    ``repeat``: each prompt row is decoded as that many rows (the beams of one text), rows b·repeat .. b·repeat +
+    repeat - 1 for prompt row b. With the KV cache the prefill then runs once per prompt row and its keys are
+    copied to the row's repeats: the rows are the same input, so the prefill's work need not be done ``repeat``
+    times (it is compute-bound, unlike a decode step).
+    """
+
+    def __init__(self, model, prompt: Prompt, *, use_cache: bool, position_mode: str, max_new_tokens: int,
+                 repeat: int = 1):
         if position_mode not in POSITION_MODES:
             raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
-        self.model, self.mode, self.use_cache = model, position_mode, use_cache
-        self.prefix = prompt.embeds  # (N, S, D)
+        self.model, self.mode, self.use_cache, self.repeat = model, position_mode, use_cache, repeat
+        rows = prompt.repeat_rows(repeat) if repeat > 1 else prompt
+        self.history = rows.history  # (N, 2) HF's fake prompt ids per decoded row
+        self.prefix = rows.embeds  # (N, S, D)
         # None when no row is padded: the backbone then takes its plain causal path
-        self.key_mask = None if bool(prompt.key_mask.all()) else prompt.key_mask  # (N, S)
+        self.key_mask = None if bool(rows.key_mask.all()) else rows.key_mask  # (N, S)
         start = model.cfg.start_mel_token
-        self.fed = torch.full((prompt.batch, 1), start, dtype=torch.long, device=self.prefix.device)  # (N, k+1)
+        self.fed = torch.full((rows.batch, 1), start, dtype=torch.long, device=self.prefix.device)  # (N, k+1)
         self.cache = None
         if use_cache:
-            self.cache = model.gpt.new_cache(prompt.batch, prompt.length + max_new_tokens + 1)
+            self.cache = model.gpt.new_cache(rows.batch, rows.length + max_new_tokens + 1)
 
     def start(self) -> torch.Tensor:
         """Logits after [prompt ‖ start_mel] (the prefill)."""
-        x = torch.cat([self.prefix, self._embed(self.fed, 0)], dim=1)  # (N, S+1, D)
-        return self._logits(x)
+        r = self.repeat
+        if r == 1 or self.cache is None:
+            return self._logits(torch.cat([self.prefix, self._embed(self.fed, 0)], dim=1))
+        firsts = self.cache.every_row(r)  # the first row of each prompt's repeats
+        x = torch.cat([self.prefix[::r], self._embed(self.fed[::r], 0)], dim=1)  # (N / r, S+1, D)
+        mask = None if self.key_mask is None else self.key_mask[::r]
+        logits = self._logits(x, mask, firsts)
+        self.cache.length = firsts.length
+        self.cache.spread_rows(r)
+        return logits.repeat_interleave(r, dim=0)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one code per row (N,) and return the logits for the next one."""
@@ -128,10 +145,11 @@ class MelDecoder:
         pos = [mel_position(first + i, self.mode) for i in range(ids.shape[1])]
         return self.model.embed_mel(ids, torch.tensor(pos, device=ids.device))
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the backbone on the new inputs x (N, T, D); logits of the last position, (N, V) fp32."""
-        key_mask = self.key_mask
+    def _logits(self, x: torch.Tensor, prompt_mask: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+        """Run the backbone on the new inputs x (n, T, D) of every row (or of the rows of ``prompt_mask`` and
+        ``cache`` when given); logits of the last position, (n, V) fp32."""
+        key_mask = self.key_mask if cache is None else prompt_mask
         if key_mask is not None:  # real keys: the prompt mask, then every mel input fed so far
             key_mask = torch.cat([key_mask, key_mask.new_ones(key_mask.shape[0], self.fed.shape[1])], dim=1)
-        h = self.model.gpt(x, key_mask=key_mask, cache=self.cache)  # (N, T, D)
+        h = self.model.gpt(x, key_mask=key_mask, cache=self.cache if cache is None else cache)  # (n, T, D)
         return self.model.mel_logits_from_hidden(h[:, -1:])[:, 0].float()

@@ -77,15 +77,12 @@ def generate_codes(model, text_ids: torch.Tensor, cfg: GenerationConfig | None =
     _check_positions(model, cfg)
     stop = model.cfg.stop_mel_token
     prompt = prepare_prompt(model, conds, text_ids)
-    beams = cfg.num_beams
-    if beams > 1:
-        prompt = prompt.repeat_rows(beams)
     decoder = MelDecoder(model, prompt, use_cache=cfg.use_cache, position_mode=cfg.position_mode,
-                         max_new_tokens=cfg.max_new_tokens)
-    if beams > 1:
-        codes = beam_codes(decoder, prompt.history, cfg, stop, text_ids.shape[0], generator)
+                         max_new_tokens=cfg.max_new_tokens, repeat=cfg.num_beams)
+    if cfg.num_beams > 1:
+        codes = beam_codes(decoder, decoder.history, cfg, stop, text_ids.shape[0], generator)
     else:
-        codes = sample_codes(decoder, prompt.history, cfg, stop, generator)
+        codes = sample_codes(decoder, decoder.history, cfg, stop, generator)
     return codes, code_lengths(codes, stop)
 
 

@@ -58,14 +58,18 @@ class DecodePool:
         raise KeyError("not a member of this pool")
 
     @torch.no_grad()
-    def join(self, prompt: Prompt, position_mode: str, max_new_tokens: int) -> tuple[Member, torch.Tensor]:
-        """Prefill a new member's rows; returns it and its first logits (rows, V) fp32."""
-        own = MelDecoder(self.model, prompt, use_cache=True, position_mode=position_mode, max_new_tokens=0)
+    def join(self, prompt: Prompt, position_mode: str, max_new_tokens: int,
+             repeat: int = 1) -> tuple[Member, torch.Tensor]:
+        """Prefill a new member's rows (each prompt row ``repeat`` times, as ``MelDecoder`` does); returns it and its
+        first logits (rows, V) fp32."""
+        own = MelDecoder(self.model, prompt, use_cache=True, position_mode=position_mode, max_new_tokens=0,
+                         repeat=repeat)
         logits = own.start()
         width = own.cache.length  # S + 1 columns
-        mask = own.key_mask if own.key_mask is not None else prompt.key_mask
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # (n, S+1): start_mel is real
-        member = Member(prompt.batch, position_mode)
+        rows = own.history.shape[0]
+        mask = own.key_mask if own.key_mask is not None else own.prefix.new_ones(rows, width - 1, dtype=torch.bool)
+        mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)  # (n, S+1): start_mel is real
+        member = Member(rows, position_mode)
         self._insert(own.cache, mask, width, max_new_tokens)
         self.members.append(member)
         return member, logits

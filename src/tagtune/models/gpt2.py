@@ -30,6 +30,20 @@ class KVCache:
         self.length = 0
         self.max_len = max_len
 
+    def every_row(self, step: int) -> KVCache:
+        """A cache over rows 0, step, 2·step, … of this one, sharing its storage (writes land here)."""
+        view = object.__new__(KVCache)
+        view.k, view.v = [t[::step] for t in self.k], [t[::step] for t in self.v]
+        view.length, view.max_len = self.length, self.max_len
+        return view
+
+    def spread_rows(self, step: int) -> None:
+        """Copy rows 0, step, 2·step, … over the ``step - 1`` rows after each, for the filled positions."""
+        n = self.length
+        for t in (*self.k, *self.v):
+            groups = t.unflatten(0, (-1, step))  # (B / step, step, H, max_len, head_dim), a view
+            groups[:, 1:, :, :n] = groups[:, :1, :, :n]
+
     def reorder(self, index: torch.Tensor, start: int = 0) -> None:
         """Select batch rows (beam search): row b becomes old row ``index[b]``, from position ``start`` on."""
         self.move_rows(torch.arange(len(index), device=index.device), index, start)

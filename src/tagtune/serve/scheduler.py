@@ -199,10 +199,10 @@ class Scheduler:
         group = job.groups[0]
         text = pad_rows([job.sentences[i] for i in group], lane.cfg.stop_text_token, job.conds.device)
         prompt = prepare_prompt(lane, job.conds, text)
-        if cfg.num_beams > 1:
-            prompt = prompt.repeat_rows(cfg.num_beams)
-        job.member, job.logits = self.pools[job.lane].join(prompt, cfg.position_mode, cfg.max_new_tokens)
-        job.search = new_search(prompt.history, cfg, lane.cfg.stop_mel_token, len(group), job.generator)
+        job.member, job.logits = self.pools[job.lane].join(prompt, cfg.position_mode, cfg.max_new_tokens,
+                                                           repeat=cfg.num_beams)
+        history = prompt.history.repeat_interleave(cfg.num_beams, dim=0)  # the rows' order in the pool
+        job.search = new_search(history, cfg, lane.cfg.stop_mel_token, len(group), job.generator)
 
     def _step_lane(self, name: str, pool: DecodePool) -> None:
         jobs = [j for j in self.running if j.lane == name and j.member is not None]

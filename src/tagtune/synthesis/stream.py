@@ -215,12 +215,9 @@ def stream_speech(tts, ref, sentences: list[list[int]], cfg, generator: torch.Ge
     speech = SpeechStream(tts.latent_gpt, tts.vocoder, ref.conds, ref.speaker, sentences, cfg.max_new_tokens)
     for group in length_groups([len(s) for s in sentences], tts.batch_size):
         text_ids = pad_rows([sentences[i] for i in group], c.stop_text_token, ref.conds.device)
-        prompt = prepare_prompt(gpt, ref.conds, text_ids)
-        if cfg.num_beams > 1:
-            prompt = prompt.repeat_rows(cfg.num_beams)
-        decoder = MelDecoder(gpt, prompt, use_cache=cfg.use_cache, position_mode=cfg.position_mode,
-                             max_new_tokens=cfg.max_new_tokens)
-        search = new_search(prompt.history, cfg, c.stop_mel_token, len(group), generator)
+        decoder = MelDecoder(gpt, prepare_prompt(gpt, ref.conds, text_ids), use_cache=cfg.use_cache,
+                             position_mode=cfg.position_mode, max_new_tokens=cfg.max_new_tokens, repeat=cfg.num_beams)
+        search = new_search(decoder.history, cfg, c.stop_mel_token, len(group), generator)
         for _ in run_search(decoder, search):
             for b, i in enumerate(group):
                 yield from speech.update(i, search.certain(b), search.finished(b))
