@@ -22,24 +22,25 @@ from __future__ import annotations
 import io
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tagtune.audio_v2 import (
-    S2MEL_SAMPLE_RATE,
-    campplus_features,
-    emotion_prompt,
-    mel_frames_for_codes,
-    speaker_prompt,
-)
+from tagtune.audio_v2 import S2MEL_SAMPLE_RATE, emotion_prompt, speaker_prompt
 from tagtune.config import EMOTION_GROUPS
 from tagtune.errors import UserError
 from tagtune.generation import GenerationConfig
 from tagtune.generation.generate import code_lengths
-from tagtune.generation.v2 import generate_codes_v2, official_v2
+from tagtune.generation.v2 import (
+    SpeakerPromptV2,
+    generate_codes_v2,
+    official_v2,
+    semantic_features,
+    speaker_prompt_v2,
+    speech_from_codes,
+)
 from tagtune.models.v2.gpt import (
     blend_emotion_vector,
     emotion_matrix_vector,
@@ -48,7 +49,6 @@ from tagtune.models.v2.gpt import (
     scale_emotion_weights,
 )
 from tagtune.models.v2.s2mel import seeded_noise
-from tagtune.models.v2.semantic_features import extract_inputs
 from tagtune.precision import resolve_precision
 from tagtune.synthesis.reference import ReferenceAudioError, reference_key
 from tagtune.synthesis.tts import (
@@ -71,17 +71,6 @@ CACHE_SIZE = 16
 
 class EmotionError(UserError, ValueError):
     """An emotion setting that cannot be used (vector length, weights, alpha, a missing QwenEmotion model)."""
-
-
-@dataclass
-class SpeakerPromptV2:
-    """What a speaker prompt becomes (all on the model's device, fp32)."""
-
-    spk_cond_emb: torch.Tensor  # (1, T, 1024) normalised w2v-BERT features
-    ref_mel: torch.Tensor  # (1, 80, P) s2mel prompt mel
-    style: torch.Tensor  # (1, 192) CAMPPlus style
-    prompt_condition: torch.Tensor  # (1, P, C) length-regulated semantic embedding of the prompt
-    seconds: float
 
 
 def check_emotion_vector(weights) -> list[float]:
@@ -205,8 +194,7 @@ class TTSV2:
 
     def features(self, audio_16k: torch.Tensor) -> torch.Tensor:
         """16 kHz audio (1, N) -> normalised w2v-BERT features (1, T, 1024), as the official ``get_emb``."""
-        feats, mask = extract_inputs(self.model.feature_extractor, audio_16k)
-        return self.model.semantic_features(feats.to(self.device), mask.to(self.device))
+        return semantic_features(self.model, audio_16k)
 
     @torch.no_grad()
     def speaker(self, source) -> SpeakerPromptV2:
@@ -216,20 +204,9 @@ class TTSV2:
         key = reference_key(source)
         if key not in self._speakers:
             _bounded(self._speakers)
-            self._speakers[key] = self._speaker(source)
+            prompt = _read_prompt(lambda: speaker_prompt(_as_prompt_source(source)), source)
+            self._speakers[key] = speaker_prompt_v2(self.model, prompt.audio_22k, prompt.audio_16k, S2MEL_SAMPLE_RATE)
         return self._speakers[key]
-
-    def _speaker(self, source) -> SpeakerPromptV2:
-        m = self.model
-        prompt = _read_prompt(lambda: speaker_prompt(_as_prompt_source(source)), source)
-        audio_22k, audio_16k = prompt.audio_22k.to(self.device), prompt.audio_16k.to(self.device)
-        spk_cond_emb = self.features(audio_16k)  # (1, T, 1024)
-        _, s_ref = m.semantic_codec.quantize(spk_cond_emb)  # (1, T, 1024)
-        ref_mel = m.prompt_mel(audio_22k)  # (1, 80, P)
-        style = m.campplus(campplus_features(audio_16k.cpu()).to(self.device))  # (1, 192)
-        frames = torch.tensor([ref_mel.shape[-1]], device=self.device)
-        prompt_condition = m.s2mel.content(s_ref, frames)  # (1, P, C)
-        return SpeakerPromptV2(spk_cond_emb, ref_mel, style, prompt_condition, audio_22k.shape[-1] / S2MEL_SAMPLE_RATE)
 
     @torch.no_grad()
     def emotion_features(self, source) -> torch.Tensor:
@@ -354,22 +331,9 @@ class TTSV2:
     def segment_audio(self, speaker: SpeakerPromptV2, emovec, ids: list[int], codes: torch.Tensor,
                       conds: torch.Tensor, generator=None, timings=None, noise_seed: int | None = None):
         """The back end of one segment: its final codes (1, N), N > 0, and speaker latents ``conds`` (1, 32, D)
-        -> float wav (1, samples) scaled to int16 range (latent pass, s2mel, BigVGAN v2)."""
-        m, timings = self.model, timings if timings is not None else {}
-        t1 = time.perf_counter()
-        text_ids = torch.tensor([ids], dtype=torch.int32, device=self.device)
-        lengths = torch.tensor([codes.shape[1]], device=self.device)
-        latent = self.gpt(conds, emovec, text_ids, torch.tensor([len(ids)], device=self.device), codes, lengths)
-        t2 = time.perf_counter()
-        semantic = m.s2mel.semantic(m.semantic_codec.vq2emb(codes), latent)  # (1, N, 1024)
-        condition = m.s2mel.content(semantic, mel_frames_for_codes(lengths))  # (1, frames, C)
-        frames = speaker.prompt_condition.shape[1] + condition.shape[1]
-        noise = self._noise(frames, generator, noise_seed)
-        mel = m.s2mel.generate(speaker.prompt_condition, condition, speaker.ref_mel, speaker.style, noise)
-        t3 = time.perf_counter()
-        wav = m.vocoder(mel)[:, 0]  # (1, frames * 256)
-        for stage, seconds in (("latents", t2 - t1), ("s2mel", t3 - t2), ("vocoder", time.perf_counter() - t3)):
-            timings[stage] = timings.get(stage, 0.0) + seconds
+        -> float wav (1, samples) scaled to int16 range (``generation.v2.speech_from_codes``)."""
+        wav = speech_from_codes(self.model, self.gpt, speaker, emovec, ids, codes, conds,
+                                lambda frames: self._noise(frames, generator, noise_seed), timings)
         return torch.clamp(PCM_SCALE * wav, -PCM_SCALE, PCM_SCALE)
 
     def _noise(self, frames: int, generator: torch.Generator | None, seed: int | None) -> torch.Tensor:
