@@ -8,6 +8,7 @@ The numbers are checked against the v2 forward run by hand on each clip alone.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -141,8 +142,72 @@ def test_free_running_generates_semantic_codes_for_both_models(evaluated):
     assert (evaluated["out"] / "report.md").is_file()
 
 
-def test_judges_and_transfer_are_refused_for_v2(evaluated, tmp_path, capsys):
+def test_transfer_is_refused_for_v2(evaluated, tmp_path, capsys):
     args = ["eval", "--model", str(evaluated["model"]), "--data", str(evaluated["data"]), "--out", str(tmp_path / "r")]
     assert main([*args, "--transfer", str(evaluated["data"])]) == 2
-    assert "IndexTTS-2 model: the judges and the transfer evaluation are not available" in capsys.readouterr().err
+    assert "IndexTTS-2 model: the transfer evaluation is not available" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def _voices(evaluated, folder: Path) -> Path:
+    folder.mkdir()
+    shutil.copy(evaluated["data"].parent / "corpus" / "c0.wav", folder / "anna.wav")
+    return folder
+
+
+@torch.no_grad()
+def test_judged_v2_speech_is_what_synthesis_says(evaluated, tmp_path):
+    """The judges' IndexTTS-2 clip equals ``TTSV2.synthesize`` of the same text, voice and seed (int16 cast)."""
+    from tagtune.evaluate.judges.speak import read_voices, speak_v2
+    from tagtune.generation.v2 import official_v2
+    from tagtune.loaders import load_model
+    from tagtune.synthesis.tts_v2 import TTSV2
+
+    (voice,) = read_voices(_voices(evaluated, tmp_path / "voices"))
+    assert voice.cond_mel is None and voice.path is not None
+    tts = TTSV2.load(evaluated["model"])
+    cfg = official_v2(num_beams=1, position_mode="train", max_new_tokens=30)
+    text = "HELLO <giggles> WORLD."
+    (ids,) = tts.sentences(text)
+    loaded = load_model(evaluated["model"])
+    (clip,) = speak_v2(loaded, loaded.gpt, voice, [ids], cfg, seed=7)
+    said = tts.synthesize(text, voice.path, generation=cfg, seed=7)
+    assert clip.rate == tts.sample_rate == 22050 and clip.seconds_per_code == 0.02
+    assert clip.codes.tolist() == said.codes[0].tolist()
+    assert len(clip.audio) == len(said.audio) > 0
+    pcm = np.clip(32767.0 * clip.audio, -32767, 32767).astype(np.int16)
+    assert np.abs(pcm.astype(np.int32) - said.audio.astype(np.int32)).max() <= 1
+
+
+def test_judges_hear_v2_speech_from_a_voice_folder(evaluated, tmp_path, capsys):
+    from tiny_judges import save_tiny_judges
+
+    judges = save_tiny_judges(tmp_path / "judges")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("HELLO <giggles> WORLD.\nTHIS IS FUNNY.\n", encoding="utf-8")
+    out = tmp_path / "r"
+    args = ["--no-progress", "eval", "--model", str(evaluated["model"]), "--base", str(V2_CHECKPOINT), "--data",
+            str(evaluated["data"]), "--out", str(out), "--n-free", "0", "--seed", "2", "--judges", "events,words,voice",
+            "--event-model", str(judges["events"]), "--asr-model", str(judges["words"]), "--prompts", str(prompts),
+            "--calibration-clips", "2"]
+    assert main([*args, "--speaker-model", str(judges["voice"])]) == 2  # no voice folder: prepared data has no audio
+    assert "give the judges a folder of them (--voices)" in capsys.readouterr().err
+    voices = _voices(evaluated, tmp_path / "voices")
+    assert main([*args, "--speaker-model", "ecapa", "--voices", str(voices)]) == 2
+    assert "IndexTTS-2 models have no such encoder; their own is 'campplus'" in capsys.readouterr().err
+    assert main([*args, "--speaker-model", str(judges["voice"]), "--voices", str(voices)]) == 0
+    j = json.loads((out / "report.json").read_text(encoding="utf-8"))["judges"]
+    assert j["settings"]["clips"] == 3 and j["settings"]["voices"] == ["anna"]  # tagged + its twin + the plain line
+    acc = j["events"]["judge_accuracy"]["per_tag"]["<giggles>"]
+    assert acc["positives"] == acc["negatives"] == 2  # calibrated on corpus clips rendered by the v2 back end
+    for name in ("tuned", "base"):
+        assert j["events"][name]["tagged_clips"] == 1 and j["events"][name]["untagged_clips"] == 2
+        assert j["events"][name]["per_tag"]["<giggles>"]["asked"] == 1
+        assert j["words"]["wer"][name]["clips"] == 3 and j["words"]["wer"][name]["value"] >= 0.0
+        sim = j["voice"]["similarity"][name]
+        assert sim["clips"] == 3 and -1.0 <= sim["value"] <= 1.0
+    out2 = tmp_path / "r2"
+    own = [a if a != str(out) else str(out2) for a in args]
+    assert main([*own, "--judges", "voice", "--speaker-model", "campplus", "--voices", str(voices)]) == 0
+    j2 = json.loads((out2 / "report.json").read_text(encoding="utf-8"))["judges"]
+    assert j2["voice"]["judge"] == "campplus" and -1.0 <= j2["voice"]["similarity"]["tuned"]["value"] <= 1.0

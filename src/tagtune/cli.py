@@ -609,11 +609,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--asr-model", help="words judge: a speech recogniser, hub id or folder (default: "
                    "openai/whisper-large-v3-turbo)")
     s.add_argument("--speaker-model", help="voice judge: a speaker-verification model, hub id or folder (default: "
-                   "microsoft/wavlm-base-plus-sv), or 'ecapa' for the model's own speaker encoder")
+                   "microsoft/wavlm-base-plus-sv), or the model's own speaker encoder: 'ecapa' (IndexTTS 1.x), "
+                   "'campplus' (IndexTTS-2)")
     s.add_argument("--prompts", type=Path, action="append", help="prompt suite file, one prompt per line; repeat "
                    "for several (default: the shipped English and Chinese suites)")
     s.add_argument("--voices", type=Path, help="folder of reference recordings, one voice per file (default: "
-                   "the validation speakers)")
+                   "the validation speakers; required for IndexTTS-2)")
     s.add_argument("--judge-batch", type=int, default=8, help="clips per judge and generation batch (default: 8)")
     s.add_argument("--calibration-clips", type=int, default=48, help="corpus clips per tag, and untagged, that "
                    "calibrate the events judge's thresholds (default: 48)")

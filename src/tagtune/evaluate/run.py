@@ -79,13 +79,13 @@ def _teacher_forced(models, tagged: list[dict], untagged: list[dict], tags, spac
     return out
 
 
-def _check_family(folder, judges, transfer_dir) -> None:
-    """The judges and the transfer evaluation hear DVAE codes through the 1.x vocoder: refused for IndexTTS-2."""
+def _check_family(folder, transfer_dir) -> None:
+    """The transfer evaluation hears DVAE codes through the 1.x vocoder: refused for IndexTTS-2."""
     from tagtune.checkpoint import model_family
 
-    if (judges is not None or transfer_dir is not None) and folder is not None and model_family(folder) == "v2":
-        raise EvaluationError(f"{folder} is an IndexTTS-2 model: the judges and the transfer evaluation are not "
-                              "available for it yet (reliance, forgetting and free-running codes are)")
+    if transfer_dir is not None and folder is not None and model_family(folder) == "v2":
+        raise EvaluationError(f"{folder} is an IndexTTS-2 model: the transfer evaluation is not available for it "
+                              "yet (reliance, forgetting, free-running codes and the judges are)")
 
 
 def _open_judges(settings, tags, model_dir, base_dir, adapter, device):
@@ -117,7 +117,7 @@ def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | 
     ``transfer_settings`` a ``TransferSettings``).
     """
     started = time.perf_counter()
-    _check_family(model_dir if model_dir is not None else base_dir, judges, transfer_dir)
+    _check_family(model_dir if model_dir is not None else base_dir, transfer_dir)
     settings = free_settings or FreeRunSettings(n_free, untagged_prompts=max(UNTAGGED_PROMPTS, n_free // 2))
     model_dir = Path(model_dir) if model_dir is not None else None
     tuned, base, tags, space_id = load_models(model_dir, base_dir, adapter, device, tag_init, tag_seed)

@@ -23,17 +23,19 @@ SECONDS_PER_CODE = SAMPLES_PER_CODE / SAMPLE_RATE
 
 @dataclass
 class Speech:
-    """One clip to judge: 24 kHz mono float audio, and the DVAE codes it was vocoded from when known."""
+    """One clip to judge: mono float audio (24 kHz from 1.x, 22.05 kHz from IndexTTS-2), and the codes it was
+    made from when known."""
 
     audio: np.ndarray  # (N,) float32 in [-1, 1] at ``rate``
     rate: int = SAMPLE_RATE
     codes: torch.Tensor | None = None  # (n_codes,) for code-level judges
+    seconds_per_code: float = SECONDS_PER_CODE  # IndexTTS-2's semantic codes: 0.02
 
     @property
     def seconds(self) -> float:
         """Duration: of the codes when the clip is judged by its codes, else of the audio."""
         if self.codes is not None:
-            return len(self.codes) * SECONDS_PER_CODE
+            return len(self.codes) * self.seconds_per_code
         return len(self.audio) / self.rate
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from tagtune.errors import UserError
 from tagtune.evaluate.detector import CodeEventDetector, active_runs
-from tagtune.evaluate.judges.base import SECONDS_PER_CODE, Event, Speech, resample_to
+from tagtune.evaluate.judges.base import Event, Speech, resample_to
 from tagtune.evaluate.judges.hub import DEFAULT_EVENT_MODEL, JudgeModelError, load_pretrained
 from tagtune.folders import shipped_event_map
 from tagtune.tags.vocab import TagError, format_tag, tag_name, variant_key
@@ -209,7 +209,8 @@ class CodeEventJudge:
         for clip in clips:
             if clip.codes is None:
                 raise ValueError("the code-level events judge needs the clips' DVAE codes")
-            out.append([Event(d.tag, d.onset * SECONDS_PER_CODE, d.end * SECONDS_PER_CODE, d.confidence)
+            per = clip.seconds_per_code
+            out.append([Event(d.tag, d.onset * per, d.end * per, d.confidence)
                         for d in self.detector.detect(clip.codes)])
         return out
 

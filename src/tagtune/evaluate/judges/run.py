@@ -24,10 +24,18 @@ from tagtune.evaluate.judges.metrics import (
     similarity_scores,
     words_scores,
 )
-from tagtune.evaluate.judges.speak import Voice, corpus_voices, read_voices, resynthesise, speak
+from tagtune.evaluate.judges.speak import (
+    Voice,
+    corpus_voices,
+    read_voices,
+    resynthesise,
+    resynthesise_v2,
+    speak,
+    speak_v2,
+)
 from tagtune.evaluate.judges.suite import SuitePrompt, for_tags, read_prompts
 from tagtune.evaluate.judges.text import CHINESE, ENGLISH, normalize
-from tagtune.evaluate.judges.voice import ECAPA, EcapaVoiceJudge, XVectorVoiceJudge
+from tagtune.evaluate.judges.voice import CAMPPLUS, ECAPA, CampplusVoiceJudge, EcapaVoiceJudge, XVectorVoiceJudge
 from tagtune.evaluate.judges.words import AsrWordsJudge
 from tagtune.evaluate.loading import EvaluationError
 
@@ -87,10 +95,31 @@ class Panel:
     judges: dict  # "events" / "words" / "voice" -> judge (the AudioSet events judge not yet calibrated)
 
 
+def _is_v2(loaded) -> bool:
+    from tagtune.loaders import LoadedModelV2
+
+    return isinstance(loaded, LoadedModelV2)
+
+
+def _own_voice_judge(name: str, loaded):
+    """The model's own speaker encoder as the voice judge: ECAPA on 1.x, CAMPPlus on IndexTTS-2."""
+    v2 = _is_v2(loaded)
+    if name == (ECAPA if v2 else CAMPPLUS):
+        family, own = ("IndexTTS-2", CAMPPLUS) if v2 else ("IndexTTS 1.x", ECAPA)
+        raise EvaluationError(f"--speaker-model {name}: {family} models have no such encoder; their own is "
+                              f"'{own}'", params=("speaker_model",))
+    return CampplusVoiceJudge(loaded.campplus) if v2 else EcapaVoiceJudge(loaded.vocoder, loaded.mel)
+
+
 def open_judges(settings: JudgeSettings, tagset, loaded) -> Panel:
-    """Read the prompts and voices and load every judge model asked for (``loaded``: the tuned LoadedModel)."""
+    """Read the prompts and voices and load every judge model asked for (``loaded``: the tuned LoadedModel, or
+    LoadedModelV2 for IndexTTS-2, whose voices must come from a folder of recordings)."""
+    v2 = _is_v2(loaded)
+    if v2 and settings.voices is None:
+        raise EvaluationError("IndexTTS-2 speaks from reference recordings, which prepared data does not keep: "
+                              "give the judges a folder of them (--voices)", params=("voices",))
     prompts, left_out = for_tags(read_prompts(settings.prompts), tagset)
-    voices = read_voices(settings.voices, loaded.mel) if settings.voices is not None else []
+    voices = read_voices(settings.voices, None if v2 else loaded.mel) if settings.voices is not None else []
     opts = {"batch_size": settings.batch_size, "progress": settings.progress}
     device = str(next(loaded.vocoder.parameters()).device)
     judges: dict = {}
@@ -100,7 +129,8 @@ def open_judges(settings: JudgeSettings, tagset, loaded) -> Panel:
     if "words" in settings.judges:
         judges["words"] = AsrWordsJudge.load(settings.asr_model, device=device, **opts)
     if "voice" in settings.judges:
-        judges["voice"] = (EcapaVoiceJudge(loaded.vocoder, loaded.mel) if settings.speaker_model == ECAPA
+        own = settings.speaker_model in (ECAPA, CAMPPLUS)
+        judges["voice"] = (_own_voice_judge(settings.speaker_model, loaded) if own
                            else XVectorVoiceJudge.load(settings.speaker_model, device=device, **opts))
     return Panel(settings, loaded, prompts, left_out, voices, judges)
 
@@ -114,10 +144,14 @@ def _events_judge(panel: Panel, gpt, corpus: list[dict], tag_ids: dict[str, int]
                                   params=("event_model",))
         judge = CodeEventJudge(*detector)
         return judge, judge.accuracy()
-    judge, vocoder = panel.judges["events"], panel.loaded.vocoder
+    judge, loaded = panel.judges["events"], panel.loaded
+    if _is_v2(loaded):
+        render = lambda its: resynthesise_v2(loaded, gpt, its, panel.voices[0], seed)  # noqa: E731
+    else:
+        render = lambda its: resynthesise(gpt, loaded.vocoder, its)  # noqa: E731
     by_tag, untagged = _tagged_items(corpus, tag_ids, panel.settings.calibration_clips)
-    positives = {t: resynthesise(gpt, vocoder, its) for t, its in by_tag.items() if t in judge.tags}
-    return judge, judge.calibrate(positives, resynthesise(gpt, vocoder, untagged), seed)
+    positives = {t: render(its) for t, its in by_tag.items() if t in judge.tags}
+    return judge, judge.calibrate(positives, render(untagged), seed)
 
 
 @dataclass
@@ -186,6 +220,7 @@ def judge_models(panel: Panel, models: list, val: list[dict], train: list[dict],
     given) in each voice, judged and scored. ``val`` / ``train`` are the prepared splits; ``detector`` the
     code-level detector and its held-out report, for ``event_model="codes"``."""
     from tagtune.generation import GenerationConfig
+    from tagtune.generation.v2 import official_v2
 
     settings, loaded, gpt = panel.settings, panel.loaded, models[0].gpt
     if panel.voices:
@@ -201,14 +236,17 @@ def judge_models(panel: Panel, models: list, val: list[dict], train: list[dict],
                                                                     detector, seed)
     # official sampling with one beam (the official default runs three: the judged speech is sampled as a user
     # samples it, at a third of the cost); training positions, as tagtune synthesis uses by default
-    generation = settings.generation or GenerationConfig(num_beams=1, position_mode="train")
+    generation = settings.generation or (official_v2(num_beams=1, position_mode="train") if _is_v2(loaded) else
+                                         GenerationConfig(num_beams=1, position_mode="train"))
     clips = _clip_list(panel.prompts, loaded.tokenizer, gpt.cfg.max_text_tokens)
     raw: dict[str, dict[str, dict]] = {}
     for m in models:
         for k, (voice, reference) in enumerate(voices):
             log.info("judges: %s speaks %d prompts in voice %s", m.name, len(clips), voice.name)
-            speech = speak(m.gpt, loaded.vocoder, voice, [ids for _, _, ids in clips], generation,
-                           seed + 1000 * k, settings.batch_size)
+            ids = [ids for _, _, ids in clips]
+            speech = (speak_v2(loaded, m.gpt, voice, ids, generation, seed + 1000 * k, settings.batch_size)
+                      if _is_v2(loaded) else
+                      speak(m.gpt, loaded.vocoder, voice, ids, generation, seed + 1000 * k, settings.batch_size))
             spoken = [_Spoken(p, tagged, s) for (p, tagged, _), s in zip(clips, speech)]
             raw.setdefault(m.name, {})[voice.name] = _judge_voice(judges, spoken, voice, reference)
     return _section(raw, judges, settings, panel.prompts, panel.left_out, voices, len(clips), seed)

@@ -4,6 +4,8 @@
   (default ``microsoft/wavlm-base-plus-sv``);
 * ``EcapaVoiceJudge``: the model's own ECAPA-TDNN (the BigVGAN speaker encoder) on the 24 kHz log-mel,
   with no download. It is the encoder that conditions the vocoder, so it is not an independent judge.
+* ``CampplusVoiceJudge``: IndexTTS-2's own CAMPPlus (the style that conditions s2mel) on the 16 kHz fbank;
+  not independent either, for the same reason.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from tagtune.evaluate.judges.base import Speech, resample_to
 from tagtune.evaluate.judges.hub import DEFAULT_SPEAKER_MODEL, load_pretrained
 
 BATCH_CLIPS = 8
-ECAPA = "ecapa"  # the --speaker-model value that picks the model's own ECAPA
+ECAPA = "ecapa"  # the --speaker-model value that picks the model's own ECAPA (IndexTTS 1.x)
+CAMPPLUS = "campplus"  # ... and IndexTTS-2's own CAMPPlus
 
 
 class _CosineJudge(ABC):
@@ -83,4 +86,24 @@ class EcapaVoiceJudge(_CosineJudge):
         for c in clips:  # one at a time: the ECAPA pooling has no padding mask
             wav = torch.from_numpy(resample_to(c.audio, c.rate, SAMPLE_RATE)).to(device)[None]  # (1, N)
             rows.append(self.vocoder.speaker_embedding(self.mel(wav).transpose(1, 2)).reshape(-1).float().cpu())
+        return torch.stack(rows)
+
+
+class CampplusVoiceJudge(_CosineJudge):
+    """Speaker embeddings (the 192-value style) from an IndexTTS-2 folder's CAMPPlus."""
+
+    name = CAMPPLUS
+
+    def __init__(self, campplus):
+        self.campplus = campplus
+
+    @torch.no_grad()
+    def embed(self, clips: list[Speech]) -> torch.Tensor:
+        from tagtune.audio_v2 import W2V_SAMPLE_RATE, campplus_features
+
+        device = next(self.campplus.parameters()).device
+        rows = []
+        for c in clips:  # one at a time: the fbank has no padding mask
+            wav = torch.from_numpy(resample_to(c.audio, c.rate, W2V_SAMPLE_RATE))[None]  # (1, N)
+            rows.append(self.campplus(campplus_features(wav).to(device)).reshape(-1).float().cpu())
         return torch.stack(rows)
