@@ -7,8 +7,10 @@ Both sides train the same random-init GPT with the same LoRA (rank 16, all four 
 with an Elise-like length mix (1-10 s of speech, ~3.5 text tokens per second):
 
 * tagtune: length-bucketed batches, SDPA attention, padding masked, speaker latents computed once per clip
-  (the conditioning encoder is frozen); measured twice, ``tagtune-fp32`` and ``tagtune-bf16`` (the loss
-  forward under bf16 autocast; weights, adapters and optimizer state in fp32).
+  (the conditioning encoder is frozen); measured three times: ``tagtune-fp32``, ``tagtune-bf16`` (the loss
+  forward under bf16 autocast, the frozen block matrices held in bf16 as ``runtime.base_weights: auto`` holds
+  them; adapters, tag rows and optimizer state in fp32) and ``tagtune-bf16-fp32-base`` (the same with the
+  frozen base kept in fp32: autocast rounds it at every forward, to the same numbers).
 * baseline: pad-to-longest batches in random order, eager attention (an explicit softmax(QK^T)V, switched
   on inside this script only), the conditioning encoder run on every step, the official unmasked loss, fp32.
 
@@ -38,8 +40,9 @@ TOKENS_PER_SECOND = 3.5
 POOL = 256  # clips per simulated epoch
 BUCKET_BATCHES = 50
 REF_SECONDS = (1.0, 6.0)  # reference (conditioning) audio, cropped like the data pipeline does
-TAGTUNE = ("tagtune-fp32", "tagtune-bf16")  # tagtune's variants, measured against "baseline"
-LABELS = {"tagtune-fp32": "fp32", "tagtune-bf16": "bf16 autocast"}
+TAGTUNE = ("tagtune-fp32", "tagtune-bf16", "tagtune-bf16-fp32-base")  # tagtune's variants, against "baseline"
+LABELS = {"tagtune-fp32": "fp32", "tagtune-bf16": "bf16 autocast, base held in bf16",
+          "tagtune-bf16-fp32-base": "bf16 autocast, base in fp32"}
 SETTINGS = {  # model -> (batch size, timed steps, warm-up steps, rounds)
     "tiny": (8, 12, 2, 3),
     "v1.5": (4, 1, 1, 1),
@@ -131,7 +134,7 @@ def measure(name: str, variant: str, queue) -> None:
     pad = PadSpec(cfg.stop_text_token, cfg.stop_mel_token, cfg.mel_length_compression)
     lengths = [len(c["text_ids"]) + len(c["codes"]) for c in dataset]
     ours = variant in TAGTUNE
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "tagtune-bf16")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.startswith("tagtune-bf16"))
     if not ours:
         import tagtune.models.gpt2 as gpt2_module
 
@@ -145,6 +148,10 @@ def measure(name: str, variant: str, queue) -> None:
         conds = precompute_conds(gpt, [dataset[i] for i in used], "cpu")
         conds = {i: conds[k] for k, i in enumerate(used)}
     setup_s = time.perf_counter() - t0
+    if variant == "tagtune-bf16":
+        from tagtune.train.accel import hold_frozen_weights
+
+        hold_frozen_weights(gpt, torch.bfloat16)
     settings = LossSettings(text_weight=0.1, mask_padding=ours)
     losses = RowLosses(gpt, settings)
     rates = []  # positions/s of each timed step; the median resists other processes' bursts
@@ -208,9 +215,9 @@ def summary(ratios: dict[str, dict[str, float]]) -> str:
     """``full-size speed-up: x<r> (...)``: the default precision's speed-up, full-size when measured, else tiny."""
     name = "v1.5" if "v1.5" in ratios else next(iter(ratios))
     ours = default_variant()
-    other = next(v for v in TAGTUNE if v != ours)
+    others = "; ".join(f"{LABELS[v]} x{ratios[name][v]:.2f}" for v in TAGTUNE if v != ours)
     return (f"{'full-size' if name == 'v1.5' else name} speed-up: x{ratios[name][ours]:.2f} "
-            f"(tagtune {LABELS[ours]}, the CPU default here; {LABELS[other]} x{ratios[name][other]:.2f})")
+            f"(tagtune {LABELS[ours]}, the CPU default here; {others})")
 
 
 if __name__ == "__main__":

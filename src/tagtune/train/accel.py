@@ -22,7 +22,9 @@ import logging
 import os
 from pathlib import Path
 
+import torch
 import yaml
+from transformers.pytorch_utils import Conv1D
 
 from tagtune.devices import DeviceError, resolve_device
 from tagtune.precision import TRAINING_PRECISIONS, PrecisionError, resolve_precision
@@ -149,3 +151,44 @@ def _flat(tree: dict, prefix: str = "") -> dict:
         elif value is not None:
             out[f"{prefix}{key}"] = str(value)
     return out
+
+
+class HeldConv1D(Conv1D):
+    """A frozen GPT-2 Conv1D whose weight is held in bf16.
+
+    Under autocast its matmul reads the bf16 weight as it is; autocast would round an fp32 weight to the same
+    bf16 values at every forward, so the numbers are those of the fp32 weight trained in bf16, without the cast
+    or the fp32 copy. Outside autocast (the neutral tag-row fit, samples spoken at validation) it computes in fp32
+    from the bf16 values."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight if torch.is_autocast_enabled(x.device.type) else self.weight.float()
+        out = torch.addmm(self.bias, x.reshape(-1, x.size(-1)), w)
+        return out.view(*x.shape[:-1], self.nf)
+
+
+def base_weights_dtype(config: TrainConfig, precision: str) -> torch.dtype:
+    """The dtype the frozen base's block matrices are held in (``runtime.base_weights``) for a run in ``precision``."""
+    wanted = config.runtime.base_weights
+    if wanted == "auto":
+        return torch.bfloat16 if precision == "bf16" and config.lora.mode == "lora" else torch.float32
+    if wanted == "bf16" and precision != "bf16":
+        raise TrainConfigError(f"runtime.base_weights bf16 needs training under bf16 autocast; this run trains in "
+                               f"{precision} (set runtime.precision: bf16)")
+    if wanted == "bf16" and config.lora.mode != "lora":
+        raise TrainConfigError("runtime.base_weights bf16 holds the frozen base in bf16; lora.mode full trains it")
+    return torch.bfloat16 if wanted == "bf16" else torch.float32
+
+
+@torch.no_grad()
+def hold_frozen_weights(gpt, dtype: torch.dtype) -> int:
+    """Hold every frozen Conv1D of the GPT's blocks in ``dtype`` (bf16: as ``HeldConv1D``); the bytes saved."""
+    if dtype == torch.float32:
+        return 0
+    saved = 0
+    for module in gpt.gpt.h.modules():
+        if type(module) is Conv1D and not module.weight.requires_grad:
+            saved += module.weight.numel() * (module.weight.element_size() - 2)
+            module.weight = torch.nn.Parameter(module.weight.to(dtype), requires_grad=False)
+            module.__class__ = HeldConv1D
+    return saved

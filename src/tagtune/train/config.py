@@ -251,6 +251,9 @@ class AugmentSettings:
         _check(0.0 <= self.event_cuts <= 1.0, f"augment.event_cuts must be in [0, 1], got {self.event_cuts}")
 
 
+BASE_WEIGHTS = ("auto", "fp32", "bf16")
+
+
 @dataclass
 class RuntimeSettings:
     device: str = "auto"
@@ -259,6 +262,10 @@ class RuntimeSettings:
     # a CPU with native bf16, where it trains ~2.4x faster than fp32 with the loss within 1 %; fp32 on other
     # CPUs; bf16 or fp16 on a GPU). A named precision here always wins.
     precision: str = "auto"
+    # the frozen base's block matrices: "bf16" holds them in bf16 (half their memory, no cast at each forward),
+    # which under bf16 autocast gives the same numbers as fp32 weights (autocast rounds them the same way);
+    # "auto": bf16 when the run trains under bf16 autocast in lora mode, else fp32
+    base_weights: str = "auto"
     log_every_steps: int = 10
     progress_bar: bool = True
     report_to: str = "auto"
@@ -269,6 +276,8 @@ class RuntimeSettings:
         _check(self.report_to in REPORT_TO, f"runtime.report_to must be one of {REPORT_TO}, got {self.report_to!r}")
         _check(self.precision in ("auto", *TRAINING_PRECISIONS),
                f"runtime.precision must be one of {('auto', *TRAINING_PRECISIONS)}, got {self.precision!r}")
+        _check(self.base_weights in BASE_WEIGHTS,
+               f"runtime.base_weights must be one of {BASE_WEIGHTS}, got {self.base_weights!r}")
         _check(self.log_every_steps >= 1, "runtime.log_every_steps must be >= 1")
 
 
