@@ -73,9 +73,14 @@ class SpeakerPromptV2:
     seconds: float
 
 
+def _device(model) -> torch.device:
+    """Where the folder's networks run (read off s2mel: asking for ``model.gpt`` would load the folder's GPT)."""
+    return next(model.s2mel.parameters()).device
+
+
 def semantic_features(model, audio_16k: torch.Tensor) -> torch.Tensor:
     """16 kHz audio (1, N) -> normalised w2v-BERT features (1, T, 1024), as the official ``get_emb``."""
-    device = model.gpt.mel_head.weight.device
+    device = _device(model)
     feats, mask = extract_inputs(model.feature_extractor, audio_16k)
     return model.semantic_features(feats.to(device), mask.to(device))
 
@@ -83,7 +88,7 @@ def semantic_features(model, audio_16k: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def speaker_prompt_v2(model, audio_22k: torch.Tensor, audio_16k: torch.Tensor, sample_rate: int) -> SpeakerPromptV2:
     """The speaker prompt of audio at s2mel's rate ``sample_rate`` (1, N) and at 16 kHz (1, M)."""
-    device = model.gpt.mel_head.weight.device
+    device = _device(model)
     audio_22k, audio_16k = audio_22k.to(device), audio_16k.to(device)
     spk_cond_emb = semantic_features(model, audio_16k)  # (1, T, 1024)
     _, s_ref = model.semantic_codec.quantize(spk_cond_emb)  # (1, T, 1024)

@@ -153,7 +153,7 @@ def _prompt_v2(model, gpt, path: Path) -> _PromptV2:
 
 def _noise(model, generator: torch.Generator):
     channels = model.config.s2mel.DiT.in_channels
-    device = model.gpt.mel_head.weight.device
+    device = next(model.s2mel.parameters()).device
     return lambda frames: torch.randn(1, channels, frames, generator=generator).to(device)
 
 
