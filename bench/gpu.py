@@ -126,6 +126,7 @@ def peak_memory(device: torch.device) -> float:
 def train_recipe(cfg, recipe: str, device: torch.device, steps: int, pool: int, batch_cap: int | None) -> float:
     """Positions/s of LoRA training steps with ``recipe``'s rank, micro-batch and checkpointing; prints memory."""
     from tagtune import lora
+    from tagtune.train.accel import base_weights_dtype, hold_frozen_weights
     from tagtune.train.config import LossSettings, TrainConfig
     from tagtune.train.data import PadSpec, collate, precompute_conds
     from tagtune.train.loss import RowLosses, combine
@@ -143,6 +144,7 @@ def train_recipe(cfg, recipe: str, device: torch.device, steps: int, pool: int, 
     batches = bucketed([len(c["text_ids"]) + len(c["codes"]) for c in clips], batch_size, 0)[: steps + 1]
     conds = precompute_conds(gpt, [clips[i] for i in range(len(clips))], device)
     precision = resolve_precision("auto", device, TRAINING_PRECISIONS)
+    held = hold_frozen_weights(gpt, base_weights_dtype(config, precision))  # as the training loop holds the base
     autocast = torch.autocast(device.type, dtype=FLOAT_DTYPES.get(precision), enabled=precision != "fp32")
     settings = LossSettings(text_weight=0.1, mask_padding=True)
     losses, pad = RowLosses(gpt, settings), PadSpec(cfg.gpt.stop_text_token, cfg.gpt.stop_mel_token,
@@ -163,7 +165,8 @@ def train_recipe(cfg, recipe: str, device: torch.device, steps: int, pool: int, 
         if n > 0:
             positions, seconds = positions + batch.real_positions, seconds + time.perf_counter() - t
     rate = positions / seconds
-    print(f"{recipe:<18} {precision}, micro-batch {batch_size}, rank {config.lora.rank}, checkpointing "
+    base = "base in bf16" if held else "base in fp32"
+    print(f"{recipe:<18} {precision}, {base}, micro-batch {batch_size}, rank {config.lora.rank}, checkpointing "
           f"{config.model.gradient_checkpointing}: {rate:8.0f} positions/s, peak memory {peak_memory(device):7.0f} MB",
           flush=True)
     return rate

@@ -134,7 +134,8 @@ def test_trackers_for_report_to(monkeypatch):
 def test_dotted_settings_apply_and_unknown_keys_are_named():
     cfg = TrainConfig().with_settings({"optim.lr": 3e-4, "lora.layers": [0], "seed": 3, "runtime.report_to": "none"})
     assert (cfg.optim.lr, cfg.lora.layers, cfg.seed, cfg.runtime.report_to) == (3e-4, [0], 3, "none")
-    with pytest.raises(TrainConfigError, match="unknown recipe key 'runtime.reportto'; known in runtime: base_weights, device,"):
+    known = "known in runtime: base_weights, device,"
+    with pytest.raises(TrainConfigError, match=f"unknown recipe key 'runtime.reportto'; {known}"):
         TrainConfig().with_settings({"runtime.reportto": "none"})
     with pytest.raises(TrainConfigError, match="optim.lr is not a section"):
         TrainConfig().with_settings({"optim.lr.x": 1})
