@@ -165,3 +165,26 @@ def test_corpus_has_tagged_and_untagged_clips_in_both_splits(tiny_data, shipped_
 
 
 # --------------------------------------------------------------------------------- a trained run
+
+
+def test_two_processes_hold_the_base_in_bf16_as_one_would(tiny_data, tmp_path):
+    """Two processes under bf16 autocast (gloo on a CPU) with the frozen base held in bf16 train bit for bit as
+    with it held in fp32: the bf16 weights survive DDP's start-up broadcast and round as autocast would."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    script = write_launcher(tmp_path)
+    adapters = {}
+    for held in ("bf16", "fp32"):
+        cfg = json.loads(json.dumps(RUN_CONFIG))
+        cfg["batch"]["batch_size"] = 2
+        cfg["runtime"] |= {"precision": "bf16", "base_weights": held}
+        out = tmp_path / held
+        proc = _launch([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "0",
+                        "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no",
+                        str(script), str(tiny_data), str(out), json.dumps(cfg), "0", "-1"], timeout=400)
+        assert (out / "last").is_dir(), proc.stderr[-3000:]
+        assert json.loads((out / "run.json").read_text())["processes"] == 2
+        assert ("frozen base blocks held in bf16" in proc.stderr) == (held == "bf16")
+        adapters[held] = _adapter(out / "last")
+    a, b = adapters["bf16"], adapters["fp32"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert max(float(a[k].abs().max()) for k in a if "lora_B" in k) > 1e-3  # the adapters did train

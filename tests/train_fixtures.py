@@ -93,8 +93,9 @@ def trained_run(tiny_data, tmp_path_factory):
 
 
 LAUNCH_SCRIPT = """
-import json, os, signal, sys
+import json, logging, os, signal, sys
 from tagtune.train import train
+logging.basicConfig(level=logging.INFO)
 from tagtune.train.config import TrainConfig
 data, out, cfg = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 resume, kill_at = sys.argv[4] == "1", int(sys.argv[5])
