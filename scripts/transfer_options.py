@@ -38,6 +38,8 @@ VARIANTS = {
     "last-2-layers": ({"lora.layers": [2, 3]}, {}, None),
     "train-conditioning": ({"lora.train_conditioning": True}, {}, None),
     "train-conditioning+cuts-0.5": ({"lora.train_conditioning": True, "augment.event_cuts": 0.5}, {}, None),
+    "train-conditioning+replay-events-0.5+cuts-0.5": ({"lora.train_conditioning": True, "replay.events": 0.5,
+                                                       "augment.event_cuts": 0.5}, {}, None),
 }
 
 
