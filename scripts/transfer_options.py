@@ -40,6 +40,8 @@ VARIANTS = {
     "train-conditioning+cuts-0.5": ({"lora.train_conditioning": True, "augment.event_cuts": 0.5}, {}, None),
     "train-conditioning+replay-events-0.5+cuts-0.5": ({"lora.train_conditioning": True, "replay.events": 0.5,
                                                        "augment.event_cuts": 0.5}, {}, None),
+    "train-conditioning+replay-events-0.25+cuts-1.0": ({"lora.train_conditioning": True, "replay.events": 0.25,
+                                                        "augment.event_cuts": 1.0}, {}, None),
 }
 
 
