@@ -21,6 +21,7 @@ vocoder) and, for the GPT, whichever one speaks (a tuned copy, say).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -28,6 +29,7 @@ import torch
 
 from tagtune.audio_v2 import campplus_features, mel_frames_for_codes
 from tagtune.generation.generate import GenerationConfig, generate_codes
+from tagtune.models.v2.gpt import feature_width_lengths
 from tagtune.models.v2.semantic_features import extract_inputs
 
 V2_TEMPERATURE = 0.8
@@ -73,22 +75,29 @@ class SpeakerPromptV2:
     seconds: float
 
 
-def _device(model) -> torch.device:
+def folder_device(model) -> torch.device:
     """Where the folder's networks run (read off s2mel: asking for ``model.gpt`` would load the folder's GPT)."""
     return next(model.s2mel.parameters()).device
 
 
 def semantic_features(model, audio_16k: torch.Tensor) -> torch.Tensor:
     """16 kHz audio (1, N) -> normalised w2v-BERT features (1, T, 1024), as the official ``get_emb``."""
-    device = _device(model)
+    device = folder_device(model)
     feats, mask = extract_inputs(model.feature_extractor, audio_16k)
     return model.semantic_features(feats.to(device), mask.to(device))
+
+
+def prompt_emovec(gpt, spk_cond_emb: torch.Tensor, emo_cond_emb: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """The GPT's emotion vector (1, D) of speaker and emotion prompt features (1, T, 1024) blended by ``alpha``
+    (``merge_emovec``, with the feature-width lengths the official pipeline passes)."""
+    return gpt.merge_emovec(spk_cond_emb, emo_cond_emb, feature_width_lengths(spk_cond_emb),
+                            feature_width_lengths(emo_cond_emb), alpha)
 
 
 @torch.no_grad()
 def speaker_prompt_v2(model, audio_22k: torch.Tensor, audio_16k: torch.Tensor, sample_rate: int) -> SpeakerPromptV2:
     """The speaker prompt of audio at s2mel's rate ``sample_rate`` (1, N) and at 16 kHz (1, M)."""
-    device = _device(model)
+    device = folder_device(model)
     audio_22k, audio_16k = audio_22k.to(device), audio_16k.to(device)
     spk_cond_emb = semantic_features(model, audio_16k)  # (1, T, 1024)
     _, s_ref = model.semantic_codec.quantize(spk_cond_emb)  # (1, T, 1024)
@@ -106,8 +115,6 @@ def speech_from_codes(model, gpt, speaker: SpeakerPromptV2, emovec: torch.Tensor
     wav (1, samples) in [-1, 1] from ``gpt``'s latents and the folder's s2mel and vocoder. ``noise(frames)``
     gives the CFM's starting noise (1, channels, frames) for the prompt's frames plus the segment's. Seconds per
     stage are added to ``timings`` when given."""
-    import time
-
     device = gpt.mel_head.weight.device
     t1 = time.perf_counter()
     text_ids = torch.tensor([ids], dtype=torch.int32, device=device)

@@ -37,6 +37,7 @@ from tagtune.generation.v2 import (
     SpeakerPromptV2,
     generate_codes_v2,
     official_v2,
+    prompt_emovec,
     semantic_features,
     speaker_prompt_v2,
     speech_from_codes,
@@ -223,9 +224,7 @@ class TTSV2:
                        weights: list[float] | None = None) -> torch.Tensor:
         """The GPT's emotion vector (1, D): the prompt blend ``merge_emovec``, mixed with the emotion-matrix
         rows nearest the speaker's style when 8 ``weights`` are given."""
-        spk = speaker.spk_cond_emb
-        merged = self.gpt.merge_emovec(spk, emo_cond_emb, feature_width_lengths(spk),
-                                       feature_width_lengths(emo_cond_emb), emo_alpha)
+        merged = prompt_emovec(self.gpt, speaker.spk_cond_emb, emo_cond_emb, emo_alpha)
         if weights is None:
             return merged
         w = torch.tensor(weights, dtype=torch.float32, device=self.device)

@@ -30,7 +30,13 @@ from tagtune.tags.neutral import NeutralFit, fit_neutral_row, tokenizer_layout, 
 from tagtune.tags.rows import TagInit, current_tag_rows, grow_base, read_start_rows, save_start_rows, set_tag_rows
 from tagtune.train import run as rundir
 from tagtune.train import state as ts
-from tagtune.train.accel import base_weights_dtype, hold_frozen_weights, make_accelerator, start_trackers
+from tagtune.train.accel import (
+    FROM_ACCELERATE,
+    base_weights_dtype,
+    hold_frozen_weights,
+    make_accelerator,
+    start_trackers,
+)
 from tagtune.train.config import TrainConfig, TrainConfigError
 from tagtune.train.data import add_event_cuts, clip_lengths, epoch_batches, micro_batch, mix_replay, open_data
 from tagtune.train.family import family_of
@@ -116,7 +122,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | str |
             log.warning("augment.event_cuts: no tagged clip of %s has event boundaries to cut; none added "
                         "(`tagtune events` finds them, `prepare --events` adds them)", data_dir)
     accel = make_accelerator(config, run_dir)
-    held_dtype = base_weights_dtype(config, {"no": "fp32"}.get(accel.mixed_precision, accel.mixed_precision))
+    held_dtype = base_weights_dtype(config, FROM_ACCELERATE[accel.mixed_precision])
     rank, world, main = accel.process_index, accel.num_processes, accel.is_main_process
     torch.manual_seed(config.seed + rank)
     checkpoint = rundir.check_resume(run_dir, config, data, rank, world) if resume else None

@@ -138,8 +138,7 @@ def _prompt_v2(model, gpt, path: Path) -> _PromptV2:
     """The voice's file as synthesis reads it with no emotion setting: speaker prompt, and the same recording
     as the emotion prompt at alpha 1."""
     from tagtune.audio_v2 import S2MEL_SAMPLE_RATE, emotion_prompt, speaker_prompt
-    from tagtune.generation.v2 import semantic_features, speaker_prompt_v2
-    from tagtune.models.v2.gpt import feature_width_lengths
+    from tagtune.generation.v2 import prompt_emovec, semantic_features, speaker_prompt_v2
 
     try:
         audio = speaker_prompt(path)
@@ -147,13 +146,14 @@ def _prompt_v2(model, gpt, path: Path) -> _PromptV2:
     except AudioError as e:
         raise EvaluationError(f"reference voice {e}", params=("voices",)) from None
     speaker = speaker_prompt_v2(model, audio.audio_22k, audio.audio_16k, S2MEL_SAMPLE_RATE)
-    spk = speaker.spk_cond_emb
-    return _PromptV2(speaker, gpt.merge_emovec(spk, emo, feature_width_lengths(spk), feature_width_lengths(emo), 1.0))
+    return _PromptV2(speaker, prompt_emovec(gpt, speaker.spk_cond_emb, emo))
 
 
 def _noise(model, generator: torch.Generator):
+    from tagtune.generation.v2 import folder_device
+
     channels = model.config.s2mel.DiT.in_channels
-    device = next(model.s2mel.parameters()).device
+    device = folder_device(model)
     return lambda frames: torch.randn(1, channels, frames, generator=generator).to(device)
 
 
@@ -205,6 +205,7 @@ def speak_v2(model, gpt, voice: Voice, sentences: list[list[int]], generation, s
 def resynthesise_v2(model, gpt, items: list[dict], voice: Voice, seed: int = 0) -> list[Speech]:
     """Each corpus clip's own codes through IndexTTS-2's back end: the GPT conditioned on the clip's own speaker
     and emotion features, s2mel prompted with ``voice``'s recording (the prepared data keeps no audio)."""
+    from tagtune.generation.v2 import prompt_emovec
     from tagtune.models.v2.gpt import feature_width_lengths
 
     prompt = _prompt_v2(model, gpt, voice.path)
@@ -213,8 +214,7 @@ def resynthesise_v2(model, gpt, items: list[dict], voice: Voice, seed: int = 0) 
     for k, it in enumerate(items):
         spk, emo = it["spk_features"][None].to(device), it["emo_features"][None].to(device)  # (1, T, 1024)
         conds = gpt.get_conditioning(spk, feature_width_lengths(spk))  # (1, 32, D)
-        own = _PromptV2(prompt.speaker, gpt.merge_emovec(spk, emo, feature_width_lengths(spk),
-                                                         feature_width_lengths(emo), 1.0))
+        own = _PromptV2(prompt.speaker, prompt_emovec(gpt, spk, emo))
         g = torch.Generator().manual_seed(seed + k)
         out.append(_speech_v2(model, gpt, own, it["text_ids"].tolist(), it["codes"].long().to(device), conds, g))
     return out
