@@ -42,6 +42,11 @@ VARIANTS = {
                                                        "augment.event_cuts": 0.5}, {}, None),
     "train-conditioning+replay-events-0.25+cuts-1.0": ({"lora.train_conditioning": True, "replay.events": 0.25,
                                                         "augment.event_cuts": 1.0}, {}, None),
+    "train-conditioning+replay-event-pairs-0.5+cuts-0.5": ({"lora.train_conditioning": True, "replay.events": 0.5,
+                                                            "replay.event_pairs": True, "augment.event_cuts": 0.5},
+                                                           {}, None),
+    "replay-event-pairs-0.5+cuts-0.5": ({"replay.events": 0.5, "replay.event_pairs": True,
+                                         "augment.event_cuts": 0.5}, {}, None),
 }
 
 

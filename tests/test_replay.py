@@ -97,6 +97,27 @@ def test_spliced_replay_clips_carry_a_fine_tune_event_and_its_tag(events_data, r
         assert item["codes"][at : at + len(cut)].equal(cut) and len(cut) >= 1
 
 
+def test_event_pairs_keep_each_spliced_clip_as_recorded_beside_it(events_data, replay_dir):
+    from tagtune.train.data import mix_replay, open_data
+
+    data = open_data(events_data)
+    n = len(data.train)
+    replaced = mix_replay(data, replay_dir, 0.5, seed=0, events=1.0)
+    paired = mix_replay(data, replay_dir, 0.5, seed=0, events=1.0, event_pairs=True)
+    assert paired.splices == replaced.splices and paired.splices
+    assert len(paired) == n + len(paired.picks) + len(paired.splices) == len(paired.examples)
+    plain = [paired[n + k] for k in range(len(paired.picks))]  # every pick as recorded, spliced or not
+    assert all(not it["has_tag"] and "spliced" not in paired.examples[n + k] for k, it in enumerate(plain))
+    assert [it["id"] for it in plain] == [replaced.replay[j]["id"] for j in paired.picks]
+    spliced = range(n + len(paired.picks), len(paired))
+    assert [k for k, _ in paired.slots[len(paired.picks):]] == sorted(paired.splices)
+    for i, k in zip(spliced, sorted(paired.splices), strict=True):  # then each splice, as without pairs
+        item, alone = paired[i], replaced[n + k]
+        assert item["has_tag"] and item["codes"].equal(alone["codes"]) and item["text_ids"].equal(alone["text_ids"])
+        assert paired.examples[i] == replaced.examples[n + k]
+    assert paired.lengths() == [e["n_text"] + e["n_codes"] for e in paired.examples]
+
+
 def test_event_cuts_add_tagged_clips_without_their_events(events_data):
     from tagtune.audio import SAMPLES_PER_CODE as PER_CODE
     from tagtune.train.data import add_event_cuts, open_data, tag_text_pieces

@@ -222,12 +222,15 @@ class ReplaySettings:
 
     ``data``: the replay DATA_DIR (null: no replay); ``fraction``: the share of replay clips in the training mix;
     ``events``: the share of those replay clips that carry one event cut from a tagged fine-tune clip, with its
-    tag, at an edge of their text (train/splice.py): tags seen in the replay's voices and languages.
+    tag, at an edge of their text (train/splice.py): tags seen in the replay's voices and languages;
+    ``event_pairs``: each such clip is also trained on as recorded, so the same voice and text come once with the
+    tag and the event and once with neither (otherwise the spliced clip replaces it).
     """
 
     data: str | None = None
     fraction: float = 0.3
     events: float = 0.0
+    event_pairs: bool = False
 
     def __post_init__(self):
         _check_types(self, "replay")

@@ -214,22 +214,28 @@ class ReplayMix:
     reference clip (IndexTTS-2: its own speaker and emotion clips), read from its own folder. It reads like a
     ``PreparedDataset`` (``PreparedDatasetV2``) to training (``examples``, ``lengths``, items); example ids are
     per folder, so the two parts share ids and training keys clips by index. ``splices`` ({position in picks:
-    Splice}, train/splice.py) give some replay clips a fine-tune clip's event and its tag's ``tag_pieces``.
+    Splice}, train/splice.py) give some replay clips a fine-tune clip's event and its tag's ``tag_pieces``; with
+    ``paired`` a spliced clip is added beside its replay clip, which stays in the mix as recorded (the same voice
+    and text without the event and its tag), instead of replacing it.
     """
 
     def __init__(self, primary, replay, picks: list[int], splices: dict | None = None,
-                 tag_pieces: dict[str, list[int]] | None = None):
+                 tag_pieces: dict[str, list[int]] | None = None, paired: bool = False):
         from tagtune.train.splice import spliced_example
 
         self.primary, self.replay, self.picks = primary, replay, picks
         self.splices, self.tag_pieces = splices or {}, tag_pieces or {}
         per_code = _samples_per_code(replay)
-        self.examples = list(primary.examples) + [
-            spliced_example(replay.examples[j], self.splices[k], primary, replay, self.tag_pieces, per_code)
-            if k in self.splices else replay.examples[j] for k, j in enumerate(picks)]
+        spliced = {k: spliced_example(replay.examples[picks[k]], s, primary, replay, self.tag_pieces, per_code)
+                   for k, s in self.splices.items()}
+        # replay positions (index - len(primary)) -> the position in ``picks`` and whether it is spliced
+        self.slots = ([(k, False) for k in range(len(picks))] + [(k, True) for k in sorted(spliced)] if paired
+                      else [(k, k in spliced) for k in range(len(picks))])
+        self.examples = list(primary.examples) + [spliced[k] if is_spliced else replay.examples[picks[k]]
+                                                  for k, is_spliced in self.slots]
 
     def __len__(self) -> int:
-        return len(self.primary) + len(self.picks)
+        return len(self.primary) + len(self.slots)
 
     def __getitem__(self, i: int) -> dict:
         from tagtune.train.splice import spliced_item
@@ -237,10 +243,11 @@ class ReplayMix:
         n = len(self.primary)
         if i < n:
             return self.primary[i]
-        item = self.replay[self.picks[i - n]]
-        splice = self.splices.get(i - n)
-        if splice is None:
+        k, is_spliced = self.slots[i - n]
+        item = self.replay[self.picks[k]]
+        if not is_spliced:
             return item
+        splice = self.splices[k]
         partner = self.replay[splice.partner] if splice.partner is not None else None
         return spliced_item(item, self.primary[splice.donor], splice, partner, self.tag_pieces)
 
@@ -256,9 +263,10 @@ def _samples_per_code(dataset) -> int:
 
 
 def mix_replay(data: DataBundle, replay_dir: str | Path, fraction: float, seed: int,
-               events: float = 0.0) -> ReplayMix:
+               events: float = 0.0, event_pairs: bool = False) -> ReplayMix:
     """``data.train`` with a seeded choice of the replay folder's untagged clips making up ``fraction`` of the mix;
-    a seeded ``events`` share of them carries a spliced fine-tune event and its tag (train/splice.py).
+    a seeded ``events`` share of them carries a spliced fine-tune event and its tag (train/splice.py), beside
+    the clip as recorded with ``event_pairs``.
 
     The replay folder must be prepared for the same model family from the same base (fingerprint) with a
     tokenizer whose pieces the fine-tune tokenizer starts with (tag pieces come after them), so its text ids
@@ -300,7 +308,7 @@ def mix_replay(data: DataBundle, replay_dir: str | Path, fraction: float, seed: 
 
     tag_pieces = tag_text_pieces(data)
     splices = plan_splices(data.train, replay, picks, events, data.tagset, seed, _samples_per_code(replay))
-    return ReplayMix(data.train, replay, picks, splices, tag_pieces)
+    return ReplayMix(data.train, replay, picks, splices, tag_pieces, paired=event_pairs)
 
 
 def tag_text_pieces(data: DataBundle) -> dict[str, list[int]]:
