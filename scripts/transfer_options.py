@@ -149,12 +149,13 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--seed", type=int, default=0, help="the demo's seed")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--steps", type=int, default=0, help="training steps (0: the demo's)")
     a = ap.parse_args()
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
-    s = DemoSettings(seed=a.seed)
+    s = DemoSettings(seed=a.seed, **({"steps": a.steps} if a.steps else {}))
     a.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in a.variants.split(","):
