@@ -116,6 +116,19 @@ def test_settings_per_family():
         DemoSettings(model_family="v3")
 
 
+def test_recipe_per_family(tmp_path):
+    """1.x: replay with spliced events, event cuts and the conditioning path trained; IndexTTS-2: none of them."""
+    from tagtune.demo import demo_recipe
+
+    v1 = demo_recipe(tmp_path, DemoSettings.full(seed=4))
+    assert (v1.seed, v1.schedule.max_steps, v1.replay.data, v1.replay.fraction) == (4, 800, str(tmp_path / "replay"),
+                                                                                    0.3)
+    assert (v1.lora.train_conditioning, v1.replay.events, v1.augment.event_cuts) == (True, 0.5, 0.5)
+    v2 = demo_recipe(tmp_path, DemoSettings.full(seed=4, model_family="v2"))
+    assert (v2.lora.train_conditioning, v2.replay.data, v2.augment.event_cuts, v2.schedule.max_steps) == (
+        False, None, 0.0, 800)
+
+
 def test_cli_parses_the_model_family_and_base(monkeypatch, tmp_path, capsys):
     import tagtune.demo
     from tagtune.cli import build_parser, main

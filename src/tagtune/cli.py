@@ -630,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the base's family: v1 (IndexTTS 1.x) or v2 (IndexTTS-2: multi-voice, no transfer set) "
                    "(default: v1)")
     s.add_argument("--base", type=Path, help="base model folder of that family (default: the shipped tiny base)")
-    s.add_argument("--steps", type=int, help="training steps (default: the demo's, 400 for v1, 800 for v2; 20 with "
+    s.add_argument("--steps", type=int, help="training steps (default: the demo's, 800 for v1 and v2; 20 with "
                    "--quick)")
     s.add_argument("--clips", type=int, help="corpus size (default: the demo's, 1200 for v1, 1600 for v2; 160 "
                    "with --quick)")
