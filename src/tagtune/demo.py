@@ -217,11 +217,11 @@ def demo_recipe(out: Path, s: DemoSettings):
 
     v1 = s.model_family == "v1"  # an override of None is no override
     recipe = TrainConfig.from_yaml(shipped_recipe(s.recipe))
-    if not v1:
-        recipe = recipe.with_settings({"lora.train_conditioning": False})
+    if not v1:  # the recipe's 1.x-only settings, off
+        recipe = recipe.with_settings({"lora.train_conditioning": False, "augment.event_cuts": 0.0})
     return recipe.with_overrides(
         max_steps=s.steps, seed=s.seed, neutral_steps=s.neutral_steps, replay=str(out / "replay") if v1 else None,
-        replay_fraction=s.replay_fraction if v1 else None, event_cuts=None if v1 else 0.0)
+        replay_fraction=s.replay_fraction if v1 else None)
 
 
 def _transfer(out: Path, s: DemoSettings) -> dict:
