@@ -38,7 +38,11 @@ def test_sinusoid_table_equals_checkpoint_buffer(tiny, shipped_base):
     stored = torch.load(shipped_base / "gpt.pth", weights_only=True)[PE_KEY]
     width = tiny.cfg.condition_module.output_size
     assert stored.shape == (1, 5000, width)
-    assert torch.equal(stored, sinusoid_table(5000, width)[None].to(stored.dtype))  # float16 file: the table rounded
+    # a float16 file: the table rounded. float32 sin of large arguments differs in its last bits between CPU kernels
+    # (AVX2, AVX-512), which moves ~1.6% of the roundings by one float16 step
+    table = sinusoid_table(5000, width)[None]
+    torch.testing.assert_close(stored.float(), table, atol=2.0**-11, rtol=0)
+    assert (stored != table.to(stored.dtype)).float().mean() < 0.03
 
 
 def test_sinusoid_table_equals_official_checkpoint_buffer(fixture_dir):

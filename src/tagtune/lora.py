@@ -40,6 +40,8 @@ DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 MODES = ("lora", "full")
 ADAPTER = "default"
 CONDITIONING_MODULES = ("conditioning_encoder", "perceiver_encoder")
+# (branch suffix, module): the conformers' input subsampling, frozen even when the conditioning trains
+CONDITIONING_FRONT = ("conditioning_encoder", "embed")
 # IndexTTS-2's emotion branch: trains with the speaker branch (``train_conditioning``), frozen otherwise
 EMOTION_MODULES = ("emo_conditioning_encoder", "emo_perceiver_encoder", "emovec_layer", "emo_layer")
 # peft wrapper names that appear inside state-dict keys and are not part of the official layout
@@ -101,7 +103,8 @@ def apply_lora(gpt: nn.Module, settings: LoraSpec, new_token_ids: list[int]) -> 
     """Make ``gpt`` trainable as ``settings`` says (in place) and return it.
 
     ``lora`` mode injects adapters; ``full`` mode unfreezes the GPT (blocks, embeddings, heads) and, when
-    ``train_conditioning`` is set, the conditioning encoder and perceiver (and IndexTTS-2's emotion branch).
+    ``train_conditioning`` is set, the conditioning encoder and perceiver (and IndexTTS-2's emotion branch), all
+    but the encoders' input subsampling.
     Either way only the new rows of ``text_head`` (weight and bias) receive gradient in lora mode.
     """
     gpt.requires_grad_(False)
@@ -109,11 +112,23 @@ def apply_lora(gpt: nn.Module, settings: LoraSpec, new_token_ids: list[int]) -> 
     if settings.mode == "full":
         for name, p in gpt.named_parameters():
             p.requires_grad_(settings.train_conditioning or not name.startswith(conditioning))
+        _freeze_input_subsampling(gpt)
         return gpt
     check_fits(gpt, settings)
     inject_adapter_in_model(lora_config(settings, new_token_ids, conditioning), gpt, adapter_name=ADAPTER)
     _mask_old_head_rows(gpt, new_token_ids)
+    _freeze_input_subsampling(gpt)
     return gpt
+
+
+def _freeze_input_subsampling(gpt: nn.Module) -> None:
+    """Keep the conditioning encoders' input subsampling (the conv front, ``*conditioning_encoder.embed``) frozen
+    when the branches train: a fixed feature extractor that costs more to run and differentiate than the layers
+    above it, and whose output training can then compute once per clip (``train.data.precompute_frames``)."""
+    for name, p in gpt.named_parameters():
+        branch, _, rest = name.partition(".")
+        if branch.endswith(CONDITIONING_FRONT[0]) and f".{CONDITIONING_FRONT[1]}." in f".{rest}":
+            p.requires_grad_(False)
 
 
 def check_fits(gpt: nn.Module, settings: LoraSpec) -> None:

@@ -81,11 +81,18 @@ class Conv2dSubsampling2(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor):
         """x (B, T, F), mask (B, T) -> x (B, T', D), pos (1, T', D), mask (B, T')."""
+        frames, mask = self.frames(x, mask)
+        x, pos = self.pos_enc(frames)
+        return x, pos, mask
+
+    def frames(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, F), mask (B, T) -> subsampled frames (B, T', D) before the position scaling, mask (B, T').
+
+        A real output frame t' reads input frames 2t' .. 2t'+2, all real: each row's real frames equal its
+        unpadded run, so they can be computed once per clip and padded later (``encode``)."""
         x = self.conv(x[:, None])  # (B, D, T', F')
         B, C, T, Fr = x.shape
-        x = self.out(x.transpose(1, 2).reshape(B, T, C * Fr))  # feature index = c * F' + f
-        x, pos = self.pos_enc(x)
-        return x, pos, mask[:, 2::2]
+        return self.out(x.transpose(1, 2).reshape(B, T, C * Fr)), mask[:, 2::2]  # feature index = c * F' + f
 
 
 class RelPositionAttention(nn.Module):
@@ -189,7 +196,12 @@ class ConformerEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, mask_padding: bool = False):
         """x (B, T, 100), lengths (B,) -> (B, T', D), mask (B, T'). ``mask_padding``: see the module doc."""
-        x, pos, mask = self.embed(x, length_mask(lengths, x.shape[1]))
+        return self.encode(*self.embed.frames(x, length_mask(lengths, x.shape[1])), mask_padding)
+
+    def encode(self, frames: torch.Tensor, mask: torch.Tensor, mask_padding: bool = False):
+        """The layers above the input subsampling: frames (B, T', D) from ``embed.frames``, mask (B, T') ->
+        (B, T', D), mask (B, T')."""
+        x, pos = self.embed.pos_enc(frames)
         for layer in self.encoders:
             x = layer(x, pos, mask, mask_padding)
         return self.after_norm(x), mask

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tagtune.config import GPTConfig
-from tagtune.models.conditioning import MEL_BANDS, ConformerEncoder, PerceiverResampler
+from tagtune.models.conditioning import MEL_BANDS, ConformerEncoder, PerceiverResampler, length_mask
 from tagtune.models.gpt2 import GPT2Backbone
 
 OFFICIAL_DROPOUT = 0.1  # GPT-2 attn/resid/embd dropout of the official config (train mode only)
@@ -190,6 +190,20 @@ class UnifiedVoice(TokenTrunk):
         if cond_lengths is None:
             cond_lengths = torch.full((cond_mel.shape[0],), cond_mel.shape[2], device=cond_mel.device)
         x, mask = self.conditioning_encoder(cond_mel.transpose(1, 2), cond_lengths, mask_padding)  # (B, T', C)
+        return self.perceiver_encoder(x, mask)
+
+    def reference_frames(self, cond_mel: torch.Tensor, cond_lengths: torch.Tensor) -> list[torch.Tensor]:
+        """Reference log-mels (B, 100, T) + frame counts (B,) -> each row's real subsampled frames (T'_b, C): the
+        conditioning encoder's input subsampling, which ``conditioning_from_frames`` continues."""
+        frames, mask = self.conditioning_encoder.embed.frames(
+            cond_mel.transpose(1, 2), length_mask(cond_lengths, cond_mel.shape[2]))
+        return [f[: int(n)] for f, n in zip(frames, mask.sum(dim=1), strict=True)]
+
+    def conditioning_from_frames(self, frames: torch.Tensor, frame_lengths: torch.Tensor, *,
+                                 mask_padding: bool = False) -> torch.Tensor:
+        """Right-padded subsampled frames (B, T', C) from ``reference_frames`` + counts (B,) -> speaker latents
+        (B, 32, D); with ``mask_padding`` equal to ``get_conditioning`` of the mels they came from."""
+        x, mask = self.conditioning_encoder.encode(frames, length_mask(frame_lengths, frames.shape[1]), mask_padding)
         return self.perceiver_encoder(x, mask)
 
 

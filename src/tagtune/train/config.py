@@ -97,7 +97,8 @@ class LoraSettings:
     dropout: float = 0.05
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     layers: list[int] | None = None  # block indices; None = every block
-    train_conditioning: bool = False  # conditioning encoder + perceiver, and v2's emotion branch (frozen by default)
+    # conditioning encoder (bar its input subsampling) + perceiver, and v2's emotion branch (frozen by default)
+    train_conditioning: bool = False
     # new tag rows: "mean" (mean row direction at typical norm), "plain" (the plain mean row), "words"
     # (mean of the tag's word pieces) or "neutral" (one row fitted so the untrained tag leaves the base's
     # predictions as they are without it; tagtune.tags.neutral)

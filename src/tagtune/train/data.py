@@ -13,6 +13,7 @@ optimizer step do not depend on the process count.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -34,6 +35,11 @@ SHARD_TENSORS = ("text_ids", "text_offsets", "codes", "code_offsets", "mels", "m
 SHARD_TENSORS_V2 = ("text_ids", "text_offsets", "codes", "code_offsets", "features", "feature_offsets", "wav_lens")
 V2 = "v2"  # the manifest's model_family of data prepared for an IndexTTS-2 base
 FAMILY_NAMES = {"v1": "IndexTTS 1.x", V2: "IndexTTS-2"}
+# the most memory the reference frames of a training run may take (``precompute_frames``): ~1.2k full-size
+# references of 12 s; past it the (frozen) input subsampling runs again on every batch
+FRAME_CACHE_BYTES = 2 * 2**30
+
+log = logging.getLogger(__name__)
 
 
 class DataError(UserError):
@@ -359,12 +365,25 @@ def collate(dataset, indices: list[int], pad: PadSpec, conds: dict[int, torch.Te
     if short > 0:
         d["codes"] = F.pad(d["codes"], (0, short), value=pad.stop_mel)
     cached = conds is not None and all(i in conds for i in indices)
+    frames = cached and isinstance(conds, ReferenceFrames)
     return Batch(
         text_ids=d["text_ids"], text_lengths=d["text_lengths"], codes=d["codes"], wav_lengths=d["wav_lengths"],
         cond_mels=None if cached else d["cond_mels"], cond_lengths=None if cached else d["cond_mel_lengths"],
         has_tag=d["has_tag"].bool(), tags=[list(t) for t in d["tags"]],
-        conds=torch.stack([conds[i] for i in indices]) if cached else None,
+        conds=torch.stack([conds[i] for i in indices]) if cached and not frames else None,
+        cond_frames=padded_frames([conds[i] for i in indices]) if frames else None,
+        cond_frame_lengths=torch.tensor([len(conds[i]) for i in indices]) if frames else None,
     )
+
+
+class ReferenceFrames(dict):
+    """Subsampled reference frames (T', C) of each clip by dataset index (``precompute_frames``): a prefix cache
+    that ``collate`` turns into ``Batch.cond_frames`` where a plain dict of speaker latents becomes ``Batch.conds``."""
+
+
+def padded_frames(frames: list[torch.Tensor]) -> torch.Tensor:
+    """Per-clip frames (T'_b, C) -> right-padded (B, max T', C)."""
+    return torch.nn.utils.rnn.pad_sequence(frames, batch_first=True)
 
 
 class PadSpec(NamedTuple):
@@ -381,6 +400,43 @@ def pad_spec(gpt) -> PadSpec:
 def clip_lengths(dataset) -> list[int]:
     """Sequence length of every clip (text + codes), the bucketing key."""
     return list(dataset.lengths())
+
+
+@torch.no_grad()
+def precompute_frames(gpt, dataset, device, batch_size: int = 16,
+                      max_bytes: int = FRAME_CACHE_BYTES) -> ReferenceFrames | None:
+    """The conditioning encoder's subsampled frames of every clip's reference, when the conditioning trains.
+
+    Training the conditioning keeps its input subsampling frozen (``lora.apply_lora``), and that conv front costs
+    more than the layers above it; so it runs once per clip here, and each step starts from these frames. None
+    when they would take more than ``max_bytes``: the front then runs, without gradient, on every batch.
+    """
+    out, size = ReferenceFrames(), 0
+    for start in range(0, len(dataset), batch_size):
+        idx = list(range(start, min(start + batch_size, len(dataset))))
+        b = collate(dataset, idx, pad_spec(gpt)).to(device)
+        for i, f in zip(idx, gpt.reference_frames(b.cond_mels, b.cond_lengths), strict=True):
+            out[i] = f.float().cpu()
+            size += out[i].numel() * out[i].element_size()
+        if size > max_bytes:
+            log.info("reference frames need over %.1f GB: the conditioning's input subsampling runs on every batch",
+                     max_bytes / 2**30)
+            return None
+    return out
+
+
+@torch.no_grad()
+def conds_from_frames(gpt, frames: ReferenceFrames, indices: list[int], device,
+                      batch_size: int = 16) -> list[torch.Tensor]:
+    """Speaker latents (32, D) of the clips ``indices`` from their cached reference frames (as ``precompute_conds``
+    gives them: padding masked)."""
+    out = []
+    for start in range(0, len(indices), batch_size):
+        rows = [frames[i] for i in indices[start : start + batch_size]]
+        latents = gpt.conditioning_from_frames(padded_frames(rows).to(device), torch.tensor([len(f) for f in rows],
+                                               device=device), mask_padding=True)
+        out.extend(latent.float().cpu() for latent in latents)
+    return out
 
 
 @torch.no_grad()

@@ -3,8 +3,9 @@
 The loop (``train.loop``) is the same for IndexTTS 1.x and IndexTTS-2; the few things that differ live in one
 small object per family, picked from the data folder's ``model_family``:
 
-* ``prefix_cache(gpt, dataset, device)``: what the frozen conditioning branches give each clip, computed once
-  (1.x: speaker latents; IndexTTS-2: speaker latents and emotion vector), by dataset index;
+* ``prefix_cache(gpt, dataset, device, trained)``: what the frozen conditioning branches give each clip, computed
+  once (1.x: speaker latents; IndexTTS-2: speaker latents and emotion vector), by dataset index; when the
+  conditioning trains, what its frozen input subsampling gives (1.x: reference frames; IndexTTS-2: nothing);
 * ``collate(dataset, indices, gpt, cache)``: a micro-batch of those clips;
 * ``losses(gpt, settings)``: the ``nn.Module`` giving (text CE (B,), code CE (B,)), which DDP wraps;
 * ``neutral_prefix(gpt, dataset, picks, cache, device)``: the conditioning of the clips the neutral tag-row
@@ -19,7 +20,15 @@ from torch import nn
 
 from tagtune.models.v2.objective import RowLossesV2, collate_v2, conditioning_prefix_inputs
 from tagtune.train.config import LossSettings
-from tagtune.train.data import V2, collate, pad_spec, precompute_conds
+from tagtune.train.data import (
+    V2,
+    ReferenceFrames,
+    collate,
+    conds_from_frames,
+    pad_spec,
+    precompute_conds,
+    precompute_frames,
+)
 from tagtune.train.loss import RowLosses
 
 
@@ -29,8 +38,8 @@ class FamilyV1:
 
     name: str = "v1"
 
-    def prefix_cache(self, gpt: nn.Module, dataset, device) -> dict:
-        return precompute_conds(gpt, dataset, device)
+    def prefix_cache(self, gpt: nn.Module, dataset, device, trained: bool = False) -> dict | None:
+        return precompute_frames(gpt, dataset, device) if trained else precompute_conds(gpt, dataset, device)
 
     def collate(self, dataset, indices: list[int], gpt: nn.Module, cache: dict | None):
         return collate(dataset, indices, pad_spec(gpt), cache)
@@ -39,8 +48,10 @@ class FamilyV1:
         return RowLosses(gpt, settings)
 
     def neutral_prefix(self, gpt: nn.Module, dataset, picks: list[int], cache: dict | None, device) -> list:
-        """Speaker latents (32, D) of ``dataset[i]`` for ``picks``: cached, or computed here when training
-        the conditioning."""
+        """Speaker latents (32, D) of ``dataset[i]`` for ``picks``: cached, or computed here (from the cached
+        reference frames where there are some) when training the conditioning."""
+        if isinstance(cache, ReferenceFrames):
+            return conds_from_frames(gpt, cache, picks, device)
         if cache is not None:
             return [cache[i] for i in picks]
         fresh = precompute_conds(gpt, [dataset[i] for i in picks], device)
@@ -53,8 +64,8 @@ class FamilyV2:
 
     name: str = V2
 
-    def prefix_cache(self, gpt: nn.Module, dataset, device) -> dict:
-        return conditioning_prefix_inputs(gpt, dataset, device, by_index=True)
+    def prefix_cache(self, gpt: nn.Module, dataset, device, trained: bool = False) -> dict | None:
+        return None if trained else conditioning_prefix_inputs(gpt, dataset, device, by_index=True)
 
     def collate(self, dataset, indices: list[int], gpt: nn.Module, cache: dict | None):
         return collate_v2([dataset[i] for i in indices], gpt.cfg, cache, keys=indices)

@@ -154,8 +154,8 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | str |
     meta = rundir.weights_meta(data, model_cfg, new_ids, config)
     # metric lines after the restored step are replayed; a run without a checkpoint starts its metrics afresh
     metrics = MetricsLog(run_dir, main, progress.step if checkpoint is not None else None, tracker=accel)
-    conds = None if config.lora.train_conditioning else family.prefix_cache(gpt, data.train, accel.device)
-    val_conds = None if config.lora.train_conditioning else family.prefix_cache(gpt, data.val, accel.device)
+    conds = _prefix_cache(family, gpt, data.train, accel.device, config)
+    val_conds = _prefix_cache(family, gpt, data.val, accel.device, config)
     if need_start_rows:
         _start_tag_rows(gpt, data, new_ids, config, family, conds, accel, rows_file)
     val_batches = [family.collate(data.val, list(range(i, min(i + VAL_BATCH_SIZE, len(data.val)))), gpt, val_conds)
@@ -244,6 +244,16 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | str |
     return RunResult(run_dir, progress.step, last_train.get("loss"), progress.best_val_loss, progress.best_step,
                      progress.base_untagged_loss, last_val, (last_val or {}).get("forgetting_pct"),
                      run_dir / rundir.BEST)
+
+
+def _prefix_cache(family, gpt, dataset, device, config: TrainConfig) -> dict | None:
+    """What each clip's conditioning prefix can start from, computed once (``family.prefix_cache``). None when
+    the conditioning trains with padding left in attention (``loss.mask_padding`` false): the cached frames hold
+    no padding frames, so that layout recomputes its prefix from the mels on every batch."""
+    trained = config.lora.train_conditioning
+    if trained and not config.loss.mask_padding:
+        return None
+    return family.prefix_cache(gpt, dataset, device, trained)
 
 
 def _start_tag_rows(gpt, data, new_ids: list[int], config: TrainConfig, family, conds, accel,

@@ -32,6 +32,8 @@ class Batch:
     has_tag: torch.Tensor  # (B,) bool
     tags: list[list[str]]  # canonical tags of each clip
     conds: torch.Tensor | None = None  # (B, 32, D) precomputed speaker latents
+    cond_frames: torch.Tensor | None = None  # (B, T', C) cached subsampled reference frames (the conditioning trains)
+    cond_frame_lengths: torch.Tensor | None = None  # (B,)
 
     def to(self, device) -> Batch:
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
@@ -58,9 +60,13 @@ class RowLosses(nn.Module):
         self.mask_padding = settings.mask_padding
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        conds = batch.conds
+        if batch.cond_frames is not None:
+            conds = self.gpt.conditioning_from_frames(batch.cond_frames, batch.cond_frame_lengths,
+                                                      mask_padding=self.mask_padding)
         out = self.gpt.logits(
             batch.cond_mels, batch.text_ids, batch.text_lengths, batch.codes, batch.wav_lengths,
-            batch.cond_lengths, conds=batch.conds,
+            batch.cond_lengths, conds=conds,
             mask_padding=self.mask_padding, mask_loss=self.mask_padding,
         )
         return row_ce(out.text_logits, out.text_targets), row_ce(out.mel_logits, out.mel_targets)
