@@ -145,26 +145,6 @@ def test_event_cuts_add_tagged_clips_without_their_events(events_data):
     assert cuts.lengths()[:n] == data.train.lengths()
 
 
-def test_fine_tune_indices_leave_out_replay_clips_and_their_cuts(events_data, replay_dir):
-    from tagtune.tags.neutral import untagged_indices
-    from tagtune.train.data import add_event_cuts, fine_tune_indices, mix_replay, open_data
-
-    data = open_data(events_data)
-    n = len(data.train)
-    assert fine_tune_indices(data.train) == set(range(n))
-    data.train = mix_replay(data, replay_dir, 0.5, seed=0, events=1.0)
-    mixed = len(data.train)
-    cuts = add_event_cuts(data, 1.0, seed=0)
-    own = fine_tune_indices(cuts)
-    # a cut copy of a (spliced) replay clip would speak a replay voice: left out too
-    assert not own & {mixed + k for k, i in enumerate(cuts.picks) if i >= n}
-    assert own == set(range(n)) | {mixed + k for k, i in enumerate(cuts.picks) if i < n}
-    assert {cuts[i]["speaker"] for i in own} == {data.train.primary[0]["speaker"]}
-    assert {cuts[i]["speaker"] for i in range(len(cuts)) if i not in own} == set(REPLAY_VOICES)
-    picks = untagged_indices(cuts, 1024, seed=0, among=own)
-    assert picks and set(picks) <= own and not any(cuts.examples[i]["has_tag"] for i in picks)
-
-
 def test_replay_from_another_base_is_refused(tiny_data, replay_dir, tmp_path):
     from tagtune.train.data import DataError, mix_replay, open_data
 

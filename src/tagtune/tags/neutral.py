@@ -76,10 +76,9 @@ def tokenizer_layout(bpe_model: str | Path, spaced_tags: bool) -> tuple[torch.Te
             None if spaced_tags or space == sp.unk_id() else space)
 
 
-def untagged_indices(dataset, max_clips: int, seed: int, among: set[int] | None = None) -> list[int]:
-    """Indices of up to ``max_clips`` untagged examples of a PreparedDataset (of those in ``among``, when given),
-    a seeded random choice."""
-    untagged = [i for i, e in enumerate(dataset.examples) if not e["has_tag"] and (among is None or i in among)]
+def untagged_indices(dataset, max_clips: int, seed: int) -> list[int]:
+    """Indices of up to ``max_clips`` untagged examples of a PreparedDataset, a seeded random choice."""
+    untagged = [i for i, e in enumerate(dataset.examples) if not e["has_tag"]]
     return sorted(random.Random(seed).sample(untagged, min(max_clips, len(untagged))))
 
 

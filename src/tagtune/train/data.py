@@ -327,20 +327,6 @@ def tag_text_pieces(data: DataBundle) -> dict[str, list[int]]:
     return {t: bare + tokenizer.convert_tokens_to_ids([data.tagset.piece(t)]) for t in data.tagset.tags}
 
 
-def fine_tune_indices(dataset) -> set[int]:
-    """Indices of the clips of a training mix that come from the fine-tune corpus itself: not replay clips (spliced
-    or not), and cut copies only of fine-tune clips (``add_event_cuts``)."""
-    from tagtune.train.splice import WithEventCuts
-
-    if isinstance(dataset, WithEventCuts):
-        inner = fine_tune_indices(dataset.dataset)
-        n = len(dataset.dataset)
-        return inner | {n + k for k, i in enumerate(dataset.picks) if i in inner}
-    if isinstance(dataset, ReplayMix):
-        return set(range(len(dataset.primary)))
-    return set(range(len(dataset)))
-
-
 def add_event_cuts(data: DataBundle, share: float, seed: int):
     """``data.train`` with cut copies of a seeded ``share`` of its tagged clips appended (train/splice.py)."""
     from tagtune.train.splice import WithEventCuts

@@ -38,15 +38,7 @@ from tagtune.train.accel import (
     start_trackers,
 )
 from tagtune.train.config import TrainConfig, TrainConfigError
-from tagtune.train.data import (
-    add_event_cuts,
-    clip_lengths,
-    epoch_batches,
-    fine_tune_indices,
-    micro_batch,
-    mix_replay,
-    open_data,
-)
+from tagtune.train.data import add_event_cuts, clip_lengths, epoch_batches, micro_batch, mix_replay, open_data
 from tagtune.train.family import family_of
 from tagtune.train.loss import combine, split_means
 from tagtune.train.metrics import MetricsLog, forgetting, validate
@@ -274,7 +266,7 @@ def _start_tag_rows(gpt, data, new_ids: list[int], config: TrainConfig, family, 
         report = None
         if config.lora.tag_init == "neutral" and config.lora.neutral_steps > 0:
             fit = NeutralFit(steps=config.lora.neutral_steps, lr=config.lora.neutral_lr, seed=config.seed)
-            picks = untagged_indices(data.train, fit.max_clips, fit.seed, among=fine_tune_indices(data.train))
+            picks = untagged_indices(data.train, fit.max_clips, fit.seed)
             clips = [data.train[i] for i in picks]
             latents = family.neutral_prefix(gpt, data.train, picks, conds, accel.device)
             starts, space_id = tokenizer_layout(data.tokenizer_path, data.tagset.spaced)
