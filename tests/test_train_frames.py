@@ -84,3 +84,20 @@ def test_losses_and_gradients_from_frames_equal_those_from_mels(tiny_data):
     assert any("conditioning_encoder" in n and ".encoders." in n for n in g0)
     for n in g0:
         torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_train_conditioning_keeps_both_v2_input_subsamplings_frozen(mode):
+    from tagtune.checkpoint import build_gpt, read_model_config
+    from v2_fixture import V2_CHECKPOINT, require_v2
+
+    require_v2()
+    gpt = build_gpt(read_model_config(V2_CHECKPOINT).gpt)
+    fronts = [n for n, _ in gpt.named_parameters() if "conditioning_encoder.embed." in n]
+    assert {n.split(".")[0] for n in fronts} == {"conditioning_encoder", "emo_conditioning_encoder"}
+    lora.apply_lora(gpt, LoraSpec(rank=2, alpha=4, mode=mode, train_conditioning=True),
+                    [gpt.cfg.number_text_tokens - 1])
+    trained = _trainable(gpt)
+    assert not [n for n in trained if ".embed." in n]
+    for branch in ("conditioning_encoder", "emo_conditioning_encoder", "emo_perceiver_encoder", "emo_layer"):
+        assert any(n.startswith(branch) for n in trained), branch
