@@ -38,11 +38,12 @@ def test_sinusoid_table_equals_checkpoint_buffer(tiny, shipped_base):
     stored = torch.load(shipped_base / "gpt.pth", weights_only=True)[PE_KEY]
     width = tiny.cfg.condition_module.output_size
     assert stored.shape == (1, 5000, width)
-    # a float16 file: the table rounded. float32 sin of large arguments differs in its last bits between CPU kernels
-    # (AVX2, AVX-512), which moves ~1.6% of the roundings by one float16 step
+    # a float16 file: the table rounded. float32 sin of large arguments differs in its last bits between machines
+    # (CPU kernels), which moves some roundings by one float16 step: 0.8% of them between the build machine and
+    # another 2-core VM of this project's kind
     table = sinusoid_table(5000, width)[None]
     torch.testing.assert_close(stored.float(), table, atol=2.0**-11, rtol=0)
-    assert (stored != table.to(stored.dtype)).float().mean() < 0.03
+    assert (stored != table.to(stored.dtype)).float().mean() < 0.02
 
 
 def test_sinusoid_table_equals_official_checkpoint_buffer(fixture_dir):
