@@ -402,6 +402,13 @@ def clip_lengths(dataset) -> list[int]:
     return list(dataset.lengths())
 
 
+def _reference_batches(gpt, dataset, device, batch_size: int):
+    """(dataset indices, Batch on ``device``) of consecutive clips, for the once-per-clip conditioning caches."""
+    for start in range(0, len(dataset), batch_size):
+        idx = list(range(start, min(start + batch_size, len(dataset))))
+        yield idx, collate(dataset, idx, pad_spec(gpt)).to(device)
+
+
 @torch.no_grad()
 def precompute_frames(gpt, dataset, device, batch_size: int = 16,
                       max_bytes: int = FRAME_CACHE_BYTES) -> ReferenceFrames | None:
@@ -412,9 +419,7 @@ def precompute_frames(gpt, dataset, device, batch_size: int = 16,
     when they would take more than ``max_bytes``: the front then runs, without gradient, on every batch.
     """
     out, size = ReferenceFrames(), 0
-    for start in range(0, len(dataset), batch_size):
-        idx = list(range(start, min(start + batch_size, len(dataset))))
-        b = collate(dataset, idx, pad_spec(gpt)).to(device)
+    for idx, b in _reference_batches(gpt, dataset, device, batch_size):
         for i, f in zip(idx, gpt.reference_frames(b.cond_mels, b.cond_lengths), strict=True):
             out[i] = f.float().cpu()
             size += out[i].numel() * out[i].element_size()
@@ -443,9 +448,7 @@ def conds_from_frames(gpt, frames: ReferenceFrames, indices: list[int], device,
 def precompute_conds(gpt, dataset, device, batch_size: int = 16) -> dict[int, torch.Tensor]:
     """Speaker latents (32, D) of every clip: constant while the conditioning modules are frozen."""
     out = {}
-    for start in range(0, len(dataset), batch_size):
-        idx = list(range(start, min(start + batch_size, len(dataset))))
-        b = collate(dataset, idx, pad_spec(gpt)).to(device)
+    for idx, b in _reference_batches(gpt, dataset, device, batch_size):
         latents = gpt.get_conditioning(b.cond_mels, b.cond_lengths, mask_padding=True)  # (B, 32, D), batch-independent
         out.update({i: latents[k].float().cpu() for k, i in enumerate(idx)})
     return out
