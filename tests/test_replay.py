@@ -213,3 +213,22 @@ def test_tag_weights_skew_the_corpus(tmp_path):
     assert json.loads((tmp_path / "c" / "corpus.json").read_text())["settings"]["tag_weights"]["laughs"] == 0.8
     with pytest.raises(ValueError, match="tag_weights"):
         generate_corpus(tmp_path / "d", n_clips=4, engine="builtin", tag_weights={"chuckles": 1.0})
+
+
+def test_voice_weights_give_one_voice_its_share(tmp_path):
+    from tagtune.synthetic import generate_corpus, make_plans
+    from tagtune.synthetic.voices import select_voices
+
+    voices = select_voices("builtin", ["builtin-f3", "builtin-f4", "builtin-m3"])
+    plans = make_plans(600, 3, ("laughs",), 0.5, voices, voice_weights=[0.5, 0.25, 0.25])
+    counts = Counter(p.voice for p in plans)
+    assert 260 <= counts["builtin-f3"] <= 340 and 110 <= counts["builtin-m3"] <= 190
+    unweighted = Counter(p.voice for p in make_plans(600, 3, ("laughs",), 0.5, voices))
+    assert unweighted["builtin-f3"] < 240  # a third each without weights
+    info = generate_corpus(tmp_path / "c", n_clips=12, seed=0, voices=["builtin-f3", "builtin-m3"],
+                           engine="builtin", voice_weights={"builtin-f3": 1.0})
+    assert info.speaker_counts == {"builtin-f3": 12}
+    assert json.loads((tmp_path / "c" / "corpus.json").read_text())["settings"]["voice_weights"]["builtin-m3"] == 0.0
+    with pytest.raises(ValueError, match="voice_weights"):
+        generate_corpus(tmp_path / "d", n_clips=4, engine="builtin", voices=["builtin-f3"],
+                        voice_weights={"builtin-m3": 1.0})

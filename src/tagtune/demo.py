@@ -59,12 +59,14 @@ class DemoSettings:
     val_fraction: float = 0.3
     transfer_clips: int = 640  # fine-tune voice + unseen voices, English and Chinese: the transfer set
     transfer_val_fraction: float = 0.5  # its training half fits the judges (event detector, speaker embedding)
+    transfer_ft_share: float = 0.5  # of the transfer set spoken by the fine-tune voice (every transfer ratio's
+    #   denominator); the unseen voices share the rest equally
     replay_clips: int = 600  # untagged, pre-training voices, both languages
     replay_fraction: float = 0.3
     chinese_fraction: float = 0.5  # of the transfer set and the replay corpus
     steps: int = 800  # 400 left the hit rates at 0.35-0.42 (docs/transfer.md)
     free_prompts: int = 64  # tagged validation clips of the fine-tune voice generated from
-    transfer_prompts: int = 24  # tagged prompts per transfer condition
+    transfer_prompts: int = 48  # tagged prompts per transfer condition
     seed: int = 0
     neutral_steps: int | None = None  # steps of the neutral tag-row fit; None = the recipe's
     recipe: str = "demo.yaml"
@@ -126,7 +128,7 @@ def make_corpora(out: Path, s: DemoSettings, progress: bool) -> dict:
         "transfer": generate_corpus(out / "transfer-corpus", n_clips=s.transfer_clips,
                                     seed=s.seed + CORPUS_SEEDS["transfer"], tags=DEMO_TAGS, untagged_fraction=0.3,
                                     voices=fine_tune + unseen, engine=engine, chinese_fraction=s.chinese_fraction,
-                                    progress=progress),
+                                    voice_weights=_shares(fine_tune, unseen, s.transfer_ft_share), progress=progress),
         "replay": generate_corpus(out / "replay-corpus", n_clips=s.replay_clips, seed=s.seed + CORPUS_SEEDS["replay"],
                                   tags=DEMO_TAGS, untagged_fraction=1.0, voices=voices_with(PRETRAIN, engine),
                                   engine=engine, chinese_fraction=s.chinese_fraction, progress=progress),
@@ -222,6 +224,12 @@ def demo_recipe(out: Path, s: DemoSettings):
     return recipe.with_overrides(
         max_steps=s.steps, seed=s.seed, neutral_steps=s.neutral_steps, replay=str(out / "replay") if v1 else None,
         replay_fraction=s.replay_fraction if v1 else None)
+
+
+def _shares(fine_tune: tuple[str, ...], unseen: tuple[str, ...], ft_share: float) -> dict[str, float]:
+    """Voice weights giving the fine-tune voices ``ft_share`` of a corpus and the unseen voices the rest."""
+    return {**{name: ft_share / len(fine_tune) for name in fine_tune},
+            **{name: (1.0 - ft_share) / len(unseen) for name in unseen}}
 
 
 def _transfer(out: Path, s: DemoSettings) -> dict:

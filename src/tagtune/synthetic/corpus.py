@@ -76,25 +76,32 @@ def _engine_version(engine: str) -> str:
 
 def make_plans(
     n_clips: int, seed: int, tags, untagged_fraction: float, voices, chinese_fraction: float = 0.0,
-    tag_weights=None,
+    tag_weights=None, voice_weights=None,
 ) -> list[ClipPlan]:
     """Script every clip; exactly round(n * untagged_fraction) of them carry no tag.
 
-    ``tag_weights`` (one per tag, any positive scale) makes some tags more frequent; None: all equally."""
+    ``tag_weights`` (one per tag, any positive scale) makes some tags more frequent, ``voice_weights`` (one per
+    voice) some voices; None: all equally (and the same plans as before either option existed)."""
     rng = np.random.default_rng([seed, 0])
     untagged = set(rng.permutation(n_clips)[: round(n_clips * untagged_fraction)].tolist())
     plans = []
     for index in range(n_clips):
-        voice = voices[int(rng.integers(len(voices)))].name
+        if voice_weights is None:
+            voice = voices[int(rng.integers(len(voices)))].name
+        else:
+            voice = voices[int(rng.choice(len(voices), p=_probabilities(voice_weights)))].name
         language = "zh" if rng.random() < chinese_fraction else "en"
         n_tags = 0 if index in untagged else int(rng.integers(TAGS_PER_CLIP[0], TAGS_PER_CLIP[1] + 1))
         if tag_weights is None:
             clip_tags = [tags[int(rng.integers(len(tags)))] for _ in range(n_tags)]
         else:
-            p = np.asarray(tag_weights, dtype=float) / float(np.sum(tag_weights))
-            clip_tags = [tags[int(rng.choice(len(tags), p=p))] for _ in range(n_tags)]
+            clip_tags = [tags[int(rng.choice(len(tags), p=_probabilities(tag_weights)))] for _ in range(n_tags)]
         plans.append(plan_clip(rng, index, voice, language, clip_tags, rng.uniform(*CLIP_SECONDS)))
     return plans
+
+
+def _probabilities(weights) -> np.ndarray:
+    return np.asarray(weights, dtype=float) / float(np.sum(weights))
 
 
 def _speak_unit(plans: list[ClipPlan]) -> dict[tuple[int, int], np.ndarray]:
@@ -148,13 +155,14 @@ def _check_tags(tags) -> tuple[str, ...]:
     return tags
 
 
-def _check_weights(tags: list[str], weights: dict[str, float] | None) -> list[float] | None:
+def _check_weights(option: str, names: list[str], weights: dict[str, float] | None) -> list[float] | None:
+    """``weights`` ({name: weight}, names not given weigh 0) as one float per name, in ``names`` order."""
     if weights is None:
         return None
-    unknown = sorted(set(weights) - set(tags))
-    values = [weights.get(t, 0.0) for t in tags]
+    unknown = sorted(set(weights) - set(names))
+    values = [weights.get(n, 0.0) for n in names]
     if unknown or any(not np.isfinite(v) or v < 0 for v in values) or sum(values) <= 0:
-        raise ValueError(f"tag_weights must give each of the tags {tags} a weight >= 0 (not all 0); got {weights}")
+        raise ValueError(f"{option} must give each of {names} a weight >= 0 (not all 0); got {weights}")
     return [float(v) for v in values]
 
 
@@ -191,6 +199,7 @@ def generate_corpus(
     workers: int | None = None,
     progress: bool = False,
     tag_weights: dict[str, float] | None = None,
+    voice_weights: dict[str, float] | None = None,
 ) -> CorpusInfo:
     """Write a synthetic tagged speech corpus to ``out_dir`` and describe it.
 
@@ -202,7 +211,9 @@ def generate_corpus(
     clips (espeak-ng's cmn voice or built-in babble).  ``workers``: processes (None: one for
     small corpora, else one per CPU).  ``progress``: a bar over the clips on stderr (off when stderr is not a
     terminal).  ``tag_weights``: relative frequency per tag (e.g. Elise's: laughs more common than sighs,
-    giggles rarer); None: all tags equally often.  The same arguments give byte-identical files.
+    giggles rarer); None: all tags equally often.  ``voice_weights``: relative share of the clips per voice name
+    (e.g. one voice holding half a mixed set); None: all voices equally.  The same arguments give byte-identical
+    files.
     """
     from tqdm import tqdm
 
@@ -210,13 +221,16 @@ def generate_corpus(
     engine = resolve_engine(engine)
     chosen = select_voices(engine, voices)
     settings = _settings(n_clips, seed, _check_tags(tags), untagged_fraction, chosen, engine, fmt, chinese_fraction)
-    weights = _check_weights(settings["tags"], tag_weights)
+    weights = _check_weights("tag_weights", settings["tags"], tag_weights)
     if weights is not None:
         settings["tag_weights"] = dict(zip(settings["tags"], weights))
+    shares = _check_weights("voice_weights", settings["voices"], voice_weights)
+    if shares is not None:
+        settings["voice_weights"] = dict(zip(settings["voices"], shares))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     writer = open_writer(fmt, out)
-    plans = make_plans(n_clips, seed, settings["tags"], untagged_fraction, chosen, chinese_fraction, weights)
+    plans = make_plans(n_clips, seed, settings["tags"], untagged_fraction, chosen, chinese_fraction, weights, shares)
     units = [(plans[i : i + CLIPS_PER_UNIT], seed) for i in range(0, n_clips, CLIPS_PER_UNIT)]
     records = []
     bar = tqdm(total=n_clips, desc="corpus", unit="clip", dynamic_ncols=True, disable=None if progress else True)
