@@ -67,7 +67,7 @@ def test_transfer_checks_judge_each_condition():
 
 
 def test_similarities_split_by_prompt_kind():
-    from tagtune.evaluate.transfer import _similarities
+    from tagtune.evaluate.transfer import _paired_drop_se, _similarities, _similarity_means
 
     class Embedding:  # cosine stand-in: the first code of each sequence, too short below 2 codes
         def similarity(self, a, b):
@@ -79,8 +79,14 @@ def test_similarities_split_by_prompt_kind():
 
     codes = [torch.tensor([1, 1]), torch.tensor([2, 2]), torch.tensor([3]), torch.tensor([4, 4])]
     refs = [torch.tensor([1]), torch.tensor([9]), torch.tensor([3]), torch.tensor([4])]
-    sims = _similarities(Embedding(), codes, refs, ["tagged", "tag_free", "tag_free", "tag_free"])
-    assert sims == {"all": [1.0, 0.0, 1.0], "tagged": [1.0], "tag_free": [0.0, 1.0]}  # the short one skipped
+    sims = _similarities(Embedding(), codes, refs)
+    assert sims == [1.0, 0.0, None, 1.0]  # the short one has no voice
+    means = _similarity_means(sims, ["tagged", "tag_free", "tag_free", "tag_free"])
+    assert means == {"all": pytest.approx(2 / 3), "tagged": 1.0, "tag_free": 0.5}
+    # the drop's standard error pairs the prompts both models answered: diffs 0.5, 0.0, -0.5 (the None left out)
+    se = _paired_drop_se([0.5, 0.5, None, 1.0], [1.0, 0.5, 0.2, 0.5])
+    assert se == {"drop_se": pytest.approx(0.5 / 3 ** 0.5), "paired_prompts": 3}
+    assert _paired_drop_se([0.5, None], [0.2, 0.1]) == {"drop_se": None, "paired_prompts": 1}
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +112,10 @@ def test_transfer_report_end_to_end(eval_data, transfer_set, shipped_base, tmp_p
     from tagtune.evaluate.transfer import TransferSettings
 
     model_dir, data_dir = eval_data
+    # the fine-tune data's clips as more voices for the speaker embedding: builtin-m1 is not in the transfer set
     report = evaluate(model_dir, data_dir, tmp_path / "report", base_dir=shipped_base, n_free=4, seed=0,
-                      progress=False, transfer_dir=transfer_set, transfer_settings=TransferSettings(4, 2, 16))
+                      progress=False, transfer_dir=transfer_set,
+                      transfer_settings=TransferSettings(4, 2, 16, voices_dir=data_dir))
     t = report["transfer"]
     assert [c for c in CONDITIONS if c in t] == list(CONDITIONS)
     assert t["fine_tune_voices"] == sorted({FT_VOICE, "builtin-m1"}) and t["voices"]["ft_voice_zh"] == [FT_VOICE]
@@ -119,6 +127,8 @@ def test_transfer_report_end_to_end(eval_data, transfer_set, shipped_base, tmp_p
         assert -1.0 <= sims["tuned"] <= 1.0 and sims["drop"] == pytest.approx(sims["base"] - sims["tuned"])
         tagged, tag_free = sims["by_prompt"]["tagged"], sims["by_prompt"]["tag_free"]
         assert tagged["drop"] == pytest.approx(tagged["base"] - tagged["tuned"])
+        assert sims["paired_prompts"] <= min(e["tuned"]["similarity_clips"], e["base"]["similarity_clips"])
+        assert sims["drop_se"] is None or sims["drop_se"] >= 0.0
         n = e["clips"]["tagged"]  # the mean over all prompts is the count-weighted mean of the two kinds
         total = n + n + e["clips"]["untagged"]
         if e["tuned"]["similarity_clips"] == total:
@@ -128,7 +138,8 @@ def test_transfer_report_end_to_end(eval_data, transfer_set, shipped_base, tmp_p
         reference = t["ft_voice_en"]["hit_rate"]["mean"]
         mean = e["hit_rate"]["mean"]
         assert e["transfer_ratio"] == (pytest.approx(mean / reference) if reference and mean is not None else None)
-    assert t["judges"]["speaker_embedding"]["speakers"] == 3
+    assert t["judges"]["speaker_embedding"]["speakers"] == 4  # f1 and two unseen voices, plus m1 from data_dir
+    assert t["judges"]["speaker_embedding"]["extra_voice_clips"] > 0 and t["settings"]["voices_dir"] == str(data_dir)
     assert t["judges"]["detector"]["available"] is True
     names = [c["name"] for c in report["acceptance"]["checks"]]
     assert f"unseen_zh speaker similarity drop <= {MAX_SIMILARITY_DROP}" in names
@@ -155,3 +166,20 @@ def test_a_transfer_set_with_other_tag_ids_is_refused(eval_data, transfer_set, t
     tuned, _, _, _ = load_models(model_dir, None, None, "cpu", "mean", 0)
     with pytest.raises(EvaluationError, match="--tags"):
         open_transfer_set(moved, [tuned])
+
+
+def test_voices_from_another_dvae_are_refused(eval_data, transfer_set, tmp_path):
+    from tagtune.evaluate.loading import EvaluationError
+    from tagtune.evaluate.transfer import open_voice_set
+
+    _, data_dir = eval_data
+    assert {it["speaker"] for it in open_voice_set(data_dir, transfer_set)} == {FT_VOICE, "builtin-m1"}
+    other = tmp_path / "other"
+    shutil.copytree(data_dir, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["encoders"]["clip"] = "dvae:0000000000000000"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EvaluationError, match="another DVAE"):
+        open_voice_set(other, transfer_set)
+    with pytest.raises(EvaluationError, match="not a prepared data folder"):
+        open_voice_set(tmp_path / "missing", transfer_set)

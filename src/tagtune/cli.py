@@ -147,7 +147,8 @@ def _judge_settings(a):
 def _transfer_settings(a):
     from tagtune.evaluate.transfer import TransferSettings
 
-    return TransferSettings(prompts=a.transfer_prompts, untagged_prompts=max(1, a.transfer_prompts // 2))
+    return TransferSettings(prompts=a.transfer_prompts, untagged_prompts=max(1, a.transfer_prompts // 2),
+                            voices_dir=a.transfer_voices)
 
 
 def _eval(a) -> int:
@@ -601,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: none)")
     s.add_argument("--transfer-prompts", type=int, default=24, help="tagged transfer prompts per condition "
                    "(default: 24)")
+    s.add_argument("--transfer-voices", type=Path, help="a DATA_DIR prepared from the same base with clips of more "
+                   "speakers (any tags), e.g. the replay data: the transfer report's speaker embedding learns "
+                   "them too (default: the transfer set's voices alone)")
     s.add_argument("--judges", help="independent judges of the models' speech on a prompt suite, comma-separated: "
                    "events,words,voice (default: none)")
     s.add_argument("--event-model", help="events judge: an AudioSet tagger, hub id or folder (default: "

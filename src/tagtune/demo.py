@@ -238,8 +238,10 @@ def _transfer(out: Path, s: DemoSettings) -> dict:
 
     if s.model_family == "v2":
         return {}
+    # the speaker embedding also learns the replay corpus's pre-training voices (docs/transfer.md, "The judge")
     return {"transfer_dir": out / "transfer",
-            "transfer_settings": TransferSettings(s.transfer_prompts, max(1, s.transfer_prompts // 2))}
+            "transfer_settings": TransferSettings(s.transfer_prompts, max(1, s.transfer_prompts // 2),
+                                                  voices_dir=out / "replay")}
 
 
 def sample_name(number: int, model: str, text: str, voice: str = "") -> str:

@@ -54,12 +54,13 @@ def _free_running(models, detector, tagged, untagged, tags, space_id, settings, 
 def _transfer(models, transfer_dir, ft_train: list[dict], model_dir, base_dir, tags, space_id, seed, settings,
               progress: bool) -> dict:
     """The transfer section: the fine-tune voices are the speakers of the fine-tune data's training split."""
-    from tagtune.evaluate.transfer import evaluate_transfer, open_transfer_set
+    from tagtune.evaluate.transfer import evaluate_transfer, open_transfer_set, open_voice_set
 
     train, val = open_transfer_set(Path(transfer_dir), models)
+    voices = open_voice_set(Path(settings.voices_dir), Path(transfer_dir)) if settings and settings.voices_dir else None
     codebook = codebook_of(model_dir, Path(base_dir) if base_dir else None)
     return evaluate_transfer(models, codebook, train, val, {it["speaker"] for it in ft_train}, tags, space_id,
-                             seed, settings, progress=progress)
+                             seed, settings, progress=progress, voices=voices)
 
 
 def _teacher_forced(models, tagged: list[dict], untagged: list[dict], tags, space_id, progress: bool) -> dict:
@@ -114,10 +115,13 @@ def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | 
     ``judges`` (a ``judges.JudgeSettings``) adds independent judges of the models' speech on a prompt suite.
     ``transfer_dir`` (a data folder prepared from the same base with the same tags, spoken by the fine-tune
     voices and unseen voices in English and Chinese) adds the ``transfer`` section (``transfer.py``;
-    ``transfer_settings`` a ``TransferSettings``).
+    ``transfer_settings`` a ``TransferSettings``, whose ``voices_dir`` adds speakers to its speaker embedding).
     """
     started = time.perf_counter()
     _check_family(model_dir if model_dir is not None else base_dir, transfer_dir)
+    if transfer_dir is None and getattr(transfer_settings, "voices_dir", None):
+        raise EvaluationError("more voices for the transfer report's speaker embedding need a transfer set "
+                              "(--transfer DATA)")
     settings = free_settings or FreeRunSettings(n_free, untagged_prompts=max(UNTAGGED_PROMPTS, n_free // 2))
     model_dir = Path(model_dir) if model_dir is not None else None
     tuned, base, tags, space_id = load_models(model_dir, base_dir, adapter, device, tag_init, tag_seed)

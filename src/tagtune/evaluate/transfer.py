@@ -44,11 +44,14 @@ SIMILARITY_PROMPTS = ("tagged", "tag_free")  # tagged prompts vs their tag-free 
 
 @dataclass
 class TransferSettings:
-    """Prompts per condition (each tagged clip also gives its tag-free twin) and the negatives of the detector."""
+    """Prompts per condition (each tagged clip also gives its tag-free twin), the negatives of the detector and
+    ``voices_dir``: a data folder prepared from the same base whose clips of more speakers also fit the speaker
+    embedding (None: the transfer set's voices alone)."""
 
     prompts: int = 24
     untagged_prompts: int = 12
     detector_negatives: int = 64
+    voices_dir: Path | None = None
 
 
 def condition(speaker: str, language: str, ft_speakers: set[str]) -> str:
@@ -79,19 +82,30 @@ def _split_tagged(items: list[dict], tag_ids: set[int]) -> tuple[list[dict], lis
     return tagged, [it for it in items if not any(int(i) in tag_ids for i in it["text_ids"])]
 
 
-def _similarities(embedding, codes: list[torch.Tensor], refs: list[torch.Tensor],
-                  kinds: list[str]) -> dict[str, list[float]]:
-    """Cosine of each generated sequence to its reference recording, all together and per prompt kind (sequences
-    too short to embed skipped)."""
-    out: dict[str, list[float]] = {"all": [], **{k: [] for k in SIMILARITY_PROMPTS}}
-    for seq, ref, kind in zip(codes, refs, kinds):
+def _similarities(embedding, codes: list[torch.Tensor], refs: list[torch.Tensor]) -> list[float | None]:
+    """Cosine of each generated sequence to its reference recording; None where a generation stopped after too few
+    codes to have a voice to compare."""
+    out: list[float | None] = []
+    for seq, ref in zip(codes, refs):
         try:
-            value = embedding.similarity(seq, ref)
-        except ValueError:  # a generation that stopped after a few codes has no voice to compare
-            continue
-        out["all"].append(value)
-        out[kind].append(value)
+            out.append(embedding.similarity(seq, ref))
+        except ValueError:
+            out.append(None)
     return out
+
+
+def _similarity_means(values: list[float | None], kinds: list[str]) -> dict[str, float | None]:
+    """Mean similarity over all prompts (key "all") and per prompt kind, skipped sequences left out."""
+    return {k: _mean([v for v, kind in zip(values, kinds) if v is not None and k in ("all", kind)])
+            for k in ("all", *SIMILARITY_PROMPTS)}
+
+
+def _paired_drop_se(tuned: list[float | None], base: list[float | None]) -> dict:
+    """Standard error of the mean drop (base - tuned) over the prompts both models gave a voice to: both models
+    answer the same prompts, so the prompt-to-prompt spread cancels in the pairs."""
+    diffs = torch.tensor([b - t for t, b in zip(tuned, base) if t is not None and b is not None], dtype=torch.float64)
+    se = float(diffs.std() / len(diffs) ** 0.5) if len(diffs) > 1 else None
+    return {"drop_se": se, "paired_prompts": len(diffs)}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -117,19 +131,21 @@ def _condition(models, detector, embedding, items: list[dict], tags, space_id, f
     chosen = tagged + untagged_prompts
     prompts = make_prompts(tagged, untagged_prompts, set(tag_ids.values()), space_id)
     out: dict = {"clips": {"tagged": len(tagged), "untagged": len(untagged_prompts)}}
-    nll = {}
+    kinds = ["tagged" if p.tagged else "tag_free" for p in prompts]
+    nll, per_prompt = {}, {}
     for m in models:
         codes = generate(m, prompts, chosen, free, seed + TRANSFER_SEED_OFFSET, on_batch=bar.update)
         summary = summarize_free(score_clips(detector, prompts, codes, chosen, tags, tag_ids), list(tags.tags))
-        sims = _similarities(embedding, codes, [chosen[p.item]["codes"] for p in prompts],
-                             ["tagged" if p.tagged else "tag_free" for p in prompts])
+        per_prompt[m.name] = _similarities(embedding, codes, [chosen[p.item]["codes"] for p in prompts])
+        sims = _similarity_means(per_prompt[m.name], kinds)
         out[m.name] = {"hit_rate": {**{t: v["hit_rate"] for t, v in summary["per_tag"].items()},
                                     "mean": summary["mean_hit_rate"]},
                        "false_event_rate": summary["false_event_rate"],
                        "false_event_rate_by_prompt": summary["false_event_rate_by_prompt"],
                        "placement_error_ms": summary["placement_error_ms"]["median"],
-                       "speaker_similarity": _mean(sims["all"]), "similarity_clips": len(sims["all"]),
-                       "speaker_similarity_by_prompt": {k: _mean(sims[k]) for k in SIMILARITY_PROMPTS},
+                       "speaker_similarity": sims["all"],
+                       "similarity_clips": sum(v is not None for v in per_prompt[m.name]),
+                       "speaker_similarity_by_prompt": {k: sims[k] for k in SIMILARITY_PROMPTS},
                        "mean_generated_codes": _mean([float(len(c)) for c in codes])}
         if untagged:
             with torch.inference_mode():
@@ -145,13 +161,16 @@ def _condition(models, detector, embedding, items: list[dict], tags, space_id, f
                                        BASE: base.get("speaker_similarity"),
                                        "by_prompt": {k: {TUNED: tuned["speaker_similarity_by_prompt"][k],
                                                          BASE: (base.get("speaker_similarity_by_prompt") or {}).get(k)}
-                                                     for k in SIMILARITY_PROMPTS}}})
+                                                     for k in SIMILARITY_PROMPTS},
+                                       **(_paired_drop_se(per_prompt[TUNED], per_prompt[BASE])
+                                          if BASE in per_prompt else {})}})
     return out
 
 
 def _fit_judges(models, codebook, train: list[dict], val: list[dict], tags, space_id, free, settings, seed,
-                progress: bool):
-    """The event detector and the speaker embedding, fitted on the transfer set's training split."""
+                progress: bool, voices: list[dict]):
+    """The event detector, fitted on the transfer set's training split, and the speaker embedding, fitted on that
+    split and on ``voices`` (clips of more speakers)."""
     from tagtune.evaluate.speaker import CodeSpeakerEmbedding
 
     base = next((m for m in models if m.name == BASE), None)
@@ -161,17 +180,22 @@ def _fit_judges(models, codebook, train: list[dict], val: list[dict], tags, spac
     if detector is None:
         raise EvaluationError("the transfer set has no event boundaries to fit the event detector on")
     embedding = CodeSpeakerEmbedding(codebook)
-    embedding_report = embedding.fit([(it["codes"], it["speaker"]) for it in train], seed=seed)
+    embedding_report = embedding.fit([(it["codes"], it["speaker"]) for it in train + voices], seed=seed)
+    embedding_report["extra_voice_clips"] = len(voices)
     return detector, detector_report, embedding, embedding_report
 
 
 def evaluate_transfer(models, codebook: torch.Tensor, train: list[dict], val: list[dict], ft_speakers: set[str],
                       tags, space_id, seed: int = 0, settings: TransferSettings | None = None,
-                      free: FreeRunSettings | None = None, progress: bool = False) -> dict:
+                      free: FreeRunSettings | None = None, progress: bool = False,
+                      voices: list[dict] | None = None) -> dict:
     """The ``transfer`` section of report.json: one entry per condition present, plus the judges' reports.
 
     ``train``/``val``: items of the transfer set's splits (``PreparedDataset`` items: codes, text ids,
-    reference mel, speaker, language). ``ft_speakers``: the voices the model was fine-tuned on.
+    reference mel, speaker, language). ``ft_speakers``: the voices the model was fine-tuned on. ``voices``: clips
+    (codes, speaker) of more speakers for the speaker embedding (``open_voice_set``): fitted on the transfer set's
+    five or so voices alone, its space has a handful of dimensions, one of them the fine-tune voice's, so any move
+    toward that voice weighs heavily and refitting on another split moves a condition's drop by several hundredths.
     """
     settings = settings or TransferSettings()
     free = free or FreeRunSettings(settings.prompts, settings.untagged_prompts)
@@ -181,7 +205,7 @@ def evaluate_transfer(models, codebook: torch.Tensor, train: list[dict], val: li
         raise EvaluationError(f"the transfer set has no validation clip of a fine-tune voice ({sorted(ft_speakers)}) "
                               "in English: the transfer ratio needs that reference condition")
     detector, detector_report, embedding, embedding_report = _fit_judges(
-        models, codebook, train, val, tags, space_id, free, settings, seed, progress)
+        models, codebook, train, val, tags, space_id, free, settings, seed, progress, list(voices or []))
     out: dict = {}
     total = sum(len(models) * (2 * min(settings.prompts, len(_split_tagged(g, set(models[0].tag_ids.values()))[0]))
                                + settings.untagged_prompts) for g in groups.values())
@@ -200,21 +224,38 @@ def evaluate_transfer(models, codebook: torch.Tensor, train: list[dict], val: li
     out["fine_tune_voices"] = sorted(ft_speakers)
     out["voices"] = {c: sorted({it["speaker"] for it in items}) for c, items in groups.items()}
     out["settings"] = {"prompts": settings.prompts, "untagged_prompts": settings.untagged_prompts,
-                       "detector_negatives": settings.detector_negatives, "max_nll_clips": MAX_NLL_CLIPS}
+                       "detector_negatives": settings.detector_negatives, "max_nll_clips": MAX_NLL_CLIPS,
+                       "voices_dir": str(settings.voices_dir) if settings.voices_dir else None}
     out["seconds"] = round(time.perf_counter() - started, 2)
     return out
 
 
-def open_transfer_set(data_dir: Path, models) -> tuple[list[dict], list[dict]]:
-    """Training and validation items of a transfer set, checked against the models' tag ids."""
+def open_voice_set(data_dir: Path, transfer_dir: Path) -> list[dict]:
+    """Every clip (both splits) of a data folder prepared from the same base as the transfer set: more voices for
+    the speaker embedding (the demo gives its replay corpus: the pre-training voices)."""
+    clip_encoder = {d: _manifest(Path(d)).get("encoders", {}).get("clip") for d in (data_dir, transfer_dir)}
+    if clip_encoder[data_dir] != clip_encoder[transfer_dir]:
+        raise EvaluationError(f"{data_dir}: its codes come from another DVAE ({clip_encoder[data_dir]}) than the "
+                              f"transfer set's ({clip_encoder[transfer_dir]}); prepare it from the same base")
+    return split_items(Path(data_dir), "train") + split_items(Path(data_dir), "val")
+
+
+def _manifest(data_dir: Path) -> dict:
     import json
 
     from tagtune.folders import MANIFEST_FILE
 
-    manifest_path = Path(data_dir) / MANIFEST_FILE
+    path = data_dir / MANIFEST_FILE
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise EvaluationError(f"{manifest_path}: not a prepared data folder ({e})") from None
-    check_tag_ids(models, manifest.get("tag_ids") or {}, str(manifest_path))
+        raise EvaluationError(f"{path}: not a prepared data folder ({e})") from None
+
+
+def open_transfer_set(data_dir: Path, models) -> tuple[list[dict], list[dict]]:
+    """Training and validation items of a transfer set, checked against the models' tag ids."""
+    from tagtune.folders import MANIFEST_FILE
+
+    manifest = _manifest(Path(data_dir))
+    check_tag_ids(models, manifest.get("tag_ids") or {}, str(Path(data_dir) / MANIFEST_FILE))
     return split_items(Path(data_dir), "train"), split_items(Path(data_dir), "val")

@@ -30,6 +30,11 @@ def _similarity_split(similarity: dict) -> str:
                      for k, name in (("tagged", "tagged"), ("tag_free", "tag-free")))
 
 
+def _drop(similarity: dict) -> str:
+    se = similarity.get("drop_se")
+    return _fmt(similarity.get("drop"), digits=3) + (f" ± {se:.3f}" if se is not None else "")
+
+
 def transfer_markdown(report: dict) -> str:
     """The "Transfer" section of report.md ("" without a transfer set)."""
     t = report.get("transfer")
@@ -49,8 +54,9 @@ def transfer_markdown(report: dict) -> str:
              f"speaker embedding to the prompt clip's recording (goal: tuned at most {MAX_SIMILARITY_DROP} below "
              "base for unseen voices).", "",
              "| condition | voices | prompts | " + " | ".join(f"hit `{x}`" for x in tags)
-             + " | mean hit (base) | transfer ratio | false events | untagged NLL ratio | similarity tuned / base |",
-             "|---|---|---|" + "---|" * len(tags) + "---|---|---|---|---|"]
+             + " | mean hit (base) | transfer ratio | false events | untagged NLL ratio | similarity tuned / base "
+             "| similarity drop ± s.e. |",
+             "|---|---|---|" + "---|" * len(tags) + "---|---|---|---|---|---|"]
     for c in conds:
         e, base = t[c], t[c].get("base") or {}
         sim = e["speaker_similarity"]
@@ -61,11 +67,14 @@ def transfer_markdown(report: dict) -> str:
             + f" | {_fmt(e['hit_rate']['mean'], True)} ({_fmt((base.get('hit_rate') or {}).get('mean'), True)})"
             f" | {_fmt(e['transfer_ratio'])} | {_fmt(e['false_event_rate'], True)}"
             f" | {_fmt(e['untagged_nll_ratio'], digits=3)}"
-            f" | {_fmt(sim['tuned'], digits=3)} / {_fmt(sim['base'], digits=3)} |")
-    lines += ["", f"Judges, fitted on the transfer set's training split: event detector held-out accuracy "
+            f" | {_fmt(sim['tuned'], digits=3)} / {_fmt(sim['base'], digits=3)} | {_drop(sim)} |")
+    more = (f" and {emb['extra_voice_clips']} clips of more voices ({t['settings'].get('voices_dir')})"
+            if emb.get("extra_voice_clips") else "")
+    lines += ["", f"Judges, fitted on the transfer set's training split{more}: event detector held-out accuracy "
                   f"{_fmt(det.get('accuracy'), True)} (balanced {_fmt(det.get('balanced_accuracy'), True)}); speaker "
                   f"embedding held-out speaker accuracy {_fmt(emb.get('accuracy'), True)} over "
-                  f"{emb.get('speakers', '–')} voices."]
+                  f"{emb.get('speakers', '–')} voices. The drop's standard error pairs each prompt's two "
+                  "generations; refitting the speaker embedding on another split moves it too."]
     lines += ["", "False events split by prompt (tuned): tag-free twins of tagged clips (text written around a tag) vs "
                   "untagged clips' own texts: "
               + "; ".join(f"{CONDITION_NAMES[c]}: {false_event_split(t[c].get('false_event_rate_by_prompt'))}"
