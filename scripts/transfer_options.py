@@ -15,8 +15,8 @@ import json
 import time
 from pathlib import Path
 
-from tagtune.demo import DemoSettings
-from tagtune.evaluate.transfer import CONDITIONS, TransferSettings
+from tagtune.demo import DemoSettings, transfer_arguments
+from tagtune.evaluate.transfer import CONDITIONS
 from tagtune.folders import shipped_base, shipped_recipe
 
 # variant -> (recipe settings, prepare settings of the fine-tune data, share of Chinese in a replay corpus made
@@ -101,8 +101,7 @@ def run_variant(name: str, demo: Path, out: Path, s: DemoSettings) -> dict:
     export(folder / "run", folder / "model", overwrite=True)
     report = evaluate(folder / "model", data, folder / "report", base_dir=shipped_base(), n_free=s.free_prompts,
                       seed=s.seed, tag_init=cfg.lora.tag_init, tag_seed=cfg.seed, progress=False,
-                      transfer_dir=demo / "transfer",
-                      transfer_settings=TransferSettings(s.transfer_prompts, max(1, s.transfer_prompts // 2)))
+                      **transfer_arguments(demo, s))
     return row(name, report, time.perf_counter() - started)
 
 

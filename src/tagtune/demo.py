@@ -168,7 +168,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir
         # the base's untrained tag rows are made exactly as training made the tuned model's first ones
         report = evaluate(out / "model", out / "data", out / "report", base_dir=base, n_free=s.free_prompts,
                           seed=s.seed, tag_init=cfg.lora.tag_init, tag_seed=cfg.seed, smoke=s.smoke,
-                          progress=progress, **_transfer(out, s))
+                          progress=progress, **transfer_arguments(out, s))
         attach_samples(report, out / "report", samples, out / "samples")
     summary = {"seed": s.seed, "model_family": s.model_family, "base": str(base), "settings": s.__dict__,
                "timings_s": t, "total_s": round(sum(t.values()), 1),
@@ -232,7 +232,7 @@ def _shares(fine_tune: tuple[str, ...], unseen: tuple[str, ...], ft_share: float
             **{name: (1.0 - ft_share) / len(unseen) for name in unseen}}
 
 
-def _transfer(out: Path, s: DemoSettings) -> dict:
+def transfer_arguments(out: Path, s: DemoSettings) -> dict:
     """evaluate()'s transfer arguments: the transfer set for 1.x; none for IndexTTS-2 (eval refuses it)."""
     from tagtune.evaluate.transfer import TransferSettings
 
