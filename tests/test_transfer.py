@@ -183,3 +183,14 @@ def test_voices_from_another_dvae_are_refused(eval_data, transfer_set, tmp_path)
         open_voice_set(other, transfer_set)
     with pytest.raises(EvaluationError, match="not a prepared data folder"):
         open_voice_set(tmp_path / "missing", transfer_set)
+
+
+def test_more_voices_without_a_transfer_set_are_refused_before_any_work(tmp_path):
+    from tagtune.evaluate import evaluate
+    from tagtune.evaluate.loading import EvaluationError
+    from tagtune.evaluate.transfer import TransferSettings
+
+    with pytest.raises(EvaluationError, match="need a transfer set"):
+        evaluate(tmp_path / "no-model", tmp_path / "no-data", tmp_path / "report", progress=False,
+                 transfer_settings=TransferSettings(voices_dir=tmp_path))
+    assert not (tmp_path / "report").exists()
