@@ -24,6 +24,7 @@ from tagtune.folders import shipped_base, shipped_recipe
 VARIANTS = {
     "default": ({}, {}, None),
     "no-replay": ({"replay.data": None}, {}, None),
+    "replay-0.3": ({"replay.fraction": 0.3}, {}, None),
     "replay-0.5": ({"replay.fraction": 0.5}, {}, None),
     "replay-english": ({}, {}, 0.0),
     "replay-zh-0.2": ({}, {}, 0.2),
