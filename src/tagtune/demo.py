@@ -238,7 +238,8 @@ def transfer_arguments(out: Path, s: DemoSettings) -> dict:
 
     if s.model_family == "v2":
         return {}
-    # the speaker embedding also learns the replay corpus's pre-training voices (docs/transfer.md, "The judge")
+    # the speaker embedding also learns the replay corpus's pre-training voices (docs/transfer.md, "The measurement
+    # now": with the transfer set's five voices alone its drift readings swing with the split it is fitted on)
     return {"transfer_dir": out / "transfer",
             "transfer_settings": TransferSettings(s.transfer_prompts, max(1, s.transfer_prompts // 2),
                                                   voices_dir=out / "replay")}

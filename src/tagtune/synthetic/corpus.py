@@ -81,7 +81,7 @@ def make_plans(
     """Script every clip; exactly round(n * untagged_fraction) of them carry no tag.
 
     ``tag_weights`` (one per tag, any positive scale) makes some tags more frequent, ``voice_weights`` (one per
-    voice) some voices; None: all equally (and the same plans as before either option existed)."""
+    voice) some voices; None: all equally, and the random draws are those of a call without the option."""
     rng = np.random.default_rng([seed, 0])
     untagged = set(rng.permutation(n_clips)[: round(n_clips * untagged_fraction)].tolist())
     plans = []
