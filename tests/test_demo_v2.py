@@ -122,7 +122,7 @@ def test_recipe_per_family(tmp_path):
 
     v1 = demo_recipe(tmp_path, DemoSettings.full(seed=4))
     assert (v1.seed, v1.schedule.max_steps, v1.replay.data, v1.replay.fraction) == (4, 800, str(tmp_path / "replay"),
-                                                                                    0.3)
+                                                                                    0.5)
     assert (v1.lora.train_conditioning, v1.replay.events, v1.augment.event_cuts) == (True, 0.5, 0.5)
     v2 = demo_recipe(tmp_path, DemoSettings.full(seed=4, model_family="v2"))
     assert (v2.lora.train_conditioning, v2.replay.data, v2.augment.event_cuts, v2.schedule.max_steps) == (
