@@ -233,10 +233,10 @@ def evaluate_transfer(models, codebook: torch.Tensor, train: list[dict], val: li
 def open_voice_set(data_dir: Path, transfer_dir: Path) -> list[dict]:
     """Every clip (both splits) of a data folder prepared from the same base as the transfer set: more voices for
     the speaker embedding (the demo gives its replay corpus: the pre-training voices)."""
-    clip_encoder = {d: _manifest(Path(d)).get("encoders", {}).get("clip") for d in (data_dir, transfer_dir)}
-    if clip_encoder[data_dir] != clip_encoder[transfer_dir]:
-        raise EvaluationError(f"{data_dir}: its codes come from another DVAE ({clip_encoder[data_dir]}) than the "
-                              f"transfer set's ({clip_encoder[transfer_dir]}); prepare it from the same base")
+    theirs, ours = (_manifest(Path(d)).get("encoders", {}).get("clip") for d in (data_dir, transfer_dir))
+    if theirs != ours:
+        raise EvaluationError(f"{data_dir}: its codes come from another DVAE ({theirs}) than the transfer set's "
+                              f"({ours}); prepare it from the same base")
     return split_items(Path(data_dir), "train") + split_items(Path(data_dir), "val")
 
 

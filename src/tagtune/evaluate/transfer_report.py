@@ -30,7 +30,7 @@ def _similarity_split(similarity: dict) -> str:
                      for k, name in (("tagged", "tagged"), ("tag_free", "tag-free")))
 
 
-def _drop(similarity: dict) -> str:
+def _drop_text(similarity: dict) -> str:
     se = similarity.get("drop_se")
     return _fmt(similarity.get("drop"), digits=3) + (f" ± {se:.3f}" if se is not None else "")
 
@@ -67,7 +67,7 @@ def transfer_markdown(report: dict) -> str:
             + f" | {_fmt(e['hit_rate']['mean'], True)} ({_fmt((base.get('hit_rate') or {}).get('mean'), True)})"
             f" | {_fmt(e['transfer_ratio'])} | {_fmt(e['false_event_rate'], True)}"
             f" | {_fmt(e['untagged_nll_ratio'], digits=3)}"
-            f" | {_fmt(sim['tuned'], digits=3)} / {_fmt(sim['base'], digits=3)} | {_drop(sim)} |")
+            f" | {_fmt(sim['tuned'], digits=3)} / {_fmt(sim['base'], digits=3)} | {_drop_text(sim)} |")
     more = (f" and {emb['extra_voice_clips']} clips of more voices ({t['settings'].get('voices_dir')})"
             if emb.get("extra_voice_clips") else "")
     lines += ["", f"Judges, fitted on the transfer set's training split{more}: event detector held-out accuracy "

@@ -84,24 +84,24 @@ def make_plans(
     voice) some voices; None: all equally, and the random draws are those of a call without the option."""
     rng = np.random.default_rng([seed, 0])
     untagged = set(rng.permutation(n_clips)[: round(n_clips * untagged_fraction)].tolist())
+    voice_p, tag_p = _probabilities(voice_weights), _probabilities(tag_weights)
     plans = []
     for index in range(n_clips):
-        if voice_weights is None:
-            voice = voices[int(rng.integers(len(voices)))].name
-        else:
-            voice = voices[int(rng.choice(len(voices), p=_probabilities(voice_weights)))].name
+        voice = voices[_pick(rng, len(voices), voice_p)].name
         language = "zh" if rng.random() < chinese_fraction else "en"
         n_tags = 0 if index in untagged else int(rng.integers(TAGS_PER_CLIP[0], TAGS_PER_CLIP[1] + 1))
-        if tag_weights is None:
-            clip_tags = [tags[int(rng.integers(len(tags)))] for _ in range(n_tags)]
-        else:
-            clip_tags = [tags[int(rng.choice(len(tags), p=_probabilities(tag_weights)))] for _ in range(n_tags)]
+        clip_tags = [tags[_pick(rng, len(tags), tag_p)] for _ in range(n_tags)]
         plans.append(plan_clip(rng, index, voice, language, clip_tags, rng.uniform(*CLIP_SECONDS)))
     return plans
 
 
-def _probabilities(weights) -> np.ndarray:
-    return np.asarray(weights, dtype=float) / float(np.sum(weights))
+def _probabilities(weights) -> np.ndarray | None:
+    return None if weights is None else np.asarray(weights, dtype=float) / float(np.sum(weights))
+
+
+def _pick(rng: np.random.Generator, n: int, p: np.ndarray | None) -> int:
+    """One of range(n): uniform (``rng.integers``, the draw of a corpus without weights) or with probabilities p."""
+    return int(rng.integers(n)) if p is None else int(rng.choice(n, p=p))
 
 
 def _speak_unit(plans: list[ClipPlan]) -> dict[tuple[int, int], np.ndarray]:
