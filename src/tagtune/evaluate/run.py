@@ -10,6 +10,7 @@ the base's generations for the held-out validation prompts).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -18,7 +19,15 @@ from pathlib import Path
 import torch
 
 from tagtune.evaluate.forgetting import forgetting_summary, untagged_nll
-from tagtune.evaluate.freerun import FreeRunSettings, generate, make_prompts, score_clips, settings_dict, summarize_free
+from tagtune.evaluate.freerun import (
+    FreeRunSettings,
+    batch_rows,
+    generate,
+    make_prompts,
+    score_clips,
+    settings_dict,
+    summarize_free,
+)
 from tagtune.evaluate.loading import BASE, EvaluationError, load_models
 from tagtune.evaluate.prepared import codebook_of, generated_negatives, progress_bar, split_items, train_detector
 from tagtune.evaluate.reliance import score_reliance, summarize
@@ -125,6 +134,8 @@ def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | 
     settings = free_settings or FreeRunSettings(n_free, untagged_prompts=max(UNTAGGED_PROMPTS, n_free // 2))
     model_dir = Path(model_dir) if model_dir is not None else None
     tuned, base, tags, space_id = load_models(model_dir, base_dir, adapter, device, tag_init, tag_seed)
+    if settings.batch_size is None:  # the report records the rows every batch had
+        settings = dataclasses.replace(settings, batch_size=batch_rows(tuned.gpt))
     models = [m for m in (tuned, base) if m is not None]
     panel = _open_judges(judges, tags, model_dir, base_dir, adapter, device) if judges is not None else None
     val = split_items(Path(data_dir), "val")
