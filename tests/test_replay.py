@@ -177,6 +177,70 @@ def test_training_with_replay_records_it(events_data, replay_dir, tmp_path, capl
     assert "event_cuts: 0.5" in recorded
 
 
+def test_base_distributions_are_the_base_models_own(events_data, replay_dir):
+    from tagtune.tags.rows import grow_base
+    from tagtune.train.base_kl import attach, base_log_probs, recorded_replay_rows, row_kl
+    from tagtune.train.data import add_event_cuts, collate, mix_replay, open_data, pad_spec
+
+    data = open_data(events_data)
+    n = len(data.train)
+    data.train = mix_replay(data, replay_dir, 0.3, seed=0, events=0.5)
+    mix = data.train
+    rows = recorded_replay_rows(mix)
+    assert rows and len(rows) == len(mix.picks) - len(mix.splices)
+    assert all(i >= n and not mix.slots[i - n][1] for i in rows)
+    data.train = add_event_cuts(data, 0.5, seed=0)
+    assert recorded_replay_rows(data.train) == rows  # the cut copies come after the mix's own indices
+    assert recorded_replay_rows(open_data(events_data).train) == []  # no replay, nothing to hold
+
+    gpt, _, _ = grow_base(data.base_dir, data.tag_names)
+    store = base_log_probs(gpt, data.train, rows, "cpu", batch_size=3)
+    for i in rows[:2]:  # equal to the clip scored alone: its batch-mates do not matter
+        b = collate(data.train, [i], pad_spec(gpt))
+        with torch.no_grad():
+            out = gpt.logits(b.cond_mels, b.text_ids, b.text_lengths, b.codes, b.wav_lengths, b.cond_lengths,
+                             mask_padding=True, mask_loss=True)
+        alone = torch.log_softmax(out.mel_logits.float(), dim=1)[0, :, : store[i].shape[1]]
+        torch.testing.assert_close(store[i], alone, atol=1e-4, rtol=1e-4)
+        assert store[i].shape[1] == int((out.mel_targets != -100).sum())  # the positions its CE reads
+
+    picked = [rows[0], 0, rows[1]]  # a fine-tune clip between two replay clips
+    b = attach(collate(data.train, picked, pad_spec(gpt)), store, picked)
+    assert b.base_rows.tolist() == [True, False, True] and b.base_log_probs.shape[2] == b.codes.shape[1] + 2
+    with torch.no_grad():
+        out = gpt.logits(b.cond_mels, b.text_ids, b.text_lengths, b.codes, b.wav_lengths, b.cond_lengths,
+                         mask_padding=True, mask_loss=True)
+    same = row_kl(out.mel_logits, b.base_log_probs, out.mel_targets)
+    assert float(same[0]) < 1e-4 and float(same[2]) < 1e-4  # the base against itself
+    moved = row_kl(out.mel_logits + torch.randn_like(out.mel_logits), b.base_log_probs, out.mel_targets)
+    assert float(moved[0]) > 0.05 and float(moved[2]) > 0.05
+
+
+def test_base_kl_holds_replay_clips_to_the_base(events_data, replay_dir, tmp_path, caplog):
+    """The first step is the base's own (adapters start as the identity: KL 0 and no gradient from it), so the
+    second step's weights are the same with and without the term, and its loss is higher by the KL alone."""
+    import logging
+
+    from tagtune.train import train
+    from tagtune.train.config import TrainConfig
+    from train_fixtures import RUN_CONFIG
+
+    def losses(base_kl: float) -> list[float]:
+        cfg = TrainConfig.from_dict({**RUN_CONFIG, "schedule": {"max_steps": 2, "warmup_steps": 1},
+                                     "eval": {"every_steps": 10, "save_every_steps": 10},
+                                     "replay": {"data": str(replay_dir), "fraction": 0.5, "base_kl": base_kl}})
+        run = tmp_path / f"run-{base_kl}"
+        with caplog.at_level(logging.INFO, logger="tagtune.train.loop"):
+            train(events_data, run, cfg)
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in records if r["kind"] == "train"]
+
+    plain, held = losses(0.0), losses(1.0)
+    assert any("replay.base_kl: the base's distributions of" in r.getMessage() for r in caplog.records)
+    assert held[0] == pytest.approx(plain[0], abs=1e-4)
+    assert held[1] > plain[1] + 1e-5
+
+
 def test_event_options_on_data_without_event_boundaries_warn(tiny_data, replay_dir, tmp_path, caplog):
     import logging
 
@@ -201,6 +265,8 @@ def test_replay_fraction_is_checked():
         TrainConfig.from_dict({"replay": {"data": "x", "events": 1.5}})
     with pytest.raises(TrainConfigError, match="augment.event_cuts"):
         TrainConfig.from_dict({"augment": {"event_cuts": -0.1}})
+    with pytest.raises(TrainConfigError, match="replay.base_kl"):
+        TrainConfig.from_dict({"replay": {"data": "x", "base_kl": -1.0}})
 
 
 def test_tag_weights_skew_the_corpus(tmp_path):

@@ -7,7 +7,8 @@ small object per family, picked from the data folder's ``model_family``:
   once (1.x: speaker latents; IndexTTS-2: speaker latents and emotion vector), by dataset index; when the
   conditioning trains, what its frozen input subsampling gives (1.x: reference frames; IndexTTS-2: nothing);
 * ``collate(dataset, indices, gpt, cache)``: a micro-batch of those clips;
-* ``losses(gpt, settings)``: the ``nn.Module`` giving (text CE (B,), code CE (B,)), which DDP wraps;
+* ``losses(gpt, settings[, base_kl])``: the ``nn.Module`` giving (text CE (B,), code CE (B,)), which DDP wraps
+  (``base_kl``: 1.x only, train/base_kl.py);
 * ``neutral_prefix(gpt, dataset, picks, cache, device)``: the conditioning of the clips the neutral tag-row
   fit reads, in the form ``tags.neutral.fit_neutral_row`` takes.
 """
@@ -44,8 +45,8 @@ class FamilyV1:
     def collate(self, dataset, indices: list[int], gpt: nn.Module, cache: dict | None):
         return collate(dataset, indices, pad_spec(gpt), cache)
 
-    def losses(self, gpt: nn.Module, settings: LossSettings) -> nn.Module:
-        return RowLosses(gpt, settings)
+    def losses(self, gpt: nn.Module, settings: LossSettings, base_kl: float = 0.0) -> nn.Module:
+        return RowLosses(gpt, settings, base_kl)
 
     def neutral_prefix(self, gpt: nn.Module, dataset, picks: list[int], cache: dict | None, device) -> list:
         """Speaker latents (32, D) of ``dataset[i]`` for ``picks``: cached, or computed here (from the cached

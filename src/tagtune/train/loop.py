@@ -28,6 +28,7 @@ from tagtune.errors import UserError
 from tagtune.folders import RunFolder
 from tagtune.tags.neutral import NeutralFit, fit_neutral_row, tokenizer_layout, untagged_indices
 from tagtune.tags.rows import TagInit, current_tag_rows, grow_base, read_start_rows, save_start_rows, set_tag_rows
+from tagtune.train import base_kl
 from tagtune.train import run as rundir
 from tagtune.train import state as ts
 from tagtune.train.accel import (
@@ -38,7 +39,7 @@ from tagtune.train.accel import (
     start_trackers,
 )
 from tagtune.train.config import TrainConfig, TrainConfigError
-from tagtune.train.data import add_event_cuts, clip_lengths, epoch_batches, micro_batch, mix_replay, open_data
+from tagtune.train.data import V2, add_event_cuts, clip_lengths, epoch_batches, micro_batch, mix_replay, open_data
 from tagtune.train.family import family_of
 from tagtune.train.loss import combine, split_means
 from tagtune.train.metrics import MetricsLog, forgetting, validate
@@ -133,6 +134,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | str |
                    rows_file if resume and rows_file.is_file() else None)
     gpt, model_cfg, new_ids = grow_base(data.base_dir, data.tag_names, init, dropout=config.model.dropout)
     _check_tag_ids(data, new_ids)
+    base_dists = _base_distributions(gpt, data, config, family, accel.device)  # of the base: before the adapters
     gpt.gpt.gradient_checkpointing = config.model.gradient_checkpointing
     _apply_lora(gpt, config, new_ids)
     gpt.to(accel.device).train()
@@ -171,7 +173,8 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | str |
     # after the neutral fit and the base's validation, so both are those of the fp32 base
     if saved := hold_frozen_weights(gpt, held_dtype):
         log.info("frozen base blocks held in bf16 (runtime.base_weights): %.0f MB less", saved / 2**20)
-    model, optimizer = accel.prepare(family.losses(gpt, config.loss), optimizer)
+    losses = family.losses(gpt, config.loss, config.replay.base_kl) if base_dists else family.losses(gpt, config.loss)
+    model, optimizer = accel.prepare(losses, optimizer)
     trainable = [p for p in gpt.parameters() if p.requires_grad]
     lengths = clip_lengths(data.train)
     # the bar (with ETA) is the main process's, on stderr, and off when stderr is not a terminal
@@ -186,9 +189,10 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | str |
         while progress.batch_in_epoch < len(batches) and progress.step < total_steps:
             clips = batches[progress.batch_in_epoch]
             for k in range(config.batch.grad_accum):
-                batch = family.collate(data.train, micro_batch(clips, k, rank, world, config.batch.batch_size), gpt,
-                                       conds)
-                batch = batch.to(accel.device)
+                rows = micro_batch(clips, k, rank, world, config.batch.batch_size)
+                batch = family.collate(data.train, rows, gpt, conds).to(accel.device)
+                if base_dists:
+                    batch = base_kl.attach(batch, base_dists, rows)
                 sync = contextlib.nullcontext() if k == config.batch.grad_accum - 1 else accel.no_sync(model)
                 with sync:
                     text_ce, mel_ce = model(batch)
@@ -244,6 +248,24 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | str |
     return RunResult(run_dir, progress.step, last_train.get("loss"), progress.best_val_loss, progress.best_step,
                      progress.base_untagged_loss, last_val, (last_val or {}).get("forgetting_pct"),
                      run_dir / rundir.BEST)
+
+
+def _base_distributions(gpt, data, config: TrainConfig, family, device) -> dict:
+    """The base's code distributions of the replay clips as recorded, when ``replay.base_kl`` asks for them."""
+    if not config.replay.base_kl:
+        return {}
+    if family.name == V2:
+        raise TrainConfigError("replay.base_kl: IndexTTS 1.x only; set it to 0 for an IndexTTS-2 base")
+    rows = base_kl.recorded_replay_rows(data.train)
+    if not rows:
+        log.warning("replay.base_kl: no replay clip is trained on as recorded (replay.data unset, or every one "
+                    "spliced); nothing added")
+        return {}
+    started = time.perf_counter()
+    out = base_kl.base_log_probs(gpt, data.train, rows, device)
+    log.info("replay.base_kl: the base's distributions of %d replay clips (%.1f s)", len(out),
+             time.perf_counter() - started)
+    return out
 
 
 def _prefix_cache(family, gpt, dataset, device, config: TrainConfig) -> dict | None:

@@ -34,6 +34,8 @@ class Batch:
     conds: torch.Tensor | None = None  # (B, 32, D) precomputed speaker latents
     cond_frames: torch.Tensor | None = None  # (B, T', C) cached subsampled reference frames (the conditioning trains)
     cond_frame_lengths: torch.Tensor | None = None  # (B,)
+    base_log_probs: torch.Tensor | None = None  # (B, V, Lm+2) the base's distributions (replay.base_kl), 0 elsewhere
+    base_rows: torch.Tensor | None = None  # (B,) bool: the rows that have them
 
     def to(self, device) -> Batch:
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
@@ -52,12 +54,16 @@ class Batch:
 
 
 class RowLosses(nn.Module):
-    """``forward(batch) -> (text CE (B,), mel CE (B,))`` for each clip of the batch."""
+    """``forward(batch) -> (text CE (B,), mel CE (B,))`` for each clip of the batch.
 
-    def __init__(self, gpt: nn.Module, settings: LossSettings):
+    With ``base_kl`` > 0 the mel term of the rows that carry the base's distributions (``Batch.base_rows``) adds
+    ``base_kl`` x their KL from them (train/base_kl.py)."""
+
+    def __init__(self, gpt: nn.Module, settings: LossSettings, base_kl: float = 0.0):
         super().__init__()
         self.gpt = gpt
         self.mask_padding = settings.mask_padding
+        self.base_kl = base_kl
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         conds = batch.conds
@@ -69,7 +75,13 @@ class RowLosses(nn.Module):
             batch.cond_lengths, conds=conds,
             mask_padding=self.mask_padding, mask_loss=self.mask_padding,
         )
-        return row_ce(out.text_logits, out.text_targets), row_ce(out.mel_logits, out.mel_targets)
+        mel = row_ce(out.mel_logits, out.mel_targets)
+        if self.base_kl and batch.base_log_probs is not None:
+            from tagtune.train.base_kl import row_kl
+
+            kl = row_kl(out.mel_logits, batch.base_log_probs, out.mel_targets)
+            mel = mel + self.base_kl * kl * batch.base_rows
+        return row_ce(out.text_logits, out.text_targets), mel
 
 
 def combine(text_ce: torch.Tensor, mel_ce: torch.Tensor, settings: LossSettings) -> torch.Tensor:
