@@ -27,6 +27,7 @@ VARIANTS = {
     "replay-0.3": ({"replay.fraction": 0.3}, {}, None),
     "replay-0.5": ({"replay.fraction": 0.5}, {}, None),
     "replay-base-kl-1": ({"replay.base_kl": 1.0}, {}, None),
+    "replay-base-kl-0.3": ({"replay.base_kl": 0.3}, {}, None),
     "replay-english": ({}, {}, 0.0),
     "replay-zh-0.2": ({}, {}, 0.2),
     "replay-events-0.5": ({"replay.events": 0.5}, {}, None),
