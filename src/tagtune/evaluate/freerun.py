@@ -56,8 +56,9 @@ CACHE_BUDGET_BYTES = 4 * 2**30  # KV cache of one batch at most: 64 rows of the 
 
 def batch_rows(gpt) -> int:
     """Rows per free-running batch for ``gpt``: as many as the KV cache budget holds at the longest sequence, up
-    to MAX_BATCH_ROWS. A decode step of a small model costs about the same for 16 rows as for 64 (its time is
-    per step, not per row): on the tiny base 64 rows decode a transfer condition ~1.8x faster than 16."""
+    to MAX_BATCH_ROWS. A decode step of a small model costs nearly as much for 16 rows as for 64 (its time is
+    per step more than per row): on the tiny base, 64 like-length rows decode x1.62 faster per prompt than 16 in
+    prompt order, x1.18 of it from the like lengths (``bench/bench_freerun.py``, two threads)."""
     longest = gpt.mel_pos_embedding.emb.num_embeddings + gpt.text_pos_embedding.emb.num_embeddings + 34
     trunk = gpt.gpt
     per_row = 2 * len(trunk.h) * trunk.dim * longest * trunk.ln_f.weight.element_size()
