@@ -262,7 +262,7 @@ def _base_distributions(gpt, data, config: TrainConfig, family, device) -> dict:
                     "spliced); nothing added")
         return {}
     started = time.perf_counter()
-    out = base_kl.base_log_probs(gpt, data.train, rows, device)
+    out = base_kl.base_log_probs(gpt.to(device), data.train, rows, device)
     log.info("replay.base_kl: the base's distributions of %d replay clips (%.1f s)", len(out),
              time.perf_counter() - started)
     return out
