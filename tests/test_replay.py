@@ -179,8 +179,9 @@ def test_training_with_replay_records_it(events_data, replay_dir, tmp_path, capl
 
 def test_base_distributions_are_the_base_models_own(events_data, replay_dir):
     from tagtune.tags.rows import grow_base
-    from tagtune.train.base_kl import attach, base_log_probs, recorded_replay_rows, row_kl
+    from tagtune.train.base_kl import attach, base_log_probs, recorded_replay_rows
     from tagtune.train.data import add_event_cuts, collate, mix_replay, open_data, pad_spec
+    from tagtune.train.loss import row_kl
 
     data = open_data(events_data)
     n = len(data.train)

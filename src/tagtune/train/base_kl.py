@@ -27,7 +27,7 @@ MAX_BYTES = 2 * 2**30  # the stored distributions of every replay clip, at most
 def recorded_replay_rows(train) -> list[int]:
     """Dataset indices of the replay clips trained on as recorded (a ``ReplayMix``, possibly wrapped by event
     cuts, whose own indices come first)."""
-    mix = train.dataset if not isinstance(train, ReplayMix) and hasattr(train, "dataset") else train
+    mix = getattr(train, "dataset", train)  # event cuts wrap the mix (``WithEventCuts.dataset``)
     if not isinstance(mix, ReplayMix):
         return []
     n = len(mix.primary)
@@ -80,11 +80,3 @@ def attach(batch: Batch, store: dict[int, torch.Tensor], indices: list[int]) -> 
     device = batch.codes.device
     return dataclasses.replace(batch, base_log_probs=padded.to(device), base_rows=has.to(device))
 
-
-def row_kl(mel_logits: torch.Tensor, base: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean KL(base || tuned) per scored position of each row, (B,): tuned logits and base log-probabilities
-    (B, V, L), targets (B, L) marking the scored positions (IGNORE_INDEX elsewhere)."""
-    tuned = F.log_softmax(mel_logits.float(), dim=1)
-    kl = (base.exp() * (base - tuned)).sum(dim=1)  # (B, L)
-    scored = targets != IGNORE_INDEX
-    return (kl * scored).sum(dim=1) / scored.sum(dim=1).clamp(min=1)

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from tagtune.models.unified_voice import COND_LATENTS, row_ce
+from tagtune.models.unified_voice import COND_LATENTS, IGNORE_INDEX, row_ce
 from tagtune.train.config import LossSettings
 
 MEL_COMPRESSION = 1024  # 24 kHz samples per DVAE code
@@ -57,7 +58,7 @@ class RowLosses(nn.Module):
     """``forward(batch) -> (text CE (B,), mel CE (B,))`` for each clip of the batch.
 
     With ``base_kl`` > 0 the mel term of the rows that carry the base's distributions (``Batch.base_rows``) adds
-    ``base_kl`` x their KL from them (train/base_kl.py)."""
+    ``base_kl`` x their KL from them (``row_kl``; the distributions: train/base_kl.py)."""
 
     def __init__(self, gpt: nn.Module, settings: LossSettings, base_kl: float = 0.0):
         super().__init__()
@@ -77,11 +78,18 @@ class RowLosses(nn.Module):
         )
         mel = row_ce(out.mel_logits, out.mel_targets)
         if self.base_kl and batch.base_log_probs is not None:
-            from tagtune.train.base_kl import row_kl
-
             kl = row_kl(out.mel_logits, batch.base_log_probs, out.mel_targets)
             mel = mel + self.base_kl * kl * batch.base_rows
         return row_ce(out.text_logits, out.text_targets), mel
+
+
+def row_kl(mel_logits: torch.Tensor, base: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean KL(base || tuned) per scored position of each row, (B,): tuned logits and base log-probabilities
+    (B, V, L), targets (B, L) marking the scored positions (IGNORE_INDEX elsewhere)."""
+    tuned = F.log_softmax(mel_logits.float(), dim=1)
+    kl = (base.exp() * (base - tuned)).sum(dim=1)  # (B, L)
+    scored = targets != IGNORE_INDEX
+    return (kl * scored).sum(dim=1) / scored.sum(dim=1).clamp(min=1)
 
 
 def combine(text_ce: torch.Tensor, mel_ce: torch.Tensor, settings: LossSettings) -> torch.Tensor:
