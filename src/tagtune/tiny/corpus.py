@@ -39,6 +39,7 @@ class Clip:
     wav: torch.Tensor  # (N,) float32, 24 kHz
     mel: torch.Tensor  # (100, T) natural-log mel
     language: str = "en"
+    events: tuple[tuple[str, int, int], ...] = ()  # (tag, start, end) in samples of ``wav`` (padding included)
 
 
 def make_corpus(out_dir: Path, n_clips: int, seed: int, engine: str = "auto", chinese_fraction: float = 0.0) -> dict:
@@ -104,7 +105,9 @@ def load_clips(corpus_dir: Path, mel: MelSpectrogram | None = None) -> list[Clip
     with torch.no_grad():
         for rec in records:
             wav = _read_wav(corpus_dir / rec["audio"])
-            clips.append(Clip(rec["text"], rec["speaker"], wav, mel(wav), rec.get("language", "en")))
+            events = tuple((e["tag"], e["start_sample"] + SILENCE_PAD_SAMPLES, e["end_sample"] + SILENCE_PAD_SAMPLES)
+                           for e in rec.get("events") or ())
+            clips.append(Clip(rec["text"], rec["speaker"], wav, mel(wav), rec.get("language", "en"), events))
     return clips
 
 

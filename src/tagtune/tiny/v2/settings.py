@@ -111,6 +111,7 @@ class BuildSettingsV2:
     sizes: TinySizesV2 = field(default_factory=TinySizesV2)
     codec_clips: int = 400  # clips with events (half of them), same voices and languages: codec fitting only
     codec_fit_frames: int = 60000  # feature rows the codec's projection and codebook are fitted on
+    codec_event_share: float = 0.0  # of those rows, drawn from inside the codec clips' events (0: all rows alike)
     gpt_steps: int = 700
     gpt_batch: int = 16
     gpt_lr: float = 2e-3
