@@ -13,10 +13,11 @@ never trained). What is fitted to the corpus, so that the codes carry the speech
 
 Event rows can be over-weighted in both fits (``event_share`` of the fitted rows; 3 % in the natural mix, which the
 shipped base keeps). With the natural mix, PCA and k-means spend nearly everything on speech, and a giggle's rows
-spread over the speech codes. Measured on 300 tagged clips of the demo corpus (held out of the fit), mutual
-information between a row's code and its label (speech / laughs / giggles / sighs; label entropy 0.70 nats): 0.43
-nats at 8 dimensions and the natural mix, 0.54 with 30 % event rows, 0.59 at 16 dimensions and 30 %; the giggles'
-Jensen-Shannon divergence from speech 0.33 -> 0.55, their distinct codes 162 -> 77. Distinct codes did not make
+spread over the speech codes. Measured with the built bases' codecs on 300 tagged clips of the demo corpus (held
+out of the fit), mutual information between a row's code and its label (speech / laughs / giggles / sighs; label
+entropy 0.70 nats): 0.40 nats for the shipped codec (8 dimensions, natural mix), 0.53 with 30 % event rows, 0.59 at
+16 dimensions and 30 %; the giggles' Jensen-Shannon divergence from speech 0.33 -> 0.61, their distinct codes
+165 -> 67. Distinct codes did not make
 the v2 demo better (BENCHMARKS.md, the IndexTTS-2 demo): the events' codes became predictable from one another,
 and the tuned model's gain from the tag per event code fell.
 
