@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from tagtune.config import SemanticCodecConfig
+from tagtune.data.dataset import SAMPLES_PER_SEMANTIC_CODE as ROW_SAMPLES
 from tagtune.tiny.v2.build import codec_flags
 from tagtune.tiny.v2.build import main as build_main
-from tagtune.tiny.v2.frontend import ROW_SAMPLES, SPEECH, code_label_information, encode_codes, fit_codec, row_labels
+from tagtune.tiny.v2.frontend import SPEECH, code_label_information, encode_codes, fit_codec, row_labels
 from tagtune.tiny.v2.settings import BuildSettingsV2
 
 

@@ -206,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = BuildSettingsV2.quick() if a.quick else BuildSettingsV2()
     if a.threads:
         settings = replace(settings, threads=a.threads)
-    if a.codec_event_share is not None and not 0.0 <= a.codec_event_share < 1.0:
-        p.error(f"--codec-event-share must be in [0, 1), got {a.codec_event_share}")
     if a.codec_event_share is not None:
+        if not 0.0 <= a.codec_event_share < 1.0:
+            p.error(f"--codec-event-share must be in [0, 1), got {a.codec_event_share}")
         settings = replace(settings, codec_event_share=a.codec_event_share)
     if a.codec_dim is not None:
         settings = replace(settings, sizes=replace(settings.sizes, codec_codebook_dim=a.codec_dim))

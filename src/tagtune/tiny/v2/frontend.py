@@ -37,7 +37,9 @@ import torch
 import torch.nn.functional as F
 from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
 
+from tagtune.audio import code_span
 from tagtune.config import SemanticCodecConfig
+from tagtune.data.dataset import SAMPLES_PER_SEMANTIC_CODE
 from tagtune.data.semantic import speaker_path_16k
 from tagtune.models.v2.codec import RepCodec
 from tagtune.models.v2.semantic_features import SemanticFeatures, extract_inputs
@@ -45,7 +47,6 @@ from tagtune.tiny.kmeans import kmeans
 from tagtune.tiny.v2.settings import TinySizesV2, w2v_bert_config
 
 SPEECH = "speech"  # the label of a row outside every event
-ROW_SAMPLES = 480  # 24 kHz samples per w2v-BERT row (50 rows per second)
 
 # SeamlessM4TFeatureExtractor as facebook/w2v-bert-2.0 ships it
 EXTRACTOR_SETTINGS = {"feature_size": 80, "num_mel_bins": 80, "padding_value": 1, "stride": 2,
@@ -110,11 +111,11 @@ def normalise(states: list[torch.Tensor], stats: dict[str, torch.Tensor]) -> lis
 
 
 def row_labels(events: Sequence[tuple[str, int, int]], n_rows: int) -> list[str]:
-    """Each w2v-BERT row's label: the tag of the event it overlaps, else ``"speech"``."""
+    """Each w2v-BERT row's label (one row per semantic code): the tag of the event it overlaps, else ``"speech"``."""
     labels = [SPEECH] * n_rows
     for tag, start, end in events:
-        for row in range(start // ROW_SAMPLES, min(n_rows, -(-end // ROW_SAMPLES))):
-            labels[row] = tag
+        first, last = code_span(start, end, n_rows, SAMPLES_PER_SEMANTIC_CODE)
+        labels[first:last] = [tag] * (last - first)
     return labels
 
 
@@ -135,8 +136,9 @@ def _encoder_frames(codec: RepCodec, feats: list[torch.Tensor], indices: list[in
     rest from speech rows.
     """
     z = torch.cat([codec.encoder(feats[i].T[None]) [0] for i in indices])  # (rows, 1024)
-    inside = torch.tensor([lab != SPEECH for i in indices for lab in labels[i]]) if labels is not None else None
-    if inside is None or event_share <= 0 or not inside.any():
+    weighted = labels is not None and event_share > 0
+    inside = torch.tensor([lab != SPEECH for i in indices for lab in labels[i]]) if weighted else None
+    if inside is None or not inside.any():
         if len(z) > n_frames:
             z = z[torch.randperm(len(z), generator=gen)[:n_frames]]
         return z
