@@ -715,3 +715,23 @@ def test_audio_errors_are_single_lines_without_object_reprs():
     with pytest.raises(AudioError) as e:
         load_audio(b"RIFF\x24\x00\x00\x00WAVEjunk" * 20)
     assert "cannot decode" in str(e.value) and "0x" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_tag_guidance_out_of_range_is_one_line(tmp_path, capsys, no_model_load):
+    """`synth --tag-guidance`, a batch line's ``tag_guidance`` and `eval --tag-guidance` outside 1..10: one line
+    naming the range, before any model loads."""
+    ref = write_voice(tmp_path / "ref.wav")
+    out = tmp_path / "o.wav"
+    rc, lines = cli(capsys, "synth", "--model", shipped_base(), "--ref", ref, "--text", TEXT, "--out", out,
+                    "--tag-guidance", 0.5)
+    assert rc == 2 and not out.exists()
+    assert_one_line(lines, "synth", "tag_guidance must be in [1, 10]")
+    batch = tmp_path / "items.jsonl"
+    batch.write_text(json.dumps({"text": TEXT, "ref": "ref.wav", "out": "o.wav", "tag_guidance": "strong"}) + "\n")
+    rc, lines = cli(capsys, "synth", "--model", shipped_base(), "--batch", batch)
+    assert rc == 2
+    assert_one_line(lines, "synth", f"{batch}:1:", "tag_guidance")
+    rc, lines = cli(capsys, "eval", "--model", shipped_base(), "--data", tmp_path, "--out", tmp_path / "report",
+                    "--tag-guidance", 11)
+    assert rc == 2 and not (tmp_path / "report").exists()
+    assert_one_line(lines, "eval", "tag_guidance must be in [1, 10]")

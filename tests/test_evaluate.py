@@ -165,6 +165,25 @@ def test_sampling_is_reproducible_with_a_seed(eval_data):
     assert max(len(x) for x in a) <= int(1.5 * max(len(it["codes"]) for it in items)) + 8
 
 
+def test_tag_guidance_guides_the_tagged_prompts_only(eval_data):
+    """With tag guidance the tagged prompts decode otherwise and their tag-free twins exactly as before."""
+    from tagtune.evaluate import FreeRunSettings, load_models
+    from tagtune.evaluate.freerun import generate, make_prompts
+    from tagtune.evaluate.prepared import split_items
+
+    model_dir, data_dir = eval_data
+    tuned, _, _, space_id = load_models(model_dir)
+    items = [it for it in split_items(data_dir, "val") if it["has_tag"]][:3]
+    prompts = make_prompts(items, [], set(tuned.tag_ids.values()), space_id)
+    plain = generate(tuned, prompts, items, FreeRunSettings(batch_size=8, top_k=1), 5)  # greedy-like: top-k 1
+    guided = generate(tuned, prompts, items, FreeRunSettings(batch_size=8, top_k=1, tag_guidance=4.0), 5)
+    same = [torch.equal(a, b) for a, b in zip(plain, guided, strict=True)]
+    assert all(s for s, p in zip(same, prompts, strict=True) if not p.tagged)  # the twins decode as before
+    assert not all(s for s, p in zip(same, prompts, strict=True) if p.tagged)  # guidance moved the tagged ones
+    with pytest.raises(ValueError, match="tag_guidance must be in"):
+        FreeRunSettings(tag_guidance=0.0)
+
+
 def test_bad_inputs_are_explained(eval_data, shipped_base, tmp_path):
     from tagtune.evaluate import EvaluationError, evaluate
 

@@ -218,9 +218,9 @@ def test_named_api_endpoints(models, serve, reference_wav):
     table = client.predict("Hello. <laughs> Fine.", 120, api_name="/preview")
     assert [row[1] for row in table["data"]] == ["HELLO. <LAUGHS> FINE."]
     tuned_wav, base_wav = client.predict(handle_file(str(reference_wav)), "Hello. <laughs>", False, 30, 0.8, 1.0, 1,
-                                         1.0, MAX_NEW, 120, 0, api_name="/synthesize")
+                                         1.0, MAX_NEW, 2.0, 120, 0, api_name="/synthesize")
     expected = tuned.synthesize("Hello. <laughs>", reference_wav, generation=GenerationConfig.greedy(
-        max_new_tokens=MAX_NEW), seed=0).audio
+        max_new_tokens=MAX_NEW, tag_guidance=2.0), seed=0).audio
     got, _ = sf.read(tuned_wav, dtype="int16")
     assert np.array_equal(got, expected) and sf.read(base_wav)[0].shape == expected.shape
 

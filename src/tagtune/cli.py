@@ -151,13 +151,20 @@ def _transfer_settings(a):
                             voices_dir=a.transfer_voices)
 
 
+def _add_tag_guidance(s, what: str) -> None:
+    s.add_argument("--tag-guidance", type=float, help=f"tag guidance: {what} leaning this much further toward "
+                   "what its tags change than the model alone does, 1 to 10 (default: 1, off; "
+                   "docs/tag-guidance.md)")
+
+
 def _eval(a) -> int:
     from tagtune.evaluate import evaluate
     from tagtune.evaluate.report_md import render_text
 
+    guidance = {} if a.tag_guidance is None else {"tag_guidance": a.tag_guidance}
     report = evaluate(a.model, a.data, a.out, base_dir=a.base, adapter=a.adapter, n_free=a.n_free, seed=a.seed,
                       device=_device(a), progress=not a.no_progress, judges=_judge_settings(a),
-                      transfer_dir=a.transfer, transfer_settings=_transfer_settings(a))
+                      transfer_dir=a.transfer, transfer_settings=_transfer_settings(a), **guidance)
     print(render_text(report))  # report.md is for files; the terminal gets the same sections as plain text
     if report.get("transfer"):
         from tagtune.evaluate.transfer_report import transfer_markdown
@@ -280,7 +287,7 @@ def _synth(a) -> int:
         raise UserError("--text, --ref and --out are required (or --batch FILE)")
 
     sampling = {k: getattr(a, k) for k in ("num_beams", "top_k", "top_p", "temperature", "repetition_penalty",
-                                            "max_new_tokens")}
+                                            "max_new_tokens", "tag_guidance")}
     emotion = {"emo_ref": a.emo_ref, "emo_alpha": a.emo_alpha, "emo_vector": a.emo_vector, "emo_text": a.emo_text}
     written = synth_command(a.model, ref=a.ref, text=a.text, batch=a.batch, out=a.out, adapter=a.adapter,
                             seed=a.seed, compat=a.compat, precision=a.precision, greedy=a.greedy, device=_device(a),
@@ -547,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
                              ("max-new-tokens", int, "most codes per sentence")):
         s.add_argument(f"--{flag}", type=kind,
                        help=f"{what} (default: the official {getattr(official, flag.replace('-', '_'))})")
+    _add_tag_guidance(s, "each tagged sentence decodes")
     s.set_defaults(func=_synth)
 
     s = command(sub, "webui", "a web page to try the model (needs the webui extra: gradio)")
@@ -596,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path, help="REPORT_DIR for report.json, report.md, plots")
     s.add_argument("--n-free", type=int, default=48, help="free-running prompts per model (0: skip)")
     s.add_argument("--seed", type=int, default=0, help="seed of the prompt choice and the sampling")
+    _add_tag_guidance(s, "the free-running check's tagged prompts decode")
     _add_device(s, "the models")
     s.add_argument("--transfer", type=Path, help="a DATA_DIR prepared from the same base with the same tags, spoken "
                    "by the fine-tune voices and by unseen voices in English and Chinese: adds the transfer report "

@@ -195,14 +195,15 @@ def synthesize_pair(tuned, base, text: str, reference, seed: int | None, generat
 
 
 def generation_settings(do_sample: bool, top_k, top_p, temperature, num_beams, repetition_penalty,
-                        max_new_tokens):
+                        max_new_tokens, tag_guidance=1.0):
     """The page's settings as a GenerationConfig (RequestError for values it refuses)."""
     from tagtune.generation import GenerationConfig
 
     try:
         return GenerationConfig(do_sample=bool(do_sample), top_k=int(top_k), top_p=float(top_p),
                                 temperature=float(temperature), num_beams=int(num_beams),
-                                repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens))
+                                repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens),
+                                tag_guidance=float(tag_guidance))
     except (TypeError, ValueError) as e:
         raise RequestError(str(e).removeprefix("GenerationConfig: ")) from None
 
@@ -264,11 +265,11 @@ def build_demo(tuned, base=None, *, generation=None, limits: Limits | None = Non
 
     # gradio's idiom: a gr.Progress default marks the parameter that reports progress
     def synthesize(reference, text, do_sample, top_k, top_p, temperature, num_beams, repetition_penalty,
-                   max_new_tokens, max_sentence_tokens, seed, emo_ref=None, emo_alpha=1.0, emo_vector="",
-                   emo_text="", progress=gr.Progress()):  # noqa: B008
+                   max_new_tokens, tag_guidance, max_sentence_tokens, seed, emo_ref=None, emo_alpha=1.0,
+                   emo_vector="", emo_text="", progress=gr.Progress()):  # noqa: B008
         try:
             gen = generation_settings(do_sample, top_k, top_p, temperature, num_beams, repetition_penalty,
-                                      max_new_tokens)
+                                      max_new_tokens, tag_guidance)
             emotion = emotion_settings(emo_ref, emo_alpha, emo_vector, emo_text, limits) if is_v2(tuned) else {}
             return synthesize_pair(tuned, base, text, reference, seed, gen, limits, int(max_sentence_tokens),
                                    progress=lambda f, what: progress(f, desc=what), emotion=emotion)
@@ -276,10 +277,11 @@ def build_demo(tuned, base=None, *, generation=None, limits: Limits | None = Non
             raise page_error(e) from None
 
     def synthesize_streaming(reference, text, do_sample, top_k, top_p, temperature, num_beams, repetition_penalty,
-                             max_new_tokens, max_sentence_tokens, seed, progress=gr.Progress()):  # noqa: B008
+                             max_new_tokens, tag_guidance, max_sentence_tokens, seed,
+                             progress=gr.Progress()):  # noqa: B008
         try:
             gen = generation_settings(do_sample, top_k, top_p, temperature, num_beams, repetition_penalty,
-                                      max_new_tokens)
+                                      max_new_tokens, tag_guidance)
             request = check_request(text, reference, seed, gen, limits, int(max_sentence_tokens))
             progress(0.0, desc="tuned model: generating")
             chunks = []
@@ -366,6 +368,8 @@ def _emotion_fields(gr) -> list:
 
 def _settings(gr, defaults, tts):
     """The generation settings accordion: ([the GenerationConfig fields], max sentence tokens, seed)."""
+    from tagtune.generation.guidance import MAX_TAG_GUIDANCE, NO_GUIDANCE
+
     max_codes = tts.gpt.cfg.max_mel_tokens
     max_text = tts.gpt.cfg.max_text_tokens
     codes = min(defaults.max_new_tokens, max_codes)
@@ -385,13 +389,17 @@ def _settings(gr, defaults, tts):
             max_new_tokens = gr.Slider(label="max codes per sentence", minimum=min(MIN_MAX_NEW_TOKENS, codes),
                                        maximum=max_codes, step=1, value=codes,
                                        info="too few cut the speech short")
+            tag_guidance = gr.Slider(label="tag guidance", minimum=NO_GUIDANCE, maximum=MAX_TAG_GUIDANCE, step=0.5,
+                                     value=defaults.tag_guidance, elem_id="tag-guidance",
+                                     info="above 1, each tag makes its event more surely (1: off, the official "
+                                          "decoding)")
         with gr.Row():
             sentence_tokens = gr.Slider(label="max text tokens per sentence",
                                         minimum=min(MIN_SENTENCE_TOKENS, tts.max_sentence_tokens), maximum=max_text,
                                         step=1, value=tts.max_sentence_tokens,
                                         info="longer text is split into sentences of at most this many tokens")
             seed = gr.Number(label="seed (empty: a new one each time)", value=0, precision=0, elem_id="seed")
-    fields = [do_sample, top_k, top_p, temperature, num_beams, repetition_penalty, max_new_tokens]
+    fields = [do_sample, top_k, top_p, temperature, num_beams, repetition_penalty, max_new_tokens, tag_guidance]
     return fields, sentence_tokens, seed
 
 

@@ -41,13 +41,20 @@ class FreeRunSettings:
     temperature: float = 1.0
     repetition_penalty: float = 1.0
     position_mode: str = "train"  # training positions, as tagtune synthesis uses by default
+    tag_guidance: float = 1.0  # tagged prompts decode against their tag-free twins (generation/guidance.py); 1 = off
+
+    def __post_init__(self):
+        from tagtune.generation.guidance import check_tag_guidance
+
+        self.tag_guidance = check_tag_guidance(self.tag_guidance)
 
     def generation_config(self, max_new_tokens: int):
         from tagtune.generation import GenerationConfig
 
         return GenerationConfig(do_sample=True, num_beams=1, top_k=self.top_k, top_p=self.top_p,
                                 temperature=self.temperature, repetition_penalty=self.repetition_penalty,
-                                max_new_tokens=max_new_tokens, position_mode=self.position_mode)
+                                max_new_tokens=max_new_tokens, position_mode=self.position_mode,
+                                tag_guidance=self.tag_guidance)
 
 
 MAX_BATCH_ROWS = 64
@@ -71,6 +78,11 @@ class Prompt:
     text_ids: torch.Tensor
     tagged: bool
     twin: bool = False  # a tagged clip's text with its tags removed (not an untagged clip's own text)
+    free_ids: torch.Tensor | None = None  # the text without its tags, for tag guidance; None: ``text_ids``
+
+    @property
+    def tag_free_ids(self) -> torch.Tensor:
+        return self.text_ids if self.free_ids is None else self.free_ids
 
 
 def strip_tags(text_ids: torch.Tensor, tag_ids: set[int], space_id: int | None) -> torch.Tensor:
@@ -87,8 +99,9 @@ def make_prompts(tagged: list[dict], untagged: list[dict], tag_ids: set[int], sp
     """Tagged prompt + its tag-free twin for each tagged clip, then the untagged clips (items are tagged+untagged)."""
     prompts = []
     for k, it in enumerate(tagged):
-        prompts.append(Prompt(k, it["text_ids"], True))
-        prompts.append(Prompt(k, strip_tags(it["text_ids"], tag_ids, space_id), False, twin=True))
+        free = strip_tags(it["text_ids"], tag_ids, space_id)
+        prompts.append(Prompt(k, it["text_ids"], True, free_ids=free))
+        prompts.append(Prompt(k, free, False, twin=True))
     prompts += [Prompt(len(tagged) + k, it["text_ids"], False) for k, it in enumerate(untagged)]
     return prompts
 
@@ -115,10 +128,12 @@ def generate(model, prompts: list[Prompt], items: list[dict], settings: FreeRunS
         longest = max(len(items[p.item]["codes"]) for p in part)
         cfg = settings.generation_config(min(limit, int(LENGTH_FACTOR * longest) + LENGTH_MARGIN))
         text = pad_sequence([p.text_ids.long() for p in part], batch_first=True, padding_value=model.stop_text)
+        free = pad_sequence([p.tag_free_ids.long() for p in part], batch_first=True, padding_value=model.stop_text)
         device = next(model.gpt.parameters()).device
         prefix = generation_prefix(model.gpt, [conds[p.item] for p in part]).to(device)  # (B, 32 or 34, D)
         g = torch.Generator(device=device).manual_seed(seed + b)
-        codes, lengths = generate_codes(model.gpt, text.to(device), cfg, conds=prefix, generator=g)
+        codes, lengths = generate_codes(model.gpt, text.to(device), cfg, conds=prefix, generator=g,
+                                        free_ids=free.to(device))
         for k, (i, n) in enumerate(zip(picked, lengths, strict=True)):
             out[i] = codes[k, : int(n)].cpu()
         if on_batch is not None:

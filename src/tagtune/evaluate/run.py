@@ -61,15 +61,18 @@ def _free_running(models, detector, tagged, untagged, tags, space_id, settings, 
 
 
 def _transfer(models, transfer_dir, ft_train: list[dict], model_dir, base_dir, tags, space_id, seed, settings,
-              progress: bool) -> dict:
-    """The transfer section: the fine-tune voices are the speakers of the fine-tune data's training split."""
-    from tagtune.evaluate.transfer import evaluate_transfer, open_transfer_set, open_voice_set
+              free: FreeRunSettings, progress: bool) -> dict:
+    """The transfer section: the fine-tune voices are the speakers of the fine-tune data's training split; its
+    prompts are sampled as the main free-running check's (``free``), in the transfer settings' numbers."""
+    from tagtune.evaluate.transfer import TransferSettings, evaluate_transfer, open_transfer_set, open_voice_set
 
     train, val = open_transfer_set(Path(transfer_dir), models)
     voices = open_voice_set(Path(settings.voices_dir), Path(transfer_dir)) if settings and settings.voices_dir else None
     codebook = codebook_of(model_dir, Path(base_dir) if base_dir else None)
+    settings = settings or TransferSettings()
+    free = dataclasses.replace(free, prompts=settings.prompts, untagged_prompts=settings.untagged_prompts)
     return evaluate_transfer(models, codebook, train, val, {it["speaker"] for it in ft_train}, tags, space_id,
-                             seed, settings, progress=progress, voices=voices)
+                             seed, settings, free, progress=progress, voices=voices)
 
 
 def _teacher_forced(models, tagged: list[dict], untagged: list[dict], tags, space_id, progress: bool) -> dict:
@@ -112,7 +115,7 @@ def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | 
              seed: int = 0, device: str = "cpu", free_settings: FreeRunSettings | None = None,
              plots: bool = True, tag_init: str = "mean", tag_seed: int = 0, smoke: bool = False,
              progress: bool = True, judges=None, transfer_dir: str | Path | None = None,
-             transfer_settings=None) -> dict:
+             transfer_settings=None, tag_guidance: float = 1.0) -> dict:
     """Evaluate a tuned model (folder, or ``base_dir`` + ``adapter``) on DATA_DIR; write and return the report.
 
     ``n_free`` tagged validation clips are used for free-running generation (0 skips it; ``free_settings``,
@@ -125,13 +128,19 @@ def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | 
     ``transfer_dir`` (a data folder prepared from the same base with the same tags, spoken by the fine-tune
     voices and unseen voices in English and Chinese) adds the ``transfer`` section (``transfer.py``;
     ``transfer_settings`` a ``TransferSettings``, whose ``voices_dir`` adds speakers to its speaker embedding).
+    ``tag_guidance`` decodes the free-running tagged prompts with tag guidance (``generation/guidance.py``), in
+    the main check and the transfer conditions; ``free_settings``, when given, carries its own.
     """
     started = time.perf_counter()
     _check_family(model_dir if model_dir is not None else base_dir, transfer_dir)
     if transfer_dir is None and getattr(transfer_settings, "voices_dir", None):
         raise EvaluationError("more voices for the transfer report's speaker embedding need a transfer set "
                               "(--transfer DATA)")
-    settings = free_settings or FreeRunSettings(n_free, untagged_prompts=max(UNTAGGED_PROMPTS, n_free // 2))
+    try:
+        settings = free_settings or FreeRunSettings(n_free, untagged_prompts=max(UNTAGGED_PROMPTS, n_free // 2),
+                                                    tag_guidance=tag_guidance)
+    except ValueError as e:
+        raise EvaluationError(str(e)) from None
     model_dir = Path(model_dir) if model_dir is not None else None
     tuned, base, tags, space_id = load_models(model_dir, base_dir, adapter, device, tag_init, tag_seed)
     if settings.batch_size is None:  # the report records the rows every batch had
@@ -159,7 +168,7 @@ def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | 
             "seconds": round(time.perf_counter() - started, 2), "smoke": smoke}
     if transfer_dir is not None:
         sections["transfer"] = _transfer(models, transfer_dir, train, model_dir, base_dir, tags, space_id, seed,
-                                         transfer_settings, progress)
+                                         transfer_settings, settings, progress)
         meta["transfer_data"] = str(transfer_dir)
         meta["seconds"] = round(time.perf_counter() - started, 2)
     report = build_report(meta, sections)

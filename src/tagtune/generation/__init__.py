@@ -10,6 +10,7 @@
     v2.py           IndexTTS2: the 34-position prefix into the same loop, official v2 decoding defaults
     stepwise.py     the same searches one step at a time, with the codes already final after each step
     pool.py         continuous batching: rows of many requests in one KV cache, joining and leaving
+    guidance.py     tag guidance: each step scored from the text and its tag-free twin, leaning toward the tags
 """
 
 from tagtune.generation.batched import batched_latents, generate_sentences, length_groups, vocode_joined

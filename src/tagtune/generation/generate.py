@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from tagtune.generation.beam import beam_codes
 from tagtune.generation.decoder import POSITION_MODES, MelDecoder, prepare_prompt
+from tagtune.generation.guidance import NO_GUIDANCE, GuidedDecoder, check_tag_guidance
 from tagtune.generation.sampling import sample_codes
 
 
@@ -20,6 +22,8 @@ class GenerationConfig:
     numbers are computed, never which positions are used. ``top_k`` 0 and ``top_p`` 1.0 switch those off.
     ``beam_sample_from_first``: beam sampling starts from beam 0 alone, as transformers >= 4.45 does (the
     release IndexTTS2 pins); v1.5.0's 4.36 starts every beam equal (the default here).
+    ``tag_guidance``: how far each step leans toward what the text's tags change (``guidance.py``; 1 = off, the
+    official decoding); it needs the texts without their tags, ``generate_codes(free_ids=...)``.
     """
 
     do_sample: bool = True
@@ -32,6 +36,7 @@ class GenerationConfig:
     position_mode: str = "official"
     use_cache: bool = True
     beam_sample_from_first: bool = False
+    tag_guidance: float = NO_GUIDANCE
 
     def __post_init__(self):
         checks = [
@@ -46,6 +51,7 @@ class GenerationConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"GenerationConfig: {message}")
+        self.tag_guidance = check_tag_guidance(self.tag_guidance)
 
     @classmethod
     def greedy(cls, **overrides) -> GenerationConfig:
@@ -58,13 +64,14 @@ class GenerationConfig:
 @torch.no_grad()
 def generate_codes(model, text_ids: torch.Tensor, cfg: GenerationConfig | None = None, *,
                    conds: torch.Tensor | None = None, cond_mel: torch.Tensor | None = None,
-                   cond_mel_lengths: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   cond_mel_lengths: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                   free_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate mel codes for text ids (B, L) (v1.5 batches right-padded with stop_text).
 
     The speaker prompt is either ``conds`` (1 or B, 32, D) or a reference log-mel ``cond_mel`` (1 or B, 100, T)
     with optional frame counts; one shared prompt serves every text row. Sampling draws from ``generator``
-    (the global torch RNG when None, like the official code).
+    (the global torch RNG when None, like the official code). ``free_ids`` (B, L') are the same texts without
+    their tags, which ``cfg.tag_guidance`` > 1 decodes against (ignored at 1).
 
     Returns ``(codes, lengths)``: codes (B, T) as the official call returns them (each row's stop_mel included
     when it was generated, rows padded with stop_mel) and lengths (B,) = codes before the first stop_mel.
@@ -76,14 +83,46 @@ def generate_codes(model, text_ids: torch.Tensor, cfg: GenerationConfig | None =
         conds = model.get_conditioning(cond_mel, cond_mel_lengths)
     _check_positions(model, cfg)
     stop = model.cfg.stop_mel_token
-    prompt = prepare_prompt(model, conds, text_ids)
-    decoder = MelDecoder(model, prompt, use_cache=cfg.use_cache, position_mode=cfg.position_mode,
-                         max_new_tokens=cfg.max_new_tokens, repeat=cfg.num_beams)
+    decoder = code_decoder(model, conds, text_ids, cfg, free_ids)
     if cfg.num_beams > 1:
         codes = beam_codes(decoder, decoder.history, cfg, stop, text_ids.shape[0], generator)
     else:
         codes = sample_codes(decoder, decoder.history, cfg, stop, generator)
     return codes, code_lengths(codes, stop)
+
+
+def code_decoder(model, conds: torch.Tensor, text_ids: torch.Tensor, cfg: GenerationConfig,
+                 free_ids: torch.Tensor | None = None) -> MelDecoder | GuidedDecoder:
+    """The MelDecoder of the texts (B, L) after ``conds`` (1 or B, P, D), or with ``cfg.tag_guidance`` the
+    GuidedDecoder of the texts and their tag-free twins ``free_ids`` (B, L'); both drive the same searches."""
+    guided = cfg.tag_guidance != NO_GUIDANCE
+    if guided and (free_ids is None or free_ids.shape[0] != text_ids.shape[0]):
+        raise ValueError("tag_guidance needs free_ids: one tag-free text per text row")
+    if guided:
+        plain = _same_rows(text_ids, free_ids, model.cfg.start_text_token, model.cfg.stop_text_token)
+        guided = not bool(plain.all())  # no row has a tag: nothing to guide
+    if guided:
+        both = _pad_cat(text_ids, free_ids, model.cfg.stop_text_token)
+        conds = conds if conds.shape[0] == 1 else torch.cat([conds, conds])
+    prompt = prepare_prompt(model, conds, both if guided else text_ids)
+    decoder = MelDecoder(model, prompt, use_cache=cfg.use_cache, position_mode=cfg.position_mode,
+                         max_new_tokens=cfg.max_new_tokens, repeat=cfg.num_beams)
+    return GuidedDecoder(decoder, cfg.tag_guidance, plain) if guided else decoder
+
+
+def _same_rows(text_ids: torch.Tensor, free_ids: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """(B,) True where a row's text equals its tag-free twin (start / stop ids and padding aside): it has no tag."""
+    def text(row: torch.Tensor) -> list[int]:
+        return [i for i in row.tolist() if i not in (start, stop)]
+
+    return torch.tensor([text(a) == text(b) for a, b in zip(text_ids, free_ids, strict=True)],
+                        device=text_ids.device)
+
+
+def _pad_cat(a: torch.Tensor, b: torch.Tensor, pad: int) -> torch.Tensor:
+    """Rows of ``a`` then rows of ``b`` (B, L) and (B, L'), right-padded with ``pad`` to a common width."""
+    width = max(a.shape[1], b.shape[1])
+    return torch.cat([F.pad(t.long().to(a.device), (0, width - t.shape[1]), value=pad) for t in (a, b)])
 
 
 def code_lengths(codes: torch.Tensor, stop: int) -> torch.Tensor:

@@ -51,8 +51,9 @@ def official_v2(**overrides) -> GenerationConfig:
 @torch.no_grad()
 def generate_codes_v2(model, spk_cond_emb: torch.Tensor, text_ids: torch.Tensor, emovec: torch.Tensor,
                       cfg: GenerationConfig | None = None, *, spk_lengths: torch.Tensor | None = None,
-                      generator: torch.Generator | None = None) -> V2Codes:
-    """Codes for text ids (B, L) from speaker features (1 or B, T, 1024) and an emotion vector (1 or B, D).
+                      generator: torch.Generator | None = None, free_ids: torch.Tensor | None = None) -> V2Codes:
+    """Codes for text ids (B, L) from speaker features (1 or B, T, 1024) and an emotion vector (1 or B, D);
+    ``free_ids``: the texts without their tags, for ``cfg.tag_guidance``.
 
     ``spk_lengths`` are the conformer's frame counts; the official pipeline passes the feature width
     (1024), i.e. every frame of a prompt up to 1024 frames is real, which ``None`` reproduces.
@@ -60,7 +61,7 @@ def generate_codes_v2(model, spk_cond_emb: torch.Tensor, text_ids: torch.Tensor,
     cfg = cfg or official_v2()
     conds = model.get_conditioning(spk_cond_emb, spk_lengths)  # (1 or B, 32, D)
     prefix = model.conditioning_prefix(conds, emovec)  # (1 or B, 34, D)
-    codes, lengths = generate_codes(model, text_ids, cfg, conds=prefix, generator=generator)
+    codes, lengths = generate_codes(model, text_ids, cfg, conds=prefix, generator=generator, free_ids=free_ids)
     return V2Codes(codes, lengths, conds)
 
 

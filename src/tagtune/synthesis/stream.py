@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from tagtune.generation.batched import length_groups, pad_rows
-from tagtune.generation.decoder import MelDecoder, prepare_prompt
+from tagtune.generation.generate import code_decoder
 from tagtune.generation.postprocess import KEPT_SILENT_RUN, MAX_CONSECUTIVE, SILENT_TOKEN
 from tagtune.generation.stepwise import new_search, run_search
 
@@ -215,8 +215,9 @@ def stream_speech(tts, ref, sentences: list[list[int]], cfg, generator: torch.Ge
     speech = SpeechStream(tts.latent_gpt, tts.vocoder, ref.conds, ref.speaker, sentences, cfg.max_new_tokens)
     for group in length_groups([len(s) for s in sentences], tts.batch_size):
         text_ids = pad_rows([sentences[i] for i in group], c.stop_text_token, ref.conds.device)
-        decoder = MelDecoder(gpt, prepare_prompt(gpt, ref.conds, text_ids), use_cache=cfg.use_cache,
-                             position_mode=cfg.position_mode, max_new_tokens=cfg.max_new_tokens, repeat=cfg.num_beams)
+        free_ids = pad_rows([tts.tokenizer.without_tags(sentences[i]) for i in group], c.stop_text_token,
+                            ref.conds.device)
+        decoder = code_decoder(gpt, ref.conds, text_ids, cfg, free_ids)
         search = new_search(decoder.history, cfg, c.stop_mel_token, len(group), generator)
         for _ in run_search(decoder, search):
             for b, i in enumerate(group):

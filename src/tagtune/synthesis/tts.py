@@ -250,8 +250,10 @@ class TTS:
         waves, kept, timings, steps = [], [], {"gpt": 0.0, "latents": 0.0, "vocoder": 0.0}, 0
         for ids in sentences:
             text_ids = torch.tensor([ids], dtype=torch.int32, device=self.device)
+            free_ids = torch.tensor([self.tokenizer.without_tags(ids)], dtype=torch.long, device=self.device)
             t0 = time.perf_counter()
-            codes, _ = generate_codes(self.gpt, text_ids, cfg, conds=ref.conds, generator=generator)
+            codes, _ = generate_codes(self.gpt, text_ids, cfg, conds=ref.conds, generator=generator,
+                                      free_ids=free_ids)
             steps += codes.shape[1]
             codes, lens = remove_long_silence(codes, stop_token=stop)
             t1 = time.perf_counter()
@@ -275,7 +277,8 @@ class TTS:
         steps = 0
         for group in length_groups([len(s) for s in sentences], self.batch_size):  # similar lengths share a batch
             t0 = time.perf_counter()
-            found, n = generate_sentences(self.fast_gpt, [sentences[i] for i in group], cfg, ref.conds, generator)
+            found, n = generate_sentences(self.fast_gpt, [sentences[i] for i in group], cfg, ref.conds, generator,
+                                          [self.tokenizer.without_tags(sentences[i]) for i in group])
             timings["gpt"] += time.perf_counter() - t0
             steps += n
             for i, c in zip(group, found):

@@ -315,9 +315,10 @@ class TTSV2:
         """One segment -> (codes (1, N) kept, float wav (1, samples) scaled to int16 range, or None)."""
         spk = speaker.spk_cond_emb
         text_ids = torch.tensor([ids], dtype=torch.int32, device=self.device)
+        free_ids = torch.tensor([self.tokenizer.without_tags(ids)], dtype=torch.long, device=self.device)
         t0 = time.perf_counter()
         out = generate_codes_v2(decoder or self.gpt, spk, text_ids, emovec, cfg, spk_lengths=feature_width_lengths(spk),
-                                generator=generator)
+                                generator=generator, free_ids=free_ids)
         n = int(code_lengths(out.codes, self.gpt.cfg.stop_mel_token)[0])
         codes = out.codes[:, :n]
         t1 = time.perf_counter()

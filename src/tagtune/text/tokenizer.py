@@ -173,6 +173,17 @@ class TextTokenizer:
         if found != expected:  # would train or speak garbage; never let it pass silently
             raise RuntimeError(f"{expected} tags in {prepared!r} but {found} tag ids after sentencepiece")
 
+    def without_tags(self, ids: list[int]) -> list[int]:
+        """``ids`` with every tag removed, and the bare "▁" piece sentencepiece wrote before it: the text as the
+        model reads it untagged (tag guidance decodes against it, ``generation/guidance.py``)."""
+        space, out = self.tag_space_id, []
+        for i in ids:
+            if i not in self._tag_id_set:
+                out.append(i)
+            elif out and space is not None and out[-1] == space:
+                out.pop()
+        return out
+
     def convert_tokens_to_ids(self, pieces: list[str] | str) -> list[int]:
         """Piece strings → ids (unknown pieces → unk), as the official inference does."""
         pieces = [pieces] if isinstance(pieces, str) else pieces

@@ -1,0 +1,62 @@
+"""What tag guidance costs in a decode: the same sentence decoded plainly and with tag guidance, in one run.
+
+    python bench/bench_guidance.py [--tokens 100] [--beams 3] [--rounds 3] [--threads 2] [--scale 3]
+
+Full-size random-init v1.5 (as ``bench_synth.py`` builds it), the int8 decode copy the CPU default uses, the
+bench sentence and its "tag-free twin" (the sentence with one piece left out: random weights have no tag rows,
+and the cost does not depend on which piece differs). Guidance decodes both texts as one batch, twice the rows
+(``generation/guidance.py``); a small-row decode step is bound by reading the weights, which the two halves
+share, so the step costs less than twice. Alternating rounds after one warm-up round; best round of each; the
+figure compared is time per decode step (the two decodes may stop at different steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from bench_synth import FIXTURE, SENTENCE, SENTENCE_TOKENS, build_tts
+from tagtune.generation import GenerationConfig
+from tagtune.generation.batched import generate_sentences
+from tagtune.synthesis.tts import TTS
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, default=100)
+    p.add_argument("--beams", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--scale", type=float, default=3.0)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    base = build_tts(FIXTURE)
+    tts = TTS(base.gpt, base.vocoder, base.tokenizer, None, precision="int8", references=base.references,
+              max_sentence_tokens=SENTENCE_TOKENS)
+    ref = tts.reference(FIXTURE / "inputs" / "ref.wav")
+    sentences = tts.sentences(SENTENCE)
+    free = [s[:2] + s[3:] for s in sentences]  # one piece fewer stands in for a removed tag
+    forms = {"plain": (GenerationConfig(num_beams=a.beams, max_new_tokens=a.tokens), None),
+             f"tag guidance {a.scale:g}": (GenerationConfig(num_beams=a.beams, max_new_tokens=a.tokens,
+                                                            tag_guidance=a.scale), free)}
+    best = dict.fromkeys(forms, float("inf"))
+    for r in range(a.rounds + 1):  # round 0 warms both forms up
+        for name, (cfg, twins) in forms.items():
+            t = time.perf_counter()
+            _, steps = generate_sentences(tts.fast_gpt, sentences, cfg, ref.conds, torch.Generator().manual_seed(1),
+                                          twins)
+            per_step = (time.perf_counter() - t) / steps
+            print(f"round {r} {name:<18} {steps} steps, {1000 * per_step:.1f} ms/step", flush=True)
+            if r:
+                best[name] = min(best[name], per_step)
+    plain, guided = best.values()
+    print(f"decode step, {a.beams} beams, int8, best of {a.rounds}: plain {1000 * plain:.1f} ms, tag guidance "
+          f"{1000 * guided:.1f} ms (x{guided / plain:.2f} the plain step)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Tag guidance (generation/guidance.py) on the shipped base: the guided scores are the formula applied to the
+two branches, rows without a tag decode as without guidance, beams and the KV cache keep their rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from base_fixtures import load_plain_gpt
+from tagtune.generation import GenerationConfig, MelDecoder, generate_codes, prepare_prompt
+from tagtune.generation.guidance import GuidedDecoder, check_tag_guidance, guided_scores
+
+MAX_NEW = 30
+
+
+@pytest.fixture(scope="module")
+def model(shipped_base):
+    return load_plain_gpt(shipped_base)
+
+
+def texts(base_inputs):
+    """A text and a "tag-free twin" with one id fewer (any id stands in for a tag here)."""
+    tagged = base_inputs["gen_text_ids"].long()  # (1, L)
+    free = torch.cat([tagged[:, :2], tagged[:, 3:]], dim=1)  # (1, L - 1)
+    return tagged, free
+
+
+@torch.no_grad()
+def branch_logits(model, conds, ids, tokens):
+    """Next-code logits of one text after feeding ``tokens`` one at a time (a plain MelDecoder)."""
+    dec = MelDecoder(model, prepare_prompt(model, conds, ids), use_cache=True, position_mode="train",
+                     max_new_tokens=MAX_NEW)
+    logits = [dec.start()]
+    for t in tokens:
+        logits.append(dec.step(torch.tensor([t])))
+    return logits
+
+
+def test_guided_steps_apply_the_formula_to_both_branches(model, base_inputs):
+    tagged, free = texts(base_inputs)
+    conds = base_inputs["conds"]
+    tokens = [5, 17, 3]
+    want_t, want_f = branch_logits(model, conds, tagged, tokens), branch_logits(model, conds, free, tokens)
+    both = torch.cat([tagged, torch.nn.functional.pad(free, (0, 1), value=model.cfg.stop_text_token)])
+    inner = MelDecoder(model, prepare_prompt(model, conds, both), use_cache=True, position_mode="train",
+                       max_new_tokens=MAX_NEW)
+    guided = GuidedDecoder(inner, 2.5, torch.tensor([False]))
+    got = [guided.start()] + [guided.step(torch.tensor([t])) for t in tokens]
+    for g, t, f in zip(got, want_t, want_f, strict=True):
+        lt, lf = t.log_softmax(-1), f.log_softmax(-1)
+        torch.testing.assert_close(g, lf + 2.5 * (lt - lf), rtol=0, atol=1e-4)
+        assert not torch.allclose(g, lt, atol=1e-3)  # the branches differ: guidance moved the scores
+
+
+def test_guidance_leans_toward_the_tagged_branch(model, base_inputs):
+    """Sampled with guidance, the codes are more likely under the tagged text relative to the tag-free one."""
+    tagged, free = texts(base_inputs)
+    conds = base_inputs["conds"]
+    rows = 16
+    ids, free_ids = tagged.expand(rows, -1), free.expand(rows, -1)
+
+    def lean(scale):
+        cfg = GenerationConfig(num_beams=1, repetition_penalty=1.0, max_new_tokens=MAX_NEW, position_mode="train",
+                               tag_guidance=scale)
+        codes, lengths = generate_codes(model, ids, cfg, conds=conds, free_ids=free_ids,
+                                        generator=torch.Generator().manual_seed(0))
+        total, count = 0.0, 0
+        for row, n in zip(codes, lengths, strict=True):
+            seq = row[: int(n)].tolist()
+            lt, lf = branch_logits(model, conds, tagged, seq), branch_logits(model, conds, free, seq)
+            for k, c in enumerate(seq):
+                total += float(lt[k].log_softmax(-1)[0, c] - lf[k].log_softmax(-1)[0, c])
+                count += 1
+        return total / count
+
+    assert lean(4.0) > lean(1.0) + 0.05
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_rows_without_a_tag_decode_as_without_guidance(model, base_inputs, beams):
+    tagged, free = texts(base_inputs)
+    batch = base_inputs["gen_batch_text_ids"]  # two texts; the first is ``tagged``
+    ids = batch
+    free_ids = torch.cat([torch.nn.functional.pad(free, (0, batch.shape[1] - free.shape[1]),
+                                                  value=model.cfg.stop_text_token), batch[1:]])
+    cfg = dict(do_sample=False, num_beams=beams, max_new_tokens=MAX_NEW)  # the official penalty 10 kept
+    plain, plain_lengths = generate_codes(model, ids, GenerationConfig(**cfg), conds=base_inputs["conds"])
+    guided, lengths = generate_codes(model, ids, GenerationConfig(tag_guidance=3.0, **cfg),
+                                     conds=base_inputs["conds"], free_ids=free_ids)
+    n = int(lengths[1])
+    assert n == int(plain_lengths[1]) and guided[1, :n].tolist() == plain[1, :n].tolist()  # row 1: no tag
+    assert guided[0].tolist() != plain[0].tolist()  # row 0 is guided
+
+
+def test_all_tag_free_texts_and_scale_one_are_plain_decoding(model, base_inputs):
+    ids = base_inputs["gen_batch_text_ids"]
+    cfg = GenerationConfig.greedy(max_new_tokens=MAX_NEW)
+    plain, _ = generate_codes(model, ids, cfg, conds=base_inputs["conds"])
+    same, _ = generate_codes(model, ids, GenerationConfig.greedy(max_new_tokens=MAX_NEW, tag_guidance=2.0),
+                             conds=base_inputs["conds"], free_ids=ids)
+    tagged, free = texts(base_inputs)
+    off, _ = generate_codes(model, tagged, cfg, conds=base_inputs["conds"], free_ids=free)
+    alone, _ = generate_codes(model, tagged, cfg, conds=base_inputs["conds"])
+    assert same.tolist() == plain.tolist() and off.tolist() == alone.tolist()
+
+
+def test_beam_sampling_with_guidance_is_reproducible_and_valid(model, base_inputs):
+    tagged, free = texts(base_inputs)
+    cfg = GenerationConfig(num_beams=3, max_new_tokens=MAX_NEW, tag_guidance=2.0)
+    runs = [generate_codes(model, tagged, cfg, conds=base_inputs["conds"], free_ids=free,
+                           generator=torch.Generator().manual_seed(s)) for s in (4, 4)]
+    assert runs[0][0].tolist() == runs[1][0].tolist()
+    codes, lengths = runs[0]
+    n = int(lengths[0])
+    assert ((codes[0, :n] >= 0) & (codes[0, :n] < model.cfg.start_mel_token)).all()
+
+
+def test_guidance_needs_the_tag_free_texts_and_a_scale_in_range(model, base_inputs):
+    tagged, _ = texts(base_inputs)
+    with pytest.raises(ValueError, match="free_ids"):
+        generate_codes(model, tagged, GenerationConfig(tag_guidance=2.0, max_new_tokens=MAX_NEW),
+                       conds=base_inputs["conds"])
+    for bad in (0.5, float("nan"), 11.0):
+        with pytest.raises(ValueError, match="tag_guidance must be in"):
+            GenerationConfig(tag_guidance=bad)
+    assert check_tag_guidance(1) == 1.0
+
+
+def test_guided_scores_keep_plain_rows_as_logits():
+    tagged, free = torch.randn(2, 7), torch.randn(2, 7)
+    out = guided_scores(tagged, free, 3.0, torch.tensor([True, False]))
+    assert torch.equal(out[0], tagged[0])
+    lt, lf = tagged[1].log_softmax(-1), free[1].log_softmax(-1)
+    torch.testing.assert_close(out[1], lf + 3.0 * (lt - lf))
