@@ -132,3 +132,50 @@ def test_guided_scores_keep_plain_rows_as_logits():
     assert torch.equal(out[0], tagged[0])
     lt, lf = tagged[1].log_softmax(-1), free[1].log_softmax(-1)
     torch.testing.assert_close(out[1], lf + 3.0 * (lt - lf))
+
+
+# ------------------------------------------------------------------------------------------ in synthesis
+
+@pytest.fixture(scope="module")
+def tagged_tts(shipped_base, tmp_path_factory):
+    from tagtune.synthesis.tts import TTS
+    from tagtune.tags.add import add_tags
+
+    out = tmp_path_factory.mktemp("guided") / "model"
+    add_tags(shipped_base, ["<laughs>"], out)
+    return TTS.load(out, precision="fp32", max_sentence_tokens=12, batch_size=2)
+
+
+def test_tokenizer_drops_each_tag_and_its_bare_space(tagged_tts):
+    tok = tagged_tts.tokenizer
+    ids = tok.encode("well <laughs> that is funny")
+    free = tok.without_tags(ids)
+    assert tok.tag_ids["<laughs>"] in ids and tok.tag_ids["<laughs>"] not in free
+    assert len(free) == len(ids) - 1 - (tok.tag_space_id is not None)
+    assert tok.without_tags(free) == free
+
+
+GUIDED = dict(num_beams=1, max_new_tokens=60)
+
+
+def test_synthesis_guides_tagged_sentences_and_leaves_the_others(tagged_tts, reference_wav):
+    tagged, plain_text = "Well <laughs> that is funny.", "Well, that is funny."
+    runs = {(text, g): tagged_tts.synthesize(text, reference_wav, seed=3,
+                                             generation=GenerationConfig(tag_guidance=g, **GUIDED))
+            for text in (tagged, plain_text) for g in (1.0, 4.0)}
+    assert [c.tolist() for c in runs[tagged, 4.0].codes] != [c.tolist() for c in runs[tagged, 1.0].codes]
+    assert (runs[plain_text, 4.0].audio == runs[plain_text, 1.0].audio).all()
+
+
+def test_guided_stream_joins_to_guided_synthesis(tagged_tts, reference_wav):
+    import numpy as np
+
+    from tagtune.synthesis.stream import STREAM_TOLERANCE_LSB
+
+    text = "Well <laughs> that is funny, it costs ten dollars. Hello there, how are you today?"
+    cfg = GenerationConfig(tag_guidance=3.0, **GUIDED)
+    assert len(tagged_tts.sentences(text)) >= 2
+    one = tagged_tts.synthesize(text, reference_wav, generation=cfg, seed=5)
+    joined = np.concatenate(list(tagged_tts.stream(text, reference_wav, generation=cfg, seed=5)))
+    assert joined.shape == one.audio.shape
+    assert np.abs(joined.astype(int) - one.audio.astype(int)).max() <= STREAM_TOLERANCE_LSB

@@ -85,3 +85,10 @@ def test_synth_speaks_with_the_export_and_the_adapter(flow, tmp_path):
     assert np.array_equal(adapter, audio)  # the adapter merged in memory is the exported gpt.pth
     untrained, _ = _synth(flow["tagged"], tmp_path / "untrained.wav", flow["ref"])
     assert not np.array_equal(untrained, audio)  # three steps changed what the GPT says
+
+
+def test_synth_with_tag_guidance_decodes_the_tagged_text_otherwise(flow, tmp_path):
+    plain, _ = _synth(flow["model"], tmp_path / "plain.wav", flow["ref"], "--seed", "4")
+    guided, _ = _synth(flow["model"], tmp_path / "guided.wav", flow["ref"], "--seed", "4", "--tag-guidance", "4")
+    again, _ = _synth(flow["model"], tmp_path / "again.wav", flow["ref"], "--seed", "4", "--tag-guidance", "4")
+    assert np.array_equal(guided, again) and not np.array_equal(guided, plain)

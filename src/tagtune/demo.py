@@ -21,7 +21,7 @@ import re
 import time
 import unicodedata
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tagtune.errors import UserError
@@ -73,6 +73,7 @@ class DemoSettings:
     smoke: bool = False  # too small to judge: the report shows the numbers and judges no check
     model_family: str = "v1"  # the base's: "v1" (IndexTTS 1.x) or "v2" (IndexTTS-2)
     reference_clips: int = 12  # v2: untagged English clips of the held-out voices, the samples' references
+    tag_guidance: float = 1.0  # decoding of the tuned model's samples and free-running checks (docs/tag-guidance.md)
 
     def __post_init__(self):
         if self.model_family not in MODEL_FAMILIES:
@@ -163,12 +164,12 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir
         export(out / "run", out / "model")
     with _stage("synthesise", t):
         samples = synthesise_samples(out / "model", base, out / REFERENCE_CORPUS[s.model_family], out / "samples",
-                                     s.seed, progress)
+                                     s.seed, progress, s.tag_guidance)
     with _stage("evaluate", t):
         # the base's untrained tag rows are made exactly as training made the tuned model's first ones
         report = evaluate(out / "model", out / "data", out / "report", base_dir=base, n_free=s.free_prompts,
                           seed=s.seed, tag_init=cfg.lora.tag_init, tag_seed=cfg.seed, smoke=s.smoke,
-                          progress=progress, **transfer_arguments(out, s))
+                          progress=progress, tag_guidance=s.tag_guidance, **transfer_arguments(out, s))
         attach_samples(report, out / "report", samples, out / "samples")
     summary = {"seed": s.seed, "model_family": s.model_family, "base": str(base), "settings": s.__dict__,
                "timings_s": t, "total_s": round(sum(t.values()), 1),
@@ -274,8 +275,11 @@ def reference_voices(corpus: Path) -> list[tuple[str, str, Path]]:
 
 
 def synthesise_samples(model_dir: Path, base_dir: Path, corpus: Path, out: Path, seed: int,
-                       progress: bool = False) -> list[dict]:
+                       progress: bool = False, tag_guidance: float = 1.0) -> list[dict]:
     """The reference example's lines, tuned and base, in each unseen reference voice; returns the sample index.
+
+    The models decode with their defaults and ``tag_guidance`` (the base, which speaks the lines without their
+    tags, decodes them as without guidance).
 
     Files are named by sentence (``sample_name``); ``index.json`` and ``index.md`` in ``out`` list each file
     with its model, voice, text and seed.
@@ -291,13 +295,14 @@ def synthesise_samples(model_dir: Path, base_dir: Path, corpus: Path, out: Path,
                dynamic_ncols=True, disable=None if progress else True)
     for model, folder, unknown in (("tuned", model_dir, "error"), ("base", base_dir, "drop")):
         tts = TTS.load(folder, unknown_tags=unknown)
+        generation = replace(tts.default_generation(), tag_guidance=tag_guidance)
         if unknown == "drop":
             log.info("demo: the base model does not know the tags; it speaks the lines without them")
         for k, (label, voice, ref) in enumerate(refs):
             for i, text in enumerate(SAMPLE_SENTENCES):
                 with warnings.catch_warnings():  # the base drops each tag on purpose: said once above
                     warnings.simplefilter("ignore", UserWarning)
-                    res = tts.synthesize(text, ref, seed=seed + i)
+                    res = tts.synthesize(text, ref, seed=seed + i, generation=generation)
                 bar.update(1)
                 name = sample_name(k * len(SAMPLE_SENTENCES) + i + 1, model, text, label)
                 write_wav(out / name, res.audio, res.sample_rate)
@@ -333,6 +338,10 @@ def format_summary(summary: dict) -> str:
     smoke = not acc.get("judged", True)
     lines = [f"tagtune demo (seed {summary['seed']}) in {summary['total_s']:.0f} s: "
              + ", ".join(f"{k} {v:.0f} s" for k, v in summary["timings_s"].items()), ""]
+    guidance = summary["settings"].get("tag_guidance", 1.0)
+    if guidance != 1.0:
+        lines += [f"the tuned model's samples and free-running checks decode with tag guidance {guidance:g} "
+                  f"(tagtune synth --tag-guidance {guidance:g}; docs/tag-guidance.md)", ""]
     if smoke:
         lines += ["SMOKE RUN (--quick): every stage ran, at a size too small to judge the tags; the checks below "
                   "are not judged.", ""]

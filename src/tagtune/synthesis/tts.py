@@ -179,6 +179,11 @@ class TTS:
 
     # ------------------------------------------------------------------------------------------ text
 
+    @staticmethod
+    def default_generation() -> GenerationConfig:
+        """The official v1.5.0 decoding (3-beam sampling, top-k 30, top-p 0.8, repetition penalty 10)."""
+        return GenerationConfig()
+
     @property
     def known_tags(self) -> list[str]:
         """Canonical tags this model's tokenizer knows (empty for a base model)."""
