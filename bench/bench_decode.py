@@ -15,7 +15,6 @@ their codes may part where rounding flips a draw, so the figure compared is time
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -23,10 +22,9 @@ import torch
 import torch.nn.functional as F
 
 import tagtune.models.gpt2 as gpt2
-from bench_synth import FIXTURE, SENTENCE, SENTENCE_TOKENS, build_tts
+from bench_synth import SENTENCE, decode_parser, int8_decode_tts
 from tagtune.generation import GenerationConfig
 from tagtune.generation.batched import generate_sentences
-from tagtune.synthesis.tts import TTS
 
 ONE_QUERY, REORDER = gpt2._one_query_attention, gpt2.KVCache.reorder
 
@@ -44,17 +42,10 @@ FORMS = {"sdpa, full reorder": (sdpa, full_reorder), "one-query, full reorder": 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tokens", type=int, default=100)
-    p.add_argument("--beams", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    p = decode_parser(__doc__)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    base = build_tts(FIXTURE)
-    tts = TTS(base.gpt, base.vocoder, base.tokenizer, None, precision="int8", references=base.references,
-              max_sentence_tokens=SENTENCE_TOKENS)
-    ref = tts.reference(FIXTURE / "inputs" / "ref.wav")
+    tts, ref = int8_decode_tts()
     sentences, cfg = tts.sentences(SENTENCE), GenerationConfig(num_beams=a.beams, max_new_tokens=a.tokens)
     best = dict.fromkeys(FORMS, float("inf"))
     try:

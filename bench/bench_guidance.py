@@ -12,31 +12,22 @@ figure compared is time per decode step (the two decodes may stop at different s
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import torch
 
-from bench_synth import FIXTURE, SENTENCE, SENTENCE_TOKENS, build_tts
+from bench_synth import SENTENCE, decode_parser, int8_decode_tts
 from tagtune.generation import GenerationConfig
 from tagtune.generation.batched import generate_sentences
-from tagtune.synthesis.tts import TTS
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tokens", type=int, default=100)
-    p.add_argument("--beams", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    p = decode_parser(__doc__)
     p.add_argument("--scale", type=float, default=3.0)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    base = build_tts(FIXTURE)
-    tts = TTS(base.gpt, base.vocoder, base.tokenizer, None, precision="int8", references=base.references,
-              max_sentence_tokens=SENTENCE_TOKENS)
-    ref = tts.reference(FIXTURE / "inputs" / "ref.wav")
+    tts, ref = int8_decode_tts()
     sentences = tts.sentences(SENTENCE)
     free = [s[:2] + s[3:] for s in sentences]  # one piece fewer stands in for a removed tag
     forms = {"plain": (GenerationConfig(num_beams=a.beams, max_new_tokens=a.tokens), None),

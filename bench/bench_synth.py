@@ -65,6 +65,25 @@ def build_tts(fixture: Path, seed: int = 0) -> TTS:
     return TTS(gpt, vocoder, tokenizer, MelSpectrogram(), precision="fp32", max_sentence_tokens=SENTENCE_TOKENS)
 
 
+def decode_parser(doc: str) -> argparse.ArgumentParser:
+    """The decode benchmarks' common flags: codes, beams, timed rounds, torch threads."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, default=100)
+    p.add_argument("--beams", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    return p
+
+
+def int8_decode_tts(fixture: Path = FIXTURE):
+    """``build_tts``'s model with the CPU default's int8 decode copy, and the fixture reference's conditioning:
+    (tts, reference) for the decode benchmarks."""
+    base = build_tts(fixture)
+    tts = TTS(base.gpt, base.vocoder, base.tokenizer, None, precision="int8", references=base.references,
+              max_sentence_tokens=SENTENCE_TOKENS)
+    return tts, tts.reference(fixture / "inputs" / "ref.wav")
+
+
 def build_quick_tts() -> TTS:
     """The shipped tiny base (trained), fp32: the same code paths at a size that runs in seconds."""
     return TTS.load(SHIPPED_BASE, precision="fp32", max_sentence_tokens=SENTENCE_TOKENS)
