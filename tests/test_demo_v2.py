@@ -114,6 +114,9 @@ def test_settings_per_family():
     assert (quick.model_family, quick.smoke, quick.steps) == ("v2", True, 20)
     with pytest.raises(ValueError, match="model_family"):
         DemoSettings(model_family="v3")
+    # each family's tag guidance, in the full and the quick demo alike, unless given
+    assert (DemoSettings.full().tag_guidance, v2.tag_guidance, quick.tag_guidance) == (1.5, 3.0, 3.0)
+    assert DemoSettings(tag_guidance=1.0).tag_guidance == 1.0
 
 
 def test_recipe_per_family(tmp_path):
@@ -150,6 +153,11 @@ def test_cli_parses_the_model_family_and_base(monkeypatch, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--out", str(tmp_path / "d"), "--model-family", "v2", "--quick", "--base", str(tmp_path)])
     assert seen["settings"] == DemoSettings.quick(0, "v2") and seen["base_dir"] == tmp_path
+    with pytest.raises(SystemExit):
+        main(["demo", "--out", str(tmp_path / "d"), "--quick", "--tag-guidance", "2"])
+    assert seen["settings"].tag_guidance == 2.0
+    assert main(["demo", "--out", str(tmp_path / "d"), "--tag-guidance", "0"]) == 2
+    assert "tag_guidance must be in [1, 10]" in capsys.readouterr().err
 
 
 def test_a_missing_base_is_one_line(tmp_path, capsys):

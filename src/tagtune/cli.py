@@ -151,9 +151,9 @@ def _transfer_settings(a):
                             voices_dir=a.transfer_voices)
 
 
-def _add_tag_guidance(s, what: str) -> None:
+def _add_tag_guidance(s, what: str, default: str = "1, off") -> None:
     s.add_argument("--tag-guidance", type=float, help=f"tag guidance: {what} leaning this much further toward "
-                   "what its tags change than the model alone does, 1 to 10 (default: 1, off; "
+                   f"what its tags change than the model alone does, 1 to 10 (default: {default}; "
                    "docs/tag-guidance.md)")
 
 
@@ -191,6 +191,13 @@ def _demo(a) -> int:
         settings.steps = a.steps
     if a.clips is not None:
         settings.clips = a.clips
+    if a.tag_guidance is not None:
+        from tagtune.generation.guidance import check_tag_guidance
+
+        try:
+            settings.tag_guidance = check_tag_guidance(a.tag_guidance)
+        except ValueError as e:
+            raise UserError(f"--tag-guidance: {e}") from None
     summary = run_demo(a.out, settings, base_dir=a.base, progress=not a.no_progress)
     print(format_summary(summary))
     acceptance = summary["acceptance"]
@@ -647,6 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "--quick)")
     s.add_argument("--clips", type=int, help="corpus size (default: the demo's, 1200 for v1, 1600 for v2; 160 "
                    "with --quick)")
+    _add_tag_guidance(s, "the tuned model's samples and free-running checks decode", "1.5 for v1, 3 for v2")
     s.set_defaults(func=_demo)
     return p
 
