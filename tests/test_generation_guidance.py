@@ -179,3 +179,11 @@ def test_guided_stream_joins_to_guided_synthesis(tagged_tts, reference_wav):
     joined = np.concatenate(list(tagged_tts.stream(text, reference_wav, generation=cfg, seed=5)))
     assert joined.shape == one.audio.shape
     assert np.abs(joined.astype(int) - one.audio.astype(int)).max() <= STREAM_TOLERANCE_LSB
+
+
+def test_the_official_decoding_refuses_tag_guidance(tagged_tts, reference_wav):
+    from tagtune.errors import UserError
+
+    with pytest.raises(UserError, match="not part of the official decoding"):
+        tagged_tts.synthesize("Well <laughs> fine.", reference_wav, compat="official",
+                              generation=GenerationConfig(tag_guidance=2.0, **GUIDED))

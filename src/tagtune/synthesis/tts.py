@@ -245,6 +245,8 @@ class TTS:
         cfg = generation or GenerationConfig()
         limit = self.gpt.cfg.max_mel_tokens  # the official limit is 600 new codes; tiny models hold fewer
         cfg = replace(cfg, max_new_tokens=min(cfg.max_new_tokens, limit))
+        if compat and cfg.tag_guidance != 1.0:
+            raise UserError("tag guidance is not part of the official decoding: drop --compat or --tag-guidance")
         if compat:
             return replace(cfg, position_mode="official", use_cache=True)
         return replace(cfg, position_mode=self.position_mode, use_cache=True)

@@ -306,6 +306,8 @@ class TTSV2:
         # beam sampling starts from beam 0 alone in the transformers release IndexTTS2 runs on, whatever the caller
         cfg = replace(cfg, max_new_tokens=min(cfg.max_new_tokens, self.gpt.cfg.max_mel_tokens),
                       beam_sample_from_first=True)
+        if compat and cfg.tag_guidance != 1.0:
+            raise UserError("tag guidance is not part of the official decoding: drop --compat or --tag-guidance")
         if compat:  # infer() always samples; with top_k=1 that is greedy search
             return replace(cfg, do_sample=True, position_mode="official", use_cache=True)
         return cfg
