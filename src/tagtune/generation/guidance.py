@@ -8,7 +8,8 @@ scores the next code from both texts, with the same speaker prompt and the same 
 
 ``s = 1`` is plain decoding. ``s > 1`` moves each step further in the direction the tags move it: a tag that
 the model has learned weakly (an event whose codes resemble speech, so the tag shifts each code's distribution
-only a little) then makes its event as often as a strongly learned one. A row whose text has no tag has equal
+only a little) then makes its event more often (docs/tag-guidance.md measures how much, and where a large scale
+moves events away from their tag). A row whose text has no tag has equal
 branches and decodes exactly as without guidance, so guidance never adds an event where no tag stands.
 
 Both branches run as one batch of 2N rows through the ``MelDecoder`` (one backbone call per step): the tagged
@@ -43,7 +44,8 @@ def guided_scores(tagged: torch.Tensor, free: torch.Tensor, scale: float, plain:
     (N, V each). Rows where ``plain`` (N,) is True have no tag and keep the tagged branch's logits as they are, so
     that the repetition penalty, which treats logits and log-probabilities differently, acts on them as it does
     without guidance."""
-    mixed = free.log_softmax(dim=-1) + scale * (tagged.log_softmax(dim=-1) - free.log_softmax(dim=-1))
+    unconditional = free.log_softmax(dim=-1)
+    mixed = unconditional + scale * (tagged.log_softmax(dim=-1) - unconditional)
     return torch.where(plain[:, None], tagged, mixed)
 
 
