@@ -63,14 +63,12 @@ def _free_running(models, detector, tagged, untagged, tags, space_id, settings, 
 def _transfer(models, transfer_dir, ft_train: list[dict], model_dir, base_dir, tags, space_id, seed, settings,
               free: FreeRunSettings, progress: bool) -> dict:
     """The transfer section: the fine-tune voices are the speakers of the fine-tune data's training split; its
-    prompts are sampled as the main free-running check's (``free``), in the transfer settings' numbers."""
-    from tagtune.evaluate.transfer import TransferSettings, evaluate_transfer, open_transfer_set, open_voice_set
+    prompts are sampled as the main free-running check's (``free``)."""
+    from tagtune.evaluate.transfer import evaluate_transfer, open_transfer_set, open_voice_set
 
     train, val = open_transfer_set(Path(transfer_dir), models)
     voices = open_voice_set(Path(settings.voices_dir), Path(transfer_dir)) if settings and settings.voices_dir else None
     codebook = codebook_of(model_dir, Path(base_dir) if base_dir else None)
-    settings = settings or TransferSettings()
-    free = dataclasses.replace(free, prompts=settings.prompts, untagged_prompts=settings.untagged_prompts)
     return evaluate_transfer(models, codebook, train, val, {it["speaker"] for it in ft_train}, tags, space_id,
                              seed, settings, free, progress=progress, voices=voices)
 

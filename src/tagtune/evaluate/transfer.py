@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -198,7 +198,8 @@ def evaluate_transfer(models, codebook: torch.Tensor, train: list[dict], val: li
     toward that voice weighs heavily and refitting on another split moves a condition's drop by several hundredths.
     """
     settings = settings or TransferSettings()
-    free = free or FreeRunSettings(settings.prompts, settings.untagged_prompts)
+    # sampled as ``free`` says (the main check's settings, tag guidance included), in the transfer's numbers
+    free = replace(free or FreeRunSettings(), prompts=settings.prompts, untagged_prompts=settings.untagged_prompts)
     started = time.perf_counter()
     groups = by_condition(val, ft_speakers)
     if REFERENCE_CONDITION not in groups:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from tagtune.generation.decoder import pad_rows
 from tagtune.generation.generate import GenerationConfig, generate_codes
 from tagtune.generation.postprocess import remove_long_silence
 
@@ -17,15 +18,6 @@ def length_groups(lengths: list[int], size: int) -> list[list[int]]:
     """Indices grouped ``size`` at a time in order of length, so padding stays small."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[i : i + size] for i in range(0, len(order), size)]
-
-
-def pad_rows(rows: list[list[int] | torch.Tensor], value: int, device) -> torch.Tensor:
-    """Right-pad id rows to a (B, L) long tensor."""
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), value, dtype=torch.long, device=device)
-    for b, r in enumerate(rows):
-        out[b, : len(r)] = torch.as_tensor(r, dtype=torch.long, device=device)
-    return out
 
 
 @torch.no_grad()

@@ -54,6 +54,15 @@ def strip_and_wrap(ids: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     return F.pad(F.pad(ids, (1, 0), value=start), (0, 1), value=stop)
 
 
+def pad_rows(rows: list[list[int] | torch.Tensor], value: int, device) -> torch.Tensor:
+    """Right-pad id rows to a (B, L) long tensor."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long, device=device)
+    for b, r in enumerate(rows):
+        out[b, : len(r)] = torch.as_tensor(r, dtype=torch.long, device=device)
+    return out
+
+
 def prepare_prompt(model, conds: torch.Tensor, text_ids: torch.Tensor) -> Prompt:
     """Build the prompt from conds (1 or B, 32, D) and text ids (B, L) (right-padded with 1 in v1.5 batches).
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from tagtune.generation.beam import beam_codes
-from tagtune.generation.decoder import POSITION_MODES, MelDecoder, prepare_prompt
+from tagtune.generation.decoder import POSITION_MODES, MelDecoder, pad_rows, prepare_prompt
 from tagtune.generation.guidance import NO_GUIDANCE, GuidedDecoder, check_tag_guidance
 from tagtune.generation.sampling import sample_codes
 
@@ -95,19 +94,20 @@ def code_decoder(model, conds: torch.Tensor, text_ids: torch.Tensor, cfg: Genera
                  free_ids: torch.Tensor | None = None) -> MelDecoder | GuidedDecoder:
     """The MelDecoder of the texts (B, L) after ``conds`` (1 or B, P, D), or with ``cfg.tag_guidance`` the
     GuidedDecoder of the texts and their tag-free twins ``free_ids`` (B, L'); both drive the same searches."""
-    guided = cfg.tag_guidance != NO_GUIDANCE
-    if guided and (free_ids is None or free_ids.shape[0] != text_ids.shape[0]):
+    def decoder(conds: torch.Tensor, ids: torch.Tensor) -> MelDecoder:
+        return MelDecoder(model, prepare_prompt(model, conds, ids), use_cache=cfg.use_cache,
+                          position_mode=cfg.position_mode, max_new_tokens=cfg.max_new_tokens, repeat=cfg.num_beams)
+
+    if cfg.tag_guidance == NO_GUIDANCE:
+        return decoder(conds, text_ids)
+    if free_ids is None or free_ids.shape[0] != text_ids.shape[0]:
         raise ValueError("tag_guidance needs free_ids: one tag-free text per text row")
-    if guided:
-        plain = _same_rows(text_ids, free_ids, model.cfg.start_text_token, model.cfg.stop_text_token)
-        guided = not bool(plain.all())  # no row has a tag: nothing to guide
-    if guided:
-        both = _pad_cat(text_ids, free_ids, model.cfg.stop_text_token)
-        conds = conds if conds.shape[0] == 1 else torch.cat([conds, conds])
-    prompt = prepare_prompt(model, conds, both if guided else text_ids)
-    decoder = MelDecoder(model, prompt, use_cache=cfg.use_cache, position_mode=cfg.position_mode,
-                         max_new_tokens=cfg.max_new_tokens, repeat=cfg.num_beams)
-    return GuidedDecoder(decoder, cfg.tag_guidance, plain) if guided else decoder
+    plain = _same_rows(text_ids, free_ids, model.cfg.start_text_token, model.cfg.stop_text_token)
+    if bool(plain.all()):  # no row has a tag: nothing to guide
+        return decoder(conds, text_ids)
+    both = pad_rows([*text_ids, *free_ids], model.cfg.stop_text_token, text_ids.device)  # tagged rows, then twins
+    return GuidedDecoder(decoder(conds if conds.shape[0] == 1 else torch.cat([conds, conds]), both),
+                         cfg.tag_guidance, plain)
 
 
 def _same_rows(text_ids: torch.Tensor, free_ids: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -117,12 +117,6 @@ def _same_rows(text_ids: torch.Tensor, free_ids: torch.Tensor, start: int, stop:
 
     return torch.tensor([text(a) == text(b) for a, b in zip(text_ids, free_ids, strict=True)],
                         device=text_ids.device)
-
-
-def _pad_cat(a: torch.Tensor, b: torch.Tensor, pad: int) -> torch.Tensor:
-    """Rows of ``a`` then rows of ``b`` (B, L) and (B, L'), right-padded with ``pad`` to a common width."""
-    width = max(a.shape[1], b.shape[1])
-    return torch.cat([F.pad(t.long().to(a.device), (0, width - t.shape[1]), value=pad) for t in (a, b)])
 
 
 def code_lengths(codes: torch.Tensor, stop: int) -> torch.Tensor:
