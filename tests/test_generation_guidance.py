@@ -8,7 +8,7 @@ import torch
 
 from base_fixtures import load_plain_gpt
 from tagtune.generation import GenerationConfig, MelDecoder, generate_codes, prepare_prompt
-from tagtune.generation.guidance import GuidedDecoder, check_tag_guidance, guided_scores
+from tagtune.generation.guidance import Anchor, GuidedDecoder, check_tag_guidance, guided_scores
 
 MAX_NEW = 30
 
@@ -134,6 +134,73 @@ def test_guided_scores_keep_plain_rows_as_logits():
     torch.testing.assert_close(out[1], lf + 3.0 * (lt - lf))
 
 
+# ------------------------------------------------------------------------------------ anchored to the base
+
+@pytest.fixture(scope="module")
+def other_base(model):
+    """A stand-in for the base a tuned model came from: the same shape, every block's MLP moved."""
+    import copy
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for block in other.gpt.h:
+            block.mlp.c_proj.weight.mul_(1.5)
+    return other
+
+
+def test_anchored_steps_start_from_the_base_on_the_tag_free_text(model, other_base, base_inputs):
+    tagged, free = texts(base_inputs)
+    conds = base_inputs["conds"]
+    base_conds = 0.8 * conds  # the base's own prompt for the same reference
+    tokens = [5, 17, 3]
+    want_t, want_f = branch_logits(model, conds, tagged, tokens), branch_logits(model, conds, free, tokens)
+    want_b = branch_logits(other_base, base_conds, free, tokens)
+    both = torch.cat([tagged, torch.nn.functional.pad(free, (0, 1), value=model.cfg.stop_text_token)])
+
+    def decoder(m, c, ids):
+        return MelDecoder(m, prepare_prompt(m, c, ids), use_cache=True, position_mode="train", max_new_tokens=MAX_NEW)
+
+    guided = GuidedDecoder(decoder(model, conds, both), 1.0, torch.tensor([False]),
+                           decoder(other_base, base_conds, free))
+    got = [guided.start()] + [guided.step(torch.tensor([t])) for t in tokens]
+    for g, t, f, b in zip(got, want_t, want_f, want_b, strict=True):
+        lt, lf, lb = t.log_softmax(-1), f.log_softmax(-1), b.log_softmax(-1)
+        torch.testing.assert_close(g, lb + (lt - lf), rtol=0, atol=1e-4)
+        assert not torch.allclose(g, lt, atol=1e-3)  # scale 1 is not plain decoding once anchored
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_anchored_rows_without_a_tag_decode_as_the_base(model, other_base, base_inputs, beams):
+    tagged, free = texts(base_inputs)
+    batch = base_inputs["gen_batch_text_ids"]  # two texts; the first is ``tagged``
+    free_ids = torch.cat([torch.nn.functional.pad(free, (0, batch.shape[1] - free.shape[1]),
+                                                  value=model.cfg.stop_text_token), batch[1:]])
+    conds, base_conds = base_inputs["conds"], 0.8 * base_inputs["conds"]
+    cfg = GenerationConfig(do_sample=False, num_beams=beams, max_new_tokens=MAX_NEW, tag_guidance=2.0)
+    anchored, lengths = generate_codes(model, batch, cfg, conds=conds, free_ids=free_ids,
+                                       anchor=Anchor(other_base, base_conds))
+    base, base_lengths = generate_codes(other_base, batch[1:], GenerationConfig.greedy(num_beams=beams,
+                                                                                       max_new_tokens=MAX_NEW),
+                                        conds=base_conds)
+    tuned, _ = generate_codes(model, batch[1:], GenerationConfig.greedy(num_beams=beams, max_new_tokens=MAX_NEW),
+                              conds=conds)
+    n = int(lengths[1])
+    assert n == int(base_lengths[0]) and anchored[1, :n].tolist() == base[0, :n].tolist()
+    assert base[0].tolist() != tuned[0].tolist()  # the two models differ, so the row followed the base
+    only_free, _ = generate_codes(model, batch[1:], cfg, conds=conds, free_ids=batch[1:],
+                                  anchor=Anchor(other_base, base_conds))
+    assert only_free[0].tolist() == base[0].tolist()  # no tagged row at all: the base decodes alone
+
+
+def test_the_model_as_its_own_anchor_is_tag_guidance(model, base_inputs):
+    tagged, free = texts(base_inputs)
+    conds = base_inputs["conds"]
+    cfg = GenerationConfig(num_beams=3, max_new_tokens=MAX_NEW, tag_guidance=2.0)
+    runs = [generate_codes(model, tagged, cfg, conds=conds, free_ids=free, anchor=anchor,
+                           generator=torch.Generator().manual_seed(2)) for anchor in (None, Anchor(model, conds))]
+    assert runs[0][0].tolist() == runs[1][0].tolist()
+
+
 # ------------------------------------------------------------------------------------------ in synthesis
 
 @pytest.fixture(scope="module")
@@ -187,3 +254,63 @@ def test_the_official_decoding_refuses_tag_guidance(tagged_tts, reference_wav):
     with pytest.raises(UserError, match="not part of the official decoding"):
         tagged_tts.synthesize("Well <laughs> fine.", reference_wav, compat="official",
                               generation=GenerationConfig(tag_guidance=2.0, **GUIDED))
+
+
+# ------------------------------------------------------------------------------- anchored, in synthesis
+
+@pytest.fixture(scope="module")
+def anchored_pair(tagged_tts):
+    """A "tuned" model (the tagged model with every block's MLP moved) and the same one anchored to the
+    unmoved model, standing in for the base it came from."""
+    import copy
+
+    from tagtune.synthesis.tts import TTS
+
+    moved = copy.deepcopy(tagged_tts.gpt)
+    with torch.no_grad():
+        for block in moved.gpt.h:
+            block.mlp.c_proj.weight.mul_(1.5)
+    parts = (tagged_tts.vocoder, tagged_tts.tokenizer, None)
+    options = dict(precision="fp32", max_sentence_tokens=12, batch_size=2)
+    return TTS(moved, *parts, **options), TTS(moved, *parts, anchor=tagged_tts.gpt, **options)
+
+
+def test_anchored_synthesis_speaks_untagged_text_as_the_base(tagged_tts, anchored_pair, reference_wav):
+    alone, anchored = anchored_pair
+    text, cfg = "Well, that is funny.", GenerationConfig(**GUIDED)
+    runs = [tts.synthesize(text, reference_wav, seed=3, generation=cfg) for tts in (tagged_tts, alone, anchored)]
+    base, tuned, got = ([c.tolist() for c in r.codes] for r in runs)
+    assert got == base and tuned != base
+    tagged = anchored.synthesize("Well <laughs> that is funny.", reference_wav, seed=3, generation=cfg)
+    assert [c.tolist() for c in tagged.codes] != base
+
+
+def test_anchored_stream_joins_to_anchored_synthesis(anchored_pair, reference_wav):
+    import numpy as np
+
+    from tagtune.synthesis.stream import STREAM_TOLERANCE_LSB
+
+    _, anchored = anchored_pair
+    text = "Well <laughs> that is funny, it costs ten dollars. Hello there, how are you today?"
+    cfg = GenerationConfig(tag_guidance=1.5, **GUIDED)
+    one = anchored.synthesize(text, reference_wav, generation=cfg, seed=5)
+    joined = np.concatenate(list(anchored.stream(text, reference_wav, generation=cfg, seed=5)))
+    assert joined.shape == one.audio.shape
+    assert np.abs(joined.astype(int) - one.audio.astype(int)).max() <= STREAM_TOLERANCE_LSB
+
+
+def test_anchoring_refuses_the_official_decoding_and_a_foreign_base(anchored_pair, reference_wav, shipped_base,
+                                                                    tmp_path):
+    from tagtune.errors import UserError
+    from tagtune.synthesis.tts import TTS
+    from tagtune.tags.add import add_tags
+
+    _, anchored = anchored_pair
+    with pytest.raises(UserError, match="anchored to the base is not part of the official decoding"):
+        anchored.synthesize("Well <laughs> fine.", reference_wav, compat="official",
+                            generation=GenerationConfig(**GUIDED))
+    two = tmp_path / "two-tags"
+    add_tags(shipped_base, ["<laughs>", "<sighs>"], two)
+    with pytest.raises(UserError, match="not the base this model was trained from"):
+        TTS.load(two, base_anchor=two, precision="fp32")
+    assert TTS.load(two, base_anchor=shipped_base, precision="fp32").anchor is not None

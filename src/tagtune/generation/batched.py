@@ -23,16 +23,18 @@ def length_groups(lengths: list[int], size: int) -> list[list[int]]:
 @torch.no_grad()
 def generate_sentences(gpt, sentences: list[list[int]], cfg: GenerationConfig, conds: torch.Tensor,
                        generator: torch.Generator | None = None,
-                       free: list[list[int]] | None = None) -> tuple[list[torch.Tensor], int]:
+                       free: list[list[int]] | None = None, anchor=None) -> tuple[list[torch.Tensor], int]:
     """Codes (after silence removal) for a batch of sentences (text ids), and the decode steps it took.
 
     Rows are right-padded with ``stop_text_token``, as v1.5 batches are. ``free``: each sentence without its
-    tags, for ``cfg.tag_guidance``.
+    tags, for ``cfg.tag_guidance`` and for ``anchor`` (a ``guidance.Anchor``: the base model guided decoding
+    starts from).
     """
     c = gpt.cfg
     text_ids = pad_rows(sentences, c.stop_text_token, conds.device)  # (B, L)
     free_ids = pad_rows(free, c.stop_text_token, conds.device) if free is not None else None
-    codes, _ = generate_codes(gpt, text_ids, cfg, conds=conds, generator=generator, free_ids=free_ids)  # (B, N)
+    codes, _ = generate_codes(gpt, text_ids, cfg, conds=conds, generator=generator, free_ids=free_ids,
+                              anchor=anchor)  # (B, N)
     out = []
     for row in codes:
         kept, lens = remove_long_silence(row[None], stop_token=c.stop_mel_token)

@@ -8,7 +8,7 @@ import torch
 
 from tagtune.generation.beam import beam_codes
 from tagtune.generation.decoder import POSITION_MODES, MelDecoder, pad_rows, prepare_prompt
-from tagtune.generation.guidance import NO_GUIDANCE, GuidedDecoder, check_tag_guidance
+from tagtune.generation.guidance import NO_GUIDANCE, Anchor, GuidedDecoder, check_tag_guidance
 from tagtune.generation.sampling import sample_codes
 
 
@@ -64,13 +64,15 @@ class GenerationConfig:
 def generate_codes(model, text_ids: torch.Tensor, cfg: GenerationConfig | None = None, *,
                    conds: torch.Tensor | None = None, cond_mel: torch.Tensor | None = None,
                    cond_mel_lengths: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                   free_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   free_ids: torch.Tensor | None = None,
+                   anchor: Anchor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate mel codes for text ids (B, L) (v1.5 batches right-padded with stop_text).
 
     The speaker prompt is either ``conds`` (1 or B, 32, D) or a reference log-mel ``cond_mel`` (1 or B, 100, T)
     with optional frame counts; one shared prompt serves every text row. Sampling draws from ``generator``
     (the global torch RNG when None, like the official code). ``free_ids`` (B, L') are the same texts without
-    their tags, which ``cfg.tag_guidance`` > 1 decodes against (ignored at 1).
+    their tags, which ``cfg.tag_guidance`` > 1 decodes against (ignored at 1), and ``anchor`` the base model
+    that guided decoding starts from (``guidance.py``; it also needs ``free_ids``).
 
     Returns ``(codes, lengths)``: codes (B, T) as the official call returns them (each row's stop_mel included
     when it was generated, rows padded with stop_mel) and lengths (B,) = codes before the first stop_mel.
@@ -82,7 +84,7 @@ def generate_codes(model, text_ids: torch.Tensor, cfg: GenerationConfig | None =
         conds = model.get_conditioning(cond_mel, cond_mel_lengths)
     _check_positions(model, cfg)
     stop = model.cfg.stop_mel_token
-    decoder = code_decoder(model, conds, text_ids, cfg, free_ids)
+    decoder = code_decoder(model, conds, text_ids, cfg, free_ids, anchor)
     if cfg.num_beams > 1:
         codes = beam_codes(decoder, decoder.history, cfg, stop, text_ids.shape[0], generator)
     else:
@@ -91,23 +93,25 @@ def generate_codes(model, text_ids: torch.Tensor, cfg: GenerationConfig | None =
 
 
 def code_decoder(model, conds: torch.Tensor, text_ids: torch.Tensor, cfg: GenerationConfig,
-                 free_ids: torch.Tensor | None = None) -> MelDecoder | GuidedDecoder:
-    """The MelDecoder of the texts (B, L) after ``conds`` (1 or B, P, D), or with ``cfg.tag_guidance`` the
-    GuidedDecoder of the texts and their tag-free twins ``free_ids`` (B, L'); both drive the same searches."""
-    def decoder(conds: torch.Tensor, ids: torch.Tensor) -> MelDecoder:
-        return MelDecoder(model, prepare_prompt(model, conds, ids), use_cache=cfg.use_cache,
+                 free_ids: torch.Tensor | None = None, anchor: Anchor | None = None) -> MelDecoder | GuidedDecoder:
+    """The MelDecoder of the texts (B, L) after ``conds`` (1 or B, P, D), or with ``cfg.tag_guidance`` or an
+    ``anchor`` the GuidedDecoder of the texts and their tag-free twins ``free_ids`` (B, L'); both drive the same
+    searches."""
+    def decoder(gpt, conds: torch.Tensor, ids: torch.Tensor) -> MelDecoder:
+        return MelDecoder(gpt, prepare_prompt(gpt, conds, ids), use_cache=cfg.use_cache,
                           position_mode=cfg.position_mode, max_new_tokens=cfg.max_new_tokens, repeat=cfg.num_beams)
 
-    if cfg.tag_guidance == NO_GUIDANCE:
-        return decoder(conds, text_ids)
+    if cfg.tag_guidance == NO_GUIDANCE and anchor is None:
+        return decoder(model, conds, text_ids)
     if free_ids is None or free_ids.shape[0] != text_ids.shape[0]:
-        raise ValueError("tag_guidance needs free_ids: one tag-free text per text row")
+        raise ValueError("tag guidance needs free_ids: one tag-free text per text row")
     plain = _same_rows(text_ids, free_ids, model.cfg.start_text_token, model.cfg.stop_text_token)
-    if bool(plain.all()):  # no row has a tag: nothing to guide
-        return decoder(conds, text_ids)
+    if bool(plain.all()):  # no row has a tag: nothing to guide, the model guidance starts from decodes
+        return decoder(model, conds, text_ids) if anchor is None else decoder(anchor.gpt, anchor.conds, free_ids)
     both = pad_rows([*text_ids, *free_ids], model.cfg.stop_text_token, text_ids.device)  # tagged rows, then twins
-    return GuidedDecoder(decoder(conds if conds.shape[0] == 1 else torch.cat([conds, conds]), both),
-                         cfg.tag_guidance, plain)
+    anchored = None if anchor is None else decoder(anchor.gpt, anchor.conds, free_ids)
+    return GuidedDecoder(decoder(model, conds if conds.shape[0] == 1 else torch.cat([conds, conds]), both),
+                         cfg.tag_guidance, plain, anchored)
 
 
 def _same_rows(text_ids: torch.Tensor, free_ids: torch.Tensor, start: int, stop: int) -> torch.Tensor:

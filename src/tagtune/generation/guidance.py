@@ -12,6 +12,16 @@ only a little) then makes its event more often (docs/tag-guidance.md measures ho
 moves events away from their tag). A row whose text has no tag has equal
 branches and decodes exactly as without guidance, so guidance never adds an event where no tag stands.
 
+**Anchored to the base.** With an ``Anchor`` (the base model and its own speaker prompt from the same
+reference) the first term comes from the base model reading the tag-free text instead:
+
+    log p_base(code | tag-free text) + s · (log p(code | tagged text) − log p(code | tag-free text))
+
+so the tuned model contributes only what its tags change, and what the fine-tune moved elsewhere (toward the
+fine-tune speaker's voice, away from the other language) cancels between its two branches. A row without a tag
+then decodes as the base model does, and ``s = 1`` is no longer plain decoding. docs/tag-guidance.md measures
+what it holds and what it costs (one more backbone call per step, on the base's weights).
+
 Both branches run as one batch of 2N rows through the ``MelDecoder`` (one backbone call per step): the tagged
 rows first, their tag-free twins after them in the same order. transformers' own processor runs the
 unconditional branch as a second model call per step and supports one row; the searches here need batches,
@@ -19,6 +29,8 @@ beams and the KV cache of ``MelDecoder``, so the combination is written here.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -39,35 +51,51 @@ def check_tag_guidance(value: float) -> float:
     return number
 
 
-def guided_scores(tagged: torch.Tensor, free: torch.Tensor, scale: float, plain: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class Anchor:
+    """The base model a tuned model's guided decoding starts from: its GPT and its speaker prompt (1 or B, P, D)
+    for the same reference, computed by the base's own conditioning path."""
+
+    gpt: object
+    conds: torch.Tensor
+
+
+def guided_scores(tagged: torch.Tensor, free: torch.Tensor, scale: float, plain: torch.Tensor,
+                  anchor: torch.Tensor | None = None) -> torch.Tensor:
     """Guided next-code log-probabilities (N, V) from the logits of the tagged rows and of their tag-free twins
-    (N, V each). Rows where ``plain`` (N,) is True have no tag and keep the tagged branch's logits as they are, so
-    that the repetition penalty, which treats logits and log-probabilities differently, acts on them as it does
-    without guidance."""
+    (N, V each), starting from the twins' or from ``anchor``'s (the base model on the tag-free texts). Rows where
+    ``plain`` (N,) is True have no tag and keep the logits of the model they start from as they are, so that the
+    repetition penalty, which treats logits and log-probabilities differently, acts on them as it does without
+    guidance."""
     unconditional = free.log_softmax(dim=-1)
-    mixed = unconditional + scale * (tagged.log_softmax(dim=-1) - unconditional)
-    return torch.where(plain[:, None], tagged, mixed)
+    start = unconditional if anchor is None else anchor.log_softmax(dim=-1)
+    mixed = start + scale * (tagged.log_softmax(dim=-1) - unconditional)
+    return torch.where(plain[:, None], tagged if anchor is None else anchor, mixed)
 
 
 class GuidedDecoder:
     """A ``MelDecoder`` over [tagged rows ‖ tag-free rows] seen as its first half: ``start``, ``step`` and
-    ``reorder`` take and return the tagged rows' view (N = rows of the first half, beams included)."""
+    ``reorder`` take and return the tagged rows' view (N = rows of the first half, beams included). ``anchor``: the
+    base model's ``MelDecoder`` over the tag-free texts (N rows), stepped alongside."""
 
-    def __init__(self, decoder: MelDecoder, scale: float, plain: torch.Tensor):
-        self.decoder, self.scale = decoder, scale
+    def __init__(self, decoder: MelDecoder, scale: float, plain: torch.Tensor, anchor: MelDecoder | None = None):
+        self.decoder, self.scale, self.anchor = decoder, scale, anchor
         self.rows = decoder.history.shape[0] // 2
         self.plain = plain.repeat_interleave(decoder.repeat)  # (N,) per prompt row -> per decoded row
         self.history = decoder.history[: self.rows]
 
     def start(self) -> torch.Tensor:
-        return self._guide(self.decoder.start())
+        return self._guide(self.decoder.start(), None if self.anchor is None else self.anchor.start())
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self._guide(self.decoder.step(torch.cat([tokens, tokens])))
+        anchor = None if self.anchor is None else self.anchor.step(tokens)
+        return self._guide(self.decoder.step(torch.cat([tokens, tokens])), anchor)
 
     def reorder(self, index: torch.Tensor) -> None:
         self.decoder.reorder(torch.cat([index, index + self.rows]))
+        if self.anchor is not None:
+            self.anchor.reorder(index)
         self.plain = self.plain.index_select(0, index)
 
-    def _guide(self, logits: torch.Tensor) -> torch.Tensor:
-        return guided_scores(logits[: self.rows], logits[self.rows :], self.scale, self.plain)
+    def _guide(self, logits: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
+        return guided_scores(logits[: self.rows], logits[self.rows :], self.scale, self.plain, anchor)

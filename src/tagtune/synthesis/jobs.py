@@ -107,7 +107,7 @@ def synth_command(model_dir, ref=None, text: str | None = None, batch=None, out=
                   seed: int | None = None, compat: str | None = None, precision: str = "auto",
                   greedy: bool = False, device: str = "cpu", unknown_tags: str = "error",
                   batch_size: int | None = None, progress: bool = True, emotion: dict | None = None,
-                  **sampling) -> list[Path]:
+                  base_anchor=None, **sampling) -> list[Path]:
     """Synthesise ``text`` with ``ref`` to ``out``, or every line of the JSONL ``batch``; returns written files.
 
     ``sampling`` takes the GenerationConfig fields (num_beams, top_k, ...); ``greedy`` starts from greedy
@@ -115,7 +115,8 @@ def synth_command(model_dir, ref=None, text: str | None = None, batch=None, out=
     Every item is checked (see the module docstring) before the networks load. ``progress`` shows a bar with
     ETA over the items of a batch file on stderr (when it is a terminal). ``emotion`` (IndexTTS-2 folders only):
     ``emo_ref``, ``emo_alpha``, ``emo_vector`` (8 weights or "w1,...,w8"), ``emo_text``, for every item; an
-    IndexTTS-2 folder starts from its official decoding (``generation.v2.official_v2``).
+    IndexTTS-2 folder starts from its official decoding (``generation.v2.official_v2``). ``base_anchor``: the base
+    model folder that guided decoding starts from (``TTS.load``).
     """
     from tagtune.checkpoint import model_family
 
@@ -139,6 +140,8 @@ def synth_command(model_dir, ref=None, text: str | None = None, batch=None, out=
         with _named(item):
             text_to_sentences(tokenizer, item.text)
     options = {"batch_size": batch_size} if batch_size and not v2 else {}
+    if base_anchor is not None:
+        options["base_anchor"] = base_anchor
     tts = TTS.load(model_dir, adapter, device=device, precision="fp32" if compat else precision,
                    unknown_tags=unknown_tags, **options)
     written = []

@@ -50,6 +50,7 @@ class Reference:
     speaker: torch.Tensor  # (1, 1, E) BigVGAN speaker embedding
     seconds: float  # duration used (after trimming)
     trimmed: bool = False
+    anchor_conds: torch.Tensor | None = None  # (1, 32, D) the base model's latents, when decoding is anchored to it
 
 
 def reference_key(source) -> str:
@@ -116,11 +117,12 @@ def _array_reference(rate: int, samples, max_seconds: float) -> torch.Tensor:
 
 
 class ReferenceCache:
-    """Computes and remembers :class:`Reference` objects for a GPT + vocoder pair."""
+    """Computes and remembers :class:`Reference` objects for a GPT + vocoder pair (and the latents of ``anchor``,
+    the base GPT that guided decoding starts from, when given)."""
 
     def __init__(self, gpt, vocoder, mel, *, min_seconds: float = MIN_REFERENCE_SECONDS,
-                 max_seconds: float = MAX_REFERENCE_SECONDS, size: int = CACHE_SIZE):
-        self.gpt, self.vocoder, self.mel = gpt, vocoder, mel
+                 max_seconds: float = MAX_REFERENCE_SECONDS, size: int = CACHE_SIZE, anchor=None):
+        self.gpt, self.vocoder, self.mel, self.anchor = gpt, vocoder, mel, anchor
         self.min_seconds, self.max_seconds, self.size = min_seconds, max_seconds, size
         self._items: dict[str, Reference] = {}
 
@@ -146,4 +148,5 @@ class ReferenceCache:
         lengths = torch.tensor([cond_mel.shape[-1]], device=device)
         conds = self.gpt.get_conditioning(cond_mel, lengths)  # (1, 32, D)
         speaker = self.vocoder.speaker_embedding(cond_mel.transpose(1, 2))  # (1, 1, E)
-        return Reference(cond_mel, conds, speaker, wav.shape[-1] / SAMPLE_RATE, trimmed)
+        anchor = None if self.anchor is None else self.anchor.get_conditioning(cond_mel, lengths)
+        return Reference(cond_mel, conds, speaker, wav.shape[-1] / SAMPLE_RATE, trimmed, anchor)

@@ -217,7 +217,7 @@ def stream_speech(tts, ref, sentences: list[list[int]], cfg, generator: torch.Ge
         text_ids = pad_rows([sentences[i] for i in group], c.stop_text_token, ref.conds.device)
         free_ids = pad_rows([tts.tokenizer.without_tags(sentences[i]) for i in group], c.stop_text_token,
                             ref.conds.device)
-        decoder = code_decoder(gpt, ref.conds, text_ids, cfg, free_ids)
+        decoder = code_decoder(gpt, ref.conds, text_ids, cfg, free_ids, tts.anchor_of(ref))
         search = new_search(decoder.history, cfg, c.stop_mel_token, len(group), generator)
         for _ in run_search(decoder, search):
             for b, i in enumerate(group):

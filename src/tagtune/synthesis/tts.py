@@ -35,6 +35,7 @@ from tagtune.generation import (
     remove_long_silence,
     vocode_joined,
 )
+from tagtune.generation.guidance import Anchor
 from tagtune.precision import resolve_latent_precision, resolve_precision
 from tagtune.synthesis.reference import Reference, ReferenceCache
 
@@ -136,14 +137,16 @@ class TTS:
     the fast path's latent pass (streamed or whole); "auto" is bf16 where the decode is reduced on a CPU with
     native bf16 (``precision.resolve_latent_precision``), fp32 otherwise. ``position_mode`` ("train" or "official") is
     the fast path's mel positions; ``batch_size`` the sentences generated together; ``max_text_chars`` the
-    longest text accepted.
+    longest text accepted. ``anchor``: the base model's fp32 GPT that the fast path's guided decoding starts from
+    (``generation/guidance.py``: the tuned model then contributes only what its tags change); None decodes
+    the model alone.
     """
 
     def __init__(self, gpt, vocoder, tokenizer, mel, *, precision: str = "fp32", batch_size: int = DEFAULT_BATCH,
                  max_sentence_tokens: int = MAX_SENTENCE_TOKENS, position_mode: str = "train",
                  references: ReferenceCache | None = None, name: str = "model",
-                 max_text_chars: int = MAX_TEXT_CHARS, latent_precision: str = "auto"):
-        self.gpt, self.vocoder, self.tokenizer = gpt, vocoder, tokenizer
+                 max_text_chars: int = MAX_TEXT_CHARS, latent_precision: str = "auto", anchor=None):
+        self.gpt, self.vocoder, self.tokenizer, self.anchor = gpt, vocoder, tokenizer, anchor
         self.device = gpt.mel_head.weight.device
         self.precision = resolve_precision(precision, self.device)
         self.latent_precision = resolve_latent_precision(latent_precision, self.precision, self.device)
@@ -154,21 +157,27 @@ class TTS:
         if references is None:
             from tagtune.audio import MelSpectrogram
 
-            references = ReferenceCache(gpt, vocoder, mel if mel is not None else MelSpectrogram())
+            references = ReferenceCache(gpt, vocoder, mel if mel is not None else MelSpectrogram(), anchor=anchor)
         self.references = references
         self._fast_gpt = None
+        self._fast_anchor = None
         self._latent_gpt = None
 
     @classmethod
     def load(cls, model_dir: str | Path, adapter: str | Path | None = None, *, device: str = "cpu",
-             precision: str = "auto", unknown_tags: str = "error", **options) -> TTS | TTSV2:
+             precision: str = "auto", unknown_tags: str = "error", base_anchor: str | Path | None = None,
+             **options) -> TTS | TTSV2:
         """Open an official or exported model folder, optionally with a LoRA adapter folder on top.
 
-        An IndexTTS-2 folder gives a ``synthesis.tts_v2.TTSV2`` (same calls, plus emotion settings)."""
+        ``base_anchor``: the base model folder the tuned model was trained from; guided decoding then starts from
+        the base (``generation/guidance.py``). An IndexTTS-2 folder gives a ``synthesis.tts_v2.TTSV2`` (same
+        calls, plus emotion settings)."""
         from tagtune.loaders import load_model
 
         m = load_model(model_dir, adapter, device=device, unknown_tags=unknown_tags)
         m.check_vocabulary()
+        if base_anchor is not None:
+            options["anchor"] = load_anchor(m, base_anchor, device)
         if m.family == "v2":
             from tagtune.synthesis.tts_v2 import TTSV2
 
@@ -247,6 +256,9 @@ class TTS:
         cfg = replace(cfg, max_new_tokens=min(cfg.max_new_tokens, limit))
         if compat and cfg.tag_guidance != 1.0:
             raise UserError("tag guidance is not part of the official decoding: drop --compat or --tag-guidance")
+        if compat and self.anchor is not None:
+            raise UserError("decoding anchored to the base is not part of the official decoding: drop --compat or "
+                            "--base-anchor")
         if compat:
             return replace(cfg, position_mode="official", use_cache=True)
         return replace(cfg, position_mode=self.position_mode, use_cache=True)
@@ -285,7 +297,8 @@ class TTS:
         for group in length_groups([len(s) for s in sentences], self.batch_size):  # similar lengths share a batch
             t0 = time.perf_counter()
             found, n = generate_sentences(self.fast_gpt, [sentences[i] for i in group], cfg, ref.conds, generator,
-                                          [self.tokenizer.without_tags(sentences[i]) for i in group])
+                                          [self.tokenizer.without_tags(sentences[i]) for i in group],
+                                          self.anchor_of(ref))
             timings["gpt"] += time.perf_counter() - t0
             steps += n
             for i, c in zip(group, found):
@@ -307,6 +320,17 @@ class TTS:
             self._fast_gpt = self.gpt if self.precision == "fp32" else prepare_gpt(self.gpt, self.precision)
         return self._fast_gpt
 
+    def anchor_of(self, ref: Reference):
+        """The ``guidance.Anchor`` of ``ref`` (the base GPT the fast path decodes in, with its own latents of the
+        reference), or None when this model decodes alone."""
+        if self.anchor is None:
+            return None
+        if self._fast_anchor is None:
+            from tagtune.synthesis.fast_gpt import prepare_gpt
+
+            self._fast_anchor = self.anchor if self.precision == "fp32" else prepare_gpt(self.anchor, self.precision)
+        return Anchor(self._fast_anchor, ref.anchor_conds)
+
     @property
     def latent_gpt(self):
         """The GPT the fast path's latent pass runs on: the fp32 model, or one with a bf16 backbone copy
@@ -317,6 +341,27 @@ class TTS:
             bf16 = self.latent_precision == "bf16"
             self._latent_gpt = latent_model(self.gpt, torch.bfloat16) if bf16 else self.gpt
         return self._latent_gpt
+
+
+def load_anchor(tuned, base_dir: str | Path, device) -> torch.nn.Module:
+    """The fp32 GPT of the base model folder ``base_dir`` that ``tuned`` (a loaded model) was trained from; a
+    UserError when it cannot be: another family, or text and code tables that are not the tuned model's
+    without its tags."""
+    from tagtune.loaders import load_model
+
+    if tuned.family != "v1":
+        raise UserError("--base-anchor: IndexTTS-2 models decode alone (anchoring to the base is IndexTTS 1.x only)")
+    base = load_model(base_dir, device=device)
+    tags = len(tuned.tokenizer.tag_ids)
+    if base.family != tuned.family:
+        raise UserError(f"--base-anchor {base_dir}: an IndexTTS-2 folder, the model is IndexTTS 1.x")
+    mine, theirs = tuned.gpt.cfg, base.gpt.cfg
+    if (theirs.text_rows + tags != mine.text_rows or theirs.number_mel_codes != mine.number_mel_codes
+            or theirs.model_dim != mine.model_dim):
+        raise UserError(f"--base-anchor {base_dir}: not the base this model was trained from (text rows "
+                        f"{theirs.text_rows} + {tags} tags against {mine.text_rows}, codes {theirs.number_mel_codes} "
+                        f"against {mine.number_mel_codes}, width {theirs.model_dim} against {mine.model_dim})")
+    return base.gpt
 
 
 def _to_int16(waves: list[torch.Tensor]) -> np.ndarray:
