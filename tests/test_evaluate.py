@@ -184,6 +184,32 @@ def test_tag_guidance_guides_the_tagged_prompts_only(eval_data):
         FreeRunSettings(tag_guidance=0.0)
 
 
+def test_anchored_to_the_base_tag_free_prompts_decode_as_the_base(eval_data, shipped_base):
+    """Anchored, the tuned model's tag-free prompts give exactly the base's codes, and its tagged ones do not."""
+    from tagtune.evaluate import EvaluationError, FreeRunSettings, load_models
+    from tagtune.evaluate.freerun import anchor_for, generate, make_prompts
+    from tagtune.evaluate.prepared import split_items
+
+    model_dir, data_dir = eval_data
+    tuned, base, _, space_id = load_models(model_dir, shipped_base)
+    with torch.no_grad():  # a tuned model that speaks otherwise than its base
+        for block in tuned.gpt.gpt.h:
+            block.mlp.c_proj.weight.mul_(1.5)
+    items = [it for it in split_items(data_dir, "val") if it["has_tag"]][:3]
+    prompts = make_prompts(items, [], set(tuned.tag_ids.values()), space_id)
+    settings = FreeRunSettings(batch_size=8, base_anchor=True)
+    anchor = anchor_for(tuned, [tuned, base], settings)
+    assert anchor is base and anchor_for(base, [tuned, base], settings) is None
+    anchored = generate(tuned, prompts, items, settings, 5, anchor=anchor)
+    alone, by_base = (generate(m, prompts, items, FreeRunSettings(batch_size=8), 5) for m in (tuned, base))
+    free = [k for k, p in enumerate(prompts) if not p.tagged]
+    assert all(torch.equal(anchored[k], by_base[k]) for k in free)
+    assert not all(torch.equal(alone[k], by_base[k]) for k in free)  # the tuned model alone speaks otherwise
+    assert not all(torch.equal(anchored[k], by_base[k]) for k, p in enumerate(prompts) if p.tagged)
+    with pytest.raises(EvaluationError, match="needs the base model"):
+        anchor_for(tuned, [tuned], settings)
+
+
 def test_bad_inputs_are_explained(eval_data, shipped_base, tmp_path):
     from tagtune.evaluate import EvaluationError, evaluate
 
@@ -194,6 +220,8 @@ def test_bad_inputs_are_explained(eval_data, shipped_base, tmp_path):
         evaluate(shipped_base, data_dir, tmp_path)
     with pytest.raises(EvaluationError, match="run `tagtune prepare` first"):
         evaluate(model_dir, tmp_path / "nothing", tmp_path)
+    with pytest.raises(EvaluationError, match="anchored to the base needs the base model"):
+        evaluate(model_dir, data_dir, tmp_path, base_anchor=True)
 
 
 def test_corpus_keeps_every_clip_with_its_event_boundaries(eval_data, shipped_base):

@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from tagtune.audio import SAMPLE_RATE, SAMPLES_PER_CODE
 from tagtune.evaluate.detector import NONE, CodeEventDetector
+from tagtune.evaluate.loading import BASE, TUNED, EvaluationError
 from tagtune.evaluate.nll import generation_prefix, item_conditioning
 from tagtune.evaluate.reliance import occurrences, without_tag
 
@@ -42,6 +43,7 @@ class FreeRunSettings:
     repetition_penalty: float = 1.0
     position_mode: str = "train"  # training positions, as tagtune synthesis uses by default
     tag_guidance: float = 1.0  # tagged prompts decode against their tag-free twins (generation/guidance.py); 1 = off
+    base_anchor: bool = False  # the tuned model's guided decoding starts from the base model (generation/guidance.py)
 
     def __post_init__(self):
         from tagtune.generation.guidance import check_tag_guidance
@@ -106,18 +108,31 @@ def make_prompts(tagged: list[dict], untagged: list[dict], tag_ids: set[int], sp
     return prompts
 
 
+def anchor_for(model, models, settings: FreeRunSettings):
+    """The model ``model``'s guided decoding starts from: the base among ``models`` for the tuned model when
+    ``settings.base_anchor``, else None."""
+    if not settings.base_anchor or model.name != TUNED:
+        return None
+    base = next((m for m in models if m.name == BASE), None)
+    if base is None:
+        raise EvaluationError("decoding anchored to the base needs the base model: give the base as well")
+    return base
+
+
 @torch.no_grad()
 def generate(model, prompts: list[Prompt], items: list[dict], settings: FreeRunSettings,
-             seed: int, on_batch: Callable[[int], object] | None = None) -> list[torch.Tensor]:
+             seed: int, on_batch: Callable[[int], object] | None = None, anchor=None) -> list[torch.Tensor]:
     """Sampled codes (without the stop code) for every prompt, in prompt order; batch b draws from seed + b.
 
     Batches take the prompts in order of their reference clip's length (stable, so a tagged prompt and its
     tag-free twin sit side by side): a batch decodes until its longest row stops, and rows of like length stop
     together. ``on_batch(n)`` is told after each batch how many prompts it finished (a progress bar's
-    ``update``)."""
+    ``update``). ``anchor``: the base model the guided decoding starts from (``settings.base_anchor``), or None."""
     from tagtune.generation import generate_codes
+    from tagtune.generation.guidance import Anchor
 
     conds = item_conditioning(model.gpt, items)
+    anchor_conds = None if anchor is None else item_conditioning(anchor.gpt, items)
     limit = model.gpt.mel_pos_embedding.emb.num_embeddings - 2
     size = settings.batch_size or batch_rows(model.gpt)
     order = sorted(range(len(prompts)), key=lambda i: len(items[prompts[i].item]["codes"]))
@@ -132,8 +147,10 @@ def generate(model, prompts: list[Prompt], items: list[dict], settings: FreeRunS
         device = next(model.gpt.parameters()).device
         prefix = generation_prefix(model.gpt, [conds[p.item] for p in part]).to(device)  # (B, 32 or 34, D)
         g = torch.Generator(device=device).manual_seed(seed + b)
+        base = None if anchor is None else Anchor(anchor.gpt, generation_prefix(anchor.gpt, [anchor_conds[p.item]
+                                                                                              for p in part]))
         codes, lengths = generate_codes(model.gpt, text.to(device), cfg, conds=prefix, generator=g,
-                                        free_ids=free.to(device))
+                                        free_ids=free.to(device), anchor=base)
         for k, (i, n) in enumerate(zip(picked, lengths, strict=True)):
             out[i] = codes[k, : int(n)].cpu()
         if on_batch is not None:

@@ -151,13 +151,15 @@ def _overall(report: dict, w) -> list[str]:
     o = report["overall"]
     split_tuned, split_base = (false_event_split(d.get("false_event_rate_by_prompt")) for d in (o, o["base"]))
     nll = o["untagged_nll"] or {}
-    guidance = (report["meta"].get("free_running") or {}).get("tag_guidance", 1.0)
+    free = report["meta"].get("free_running") or {}
+    guidance = free.get("tag_guidance", 1.0)
     decoding = f" with tag guidance {guidance:g}" if guidance != 1.0 else ""
+    tuned_decoding = decoding + (" anchored to the base" if free.get("base_anchor") else "")
     return w.heading("Overall") + w.bullets([
         f"untagged NLL per code: tuned {fmt(nll.get('tuned'), digits=4)}, base {fmt(nll.get('base'), digits=4)}, "
         f"ratio {w.strong(fmt(o['untagged_nll_ratio'], digits=4))}",
-        f"free running (tuned{decoding}): mean hit rate {w.strong(fmt(o['mean_hit_rate'], True))}, any-event rate "
-        f"{fmt(o['any_event_rate'], True)}, false-event rate on tag-free prompts "
+        f"free running (tuned{tuned_decoding}): mean hit rate {w.strong(fmt(o['mean_hit_rate'], True))}, "
+        f"any-event rate {fmt(o['any_event_rate'], True)}, false-event rate on tag-free prompts "
         f"{w.strong(fmt(o['false_event_rate'], True))} ({split_tuned})",
         f"free running (base{decoding}): mean hit rate {fmt(o['base']['mean_hit_rate'], True)}, false-event rate "
         f"{fmt(o['base']['false_event_rate'], True)} ({split_base})",

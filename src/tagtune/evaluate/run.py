@@ -21,6 +21,7 @@ import torch
 from tagtune.evaluate.forgetting import forgetting_summary, untagged_nll
 from tagtune.evaluate.freerun import (
     FreeRunSettings,
+    anchor_for,
     batch_rows,
     generate,
     make_prompts,
@@ -51,7 +52,8 @@ def _free_running(models, detector, tagged, untagged, tags, space_id, settings, 
     for m in models:
         started = time.perf_counter()
         with progress_bar(progress, len(prompts), f"eval: free-running {m.name}", "prompt") as bar:
-            codes = generate(m, prompts, items, settings, seed, on_batch=bar.update)
+            codes = generate(m, prompts, items, settings, seed, on_batch=bar.update,
+                             anchor=anchor_for(m, models, settings))
         out[m.name] = summarize_free(score_clips(detector, prompts, codes, items, tags, tag_ids), list(tags.tags))
         out[m.name]["seconds"] = round(time.perf_counter() - started, 2)
         out[m.name]["mean_generated_codes"] = sum(len(c) for c in codes) / max(1, len(codes))
@@ -113,7 +115,7 @@ def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | 
              seed: int = 0, device: str = "cpu", free_settings: FreeRunSettings | None = None,
              plots: bool = True, tag_init: str = "mean", tag_seed: int = 0, smoke: bool = False,
              progress: bool = True, judges=None, transfer_dir: str | Path | None = None,
-             transfer_settings=None, tag_guidance: float = 1.0) -> dict:
+             transfer_settings=None, tag_guidance: float = 1.0, base_anchor: bool = False) -> dict:
     """Evaluate a tuned model (folder, or ``base_dir`` + ``adapter``) on DATA_DIR; write and return the report.
 
     ``n_free`` tagged validation clips are used for free-running generation (0 skips it; ``free_settings``,
@@ -127,16 +129,19 @@ def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | 
     voices and unseen voices in English and Chinese) adds the ``transfer`` section (``transfer.py``;
     ``transfer_settings`` a ``TransferSettings``, whose ``voices_dir`` adds speakers to its speaker embedding).
     ``tag_guidance`` decodes the free-running tagged prompts with tag guidance (``generation/guidance.py``), in
-    the main check and the transfer conditions; ``free_settings``, when given, carries its own.
+    the main check and the transfer conditions, and ``base_anchor`` starts the tuned model's guided decoding from
+    the base model's (it needs ``base_dir``); ``free_settings``, when given, carries its own of both.
     """
     started = time.perf_counter()
     _check_family(model_dir if model_dir is not None else base_dir, transfer_dir)
+    if (base_anchor or getattr(free_settings, "base_anchor", False)) and base_dir is None:
+        raise EvaluationError("decoding anchored to the base needs the base model: give --base")
     if transfer_dir is None and getattr(transfer_settings, "voices_dir", None):
         raise EvaluationError("more voices for the transfer report's speaker embedding need a transfer set "
                               "(--transfer DATA)")
     try:
         settings = free_settings or FreeRunSettings(n_free, untagged_prompts=max(UNTAGGED_PROMPTS, n_free // 2),
-                                                    tag_guidance=tag_guidance)
+                                                    tag_guidance=tag_guidance, base_anchor=base_anchor)
     except ValueError as e:
         raise EvaluationError(str(e)) from None
     model_dir = Path(model_dir) if model_dir is not None else None

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from tagtune.evaluate.freerun import FreeRunSettings, generate, make_prompts, score_clips, summarize_free
+from tagtune.evaluate.freerun import FreeRunSettings, anchor_for, generate, make_prompts, score_clips, summarize_free
 from tagtune.evaluate.loading import BASE, TUNED, EvaluationError
 from tagtune.evaluate.prepared import generated_negatives, progress_bar, split_items, train_detector
 
@@ -134,7 +134,8 @@ def _condition(models, detector, embedding, items: list[dict], tags, space_id, f
     kinds = ["tagged" if p.tagged else "tag_free" for p in prompts]
     nll, per_prompt = {}, {}
     for m in models:
-        codes = generate(m, prompts, chosen, free, seed + TRANSFER_SEED_OFFSET, on_batch=bar.update)
+        codes = generate(m, prompts, chosen, free, seed + TRANSFER_SEED_OFFSET, on_batch=bar.update,
+                         anchor=anchor_for(m, models, free))
         summary = summarize_free(score_clips(detector, prompts, codes, chosen, tags, tag_ids), list(tags.tags))
         per_prompt[m.name] = _similarities(embedding, codes, [chosen[p.item]["codes"] for p in prompts])
         sims = _similarity_means(per_prompt[m.name], kinds)
