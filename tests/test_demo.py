@@ -104,9 +104,10 @@ def test_report_and_summary_agree(demo):
     table = format_summary(summary)
     assert all(c["name"] in table for c in checks) and f"seed {SEED}" in table
     assert "SMOKE RUN" in table and "smoke run" in table.splitlines()[-1]
-    # the free-running checks decoded with the demo's tag guidance, and the summary says so
-    assert report["meta"]["free_running"]["tag_guidance"] == summary["settings"]["tag_guidance"] == 1.5
-    assert "tag guidance 1.5" in table
+    # the free-running checks decoded with the demo's tag guidance, anchored to the base, and the summary says so
+    assert report["meta"]["free_running"]["tag_guidance"] == summary["settings"]["tag_guidance"] == 3.0
+    assert report["meta"]["free_running"]["base_anchor"] is summary["settings"]["base_anchor"] is True
+    assert "tag guidance 3 anchored to the base" in table
     md = (out / "report" / "report.md").read_text()
     assert "smoke run" in md.splitlines()[0] and all(f"../samples/{p.rsplit('/', 1)[1]}" in md
                                                      for p in summary["samples"])

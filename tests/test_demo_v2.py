@@ -115,7 +115,8 @@ def test_settings_per_family():
     with pytest.raises(ValueError, match="model_family"):
         DemoSettings(model_family="v3")
     # each family's tag guidance, in the full and the quick demo alike, unless given
-    assert (DemoSettings.full().tag_guidance, v2.tag_guidance, quick.tag_guidance) == (1.5, 3.0, 3.0)
+    assert (DemoSettings.full().tag_guidance, v2.tag_guidance, quick.tag_guidance) == (3.0, 3.0, 3.0)
+    assert (DemoSettings.full().base_anchor, v2.base_anchor, quick.base_anchor) == (True, False, False)
     assert DemoSettings(tag_guidance=1.0).tag_guidance == 1.0
 
 
@@ -156,6 +157,9 @@ def test_cli_parses_the_model_family_and_base(monkeypatch, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--out", str(tmp_path / "d"), "--quick", "--tag-guidance", "2"])
     assert seen["settings"].tag_guidance == 2.0
+    with pytest.raises(SystemExit):
+        main(["demo", "--out", str(tmp_path / "d"), "--quick", "--no-base-anchor"])
+    assert seen["settings"].base_anchor is False
     assert main(["demo", "--out", str(tmp_path / "d"), "--tag-guidance", "0"]) == 2
     assert "tag_guidance must be in [1, 10]" in capsys.readouterr().err
 

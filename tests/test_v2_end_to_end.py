@@ -92,3 +92,19 @@ def test_synth_with_tag_guidance_decodes_the_tagged_text_otherwise(flow, tmp_pat
     guided, _ = _synth(flow["model"], tmp_path / "guided.wav", flow["ref"], "--seed", "4", "--tag-guidance", "4")
     again, _ = _synth(flow["model"], tmp_path / "again.wav", flow["ref"], "--seed", "4", "--tag-guidance", "4")
     assert np.array_equal(guided, again) and not np.array_equal(guided, plain)
+
+
+def test_synth_anchored_to_the_base_speaks_untagged_text_as_the_base(flow, tmp_path):
+    from tagtune.generation.v2 import official_v2
+    from tagtune.synthesis.tts import TTS
+
+    anchored, _ = _synth(flow["model"], tmp_path / "anchored.wav", flow["ref"], "--base-anchor", str(V2_CHECKPOINT))
+    plain, _ = _synth(flow["model"], tmp_path / "plain.wav", flow["ref"])
+    assert not np.array_equal(anchored, plain)  # the tagged text starts from the base's distribution
+    cfg = official_v2(do_sample=False, num_beams=1, max_new_tokens=20)
+    text = "Well, that is funny."
+    codes = {name: [c.tolist() for c in TTS.load(folder, precision="fp32", **extra).synthesize(
+                 text, flow["ref"], generation=cfg, seed=3).codes]
+             for name, folder, extra in (("base", V2_CHECKPOINT, {}), ("tuned", flow["model"], {}),
+                                         ("anchored", flow["model"], {"base_anchor": V2_CHECKPOINT}))}
+    assert codes["anchored"] == codes["base"] and codes["tuned"] != codes["base"]

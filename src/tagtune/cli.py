@@ -162,6 +162,8 @@ def _eval(a) -> int:
     from tagtune.evaluate.report_md import render_text
 
     guidance = {} if a.tag_guidance is None else {"tag_guidance": a.tag_guidance}
+    if a.base_anchor:
+        guidance["base_anchor"] = True
     report = evaluate(a.model, a.data, a.out, base_dir=a.base, adapter=a.adapter, n_free=a.n_free, seed=a.seed,
                       device=_device(a), progress=not a.no_progress, judges=_judge_settings(a),
                       transfer_dir=a.transfer, transfer_settings=_transfer_settings(a), **guidance)
@@ -191,6 +193,8 @@ def _demo(a) -> int:
         settings.steps = a.steps
     if a.clips is not None:
         settings.clips = a.clips
+    if a.base_anchor is not None:
+        settings.base_anchor = a.base_anchor
     if a.tag_guidance is not None:
         from tagtune.generation.guidance import check_tag_guidance
 
@@ -299,7 +303,8 @@ def _synth(a) -> int:
     written = synth_command(a.model, ref=a.ref, text=a.text, batch=a.batch, out=a.out, adapter=a.adapter,
                             seed=a.seed, compat=a.compat, precision=a.precision, greedy=a.greedy, device=_device(a),
                             unknown_tags="drop" if a.drop_unknown_tags else "error", progress=not a.no_progress,
-                            emotion={k: v for k, v in emotion.items() if v is not None}, **sampling)
+                            emotion={k: v for k, v in emotion.items() if v is not None}, base_anchor=a.base_anchor,
+                            **sampling)
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -562,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(f"--{flag}", type=kind,
                        help=f"{what} (default: the official {getattr(official, flag.replace('-', '_'))})")
     _add_tag_guidance(s, "each tagged sentence decodes")
+    s.add_argument("--base-anchor", type=Path, metavar="BASE", help="the base model folder this model was trained "
+                   "from: guided decoding starts from the base, so the tuned model adds only what its tags change "
+                   "(default: none; docs/tag-guidance.md)")
     s.set_defaults(func=_synth)
 
     s = command(sub, "webui", "a web page to try the model (needs the webui extra: gradio)")
@@ -612,6 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-free", type=int, default=48, help="free-running prompts per model (0: skip)")
     s.add_argument("--seed", type=int, default=0, help="seed of the prompt choice and the sampling")
     _add_tag_guidance(s, "the free-running check's tagged prompts decode")
+    s.add_argument("--base-anchor", action="store_true", help="the tuned model's free-running prompts decode "
+                   "anchored to --base: guidance starts from the base's distribution (docs/tag-guidance.md)")
     _add_device(s, "the models")
     s.add_argument("--transfer", type=Path, help="a DATA_DIR prepared from the same base with the same tags, spoken "
                    "by the fine-tune voices and by unseen voices in English and Chinese: adds the transfer report "
@@ -654,7 +664,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "--quick)")
     s.add_argument("--clips", type=int, help="corpus size (default: the demo's, 1200 for v1, 1600 for v2; 160 "
                    "with --quick)")
-    _add_tag_guidance(s, "the tuned model's samples and free-running checks decode", "1.5 for v1, 3 for v2")
+    _add_tag_guidance(s, "the tuned model's samples and free-running checks decode", "3")
+    s.add_argument("--base-anchor", action=argparse.BooleanOptionalAction, help="the tuned model's samples and "
+                   "free-running checks decode anchored to the base (default: on for v1, off for v2; "
+                   "docs/tag-guidance.md)")
     s.set_defaults(func=_demo)
     return p
 

@@ -43,9 +43,11 @@ SAMPLE_SENTENCES = (
 SLUG_WORDS = 6  # words of a sample's sentence in its file name
 CORPUS_SEEDS = {"fine-tune": 0, "transfer": 1000, "replay": 2000, "reference": 3000}  # added to the demo seed
 MODEL_FAMILIES = ("v1", "v2")
-# tag guidance of the demo's tuned model, per family (docs/tag-guidance.md): 1.x seeds 0-2 failed 10 checks at 1.5
-# against 12 plainly, every Chinese transfer ratio passing; the tiny IndexTTS-2's mean hit rose by 0.10-0.11 at 3
-DEMO_TAG_GUIDANCE = {"v1": 1.5, "v2": 3.0}
+# tag guidance of the demo's tuned model, per family, and whether it starts from the base model's distribution
+# (docs/tag-guidance.md): 1.x anchored to the base at 3 holds the unseen voices' similarity and the false events
+# that guidance from the tag-free twin at 1.5 failed; the tiny IndexTTS-2's mean hit rose by 0.10-0.11 at 3
+DEMO_TAG_GUIDANCE = {"v1": 3.0, "v2": 3.0}
+DEMO_BASE_ANCHOR = {"v1": True, "v2": False}
 # the corpus whose held-out voices speak the samples' references, per family
 REFERENCE_CORPUS = {"v1": "transfer-corpus", "v2": "reference-corpus"}
 
@@ -78,12 +80,15 @@ class DemoSettings:
     reference_clips: int = 12  # v2: untagged English clips of the held-out voices, the samples' references
     tag_guidance: float | None = None  # the tuned model's samples and free-running checks decode with this tag
     #   guidance; None = the family's DEMO_TAG_GUIDANCE (docs/tag-guidance.md)
+    base_anchor: bool | None = None  # ... anchored to the base; None = the family's DEMO_BASE_ANCHOR
 
     def __post_init__(self):
         if self.model_family not in MODEL_FAMILIES:
             raise ValueError(f"model_family must be one of {MODEL_FAMILIES}, got {self.model_family!r}")
         if self.tag_guidance is None:
             self.tag_guidance = DEMO_TAG_GUIDANCE[self.model_family]
+        if self.base_anchor is None:
+            self.base_anchor = DEMO_BASE_ANCHOR[self.model_family]
 
     @classmethod
     def full(cls, seed: int = 0, model_family: str = "v1") -> DemoSettings:
@@ -170,12 +175,13 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir
         export(out / "run", out / "model")
     with _stage("synthesise", t):
         samples = synthesise_samples(out / "model", base, out / REFERENCE_CORPUS[s.model_family], out / "samples",
-                                     s.seed, progress, s.tag_guidance)
+                                     s.seed, progress, s.tag_guidance, s.base_anchor)
     with _stage("evaluate", t):
         # the base's untrained tag rows are made exactly as training made the tuned model's first ones
         report = evaluate(out / "model", out / "data", out / "report", base_dir=base, n_free=s.free_prompts,
                           seed=s.seed, tag_init=cfg.lora.tag_init, tag_seed=cfg.seed, smoke=s.smoke,
-                          progress=progress, tag_guidance=s.tag_guidance, **transfer_arguments(out, s))
+                          progress=progress, tag_guidance=s.tag_guidance, base_anchor=s.base_anchor,
+                          **transfer_arguments(out, s))
         attach_samples(report, out / "report", samples, out / "samples")
     summary = {"seed": s.seed, "model_family": s.model_family, "base": str(base), "settings": s.__dict__,
                "timings_s": t, "total_s": round(sum(t.values()), 1),
@@ -281,11 +287,11 @@ def reference_voices(corpus: Path) -> list[tuple[str, str, Path]]:
 
 
 def synthesise_samples(model_dir: Path, base_dir: Path, corpus: Path, out: Path, seed: int,
-                       progress: bool = False, tag_guidance: float = 1.0) -> list[dict]:
+                       progress: bool = False, tag_guidance: float = 1.0, base_anchor: bool = False) -> list[dict]:
     """The reference example's lines, tuned and base, in each unseen reference voice; returns the sample index.
 
-    The models decode with their defaults and ``tag_guidance`` (the base, which speaks the lines without their
-    tags, decodes them as without guidance).
+    The models decode with their defaults and ``tag_guidance``, the tuned model anchored to the base when
+    ``base_anchor`` (the base, which speaks the lines without their tags, decodes them as without guidance).
 
     Files are named by sentence (``sample_name``); ``index.json`` and ``index.md`` in ``out`` list each file
     with its model, voice, text and seed.
@@ -300,7 +306,8 @@ def synthesise_samples(model_dir: Path, base_dir: Path, corpus: Path, out: Path,
     bar = tqdm(total=2 * len(refs) * len(SAMPLE_SENTENCES), desc="demo: samples", unit="sample",
                dynamic_ncols=True, disable=None if progress else True)
     for model, folder, unknown in (("tuned", model_dir, "error"), ("base", base_dir, "drop")):
-        tts = TTS.load(folder, unknown_tags=unknown)
+        anchor = base_dir if base_anchor and model == "tuned" else None
+        tts = TTS.load(folder, unknown_tags=unknown, base_anchor=anchor)
         generation = replace(tts.default_generation(), tag_guidance=tag_guidance)
         if unknown == "drop":
             log.info("demo: the base model does not know the tags; it speaks the lines without them")
@@ -345,7 +352,11 @@ def format_summary(summary: dict) -> str:
     lines = [f"tagtune demo (seed {summary['seed']}) in {summary['total_s']:.0f} s: "
              + ", ".join(f"{k} {v:.0f} s" for k, v in summary["timings_s"].items()), ""]
     guidance = summary["settings"].get("tag_guidance", 1.0)
-    if guidance != 1.0:
+    if summary["settings"].get("base_anchor"):
+        lines += [f"the tuned model's samples and free-running checks decode with tag guidance {guidance:g} anchored "
+                  f"to the base (tagtune synth --tag-guidance {guidance:g} --base-anchor BASE; docs/tag-guidance.md)",
+                  ""]
+    elif guidance != 1.0:
         lines += [f"the tuned model's samples and free-running checks decode with tag guidance {guidance:g} "
                   f"(tagtune synth --tag-guidance {guidance:g}; docs/tag-guidance.md)", ""]
     if smoke:

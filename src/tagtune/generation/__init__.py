@@ -11,6 +11,7 @@
     stepwise.py     the same searches one step at a time, with the codes already final after each step
     pool.py         continuous batching: rows of many requests in one KV cache, joining and leaving
     guidance.py     tag guidance: each step scored from the text and its tag-free twin, leaning toward the tags
+                    (optionally starting from the base model's distribution: ``Anchor``)
 """
 
 from tagtune.generation.batched import batched_latents, generate_sentences, length_groups, vocode_joined

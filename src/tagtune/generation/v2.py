@@ -29,6 +29,7 @@ import torch
 
 from tagtune.audio_v2 import campplus_features, mel_frames_for_codes
 from tagtune.generation.generate import GenerationConfig, generate_codes
+from tagtune.generation.guidance import Anchor
 from tagtune.models.v2.gpt import feature_width_lengths
 from tagtune.models.v2.semantic_features import extract_inputs
 
@@ -48,12 +49,22 @@ def official_v2(**overrides) -> GenerationConfig:
                                "beam_sample_from_first": True, **overrides})
 
 
+@dataclass(frozen=True)
+class AnchorV2:
+    """The base IndexTTS-2 GPT that guided decoding starts from (``generation/guidance.py``) and its emotion vector
+    (1 or B, D) of the same prompts; its speaker latents come from the same speaker features."""
+
+    gpt: object
+    emovec: torch.Tensor
+
+
 @torch.no_grad()
 def generate_codes_v2(model, spk_cond_emb: torch.Tensor, text_ids: torch.Tensor, emovec: torch.Tensor,
                       cfg: GenerationConfig | None = None, *, spk_lengths: torch.Tensor | None = None,
-                      generator: torch.Generator | None = None, free_ids: torch.Tensor | None = None) -> V2Codes:
+                      generator: torch.Generator | None = None, free_ids: torch.Tensor | None = None,
+                      anchor: AnchorV2 | None = None) -> V2Codes:
     """Codes for text ids (B, L) from speaker features (1 or B, T, 1024) and an emotion vector (1 or B, D);
-    ``free_ids``: the texts without their tags, for ``cfg.tag_guidance``.
+    ``free_ids``: the texts without their tags, for ``cfg.tag_guidance`` and ``anchor``.
 
     ``spk_lengths`` are the conformer's frame counts; the official pipeline passes the feature width
     (1024), i.e. every frame of a prompt up to 1024 frames is real, which ``None`` reproduces.
@@ -61,7 +72,12 @@ def generate_codes_v2(model, spk_cond_emb: torch.Tensor, text_ids: torch.Tensor,
     cfg = cfg or official_v2()
     conds = model.get_conditioning(spk_cond_emb, spk_lengths)  # (1 or B, 32, D)
     prefix = model.conditioning_prefix(conds, emovec)  # (1 or B, 34, D)
-    codes, lengths = generate_codes(model, text_ids, cfg, conds=prefix, generator=generator, free_ids=free_ids)
+    base = None
+    if anchor is not None:
+        base_conds = anchor.gpt.get_conditioning(spk_cond_emb, spk_lengths)
+        base = Anchor(anchor.gpt, anchor.gpt.conditioning_prefix(base_conds, anchor.emovec))
+    codes, lengths = generate_codes(model, text_ids, cfg, conds=prefix, generator=generator, free_ids=free_ids,
+                                    anchor=base)
     return V2Codes(codes, lengths, conds)
 
 

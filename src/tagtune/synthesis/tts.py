@@ -181,7 +181,7 @@ class TTS:
         if m.family == "v2":
             from tagtune.synthesis.tts_v2 import TTSV2
 
-            v2_options = {k: v for k, v in options.items() if k in ("max_text_chars",)}
+            v2_options = {k: v for k, v in options.items() if k in ("max_text_chars", "anchor")}
             return TTSV2(m, name=str(model_dir), precision=precision, **v2_options)
         return cls(m.gpt, m.vocoder, m.tokenizer, m.mel, precision=precision, name=str(adapter or model_dir),
                    **options)
@@ -349,12 +349,12 @@ def load_anchor(tuned, base_dir: str | Path, device) -> torch.nn.Module:
     without its tags."""
     from tagtune.loaders import load_model
 
-    if tuned.family != "v1":
-        raise UserError("--base-anchor: IndexTTS-2 models decode alone (anchoring to the base is IndexTTS 1.x only)")
     base = load_model(base_dir, device=device)
     tags = len(tuned.tokenizer.tag_ids)
     if base.family != tuned.family:
-        raise UserError(f"--base-anchor {base_dir}: an IndexTTS-2 folder, the model is IndexTTS 1.x")
+        names = {"v1": "IndexTTS 1.x", "v2": "IndexTTS-2"}
+        raise UserError(f"--base-anchor {base_dir}: an {names[base.family]} folder, the model is "
+                        f"{names[tuned.family]}")
     mine, theirs = tuned.gpt.cfg, base.gpt.cfg
     if (theirs.text_rows + tags != mine.text_rows or theirs.number_mel_codes != mine.number_mel_codes
             or theirs.model_dim != mine.model_dim):

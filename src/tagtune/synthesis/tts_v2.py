@@ -34,6 +34,7 @@ from tagtune.errors import UserError
 from tagtune.generation import GenerationConfig
 from tagtune.generation.generate import code_lengths
 from tagtune.generation.v2 import (
+    AnchorV2,
     SpeakerPromptV2,
     generate_codes_v2,
     official_v2,
@@ -130,13 +131,15 @@ class TTSV2:
     sample_rate = S2MEL_SAMPLE_RATE
 
     def __init__(self, model, *, name: str = "model", precision: str = "fp32", max_text_chars: int = MAX_TEXT_CHARS,
-                 max_segment_tokens: int = MAX_SEGMENT_TOKENS, interval_silence_ms: int = INTERVAL_SILENCE_MS):
-        self.model, self.name = model, name
+                 max_segment_tokens: int = MAX_SEGMENT_TOKENS, interval_silence_ms: int = INTERVAL_SILENCE_MS,
+                 anchor=None):
+        self.model, self.name, self.anchor = model, name, anchor  # anchor: the base's fp32 GPT, as for ``TTS``
         self.gpt = model.gpt
         self.tokenizer = model.tokenizer
         self.device = self.gpt.mel_head.weight.device
         self.precision = resolve_precision(precision, self.device)
         self._fast_gpt = None
+        self._fast_anchor = None
         self.max_text_chars = max_text_chars
         self.max_sentence_tokens = min(max_segment_tokens, self.gpt.cfg.max_text_tokens)
         self.interval_silence_ms = interval_silence_ms
@@ -152,6 +155,17 @@ class TTSV2:
 
             self._fast_gpt = self.gpt if self.precision == "fp32" else prepare_gpt(self.gpt, self.precision)
         return self._fast_gpt
+
+    def anchor_of(self, emovec: torch.Tensor | None) -> AnchorV2 | None:
+        """The ``AnchorV2`` (the base GPT the default path decodes in, with its emotion vector ``emovec``), or None
+        when this model decodes alone."""
+        if self.anchor is None:
+            return None
+        if self._fast_anchor is None:
+            from tagtune.synthesis.fast_gpt import prepare_gpt
+
+            self._fast_anchor = self.anchor if self.precision == "fp32" else prepare_gpt(self.anchor, self.precision)
+        return AnchorV2(self._fast_anchor, emovec)
 
     @classmethod
     def load(cls, model_dir: str | Path, *, device: str = "cpu", unknown_tags: str = "error", **options) -> TTSV2:
@@ -221,10 +235,10 @@ class TTSV2:
 
     @torch.no_grad()
     def emotion_vector(self, speaker: SpeakerPromptV2, emo_cond_emb: torch.Tensor, emo_alpha: float = 1.0,
-                       weights: list[float] | None = None) -> torch.Tensor:
+                       weights: list[float] | None = None, gpt=None) -> torch.Tensor:
         """The GPT's emotion vector (1, D): the prompt blend ``merge_emovec``, mixed with the emotion-matrix
-        rows nearest the speaker's style when 8 ``weights`` are given."""
-        merged = prompt_emovec(self.gpt, speaker.spk_cond_emb, emo_cond_emb, emo_alpha)
+        rows nearest the speaker's style when 8 ``weights`` are given. ``gpt``: another GPT's (the anchor's)."""
+        merged = prompt_emovec(gpt or self.gpt, speaker.spk_cond_emb, emo_cond_emb, emo_alpha)
         if weights is None:
             return merged
         w = torch.tensor(weights, dtype=torch.float32, device=self.device)
@@ -286,13 +300,15 @@ class TTSV2:
         emo_cond_emb = self.emotion_features(emotion)
         emovec = self.emotion_vector(speaker, emo_cond_emb, emo_alpha, weights)
         cfg = self.generation_config(generation, compat)
+        anchor = None if self.anchor is None else self.anchor_of(
+            self.emotion_vector(speaker, emo_cond_emb, emo_alpha, weights, self.anchor))
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         timings = {"emotion": time.perf_counter() - start, "gpt": 0.0, "latents": 0.0, "s2mel": 0.0, "vocoder": 0.0}
         waves, kept, steps = [], [], 0
         noise_seed = seed if compat else None  # compat: fresh noise per segment, drawn right after seeding
         for ids in segments:
             codes, wav = self._segment(speaker, emovec, ids, cfg, generator, timings, noise_seed,
-                                       self.gpt if compat else self.fast_gpt)
+                                       self.gpt if compat else self.fast_gpt, anchor)
             steps += codes.shape[1]
             if wav is not None:
                 waves.append(wav)
@@ -308,19 +324,22 @@ class TTSV2:
                       beam_sample_from_first=True)
         if compat and cfg.tag_guidance != 1.0:
             raise UserError("tag guidance is not part of the official decoding: drop --compat or --tag-guidance")
+        if compat and self.anchor is not None:
+            raise UserError("decoding anchored to the base is not part of the official decoding: drop --compat or "
+                            "--base-anchor")
         if compat:  # infer() always samples; with top_k=1 that is greedy search
             return replace(cfg, do_sample=True, position_mode="official", use_cache=True)
         return cfg
 
     def _segment(self, speaker: SpeakerPromptV2, emovec, ids: list[int], cfg, generator, timings,
-                 noise_seed: int | None = None, decoder=None):
+                 noise_seed: int | None = None, decoder=None, anchor: AnchorV2 | None = None):
         """One segment -> (codes (1, N) kept, float wav (1, samples) scaled to int16 range, or None)."""
         spk = speaker.spk_cond_emb
         text_ids = torch.tensor([ids], dtype=torch.int32, device=self.device)
         free_ids = torch.tensor([self.tokenizer.without_tags(ids)], dtype=torch.long, device=self.device)
         t0 = time.perf_counter()
         out = generate_codes_v2(decoder or self.gpt, spk, text_ids, emovec, cfg, spk_lengths=feature_width_lengths(spk),
-                                generator=generator, free_ids=free_ids)
+                                generator=generator, free_ids=free_ids, anchor=anchor)
         n = int(code_lengths(out.codes, self.gpt.cfg.stop_mel_token)[0])
         codes = out.codes[:, :n]
         t1 = time.perf_counter()
