@@ -257,3 +257,22 @@ def test_share_is_off_unless_asked():
     plain = parser.parse_args(["webui", "--model", "m"])
     assert plain.share is False and plain.host == "127.0.0.1"
     assert parser.parse_args(["webui", "--model", "m", "--share"]).share is True
+
+
+def test_the_page_anchors_the_tuned_model_to_its_base_when_asked(monkeypatch, tmp_path):
+    """``--base-anchor`` loads the tuned model anchored to ``--base``, and without a base it is one clear line."""
+    pytest.importorskip("gradio")
+    from tagtune import webui
+
+    with pytest.raises(UserError, match="give --base"):
+        webui.launch_webui(tmp_path, base_anchor=True, block=False)
+    loads = []
+
+    def fake_load(cls, *args, **kwargs):
+        loads.append((args, kwargs))
+        raise SystemExit(0)  # stop before the page is built: what was asked of the loader is the point
+
+    monkeypatch.setattr(TTS, "load", classmethod(fake_load))
+    with pytest.raises(SystemExit):
+        webui.launch_webui(tmp_path / "tuned", base_dir=tmp_path / "base", base_anchor=True, block=False)
+    assert loads[0][1]["base_anchor"] == tmp_path / "base"

@@ -314,7 +314,7 @@ def _webui(a) -> int:
     from tagtune.webui import launch_webui
 
     launch_webui(a.model, base_dir=a.base, adapter=a.adapter, host=a.host, port=a.port, precision=a.precision,
-                 device=_device(a), share=a.share)
+                 device=_device(a), share=a.share, base_anchor=a.base_anchor)
     return 0
 
 
@@ -580,6 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=7860, help="listen port")
     s.add_argument("--share", action="store_true",
                    help="also publish the page through a public gradio.live link (off by default)")
+    s.add_argument("--base-anchor", action="store_true", help="the tuned model's guided decoding starts from --base, "
+                   "so it adds only what its tags change (docs/tag-guidance.md)")
     s.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS),
                    help="GPT decode precision (auto: int8 on a CPU, bf16/fp16 on a GPU)")
     _add_device(s, "synthesis")

@@ -405,10 +405,11 @@ def _settings(gr, defaults, tts):
 
 def launch_webui(model_dir, base_dir=None, adapter=None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  precision: str = "auto", device: str = "cpu", limits: Limits | None = None, block: bool = True,
-                 share: bool = False):
+                 share: bool = False, base_anchor: bool = False):
     """Load the model(s) and serve the page; returns the Gradio app (``block=False`` returns at once).
 
-    ``share`` also publishes the page through a public gradio.live link (off unless asked).
+    ``share`` also publishes the page through a public gradio.live link (off unless asked). ``base_anchor``: the
+    tuned model decodes anchored to ``base_dir`` (``generation/guidance.py``).
     """
     try:
         import gradio  # noqa: F401
@@ -418,8 +419,11 @@ def launch_webui(model_dir, base_dir=None, adapter=None, host: str = DEFAULT_HOS
 
     if not 0 <= port <= 65535:
         raise UserError(f"port must be from 0 to 65535, got {port}")
+    if base_anchor and base_dir is None:
+        raise UserError("--base-anchor decodes the tuned model anchored to the base model: give --base")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    tuned = TTS.load(model_dir, adapter, device=device, precision=precision)
+    anchor = {"base_anchor": base_dir} if base_anchor else {}
+    tuned = TTS.load(model_dir, adapter, device=device, precision=precision, **anchor)
     base = None
     if base_dir is not None:  # the base model cannot speak new tags: it skips them
         base = TTS.load(base_dir, device=device, precision=precision, unknown_tags="drop")
