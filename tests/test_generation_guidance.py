@@ -276,6 +276,8 @@ def anchored_pair(tagged_tts):
 
 
 def test_anchored_synthesis_speaks_untagged_text_as_the_base(tagged_tts, anchored_pair, reference_wav):
+    from tagtune.synthesis.tts import TTS
+
     alone, anchored = anchored_pair
     text, cfg = "Well, that is funny.", GenerationConfig(**GUIDED)
     runs = [tts.synthesize(text, reference_wav, seed=3, generation=cfg) for tts in (tagged_tts, alone, anchored)]
@@ -283,6 +285,11 @@ def test_anchored_synthesis_speaks_untagged_text_as_the_base(tagged_tts, anchore
     assert got == base and tuned != base
     tagged = anchored.synthesize("Well <laughs> that is funny.", reference_wav, seed=3, generation=cfg)
     assert [c.tolist() for c in tagged.codes] != base
+    # a reference cache made without the anchor (shared with another model): the anchor's latents made on use
+    shared = TTS(alone.gpt, alone.vocoder, alone.tokenizer, None, precision="fp32", max_sentence_tokens=12,
+                 batch_size=2, anchor=tagged_tts.gpt, references=tagged_tts.references)
+    again = shared.synthesize("Well <laughs> that is funny.", reference_wav, seed=3, generation=cfg)
+    assert [c.tolist() for c in again.codes] == [c.tolist() for c in tagged.codes]
 
 
 def test_anchored_stream_joins_to_anchored_synthesis(anchored_pair, reference_wav):

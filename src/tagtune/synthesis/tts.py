@@ -329,7 +329,11 @@ class TTS:
             from tagtune.synthesis.fast_gpt import prepare_gpt
 
             self._fast_anchor = self.anchor if self.precision == "fp32" else prepare_gpt(self.anchor, self.precision)
-        return Anchor(self._fast_anchor, ref.anchor_conds)
+        conds = ref.anchor_conds
+        if conds is None:  # a Reference from a cache made without the anchor
+            frames = torch.tensor([ref.cond_mel.shape[-1]], device=ref.cond_mel.device)
+            conds = self.anchor.get_conditioning(ref.cond_mel, frames)
+        return Anchor(self._fast_anchor, conds)
 
     @property
     def latent_gpt(self):
