@@ -45,7 +45,9 @@ CORPUS_SEEDS = {"fine-tune": 0, "transfer": 1000, "replay": 2000, "reference": 3
 MODEL_FAMILIES = ("v1", "v2")
 # tag guidance of the demo's tuned model, per family, and whether it starts from the base model's distribution
 # (docs/tag-guidance.md): 1.x anchored to the base at 3 holds the unseen voices' similarity and the false events
-# that guidance from the tag-free twin at 1.5 failed; the tiny IndexTTS-2's mean hit rose by 0.10-0.11 at 3
+# that guidance from the tag-free twin at 1.5 failed (6 failed checks over seeds 0-2 against 10); the tiny
+# IndexTTS-2's mean hit rose by 0.10-0.11 with the twin at 3, and anchored it loses its false events (0.31-0.52 -> 0)
+# and more hits (mean 0.28-0.36): 14 failed checks over seeds 0-2 against 13, so it keeps the twin
 DEMO_TAG_GUIDANCE = {"v1": 3.0, "v2": 3.0}
 DEMO_BASE_ANCHOR = {"v1": True, "v2": False}
 # the corpus whose held-out voices speak the samples' references, per family
