@@ -3,7 +3,8 @@
     python scripts/transfer_options.py --demo tagtune-demo --out transfer-options [--variants a,b] [--seed 0]
 
 Reuses a finished ``tagtune demo`` folder (its fine-tune, transfer and replay data), trains one run per variant
-with the demo recipe and the demo's steps, exports it and evaluates it with the transfer set, then writes
+with the demo recipe and the demo's steps, exports it and evaluates it with the transfer set (decoded as the demo
+decodes: its tag guidance, anchored to the base for 1.x), then writes
 ``table.md`` and ``table.json`` in ``--out``: per variant the fine-tune voice's numbers, the transfer ratio,
 false events, untagged NLL ratio and speaker-similarity drop per condition, and how many checks fail.
 """
@@ -31,6 +32,7 @@ VARIANTS = {
     "replay-english": ({}, {}, 0.0),
     "replay-zh-0.2": ({}, {}, 0.2),
     "replay-events-0.5": ({"replay.events": 0.5}, {}, None),
+    "replay-events-0.75": ({"replay.events": 0.75}, {}, None),
     "event-cuts-0.5": ({"augment.event_cuts": 0.5}, {}, None),
     "event-cuts-1.0": ({"augment.event_cuts": 1.0}, {}, None),
     "replay-events-0.5+cuts-0.5": ({"replay.events": 0.5, "augment.event_cuts": 0.5}, {}, None),
@@ -104,7 +106,7 @@ def run_variant(name: str, demo: Path, out: Path, s: DemoSettings) -> dict:
     export(folder / "run", folder / "model", overwrite=True)
     report = evaluate(folder / "model", data, folder / "report", base_dir=shipped_base(), n_free=s.free_prompts,
                       seed=s.seed, tag_init=cfg.lora.tag_init, tag_seed=cfg.seed, progress=False,
-                      **transfer_arguments(demo, s))
+                      tag_guidance=s.tag_guidance, base_anchor=s.base_anchor, **transfer_arguments(demo, s))
     return row(name, report, time.perf_counter() - started)
 
 
