@@ -138,6 +138,10 @@ def test_transfer_report_end_to_end(eval_data, transfer_set, shipped_base, tmp_p
         reference = t["ft_voice_en"]["hit_rate"]["mean"]
         mean = e["hit_rate"]["mean"]
         assert e["transfer_ratio"] == (pytest.approx(mean / reference) if reference and mean is not None else None)
+        real, real_reference = e["real_clips"]["hit_rate"]["mean"], t["ft_voice_en"]["real_clips"]["hit_rate"]["mean"]
+        assert real is None or 0.0 <= real <= 1.0
+        assert e["real_clips"]["transfer_ratio"] == (pytest.approx(real / real_reference)
+                                                     if real_reference and real is not None else None)
     assert t["judges"]["speaker_embedding"]["speakers"] == 4  # f1 and two unseen voices, plus m1 from data_dir
     assert t["judges"]["speaker_embedding"]["extra_voice_clips"] > 0 and t["settings"]["voices_dir"] == str(data_dir)
     assert t["judges"]["detector"]["available"] is True
@@ -147,7 +151,7 @@ def test_transfer_report_end_to_end(eval_data, transfer_set, shipped_base, tmp_p
     assert written["transfer"]["unseen_zh"]["transfer_ratio"] == t["unseen_zh"]["transfer_ratio"]
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Transfer to unseen voices and to Chinese" in md and "unseen voices, Chinese" in md
-    assert "Speaker-similarity drop (base - tuned) split by prompt" in md
+    assert "Speaker-similarity drop (base - tuned) split by prompt" in md and "recordings: hit (ratio)" in md
     assert "transfer.png" in written["figures"] and (tmp_path / "report" / "transfer.png").stat().st_size > 0
 
 

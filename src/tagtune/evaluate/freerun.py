@@ -119,6 +119,12 @@ def anchor_for(model, models, settings: FreeRunSettings):
     return base
 
 
+def recording_prompts(prompts: list[Prompt], n_tagged: int) -> list[Prompt]:
+    """The prompts whose clip's own recording the detector can be checked on: the tagged ones and the untagged
+    clips' (a tag-free twin's recording still holds its event)."""
+    return [p for p in prompts if p.tagged or p.item >= n_tagged]
+
+
 @torch.no_grad()
 def generate(model, prompts: list[Prompt], items: list[dict], settings: FreeRunSettings,
              seed: int, on_batch: Callable[[int], object] | None = None, anchor=None) -> list[torch.Tensor]:

@@ -25,6 +25,7 @@ from tagtune.evaluate.freerun import (
     batch_rows,
     generate,
     make_prompts,
+    recording_prompts,
     score_clips,
     settings_dict,
     summarize_free,
@@ -45,8 +46,7 @@ def _free_running(models, detector, tagged, untagged, tags, space_id, settings, 
     items = tagged + untagged
     tag_ids = models[0].tag_ids
     prompts = make_prompts(tagged, untagged, set(tag_ids.values()), space_id)
-    # the detector on the reference recordings themselves: tag-stripped twins would still hold the event
-    real = [p for p in prompts if p.tagged or p.item >= len(tagged)]
+    real = recording_prompts(prompts, len(tagged))  # the detector on the reference recordings themselves
     out = {"real_clips": summarize_free(score_clips(detector, real, [items[p.item]["codes"] for p in real],
                                                     items, tags, tag_ids), list(tags.tags))}
     for m in models:

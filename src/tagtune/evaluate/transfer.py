@@ -30,7 +30,15 @@ from pathlib import Path
 
 import torch
 
-from tagtune.evaluate.freerun import FreeRunSettings, anchor_for, generate, make_prompts, score_clips, summarize_free
+from tagtune.evaluate.freerun import (
+    FreeRunSettings,
+    anchor_for,
+    generate,
+    make_prompts,
+    recording_prompts,
+    score_clips,
+    summarize_free,
+)
 from tagtune.evaluate.loading import BASE, TUNED, EvaluationError
 from tagtune.evaluate.prepared import generated_negatives, progress_bar, split_items, train_detector
 
@@ -131,6 +139,13 @@ def _condition(models, detector, embedding, items: list[dict], tags, space_id, f
     chosen = tagged + untagged_prompts
     prompts = make_prompts(tagged, untagged_prompts, set(tag_ids.values()), space_id)
     out: dict = {"clips": {"tagged": len(tagged), "untagged": len(untagged_prompts)}}
+    # the detector on the condition's recordings themselves: the hit rate its judge gives real events here
+    real = recording_prompts(prompts, len(tagged))
+    found = summarize_free(score_clips(detector, real, [chosen[p.item]["codes"] for p in real], chosen, tags,
+                                       tag_ids), list(tags.tags))
+    out["real_clips"] = {"hit_rate": {**{t: v["hit_rate"] for t, v in found["per_tag"].items()},
+                                      "mean": found["mean_hit_rate"]},
+                         "false_event_rate": found["false_event_rate"]}
     kinds = ["tagged" if p.tagged else "tag_free" for p in prompts]
     nll, per_prompt = {}, {}
     for m in models:
@@ -215,9 +230,13 @@ def evaluate_transfer(models, codebook: torch.Tensor, train: list[dict], val: li
         for k, (name, items) in enumerate(groups.items()):
             out[name] = _condition(models, detector, embedding, items, tags, space_id, free, settings, seed + k, bar)
     reference = out[REFERENCE_CONDITION]["hit_rate"]["mean"]
+    real_reference = out[REFERENCE_CONDITION]["real_clips"]["hit_rate"]["mean"]
     for name in out:
-        mean = out[name]["hit_rate"]["mean"]
+        mean, real = out[name]["hit_rate"]["mean"], out[name]["real_clips"]["hit_rate"]["mean"]
         out[name]["transfer_ratio"] = mean / reference if mean is not None and reference else None
+        # the same ratio of the recordings: what the judge itself gives real events across conditions
+        out[name]["real_clips"]["transfer_ratio"] = (real / real_reference if real is not None and real_reference
+                                                     else None)
         sims = out[name]["speaker_similarity"]
         sims["drop"] = _drop(sims)
         for kind in sims["by_prompt"].values():

@@ -50,22 +50,26 @@ def transfer_markdown(report: dict) -> str:
              f"tagged prompts at most (each also without its tags) and {t['settings']['untagged_prompts']} untagged "
              f"ones (as many as the condition has: column prompts), with the clip's own voice as reference. "
              f"transfer ratio = mean hit rate / mean hit rate in "
-             f"`{REFERENCE_CONDITION}` (goal >= {MIN_TRANSFER_RATIO}); similarity: cosine of the generated codes' "
+             f"`{REFERENCE_CONDITION}` (goal >= {MIN_TRANSFER_RATIO}); recordings: the detector's mean hit rate on the "
+             "prompt clips' own recordings and its ratio across conditions, what the judge gives real events; "
+             f"similarity: cosine of the generated codes' "
              f"speaker embedding to the prompt clip's recording (goal: tuned at most {MAX_SIMILARITY_DROP} below "
              "base for unseen voices).", "",
              "| condition | voices | prompts | " + " | ".join(f"hit `{x}`" for x in tags)
-             + " | mean hit (base) | transfer ratio | false events | untagged NLL ratio | similarity tuned / base "
-             "| similarity drop ± s.e. |",
-             "|---|---|---|" + "---|" * len(tags) + "---|---|---|---|---|---|"]
+             + " | mean hit (base) | transfer ratio | recordings: hit (ratio) | false events | untagged NLL ratio "
+             "| similarity tuned / base | similarity drop ± s.e. |",
+             "|---|---|---|" + "---|" * len(tags) + "---|---|---|---|---|---|---|"]
     for c in conds:
         e, base = t[c], t[c].get("base") or {}
-        sim = e["speaker_similarity"]
+        sim, real = e["speaker_similarity"], e.get("real_clips") or {}
         lines.append(
             f"| {CONDITION_NAMES[c]} | {', '.join(t['voices'][c])} | {e['clips']['tagged']} + "
             f"{e['clips']['untagged']} | "
             + " | ".join(_fmt(e["hit_rate"][x], True) for x in tags)
             + f" | {_fmt(e['hit_rate']['mean'], True)} ({_fmt((base.get('hit_rate') or {}).get('mean'), True)})"
-            f" | {_fmt(e['transfer_ratio'])} | {_fmt(e['false_event_rate'], True)}"
+            f" | {_fmt(e['transfer_ratio'])}"
+            f" | {_fmt((real.get('hit_rate') or {}).get('mean'), True)} ({_fmt(real.get('transfer_ratio'))})"
+            f" | {_fmt(e['false_event_rate'], True)}"
             f" | {_fmt(e['untagged_nll_ratio'], digits=3)}"
             f" | {_fmt(sim['tuned'], digits=3)} / {_fmt(sim['base'], digits=3)} | {_drop_text(sim)} |")
     more = (f" and {emb['extra_voice_clips']} clips of more voices ({t['settings'].get('voices_dir')})"
