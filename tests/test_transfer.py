@@ -123,6 +123,9 @@ def test_transfer_report_end_to_end(eval_data, transfer_set, shipped_base, tmp_p
     for c in CONDITIONS:
         e = t[c]
         assert set(e["hit_rate"]) == {"<giggles>", "<laughs>", "<sighs>", "mean"}
+        assert set(e["reliance_gap"]) == {"<giggles>", "<laughs>", "<sighs>"}
+        assert e["reliance_gap"] == e["tuned"]["reliance_gap"]
+        assert set(e["base"]["reliance_gap"]) == set(e["reliance_gap"])
         sims = e["speaker_similarity"]
         assert -1.0 <= sims["tuned"] <= 1.0 and sims["drop"] == pytest.approx(sims["base"] - sims["tuned"])
         tagged, tag_free = sims["by_prompt"]["tagged"], sims["by_prompt"]["tag_free"]
@@ -152,6 +155,7 @@ def test_transfer_report_end_to_end(eval_data, transfer_set, shipped_base, tmp_p
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Transfer to unseen voices and to Chinese" in md and "unseen voices, Chinese" in md
     assert "Speaker-similarity drop (base - tuned) split by prompt" in md and "recordings: hit (ratio)" in md
+    assert "Reliance gap per tag (tuned, teacher-forced" in md
     assert "transfer.png" in written["figures"] and (tmp_path / "report" / "transfer.png").stat().st_size > 0
 
 

@@ -130,6 +130,7 @@ def _condition(models, detector, embedding, items: list[dict], tags, space_id, f
                settings: TransferSettings, seed: int, bar) -> dict:
     """Free-running numbers, speaker similarity and untagged NLL of both models on one condition's clips."""
     from tagtune.evaluate.forgetting import forgetting_summary, untagged_nll
+    from tagtune.evaluate.reliance import score_reliance, summarize
 
     tag_ids = models[0].tag_ids
     tagged, untagged = _split_tagged(items, set(tag_ids.values()))
@@ -163,12 +164,15 @@ def _condition(models, detector, embedding, items: list[dict], tags, space_id, f
                        "similarity_clips": sum(v is not None for v in per_prompt[m.name]),
                        "speaker_similarity_by_prompt": {k: sims[k] for k in SIMILARITY_PROMPTS},
                        "mean_generated_codes": _mean([float(len(c)) for c in codes])}
-        if untagged:
-            with torch.inference_mode():
+        with torch.inference_mode():  # teacher-forced: what the tags change in this condition's recordings
+            gaps = summarize(score_reliance(m, tagged, tags, space_id), list(tags.tags)) if tagged else {}
+            if untagged:
                 nll[m.name] = untagged_nll(m, untagged[:MAX_NLL_CLIPS])
+        out[m.name]["reliance_gap"] = {t: v["reliance_gap"] for t, v in gaps.items()}
     forgetting = forgetting_summary(nll[TUNED], nll.get(BASE)) if TUNED in nll else None
     tuned, base = out[TUNED], out.get(BASE) or {}
     out.update({"hit_rate": tuned["hit_rate"], "false_event_rate": tuned["false_event_rate"],
+                "reliance_gap": tuned["reliance_gap"],
                 "false_event_rate_by_prompt": tuned["false_event_rate_by_prompt"],
                 "placement_error_ms": tuned["placement_error_ms"],
                 "untagged_nll_ratio": forgetting["untagged_nll_ratio"] if forgetting else None,

@@ -79,6 +79,9 @@ def transfer_markdown(report: dict) -> str:
                   f"embedding held-out speaker accuracy {_fmt(emb.get('accuracy'), True)} over "
                   f"{emb.get('speakers', '–')} voices. The drop's standard error pairs each prompt's two "
                   "generations; refitting the speaker embedding on another split moves it too."]
+    lines += ["", "Reliance gap per tag (tuned, teacher-forced on the condition's tagged recordings, nats per event): "
+              + "; ".join(f"{CONDITION_NAMES[c]}: " + ", ".join(f"`{x}` {_fmt((t[c].get('reliance_gap') or {}).get(x))}"
+                                                              for x in tags) for c in conds)]
     lines += ["", "False events split by prompt (tuned): tag-free twins of tagged clips (text written around a tag) vs "
                   "untagged clips' own texts: "
               + "; ".join(f"{CONDITION_NAMES[c]}: {false_event_split(t[c].get('false_event_rate_by_prompt'))}"
