@@ -119,10 +119,13 @@ def anchor_for(model, models, settings: FreeRunSettings):
     return base
 
 
-def recording_prompts(prompts: list[Prompt], n_tagged: int) -> list[Prompt]:
-    """The prompts whose clip's own recording the detector can be checked on: the tagged ones and the untagged
-    clips' (a tag-free twin's recording still holds its event)."""
-    return [p for p in prompts if p.tagged or p.item >= n_tagged]
+def score_recordings(detector: CodeEventDetector, prompts: list[Prompt], n_tagged: int, items: list[dict], tags,
+                     tag_ids: dict[str, int]) -> dict:
+    """``summarize_free`` of the detector on the prompt clips' own recordings: the tagged prompts' and the untagged
+    clips' (``items[:n_tagged]`` are the tagged clips; a tag-free twin's recording still holds its event)."""
+    real = [p for p in prompts if p.tagged or p.item >= n_tagged]
+    return summarize_free(score_clips(detector, real, [items[p.item]["codes"] for p in real], items, tags, tag_ids),
+                          list(tags.tags))
 
 
 @torch.no_grad()

@@ -25,8 +25,8 @@ from tagtune.evaluate.freerun import (
     batch_rows,
     generate,
     make_prompts,
-    recording_prompts,
     score_clips,
+    score_recordings,
     settings_dict,
     summarize_free,
 )
@@ -46,9 +46,8 @@ def _free_running(models, detector, tagged, untagged, tags, space_id, settings, 
     items = tagged + untagged
     tag_ids = models[0].tag_ids
     prompts = make_prompts(tagged, untagged, set(tag_ids.values()), space_id)
-    real = recording_prompts(prompts, len(tagged))  # the detector on the reference recordings themselves
-    out = {"real_clips": summarize_free(score_clips(detector, real, [items[p.item]["codes"] for p in real],
-                                                    items, tags, tag_ids), list(tags.tags))}
+    # the detector on the reference recordings themselves
+    out = {"real_clips": score_recordings(detector, prompts, len(tagged), items, tags, tag_ids)}
     for m in models:
         started = time.perf_counter()
         with progress_bar(progress, len(prompts), f"eval: free-running {m.name}", "prompt") as bar:

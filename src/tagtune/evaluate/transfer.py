@@ -35,8 +35,8 @@ from tagtune.evaluate.freerun import (
     anchor_for,
     generate,
     make_prompts,
-    recording_prompts,
     score_clips,
+    score_recordings,
     summarize_free,
 )
 from tagtune.evaluate.loading import BASE, TUNED, EvaluationError
@@ -126,6 +126,11 @@ def _drop(similarity: dict) -> float | None:
     return base - tuned if base is not None and tuned is not None else None
 
 
+def _hit_rates(summary: dict) -> dict:
+    """A ``summarize_free`` summary's hit rate per tag and their ``mean``."""
+    return {**{t: v["hit_rate"] for t, v in summary["per_tag"].items()}, "mean": summary["mean_hit_rate"]}
+
+
 def _condition(models, detector, embedding, items: list[dict], tags, space_id, free: FreeRunSettings,
                settings: TransferSettings, seed: int, bar) -> dict:
     """Free-running numbers, speaker similarity and untagged NLL of both models on one condition's clips."""
@@ -141,12 +146,8 @@ def _condition(models, detector, embedding, items: list[dict], tags, space_id, f
     prompts = make_prompts(tagged, untagged_prompts, set(tag_ids.values()), space_id)
     out: dict = {"clips": {"tagged": len(tagged), "untagged": len(untagged_prompts)}}
     # the detector on the condition's recordings themselves: the hit rate its judge gives real events here
-    real = recording_prompts(prompts, len(tagged))
-    found = summarize_free(score_clips(detector, real, [chosen[p.item]["codes"] for p in real], chosen, tags,
-                                       tag_ids), list(tags.tags))
-    out["real_clips"] = {"hit_rate": {**{t: v["hit_rate"] for t, v in found["per_tag"].items()},
-                                      "mean": found["mean_hit_rate"]},
-                         "false_event_rate": found["false_event_rate"]}
+    found = score_recordings(detector, prompts, len(tagged), chosen, tags, tag_ids)
+    out["real_clips"] = {"hit_rate": _hit_rates(found), "false_event_rate": found["false_event_rate"]}
     kinds = ["tagged" if p.tagged else "tag_free" for p in prompts]
     nll, per_prompt = {}, {}
     for m in models:
@@ -155,8 +156,7 @@ def _condition(models, detector, embedding, items: list[dict], tags, space_id, f
         summary = summarize_free(score_clips(detector, prompts, codes, chosen, tags, tag_ids), list(tags.tags))
         per_prompt[m.name] = _similarities(embedding, codes, [chosen[p.item]["codes"] for p in prompts])
         sims = _similarity_means(per_prompt[m.name], kinds)
-        out[m.name] = {"hit_rate": {**{t: v["hit_rate"] for t, v in summary["per_tag"].items()},
-                                    "mean": summary["mean_hit_rate"]},
+        out[m.name] = {"hit_rate": _hit_rates(summary),
                        "false_event_rate": summary["false_event_rate"],
                        "false_event_rate_by_prompt": summary["false_event_rate_by_prompt"],
                        "placement_error_ms": summary["placement_error_ms"]["median"],
