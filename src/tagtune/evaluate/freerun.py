@@ -129,19 +129,29 @@ def score_recordings(detector: CodeEventDetector, prompts: list[Prompt], n_tagge
 
 
 @torch.no_grad()
+def conditioning_of(models, items: list[dict]) -> dict[str, list]:
+    """Each model's ``item_conditioning`` of ``items`` by model name: computed once for a model's own decoding
+    and for the anchor it lends another model's."""
+    return {m.name: item_conditioning(m.gpt, items) for m in models}
+
+
+@torch.no_grad()
 def generate(model, prompts: list[Prompt], items: list[dict], settings: FreeRunSettings,
-             seed: int, on_batch: Callable[[int], object] | None = None, anchor=None) -> list[torch.Tensor]:
+             seed: int, on_batch: Callable[[int], object] | None = None, anchor=None,
+             conditioning: dict | None = None) -> list[torch.Tensor]:
     """Sampled codes (without the stop code) for every prompt, in prompt order; batch b draws from seed + b.
 
     Batches take the prompts in order of their reference clip's length (stable, so a tagged prompt and its
     tag-free twin sit side by side): a batch decodes until its longest row stops, and rows of like length stop
     together. ``on_batch(n)`` is told after each batch how many prompts it finished (a progress bar's
-    ``update``). ``anchor``: the base model the guided decoding starts from (``settings.base_anchor``), or None."""
+    ``update``). ``anchor``: the base model the guided decoding starts from (``settings.base_anchor``), or None.
+    ``conditioning``: ``conditioning_of`` the models over ``items``, when the caller already has it."""
     from tagtune.generation import generate_codes
     from tagtune.generation.guidance import Anchor
 
-    conds = item_conditioning(model.gpt, items)
-    anchor_conds = None if anchor is None else item_conditioning(anchor.gpt, items)
+    conditioning = conditioning or conditioning_of([model] if anchor is None else [model, anchor], items)
+    conds = conditioning[model.name]
+    anchor_conds = None if anchor is None else conditioning[anchor.name]
     limit = model.gpt.mel_pos_embedding.emb.num_embeddings - 2
     size = settings.batch_size or batch_rows(model.gpt)
     order = sorted(range(len(prompts)), key=lambda i: len(items[prompts[i].item]["codes"]))

@@ -23,6 +23,7 @@ from tagtune.evaluate.freerun import (
     FreeRunSettings,
     anchor_for,
     batch_rows,
+    conditioning_of,
     generate,
     make_prompts,
     score_clips,
@@ -48,11 +49,12 @@ def _free_running(models, detector, tagged, untagged, tags, space_id, settings, 
     prompts = make_prompts(tagged, untagged, set(tag_ids.values()), space_id)
     # the detector on the reference recordings themselves
     out = {"real_clips": score_recordings(detector, prompts, len(tagged), items, tags, tag_ids)}
+    conditioning = conditioning_of(models, items)
     for m in models:
         started = time.perf_counter()
         with progress_bar(progress, len(prompts), f"eval: free-running {m.name}", "prompt") as bar:
             codes = generate(m, prompts, items, settings, seed, on_batch=bar.update,
-                             anchor=anchor_for(m, models, settings))
+                             anchor=anchor_for(m, models, settings), conditioning=conditioning)
         out[m.name] = summarize_free(score_clips(detector, prompts, codes, items, tags, tag_ids), list(tags.tags))
         out[m.name]["seconds"] = round(time.perf_counter() - started, 2)
         out[m.name]["mean_generated_codes"] = sum(len(c) for c in codes) / max(1, len(codes))

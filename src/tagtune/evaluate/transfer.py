@@ -33,6 +33,7 @@ import torch
 from tagtune.evaluate.freerun import (
     FreeRunSettings,
     anchor_for,
+    conditioning_of,
     generate,
     make_prompts,
     score_clips,
@@ -150,9 +151,10 @@ def _condition(models, detector, embedding, items: list[dict], tags, space_id, f
     out["real_clips"] = {"hit_rate": _hit_rates(found), "false_event_rate": found["false_event_rate"]}
     kinds = ["tagged" if p.tagged else "tag_free" for p in prompts]
     nll, per_prompt = {}, {}
+    conditioning = conditioning_of(models, chosen)
     for m in models:
         codes = generate(m, prompts, chosen, free, seed + TRANSFER_SEED_OFFSET, on_batch=bar.update,
-                         anchor=anchor_for(m, models, free))
+                         anchor=anchor_for(m, models, free), conditioning=conditioning)
         summary = summarize_free(score_clips(detector, prompts, codes, chosen, tags, tag_ids), list(tags.tags))
         per_prompt[m.name] = _similarities(embedding, codes, [chosen[p.item]["codes"] for p in prompts])
         sims = _similarity_means(per_prompt[m.name], kinds)
