@@ -123,8 +123,13 @@ def test_a_model_that_ignores_tags_has_no_reliance_gap(eval_data):
     trials = score_reliance(blind, tagged, tags, space_id)
     assert len(trials) == len(tagged)
     assert max(abs(t.gap) for t in trials) < 1e-3 and max(abs(t.wrong_gap) for t in trials) < 1e-3
+    assert max(abs(t.onset_gap) for t in trials if t.onset_gap is not None) < 1e-3
     seen = score_reliance(tuned, tagged, tags, space_id)  # the same model reading the tags does differ
     assert max(abs(t.gap) for t in seen) > 0.05
+    onsets = [t for t in seen if t.onset_gap is not None]
+    assert onsets and max(abs(t.onset_gap) for t in onsets) > 1e-3
+    # the onset's sums run over the first codes of the event's own: never more NLL than the whole event's
+    assert all(t.onset_with_tag <= t.with_tag and t.onset_without_tag <= t.without_tag for t in onsets)
     summary = summarize(trials, list(tags.tags))
     assert all(s["clip_win_rate"] == 0.0 for s in summary.values())  # ties are no wins
 

@@ -47,14 +47,16 @@ def test_occurrences_match_events_in_order_and_fall_back_to_the_text():
 
 
 def test_reliance_summary_from_trials():
-    trials = [TrialScore(0, "<laughs>", "event", 10.0, 13.0, {"<sighs>": 12.0}),
-              TrialScore(1, "<laughs>", "event", 10.0, 9.0, {"<sighs>": 11.0}),
+    trials = [TrialScore(0, "<laughs>", "event", 10.0, 13.0, {"<sighs>": 12.0}, 2.0, 4.5),
+              TrialScore(1, "<laughs>", "event", 10.0, 9.0, {"<sighs>": 11.0}, 2.0, 2.5),
               TrialScore(2, "<sighs>", "clip", 5.0, 5.0, {"<laughs>": 5.0})]
     s = summarize(trials, ["<laughs>", "<sighs>"])
     assert s["<laughs>"]["reliance_gap"] == pytest.approx(1.0) and s["<laughs>"]["wrong_tag_gap"] == pytest.approx(1.5)
     assert s["<laughs>"]["clip_win_rate"] == 0.5 and s["<laughs>"]["reliance_gap_se"] == pytest.approx(2.0)
+    assert s["<laughs>"]["onset_gap"] == pytest.approx(1.5)  # (2.5 + 0.5) / 2 over the events' first codes
     assert s["<sighs>"] == {"trials": 1, "unit": "clip", "reliance_gap": 0.0, "reliance_gap_se": None,
-                            "wrong_tag_gap": 0.0, "clip_win_rate": 0.0}  # a tie is no win
+                            "wrong_tag_gap": 0.0, "clip_win_rate": 0.0,
+                            "onset_gap": None}  # a tie is no win; a whole-clip trial has no onset
 
 
 def test_batched_nll_equals_each_row_alone(shipped_base):

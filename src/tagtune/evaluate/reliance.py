@@ -9,6 +9,8 @@ per-code average would dilute it). Without boundaries (Elise) the trial scores t
     reliance_gap  = mean over trials of NLL(tag removed) - NLL(with tag)
     wrong_tag_gap = mean over trials of mean over other tags t' of NLL(t' in its place) - NLL(with tag)
     clip_win_rate = share of trials where the true tag beats the removed variant and every wrong tag
+    onset_gap     = the reliance gap over the event's first ONSET_CODES codes alone: how much the tag says that
+                    the event begins there, which is what a free-running decoder has to decide
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tagtune.evaluate.nll import ScoreRow, code_nll, item_conditioning
 from tagtune.tags.vocab import TagError, TagSet
 
 EVENT, CLIP = "event", "clip"
+ONSET_CODES = 2  # the codes of an event that ``onset_gap`` sums
 
 
 @dataclass
@@ -46,10 +49,18 @@ class TrialScore:
     with_tag: float
     without_tag: float
     wrong_tags: dict[str, float] = field(default_factory=dict)
+    onset_with_tag: float | None = None  # the same sums over the event's first ONSET_CODES codes (events only)
+    onset_without_tag: float | None = None
 
     @property
     def gap(self) -> float:
         return self.without_tag - self.with_tag
+
+    @property
+    def onset_gap(self) -> float | None:
+        if self.onset_with_tag is None or self.onset_without_tag is None:
+            return None
+        return self.onset_without_tag - self.onset_with_tag
 
     @property
     def wrong_gap(self) -> float | None:
@@ -121,6 +132,10 @@ def _span_sum(nll: torch.Tensor, span: tuple[int, int] | None) -> float:
     return float(nll.sum() if span is None else nll[span[0] : span[1]].sum())
 
 
+def _onset_sum(nll: torch.Tensor, span: tuple[int, int] | None) -> float | None:
+    return None if span is None else float(nll[span[0] : min(span[1], span[0] + ONSET_CODES)].sum())
+
+
 def score_reliance(model, items: list[dict], tags: TagSet, space_id: int | None) -> list[TrialScore]:
     """Score every tag occurrence of ``items`` (prepared examples) under ``model`` (an EvalModel)."""
     conds = item_conditioning(model.gpt, items)
@@ -134,13 +149,15 @@ def score_reliance(model, items: list[dict], tags: TagSet, space_id: int | None)
             rows.append(row)
     nll = code_nll(model.gpt, rows)
     scores = {id(o): TrialScore(int(items[o.clip]["id"]), o.tag, CLIP if o.span is None else EVENT,
-                                _span_sum(nll[o.clip], o.span), math.nan) for o in occs}
+                                _span_sum(nll[o.clip], o.span), math.nan,
+                                onset_with_tag=_onset_sum(nll[o.clip], o.span)) for o in occs}
     for occ, name, r in plan:
         value = _span_sum(nll[r], occ.span)
         if name:
             scores[id(occ)].wrong_tags[name] = value
         else:
             scores[id(occ)].without_tag = value
+            scores[id(occ)].onset_without_tag = _onset_sum(nll[r], occ.span)
     return [scores[id(o)] for o in occs]
 
 
@@ -156,7 +173,7 @@ def _stderr(values: list[float]) -> float | None:
 
 
 def summarize(trials: list[TrialScore], tag_names: list[str]) -> dict[str, dict]:
-    """Per tag: trials, unit, reliance_gap (+ its standard error), wrong_tag_gap, clip_win_rate."""
+    """Per tag: trials, unit, reliance_gap (+ its standard error), wrong_tag_gap, clip_win_rate, onset_gap."""
     out = {}
     for tag in tag_names:
         mine = [t for t in trials if t.tag == tag]
@@ -170,5 +187,6 @@ def summarize(trials: list[TrialScore], tag_names: list[str]) -> dict[str, dict]
             "reliance_gap_se": _stderr(gaps),
             "wrong_tag_gap": _mean(wrong),
             "clip_win_rate": _mean([float(t.win) for t in mine]),
+            "onset_gap": _mean([t.onset_gap for t in mine if t.onset_gap is not None]),
         }
     return out

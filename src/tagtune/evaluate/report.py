@@ -48,6 +48,7 @@ def _tag_entry(tag: str, s: dict) -> dict:
         "reliance_gap": {m: _get(rel, m, tag, "reliance_gap") for m in ("tuned", "base")},
         "reliance_gap_se": {m: _get(rel, m, tag, "reliance_gap_se") for m in ("tuned", "base")},
         "wrong_tag_gap": {m: _get(rel, m, tag, "wrong_tag_gap") for m in ("tuned", "base")},
+        "onset_gap": {m: _get(rel, m, tag, "onset_gap") for m in ("tuned", "base")},
         "clip_win_rate": _get(rel, "tuned", tag, "clip_win_rate"),
         "hit_rate": _get(free, "tuned", "per_tag", tag, "hit_rate"),
         "placement_error_ms": _get(free, "tuned", "per_tag", tag, "placement_error_ms"),

@@ -171,10 +171,11 @@ def _condition(models, detector, embedding, items: list[dict], tags, space_id, f
             if untagged:
                 nll[m.name] = untagged_nll(m, untagged[:MAX_NLL_CLIPS])
         out[m.name]["reliance_gap"] = {t: v["reliance_gap"] for t, v in gaps.items()}
+        out[m.name]["onset_gap"] = {t: v["onset_gap"] for t, v in gaps.items()}
     forgetting = forgetting_summary(nll[TUNED], nll.get(BASE)) if TUNED in nll else None
     tuned, base = out[TUNED], out.get(BASE) or {}
     out.update({"hit_rate": tuned["hit_rate"], "false_event_rate": tuned["false_event_rate"],
-                "reliance_gap": tuned["reliance_gap"],
+                "reliance_gap": tuned["reliance_gap"], "onset_gap": tuned["onset_gap"],
                 "false_event_rate_by_prompt": tuned["false_event_rate_by_prompt"],
                 "placement_error_ms": tuned["placement_error_ms"],
                 "untagged_nll_ratio": forgetting["untagged_nll_ratio"] if forgetting else None,

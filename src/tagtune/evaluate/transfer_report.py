@@ -82,6 +82,10 @@ def transfer_markdown(report: dict) -> str:
     lines += ["", "Reliance gap per tag (tuned, teacher-forced on the condition's tagged recordings, nats per event): "
               + "; ".join(f"{CONDITION_NAMES[c]}: " + ", ".join(f"`{x}` {_fmt((t[c].get('reliance_gap') or {}).get(x))}"
                                                               for x in tags) for c in conds)]
+    lines += ["", "Onset gap per tag (the same over each event's first two codes: how much the tag says that the event "
+                  "begins there): "
+              + "; ".join(f"{CONDITION_NAMES[c]}: " + ", ".join(f"`{x}` {_fmt((t[c].get('onset_gap') or {}).get(x))}"
+                                                              for x in tags) for c in conds)]
     lines += ["", "False events split by prompt (tuned): tag-free twins of tagged clips (text written around a tag) vs "
                   "untagged clips' own texts: "
               + "; ".join(f"{CONDITION_NAMES[c]}: {false_event_split(t[c].get('false_event_rate_by_prompt'))}"
