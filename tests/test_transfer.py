@@ -125,7 +125,12 @@ def test_transfer_report_end_to_end(eval_data, transfer_set, shipped_base, tmp_p
         assert set(e["hit_rate"]) == {"<giggles>", "<laughs>", "<sighs>", "mean"}
         assert set(e["reliance_gap"]) == {"<giggles>", "<laughs>", "<sighs>"}
         assert e["reliance_gap"] == e["tuned"]["reliance_gap"]
-        assert set(e["base"]["reliance_gap"]) == set(e["reliance_gap"])
+        assert set(e["base"]["reliance_gap"]) == set(e["reliance_gap"]) and e["onset_gap"] == e["tuned"]["onset_gap"]
+        # every tagged prompt's tag is one confusion trial: found as itself, as another tag, or not near it
+        trials = sum(sum(row.values()) for row in e["tuned"]["confusion"].values())
+        assert trials >= e["clips"]["tagged"] and 0.0 <= e["tuned"]["any_event_rate"] <= 1.0
+        hits = {tag: row[tag] / sum(row.values()) for tag, row in e["tuned"]["confusion"].items() if sum(row.values())}
+        assert all(e["hit_rate"][tag] == pytest.approx(h) for tag, h in hits.items())
         sims = e["speaker_similarity"]
         assert -1.0 <= sims["tuned"] <= 1.0 and sims["drop"] == pytest.approx(sims["base"] - sims["tuned"])
         tagged, tag_free = sims["by_prompt"]["tagged"], sims["by_prompt"]["tag_free"]
