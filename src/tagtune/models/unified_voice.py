@@ -279,8 +279,11 @@ class UnifiedVoice(TokenTrunk):
         return self._segment_hidden(conds, tok, mask_padding=masked)[1][:, :-2]
 
 
-def row_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean CE of each row over its non-ignored positions: logits (B, V, L), targets (B, L) -> (B,)."""
+def row_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean CE of each row over its non-ignored positions: logits (B, V, L), targets (B, L) -> (B,); ``weights``
+    (B, L) scale each position's CE (the count of positions stays the divisor)."""
     ce = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="none")  # (B, L)
+    if weights is not None:
+        ce = ce * weights.to(ce.device)
     count = (targets != IGNORE_INDEX).sum(dim=1).clamp(min=1)
     return ce.sum(dim=1) / count

@@ -177,14 +177,22 @@ class BatchSettings:
 
 @dataclass
 class LossSettings:
-    """loss = text CE x text_weight + mel CE; ``mask_padding`` drops padding from attention and loss."""
+    """loss = text CE x text_weight + mel CE; ``mask_padding`` drops padding from attention and loss.
+
+    ``onset_weight``: the weight of the first ``onset_codes`` codes of each tagged event in the mel CE (1: as
+    every other code). Those codes are where a decoder decides whether the event begins, and where the tag is
+    weighed least without it (docs/transfer.md, "Where the event begins"). 1.x only."""
 
     text_weight: float = 0.1
     mask_padding: bool = True
+    onset_weight: float = 1.0
+    onset_codes: int = 2
 
     def __post_init__(self):
         _check_types(self, "loss")
         _check(self.text_weight >= 0, f"loss.text_weight must be >= 0, got {self.text_weight}")
+        _check(self.onset_weight >= 0, f"loss.onset_weight must be >= 0, got {self.onset_weight}")
+        _check(self.onset_codes >= 1, f"loss.onset_codes must be >= 1, got {self.onset_codes}")
 
 
 @dataclass

@@ -37,6 +37,7 @@ class Batch:
     cond_frame_lengths: torch.Tensor | None = None  # (B,)
     base_log_probs: torch.Tensor | None = None  # (B, V, Lm+2) the base's distributions (replay.base_kl), 0 elsewhere
     base_rows: torch.Tensor | None = None  # (B,) bool: the rows that have them
+    onsets: list[list[int]] | None = None  # per row, the first code of each tagged event (loss.onset_weight)
 
     def to(self, device) -> Batch:
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
@@ -65,6 +66,7 @@ class RowLosses(nn.Module):
         self.gpt = gpt
         self.mask_padding = settings.mask_padding
         self.base_kl = base_kl
+        self.onset_weight, self.onset_codes = settings.onset_weight, settings.onset_codes
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         conds = batch.conds
@@ -76,11 +78,24 @@ class RowLosses(nn.Module):
             batch.cond_lengths, conds=conds,
             mask_padding=self.mask_padding, mask_loss=self.mask_padding,
         )
-        mel = row_ce(out.mel_logits, out.mel_targets)
+        weights = None
+        if self.onset_weight != 1.0 and batch.onsets is not None:
+            weights = onset_weights(out.mel_targets.shape, batch.onsets, self.onset_weight, self.onset_codes)
+        mel = row_ce(out.mel_logits, out.mel_targets, weights)
         if self.base_kl and batch.base_log_probs is not None:
             kl = row_kl(out.mel_logits, batch.base_log_probs, out.mel_targets)
             mel = mel + self.base_kl * kl * batch.base_rows
         return row_ce(out.text_logits, out.text_targets), mel
+
+
+def onset_weights(shape: torch.Size, onsets: list[list[int]], weight: float, codes: int) -> torch.Tensor:
+    """Per-position mel CE weights (B, L): ``weight`` on the first ``codes`` codes of each event of ``onsets``
+    (target position k is code k), 1 elsewhere."""
+    out = torch.ones(shape)
+    for row, starts in enumerate(onsets):
+        for first in starts:
+            out[row, first : first + codes] = weight
+    return out
 
 
 def row_kl(mel_logits: torch.Tensor, base: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
