@@ -6,27 +6,30 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tagtune.models.unified_voice import IGNORE_INDEX
+from tagtune.audio import event_onset_codes
+from tagtune.models.unified_voice import IGNORE_INDEX, onset_weights
 from tagtune.tags.rows import TagInit, grow_base
 from tagtune.train.config import LossSettings, TrainConfigError
-from tagtune.train.data import collate, event_onsets, open_data, pad_spec
-from tagtune.train.loss import RowLosses, onset_weights
+from tagtune.train.data import collate, open_data, pad_spec
+from tagtune.train.loss import RowLosses
 
 
 def test_event_onsets_read_the_recorded_boundaries():
     events = [{"tag": "laughs", "start_sample": 5000, "end_sample": 9000},
               {"tag": "sighs", "start_sample": 1000, "end_sample": 2000, "sample_rate": 12000}]
-    assert event_onsets(events, True, 1024) == [1, 4]  # 1000 samples at 12 kHz = 2000 at 24 kHz -> code 1
-    assert event_onsets(events, False, 1024) == []  # an untagged clip (an event cut) weighs nothing more
-    assert event_onsets(None, True, 1024) == []
+    assert event_onset_codes(events, True, 1024) == [1, 4]  # 1000 samples at 12 kHz = 2000 at 24 kHz -> code 1
+    assert event_onset_codes(events, False, 1024) == []  # an untagged clip (an event cut) weighs nothing more
+    assert event_onset_codes(None, True, 1024) == []
 
 
 def test_onset_weights_mark_the_first_codes_of_each_event():
     w = onset_weights(torch.Size([2, 8]), [[1, 5], []], 3.0, 2)
     assert w[0].tolist() == [1, 3, 3, 1, 1, 3, 3, 1] and w[1].tolist() == [1.0] * 8
+    assert onset_weights(torch.Size([2, 8]), [[1], []], 1.0, 2) is None  # weight 1: the plain mean
+    assert onset_weights(torch.Size([2, 8]), [[], []], 3.0, 2) is None  # no tagged event in the batch
 
 
-def test_onset_weight_scales_the_mel_ce_of_event_onsets(tiny_data):
+def test_onset_weight_scales_the_mel_ce_of_event_onset_codes(tiny_data):
     data = open_data(tiny_data)
     gpt, _, _ = grow_base(data.base_dir, data.tag_names, TagInit("mean", 0))
     gpt.eval()
@@ -54,10 +57,3 @@ def test_onset_weight_scales_the_mel_ce_of_event_onsets(tiny_data):
 def test_onset_settings_are_checked(field, value):
     with pytest.raises(TrainConfigError, match=f"loss.{field}"):
         LossSettings(**{field: value})
-
-
-def test_onset_weight_is_refused_for_indextts2():
-    from tagtune.train.family import FamilyV2
-
-    with pytest.raises(TrainConfigError, match="loss.onset_weight"):
-        FamilyV2().losses(torch.nn.Linear(1, 1), LossSettings(onset_weight=3.0))

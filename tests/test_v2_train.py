@@ -87,3 +87,19 @@ def test_gradients_reach_lora_and_the_tag_rows_only(data, tuned):
     frozen = [n for n, p in tuned.named_parameters() if n.startswith(("conditioning_encoder", "emo_", "speed_emb"))]
     assert frozen and all(not dict(tuned.named_parameters())[n].requires_grad for n in frozen)
     tuned.zero_grad(set_to_none=True)
+
+
+def test_onset_weight_weighs_the_first_codes_of_tagged_events(data, tuned):
+    # the giggle of a tagged clip of this corpus starts after 0.05 s of silence, 0.5 s of speech and 0.05 s more
+    event = {"tag": "giggles", "start_sample": 14_400, "end_sample": 16_800}
+    items = [{**data[i], "events": [event] if data[i]["has_tag"] else None} for i in range(len(data))]
+    batch = collate_v2(items, tuned.cfg)
+    tagged = [k for k, it in enumerate(items) if it["has_tag"]]
+    assert tagged and all(batch.onsets[k] == [30] for k in tagged)  # 14 400 / 480 samples per semantic code
+    assert all(batch.onsets[k] == [] for k, it in enumerate(items) if not it["has_tag"])
+    with torch.no_grad():
+        plain = RowLossesV2(tuned)(batch)[1]
+        heavy = RowLossesV2(tuned, onset_weight=5.0, onset_codes=2)(batch)[1]
+    untagged = [k for k in range(len(items)) if not batch.onsets[k]]
+    torch.testing.assert_close(heavy[untagged], plain[untagged])
+    assert (heavy[tagged] > plain[tagged]).all()

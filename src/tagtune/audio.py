@@ -48,6 +48,15 @@ def code_span(start_sample: int, end_sample: int, n_codes: int,
     return first, max(first, last)
 
 
+def event_onset_codes(events: list[dict] | None, tagged: bool, samples_per_code: int = SAMPLES_PER_CODE) -> list[int]:
+    """The first code of each tagged event of a clip from its recorded boundaries (24 kHz samples, or the
+    event's own ``sample_rate``); none for an untagged clip."""
+    if not tagged or not events:
+        return []
+    return sorted(int(e["start_sample"] * SAMPLE_RATE / float(e.get("sample_rate", SAMPLE_RATE))) // samples_per_code
+                  for e in events if e.get("tag"))
+
+
 # torchaudio.transforms.Resample defaults (method "sinc_interp_hann")
 RESAMPLE_LOWPASS_WIDTH = 6
 RESAMPLE_ROLLOFF = 0.99

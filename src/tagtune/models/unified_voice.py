@@ -279,6 +279,19 @@ class UnifiedVoice(TokenTrunk):
         return self._segment_hidden(conds, tok, mask_padding=masked)[1][:, :-2]
 
 
+def onset_weights(shape: torch.Size, onsets: list[list[int]] | None, weight: float,
+                  codes: int) -> torch.Tensor | None:
+    """Per-position code CE weights (B, L) for ``row_ce``: ``weight`` on the first ``codes`` codes of each event
+    that ``onsets`` starts (target position k is code k), 1 elsewhere; None when nothing is weighted."""
+    if weight == 1.0 or not onsets or not any(onsets):
+        return None
+    out = torch.ones(shape)
+    for row, starts in enumerate(onsets):
+        for first in starts:
+            out[row, first : first + codes] = weight
+    return out
+
+
 def row_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean CE of each row over its non-ignored positions: logits (B, V, L), targets (B, L) -> (B,); ``weights``
     (B, L) scale each position's CE (the count of positions stays the divisor)."""

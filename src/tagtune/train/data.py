@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from tagtune.audio import SAMPLE_RATE
+from tagtune.audio import event_onset_codes
 from tagtune.errors import UserError
 from tagtune.folders import EXAMPLES_FILE as EXAMPLES
 from tagtune.folders import MANIFEST_FILE as MANIFEST
@@ -374,17 +374,9 @@ def collate(dataset, indices: list[int], pad: PadSpec, conds: dict[int, torch.Te
         conds=torch.stack([conds[i] for i in indices]) if cached and not frames else None,
         cond_frames=padded_frames([conds[i] for i in indices]) if frames else None,
         cond_frame_lengths=torch.tensor([len(conds[i]) for i in indices]) if frames else None,
-        onsets=[event_onsets(events, tagged, pad.compression)
+        onsets=[event_onset_codes(events, tagged, pad.compression)
                 for events, tagged in zip(d["events"], d["has_tag"].tolist(), strict=True)],
     )
-
-
-def event_onsets(events: list[dict] | None, tagged: bool, samples_per_code: int) -> list[int]:
-    """The first code of each tagged event of a clip (its recorded boundaries; none for an untagged clip)."""
-    if not tagged or not events:
-        return []
-    return sorted(int(e["start_sample"] * SAMPLE_RATE / float(e.get("sample_rate", SAMPLE_RATE))) // samples_per_code
-                  for e in events if e.get("tag"))
 
 
 class ReferenceFrames(dict):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from tagtune.models.v2.objective import RowLossesV2, collate_v2, conditioning_prefix_inputs
-from tagtune.train.config import LossSettings, TrainConfigError
+from tagtune.train.config import LossSettings
 from tagtune.train.data import (
     V2,
     ReferenceFrames,
@@ -72,9 +72,7 @@ class FamilyV2:
         return collate_v2([dataset[i] for i in indices], gpt.cfg, cache, keys=indices)
 
     def losses(self, gpt: nn.Module, settings: LossSettings) -> nn.Module:
-        if settings.onset_weight != 1.0:
-            raise TrainConfigError("loss.onset_weight is for IndexTTS 1.x: leave it at 1 for an IndexTTS-2 model")
-        return RowLossesV2(gpt, settings.mask_padding)
+        return RowLossesV2(gpt, settings.mask_padding, settings.onset_weight, settings.onset_codes)
 
     def neutral_prefix(self, gpt: nn.Module, dataset, picks: list[int], cache: dict | None, device) -> list:
         """(speaker latents (32, D), emotion vector (D,)) of ``dataset[i]`` for ``picks``: cached, or computed here

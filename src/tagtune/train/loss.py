@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tagtune.models.unified_voice import COND_LATENTS, IGNORE_INDEX, row_ce
+from tagtune.models.unified_voice import COND_LATENTS, IGNORE_INDEX, onset_weights, row_ce
 from tagtune.train.config import LossSettings
 
 MEL_COMPRESSION = 1024  # 24 kHz samples per DVAE code
@@ -78,24 +78,12 @@ class RowLosses(nn.Module):
             batch.cond_lengths, conds=conds,
             mask_padding=self.mask_padding, mask_loss=self.mask_padding,
         )
-        weights = None
-        if self.onset_weight != 1.0 and batch.onsets is not None:
-            weights = onset_weights(out.mel_targets.shape, batch.onsets, self.onset_weight, self.onset_codes)
+        weights = onset_weights(out.mel_targets.shape, batch.onsets, self.onset_weight, self.onset_codes)
         mel = row_ce(out.mel_logits, out.mel_targets, weights)
         if self.base_kl and batch.base_log_probs is not None:
             kl = row_kl(out.mel_logits, batch.base_log_probs, out.mel_targets)
             mel = mel + self.base_kl * kl * batch.base_rows
         return row_ce(out.text_logits, out.text_targets), mel
-
-
-def onset_weights(shape: torch.Size, onsets: list[list[int]], weight: float, codes: int) -> torch.Tensor:
-    """Per-position mel CE weights (B, L): ``weight`` on the first ``codes`` codes of each event of ``onsets``
-    (target position k is code k), 1 elsewhere."""
-    out = torch.ones(shape)
-    for row, starts in enumerate(onsets):
-        for first in starts:
-            out[row, first : first + codes] = weight
-    return out
 
 
 def row_kl(mel_logits: torch.Tensor, base: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

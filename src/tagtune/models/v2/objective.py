@@ -19,7 +19,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from tagtune.models.unified_voice import COND_LATENTS, row_ce
+from tagtune.audio import event_onset_codes
+from tagtune.models.unified_voice import COND_LATENTS, onset_weights, row_ce
 from tagtune.models.v2.gpt import SPEED_ROWS
 
 PREFIX_POSITIONS = COND_LATENTS + SPEED_ROWS  # speaker latents + emotion vector (32), speed_emb(1), speed_emb(0)
@@ -41,6 +42,7 @@ class BatchV2:
     tags: list[list[str]]
     conds: torch.Tensor | None = None  # (B, 32, D) precomputed speaker latents
     emovec: torch.Tensor | None = None  # (B, D) precomputed emotion vectors
+    onsets: list[list[int]] | None = None  # per row, the first code of each tagged event (loss.onset_weight)
 
     def to(self, device) -> BatchV2:
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
@@ -79,6 +81,8 @@ def collate_v2(items: list[dict], gpt_cfg, prefix: dict[int, tuple[torch.Tensor,
         tags=[b["tags"] for b in items],
         conds=torch.stack([prefix[k][0] for k in keys]) if cached else None,
         emovec=torch.stack([prefix[k][1] for k in keys]) if cached else None,
+        onsets=[event_onset_codes(b.get("events"), bool(b["has_tag"]), b["samples_per_code"])
+                if "samples_per_code" in b else [] for b in items],
     )
 
 
@@ -96,15 +100,17 @@ class RowLossesV2(nn.Module):
     """``forward(batch) -> (text CE (B,), code CE (B,))`` for each clip, the v2 peer of ``train.loss.RowLosses``
     (an ``nn.Module`` so that DDP can wrap it); ``train.loss.combine`` weighs the two as for 1.x."""
 
-    def __init__(self, gpt: nn.Module, mask_padding: bool = True):
+    def __init__(self, gpt: nn.Module, mask_padding: bool = True, onset_weight: float = 1.0, onset_codes: int = 2):
         super().__init__()
         self.gpt, self.mask_padding = gpt, mask_padding
+        self.onset_weight, self.onset_codes = onset_weight, onset_codes
 
     def forward(self, batch: BatchV2) -> tuple[torch.Tensor, torch.Tensor]:
         conds, emovec = prefix_inputs(self.gpt, batch)
         out = self.gpt.logits(conds, emovec, batch.text_ids, batch.text_lengths, batch.codes, batch.code_lengths,
                               mask_padding=self.mask_padding, mask_loss=self.mask_padding)
-        return row_ce(out.text_logits, out.text_targets), row_ce(out.mel_logits, out.mel_targets)
+        weights = onset_weights(out.mel_targets.shape, batch.onsets, self.onset_weight, self.onset_codes)
+        return row_ce(out.text_logits, out.text_targets), row_ce(out.mel_logits, out.mel_targets, weights)
 
 
 @torch.no_grad()
