@@ -113,18 +113,33 @@ def test_detector_finds_a_synthetic_event_at_its_onset():
 
 
 def test_free_running_rates_from_trials():
-    scored = {"trials": [{"tag": "<laughs>", "detected": "<laughs>", "error_ms": 100.0},
-                         {"tag": "<laughs>", "detected": "<sighs>", "error_ms": 50.0},
-                         {"tag": "<sighs>", "detected": NONE, "error_ms": None}],
+    scored = {"trials": [{"tag": "<laughs>", "detected": "<laughs>", "error_ms": 100.0, "edge": "trailing"},
+                         {"tag": "<laughs>", "detected": "<sighs>", "error_ms": 50.0, "edge": "inside"},
+                         {"tag": "<sighs>", "detected": NONE, "error_ms": None, "edge": "trailing"},
+                         {"tag": "<sighs>", "detected": "<sighs>", "error_ms": 10.0, "edge": None}],
               "false_flags": [True, False, False, False], "any_flags": [True, True, False],
               "twin_flags": [True, False], "untagged_flags": [False, False, False]}
     s = summarize_free(scored, ["<laughs>", "<sighs>"])
     assert s["false_event_rate_by_prompt"] == {"tag_free_twins": {"rate": 0.5, "prompts": 2},
                                                "untagged_clips": {"rate": 0.0, "prompts": 3}}
     assert s["per_tag"]["<laughs>"] == {"trials": 2, "hit_rate": 0.5, "placement_error_ms": 100.0}
-    assert s["per_tag"]["<sighs>"]["hit_rate"] == 0.0 and s["mean_hit_rate"] == 0.25
+    assert s["per_tag"]["<sighs>"]["hit_rate"] == 0.5 and s["mean_hit_rate"] == 0.5
     assert s["false_event_rate"] == 0.25 and s["any_event_rate"] == pytest.approx(2 / 3)
     assert s["confusion"]["counts"]["<laughs>"] == {"<laughs>": 1, "<sighs>": 1, NONE: 0}
+    # a trial without recorded boundaries has no edge and counts in none of them
+    assert s["hit_rate_by_edge"] == {"leading": {"trials": 0, "hit_rate": None},
+                                     "inside": {"trials": 1, "hit_rate": 0.0},
+                                     "trailing": {"trials": 2, "hit_rate": 0.5}}
+
+
+def test_an_event_edge_is_read_from_its_recording():
+    from tagtune.evaluate.freerun import _edge
+
+    ms = 1000.0 * 1024 / 24000  # 1.x: 42.7 ms per code, so 0.3 s is 7 codes
+    assert _edge((7, 20), 100, ms) == "leading" and _edge((8, 20), 100, ms) == "inside"
+    assert _edge((80, 93), 100, ms) == "trailing" and _edge((80, 92), 100, ms) == "inside"
+    assert _edge((80, 85), 100, 20.0) == "trailing"  # IndexTTS-2: 20 ms per code, 15 codes
+    assert _edge(None, 100, ms) is None
 
 
 def test_false_events_are_split_into_tag_free_twins_and_untagged_clips():

@@ -129,6 +129,8 @@ def test_transfer_report_end_to_end(eval_data, transfer_set, shipped_base, tmp_p
         # every tagged prompt's tag is one confusion trial: found as itself, as another tag, or not near it
         trials = sum(sum(row.values()) for row in e["tuned"]["confusion"].values())
         assert trials >= e["clips"]["tagged"] and 0.0 <= e["tuned"]["any_event_rate"] <= 1.0
+        by_edge = e["tuned"]["hit_rate_by_edge"]
+        assert sum(v["trials"] for v in by_edge.values()) <= trials  # trials with recorded boundaries only
         hits = {tag: row[tag] / sum(row.values()) for tag, row in e["tuned"]["confusion"].items() if sum(row.values())}
         assert all(e["hit_rate"][tag] == pytest.approx(h) for tag, h in hits.items())
         sims = e["speaker_similarity"]

@@ -26,6 +26,10 @@ TOLERANCE_FRACTION = 0.25
 LENGTH_FACTOR = 1.5  # max_new_tokens = LENGTH_FACTOR x the longest reference clip of the batch (+ margin)
 LENGTH_MARGIN = 8
 MS_PER_CODE = 1000.0 * SAMPLES_PER_CODE / SAMPLE_RATE
+# where a tag's event sits in its recording: within EDGE_S of the start (nothing said before it) or of the end
+# (nothing after it: the decoder must make the event instead of stopping), or inside the speech
+EDGE_S = 0.3
+EDGES = ("leading", "inside", "trailing")
 # the two kinds of tag-free prompt, as report keys -> the scored lists that hold their false-event flags
 FALSE_EVENT_PROMPTS = {"tag_free_twins": "twin_flags", "untagged_clips": "untagged_flags"}
 
@@ -181,6 +185,14 @@ def _tolerance(n_codes: int, ms_per_code: float = MS_PER_CODE) -> float:
     return max(HIT_TOLERANCE_S * 1000.0 / ms_per_code, TOLERANCE_FRACTION * n_codes)
 
 
+def _edge(span: tuple[int, int] | None, n_codes: int, ms_per_code: float) -> str | None:
+    """``EDGES`` entry of an event's code span in its recording (None without recorded boundaries)."""
+    if span is None:
+        return None
+    edge = round(EDGE_S * 1000.0 / ms_per_code)
+    return "leading" if span[0] <= edge else "trailing" if n_codes - span[1] <= edge else "inside"
+
+
 def score_clips(detector: CodeEventDetector, prompts: list[Prompt], codes: list[torch.Tensor], items: list[dict],
                 tags, tag_ids: dict[str, int]) -> dict:
     """Per-trial hits and per-prompt false events from detections on ``codes`` (one sequence per prompt).
@@ -202,13 +214,15 @@ def score_clips(detector: CodeEventDetector, prompts: list[Prompt], codes: list[
             near = [d for d in found if abs(d.onset - expected) <= _tolerance(len(seq), ms_per_code)]
             best = min(near, key=lambda d: abs(d.onset - expected)) if near else None
             trials.append({"tag": occ.tag, "detected": best.tag if best else NONE,
-                           "error_ms": abs(best.onset - expected) * ms_per_code if best else None})
+                           "error_ms": abs(best.onset - expected) * ms_per_code if best else None,
+                           "edge": _edge(occ.span, len(item["codes"]), ms_per_code)})
     return {"trials": trials, "false_flags": false_flags, "any_flags": any_flags, "twin_flags": twin_flags,
             "untagged_flags": untagged_flags}
 
 
 def summarize_free(scored: dict, tag_names: list[str]) -> dict:
-    """hit_rate per tag, mean_hit_rate, any_event_rate, false_event_rate, confusion matrix, placement error."""
+    """hit_rate per tag, mean_hit_rate, any_event_rate, false_event_rate, confusion matrix, placement error, and
+    the hit rate by where the event sits in its recording (``EDGES``; trials without boundaries are left out)."""
     trials = scored["trials"]
     per_tag, errors = {}, []
     for tag in tag_names:
@@ -232,6 +246,8 @@ def summarize_free(scored: dict, tag_names: list[str]) -> dict:
         "untagged_prompts": len(scored["false_flags"]),
         "confusion": {"rows": tag_names, "columns": columns, "counts": confusion},
         "placement_error_ms": {"median": _median(errors), "mean": sum(errors) / len(errors) if errors else None},
+        "hit_rate_by_edge": {edge: {"trials": len(mine), "hit_rate": _rate([t["detected"] == t["tag"] for t in mine])}
+                             for edge in EDGES for mine in [[t for t in trials if t.get("edge") == edge]]},
     }
 
 

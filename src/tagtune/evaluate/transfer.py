@@ -164,6 +164,7 @@ def _condition(models, detector, embedding, items: list[dict], tags, space_id, f
                        "placement_error_ms": summary["placement_error_ms"]["median"],
                        # where the tagged prompts' events went: the right tag, another, or none near the tag
                        "confusion": summary["confusion"]["counts"], "any_event_rate": summary["any_event_rate"],
+                       "hit_rate_by_edge": summary["hit_rate_by_edge"],
                        "speaker_similarity": sims["all"],
                        "similarity_clips": sum(v is not None for v in per_prompt[m.name]),
                        "speaker_similarity_by_prompt": {k: sims[k] for k in SIMILARITY_PROMPTS},
