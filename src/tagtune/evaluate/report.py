@@ -68,6 +68,7 @@ def _overall(s: dict) -> dict:
         "false_event_rate_by_prompt": _get(free, "tuned", "false_event_rate_by_prompt"),
         "any_event_rate": _get(free, "tuned", "any_event_rate"),
         "mean_hit_rate": _get(free, "tuned", "mean_hit_rate"),
+        "hit_rate_by_edge": _get(free, "tuned", "hit_rate_by_edge"),
         "placement_error_ms": _get(free, "tuned", "placement_error_ms"),
         "base": {k: _get(free, "base", k) for k in ("false_event_rate", "false_event_rate_by_prompt",
                                                     "any_event_rate", "mean_hit_rate")},

@@ -163,7 +163,8 @@ def _overall(report: dict, w) -> list[str]:
         f"ratio {w.strong(fmt(o['untagged_nll_ratio'], digits=4))}",
         f"free running (tuned{tuned_decoding}): mean hit rate {w.strong(fmt(o['mean_hit_rate'], True))}, "
         f"any-event rate {fmt(o['any_event_rate'], True)}, false-event rate on tag-free prompts "
-        f"{w.strong(fmt(o['false_event_rate'], True))} ({split_tuned})",
+        f"{w.strong(fmt(o['false_event_rate'], True))} ({split_tuned}); hit rate by where the event sits in its "
+        f"recording: {edge_hits(o.get('hit_rate_by_edge'))}",
         f"free running (base{decoding}): mean hit rate {fmt(o['base']['mean_hit_rate'], True)}, false-event rate "
         f"{fmt(o['base']['false_event_rate'], True)} ({split_base})",
         f"detector held-out window accuracy {fmt(o['detector_accuracy'], True)} (class-balanced "
@@ -172,6 +173,12 @@ def _overall(report: dict, w) -> list[str]:
         f"generations: {fmt(o['detector_false_positive_rate'], True)} of clips, "
         f"{fmt(o['detector_false_positive_window_rate'], True)} of windows",
     ])
+
+
+def edge_hits(by_edge: dict | None) -> str:
+    """``summarize_free``'s hit_rate_by_edge as "leading x (n), inside y (n), trailing z (n)"."""
+    return ", ".join(f"{edge} {fmt(v.get('hit_rate'), True)} ({v.get('trials', 0)})"
+                     for edge, v in (by_edge or {}).items()) or "–"
 
 
 def _confusion(report: dict, w) -> list[str]:

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import io
 
-from tagtune.evaluate.freerun import EDGES
 from tagtune.evaluate.loading import TUNED
 from tagtune.evaluate.report import MAX_SIMILARITY_DROP, MIN_TRANSFER_RATIO
-from tagtune.evaluate.report_md import false_event_split
+from tagtune.evaluate.report_md import edge_hits, false_event_split
 from tagtune.evaluate.transfer import CONDITIONS, REFERENCE_CONDITION
 
 FIGURE = "transfer.png"
 BAR_WIDTH = 0.38
 CONDITION_NAMES = {"ft_voice_en": "fine-tune voice, English", "unseen_en": "unseen voices, English",
                    "ft_voice_zh": "fine-tune voice, Chinese", "unseen_zh": "unseen voices, Chinese"}
-
-
-def _edge_hits(condition: dict, edge: str) -> str:
-    """The tuned model's hit rate (trials) for events at ``edge`` of their recordings in one condition."""
-    entry = ((condition.get(TUNED) or {}).get("hit_rate_by_edge") or {}).get(edge) or {}
-    return f"{_fmt(entry.get('hit_rate'))} ({entry.get('trials', 0)})"
 
 
 def _fmt(v, pct: bool = False, digits: int = 2) -> str:
@@ -87,10 +80,10 @@ def transfer_markdown(report: dict) -> str:
                   f"embedding held-out speaker accuracy {_fmt(emb.get('accuracy'), True)} over "
                   f"{emb.get('speakers', '–')} voices. The drop's standard error pairs each prompt's two "
                   "generations; refitting the speaker embedding on another split moves it too."]
-    lines += ["", "Hit rate by where the event sits in its recording (tuned; trials): leading / inside / trailing "
-                  "(within 0.3 s of the clip's start or end, where a trailing event must come before the stop): "
-              + "; ".join(f"{CONDITION_NAMES[c]}: " + " / ".join(_edge_hits(t[c], e) for e in EDGES) for c in conds)
-              + "."]
+    lines += ["", "Hit rate by where the event sits in its recording (tuned; trials; within 0.3 s of the clip's start "
+                  "or end, where a trailing event must come before the stop): "
+              + "; ".join(f"{CONDITION_NAMES[c]}: {edge_hits((t[c].get(TUNED) or {}).get('hit_rate_by_edge'))}"
+                          for c in conds) + "."]
     lines += ["", "Reliance gap per tag (tuned, teacher-forced on the condition's tagged recordings, nats per event): "
               + "; ".join(f"{CONDITION_NAMES[c]}: " + ", ".join(f"`{x}` {_fmt((t[c].get('reliance_gap') or {}).get(x))}"
                                                               for x in tags) for c in conds)]
