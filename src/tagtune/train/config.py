@@ -181,7 +181,7 @@ class LossSettings:
 
     ``onset_weight``: the weight of the first ``onset_codes`` codes of each tagged event in the mel CE (1: as
     every other code). Those codes are where a decoder decides whether the event begins, and where the tag is
-    weighed least without it (docs/transfer.md, "Where the event begins")."""
+    weighed least without it (docs/transfer.md, "Where the Chinese hits are lost")."""
 
     text_weight: float = 0.1
     mask_padding: bool = True
