@@ -50,6 +50,7 @@ VARIANTS = {
     "train-conditioning+replay-event-pairs-0.5+cuts-0.5": ({"lora.train_conditioning": True, "replay.events": 0.5,
                                                             "replay.event_pairs": True, "augment.event_cuts": 0.5},
                                                            {}, None),
+    "replay-events-at-end-0.8": ({"replay.events_at_end": 0.8}, {}, None),
     "onset-4x3": ({"loss.onset_weight": 4.0, "loss.onset_codes": 3}, {}, None),
     "replay-event-pairs-0.5+cuts-0.5": ({"replay.events": 0.5, "replay.event_pairs": True,
                                          "augment.event_cuts": 0.5}, {}, None),

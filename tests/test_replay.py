@@ -97,6 +97,26 @@ def test_spliced_replay_clips_carry_a_fine_tune_event_and_its_tag(events_data, r
         assert item["codes"][at : at + len(cut)].equal(cut) and len(cut) >= 1
 
 
+def test_events_at_end_put_that_share_of_the_spliced_events_after_their_clip(events_data, replay_dir):
+    from tagtune.train.data import mix_replay, open_data
+    from tagtune.train.splice import END
+
+    data = open_data(events_data)
+    alike = mix_replay(data, replay_dir, 0.5, seed=0, events=1.0)
+    layouts = {share: [s.layout for s in mix_replay(data, replay_dir, 0.5, seed=0, events=1.0,
+                                                      events_at_end=share).splices.values()]
+               for share in (0.0, 1.0)}
+    assert layouts[1.0] and set(layouts[1.0]) == {END}  # every splice after its clip
+    assert layouts[0.0] and END not in layouts[0.0]
+    assert {s.layout for s in alike.splices.values()} - {END}  # without the setting, other layouts too
+    n = len(data.train)
+    at_end = mix_replay(data, replay_dir, 0.5, seed=0, events=1.0, events_at_end=1.0)
+    for k in at_end.splices:  # the tag ends the text, the event the codes
+        item = at_end[n + k]
+        assert item["text_ids"][-1] == at_end.tag_pieces[item["tags"][0]][-1]
+        assert item["events"][0]["start_sample"] // 1024 == len(at_end.replay[at_end.picks[k]]["codes"])
+
+
 def test_event_pairs_keep_each_spliced_clip_as_recorded_beside_it(events_data, replay_dir):
     from tagtune.train.data import mix_replay, open_data
 
@@ -266,6 +286,8 @@ def test_replay_fraction_is_checked():
         TrainConfig.from_dict({"replay": {"data": "x", "events": 1.5}})
     with pytest.raises(TrainConfigError, match="augment.event_cuts"):
         TrainConfig.from_dict({"augment": {"event_cuts": -0.1}})
+    with pytest.raises(TrainConfigError, match="replay.events_at_end"):
+        TrainConfig.from_dict({"replay": {"data": "x", "events_at_end": 1.2}})
     with pytest.raises(TrainConfigError, match="replay.base_kl"):
         TrainConfig.from_dict({"replay": {"data": "x", "base_kl": -1.0}})
 

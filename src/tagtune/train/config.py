@@ -234,6 +234,8 @@ class ReplaySettings:
     tag, at an edge of their text (train/splice.py): tags seen in the replay's voices and languages;
     ``event_pairs``: each such clip is also trained on as recorded, so the same voice and text come once with the
     tag and the event and once with neither (otherwise the spliced clip replaces it);
+    ``events_at_end``: the share of those events put after their clip (null: after, before or between two clips
+    alike), for a tag that ends the text (docs/transfer.md, "Where the Chinese hits are lost");
     ``base_kl``: weight of a second term on the replay clips as recorded (not spliced), the KL divergence from the
     frozen base's next-code distribution to the tuned model's, per code (train/base_kl.py; 1.x): the tuned model
     is held to what the base would say in those voices, not only to the codes they said.
@@ -243,12 +245,15 @@ class ReplaySettings:
     fraction: float = 0.3
     events: float = 0.0
     event_pairs: bool = False
+    events_at_end: float | None = None
     base_kl: float = 0.0
 
     def __post_init__(self):
         _check_types(self, "replay")
         _check(0.0 < self.fraction <= 0.9, f"replay.fraction must be in (0, 0.9], got {self.fraction}")
         _check(0.0 <= self.events <= 1.0, f"replay.events must be in [0, 1], got {self.events}")
+        _check(self.events_at_end is None or 0.0 <= self.events_at_end <= 1.0,
+               f"replay.events_at_end must be in [0, 1] or null, got {self.events_at_end}")
         _check(self.base_kl >= 0.0, f"replay.base_kl must be >= 0, got {self.base_kl}")
 
 

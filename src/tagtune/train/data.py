@@ -270,10 +270,11 @@ def _samples_per_code(dataset) -> int:
 
 
 def mix_replay(data: DataBundle, replay_dir: str | Path, fraction: float, seed: int,
-               events: float = 0.0, event_pairs: bool = False) -> ReplayMix:
+               events: float = 0.0, event_pairs: bool = False, events_at_end: float | None = None) -> ReplayMix:
     """``data.train`` with a seeded choice of the replay folder's untagged clips making up ``fraction`` of the mix;
     a seeded ``events`` share of them carries a spliced fine-tune event and its tag (train/splice.py), beside
-    the clip as recorded with ``event_pairs``.
+    the clip as recorded with ``event_pairs``; ``events_at_end`` of those events come after the clip (None: after,
+    before or between two clips alike).
 
     The replay folder must be prepared for the same model family from the same base (fingerprint) with a
     tokenizer whose pieces the fine-tune tokenizer starts with (tag pieces come after them), so its text ids
@@ -314,7 +315,8 @@ def mix_replay(data: DataBundle, replay_dir: str | Path, fraction: float, seed: 
     from tagtune.train.splice import plan_splices
 
     tag_pieces = tag_text_pieces(data)
-    splices = plan_splices(data.train, replay, picks, events, data.tagset, seed, _samples_per_code(replay))
+    splices = plan_splices(data.train, replay, picks, events, data.tagset, seed, _samples_per_code(replay),
+                           events_at_end)
     return ReplayMix(data.train, replay, picks, splices, tag_pieces, paired=event_pairs)
 
 

@@ -111,7 +111,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | str |
     family = family_of(data)  # batches, losses and the conditioning cache of the base model's family
     if config.replay.data:
         data.train = mix_replay(data, config.replay.data, config.replay.fraction, config.seed, config.replay.events,
-                                config.replay.event_pairs)
+                                config.replay.event_pairs, config.replay.events_at_end)
         log.info("replay: %d untagged clips of %s mixed into %d training clips (%d with a spliced event)",
                  len(data.train.picks), config.replay.data, len(data.train.primary), len(data.train.splices))
         if config.replay.events and not data.train.splices:

@@ -71,12 +71,14 @@ def _donors(primary, tagset, per_code: int) -> list[tuple[int, int]]:
 
 
 def plan_splices(primary, replay, picks: list[int], share: float, tagset, seed: int,
-                 per_code: int = SAMPLES_PER_CODE) -> dict[int, Splice]:
+                 per_code: int = SAMPLES_PER_CODE, at_end: float | None = None) -> dict[int, Splice]:
     """{position in ``picks``: Splice} for a seeded ``share`` of the replay picks ({} without tagged donors).
 
     A spliced clip holds no more text and no more codes than the longest clips of the mix, so batches and
     positions stay within what the prepared data already asks of the model; a BETWEEN partner is another
-    untagged replay clip of the same speaker that fits. A pick too long for any layout stays as it is."""
+    untagged replay clip of the same speaker that fits. A pick too long for any layout stays as it is.
+    ``at_end``: the share of splices that put the event after the clip (END), the rest split between the other
+    layouts; None: the three layouts alike."""
     donors = _donors(primary, tagset, per_code)
     if share <= 0 or not donors:
         return {}
@@ -99,7 +101,10 @@ def plan_splices(primary, replay, picks: list[int], share: float, tagset, seed: 
         fits = [p for p in by_speaker.get(a["speaker"], []) if p != j
                 and text + replay.examples[p]["n_text"] <= max_text
                 and codes + replay.examples[p]["n_codes"] <= max_codes]
-        layout = rng.choice([END, START, BETWEEN] if fits else [END, START])
+        if at_end is None:
+            layout = rng.choice([END, START, BETWEEN] if fits else [END, START])
+        else:
+            layout = END if rng.random() < at_end else rng.choice([START, BETWEEN] if fits else [START])
         out[k] = Splice(donor, event, layout, rng.choice(fits) if layout == BETWEEN else None)
     return out
 
