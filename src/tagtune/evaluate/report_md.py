@@ -136,8 +136,7 @@ def _title(report: dict, w) -> list[str]:
 
 def _tag_table(report: dict, w) -> list[str]:
     header = ["tag", "trials (unit)", "reliance gap tuned", "base", "onset gap tuned", "wrong-tag gap tuned",
-              "clip win rate",
-              "hit rate", "hit rate base", "detector on real clips", "placement error ms"]
+              "clip win rate", "hit rate", "hit rate base", "detector on real clips", "placement error ms"]
     rows = []
     for tag, e in report["tags"].items():
         se = e["reliance_gap_se"]["tuned"]
