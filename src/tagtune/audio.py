@@ -48,13 +48,17 @@ def code_span(start_sample: int, end_sample: int, n_codes: int,
     return first, max(first, last)
 
 
+def event_samples(event: dict) -> tuple[int, int]:
+    """An event's recorded boundaries in 24 kHz samples (they may name their own ``sample_rate``)."""
+    scale = SAMPLE_RATE / float(event.get("sample_rate", SAMPLE_RATE))
+    return int(round(event["start_sample"] * scale)), int(round(event["end_sample"] * scale))
+
+
 def event_onset_codes(events: list[dict] | None, tagged: bool, samples_per_code: int = SAMPLES_PER_CODE) -> list[int]:
-    """The first code of each tagged event of a clip from its recorded boundaries (24 kHz samples, or the
-    event's own ``sample_rate``); none for an untagged clip."""
+    """The first code of each tagged event of a clip from its recorded boundaries; none for an untagged clip."""
     if not tagged or not events:
         return []
-    return sorted(int(e["start_sample"] * SAMPLE_RATE / float(e.get("sample_rate", SAMPLE_RATE))) // samples_per_code
-                  for e in events if e.get("tag"))
+    return sorted(event_samples(e)[0] // samples_per_code for e in events if e.get("tag"))
 
 
 # torchaudio.transforms.Resample defaults (method "sinc_interp_hann")

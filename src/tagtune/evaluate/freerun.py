@@ -246,9 +246,14 @@ def summarize_free(scored: dict, tag_names: list[str]) -> dict:
         "untagged_prompts": len(scored["false_flags"]),
         "confusion": {"rows": tag_names, "columns": columns, "counts": confusion},
         "placement_error_ms": {"median": _median(errors), "mean": sum(errors) / len(errors) if errors else None},
-        "hit_rate_by_edge": {edge: {"trials": len(mine), "hit_rate": _rate([t["detected"] == t["tag"] for t in mine])}
-                             for edge in EDGES for mine in [[t for t in trials if t.get("edge") == edge]]},
+        "hit_rate_by_edge": {edge: _hits_at(trials, edge) for edge in EDGES},
     }
+
+
+def _hits_at(trials: list[dict], edge: str) -> dict:
+    """Trials and hit rate of the trials whose event sits at ``edge`` of its recording."""
+    mine = [t["detected"] == t["tag"] for t in trials if t.get("edge") == edge]
+    return {"trials": len(mine), "hit_rate": _rate(mine)}
 
 
 def _rate(flags: list[bool]) -> float | None:

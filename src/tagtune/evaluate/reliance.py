@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tagtune.audio import SAMPLE_RATE, SAMPLES_PER_CODE, code_span
+from tagtune.audio import SAMPLES_PER_CODE, code_span, event_samples
 from tagtune.evaluate.nll import ScoreRow, code_nll, item_conditioning
 from tagtune.tags.vocab import TagError, TagSet
 
@@ -81,9 +81,8 @@ def _event_tag(event: dict, tags: TagSet) -> str | None:
 
 
 def _event_samples(event: dict, wav_len: int) -> tuple[int, int]:
-    scale = SAMPLE_RATE / float(event.get("sample_rate", SAMPLE_RATE))  # boundaries may name their own rate
-    start = int(round(event["start_sample"] * scale))
-    return start, min(wav_len, int(round(event["end_sample"] * scale)))
+    start, end = event_samples(event)
+    return start, min(wav_len, end)
 
 
 def occurrences(item: dict, clip: int, tags: TagSet, tag_ids: dict[str, int]) -> list[Occurrence]:

@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable
 from urllib.parse import quote
 
+from tagtune.evaluate.reliance import ONSET_CODES
+
 TAG_RE = re.compile(r"<[^<>\s][^<>]*>")  # a tag such as <laughs> or <clears throat> inside plain text
 SMOKE_NOTE = ("Smoke run: every stage ran end to end, at a size far too small to judge whether the tags were "
               "learned. The numbers are shown; the acceptance checks are not judged.")
@@ -131,7 +133,7 @@ def _title(report: dict, w) -> list[str]:
     return lines + w.paragraph(
         "Reliance gaps are NLL(tag removed) − NLL(with tag) in nats per event (summed over the event's codes; "
         "per clip where the corpus has no event boundaries), compared within one model. The onset gap is the same "
-        "over the event's first two codes: how much the tag says that the event begins where it does.")
+        f"over the event's first {ONSET_CODES} codes: how much the tag says that the event begins where it does.")
 
 
 def _tag_table(report: dict, w) -> list[str]:

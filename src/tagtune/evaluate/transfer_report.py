@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 
+from tagtune.evaluate.freerun import EDGE_S
 from tagtune.evaluate.loading import TUNED
+from tagtune.evaluate.reliance import ONSET_CODES
 from tagtune.evaluate.report import MAX_SIMILARITY_DROP, MIN_TRANSFER_RATIO
 from tagtune.evaluate.report_md import edge_hits, false_event_split
 from tagtune.evaluate.transfer import CONDITIONS, REFERENCE_CONDITION
@@ -80,15 +82,15 @@ def transfer_markdown(report: dict) -> str:
                   f"embedding held-out speaker accuracy {_fmt(emb.get('accuracy'), True)} over "
                   f"{emb.get('speakers', '–')} voices. The drop's standard error pairs each prompt's two "
                   "generations; refitting the speaker embedding on another split moves it too."]
-    lines += ["", "Hit rate by where the event sits in its recording (tuned; trials; within 0.3 s of the clip's start "
-                  "or end, where a trailing event must come before the stop): "
+    lines += ["", "Hit rate by where the event sits in its recording (tuned; trials; within "
+                  f"{EDGE_S:g} s of the clip's start or end, where a trailing event must come before the stop): "
               + "; ".join(f"{CONDITION_NAMES[c]}: {edge_hits((t[c].get(TUNED) or {}).get('hit_rate_by_edge'))}"
                           for c in conds) + "."]
     lines += ["", "Reliance gap per tag (tuned, teacher-forced on the condition's tagged recordings, nats per event): "
               + "; ".join(f"{CONDITION_NAMES[c]}: " + ", ".join(f"`{x}` {_fmt((t[c].get('reliance_gap') or {}).get(x))}"
                                                               for x in tags) for c in conds)]
-    lines += ["", "Onset gap per tag (the same over each event's first two codes: how much the tag says that the event "
-                  "begins there): "
+    lines += ["", f"Onset gap per tag (the same over each event's first {ONSET_CODES} codes: how much the tag says "
+                  "that the event begins there): "
               + "; ".join(f"{CONDITION_NAMES[c]}: " + ", ".join(f"`{x}` {_fmt((t[c].get('onset_gap') or {}).get(x))}"
                                                               for x in tags) for c in conds)]
     lines += ["", "False events split by prompt (tuned): tag-free twins of tagged clips (text written around a tag) vs "
