@@ -735,3 +735,26 @@ def test_tag_guidance_out_of_range_is_one_line(tmp_path, capsys, no_model_load):
                     "--tag-guidance", 11)
     assert rc == 2 and not (tmp_path / "report").exists()
     assert_one_line(lines, "eval", "tag_guidance must be in [1, 10]")
+
+
+def test_anchor_share_out_of_range_is_one_line(tmp_path, capsys, no_model_load):
+    """`synth --anchor-share`, a batch line's ``anchor_share``, `eval --anchor-share` and `demo --anchor-share`
+    outside 0..1: one line naming the range, before any model loads or anything is written."""
+    ref = write_voice(tmp_path / "ref.wav")
+    out = tmp_path / "o.wav"
+    rc, lines = cli(capsys, "synth", "--model", shipped_base(), "--ref", ref, "--text", TEXT, "--out", out,
+                    "--anchor-share", 1.5)
+    assert rc == 2 and not out.exists()
+    assert_one_line(lines, "synth", "anchor_share must be in [0, 1]")
+    batch = tmp_path / "items.jsonl"
+    batch.write_text(json.dumps({"text": TEXT, "ref": "ref.wav", "out": "o.wav", "anchor_share": "most"}) + "\n")
+    rc, lines = cli(capsys, "synth", "--model", shipped_base(), "--batch", batch)
+    assert rc == 2
+    assert_one_line(lines, "synth", f"{batch}:1:", "anchor_share")
+    rc, lines = cli(capsys, "eval", "--model", shipped_base(), "--data", tmp_path, "--out", tmp_path / "report",
+                    "--anchor-share", -0.5)
+    assert rc == 2 and not (tmp_path / "report").exists()
+    assert_one_line(lines, "eval", "anchor_share must be in [0, 1]")
+    rc, lines = cli(capsys, "demo", "--out", tmp_path / "demo", "--anchor-share", 2)
+    assert rc == 2 and not (tmp_path / "demo").exists()
+    assert_one_line(lines, "demo", "--anchor-share: anchor_share must be in [0, 1]")

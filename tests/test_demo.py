@@ -107,7 +107,8 @@ def test_report_and_summary_agree(demo):
     # the free-running checks decoded with the demo's tag guidance, anchored to the base, and the summary says so
     assert report["meta"]["free_running"]["tag_guidance"] == summary["settings"]["tag_guidance"] == 3.0
     assert report["meta"]["free_running"]["base_anchor"] is summary["settings"]["base_anchor"] is True
-    assert "tag guidance 3 anchored to the base" in table
+    assert report["meta"]["free_running"]["anchor_share"] == summary["settings"]["anchor_share"] == 0.5
+    assert "tag guidance 3 anchored to the base, anchor share 0.5" in table
     md = (out / "report" / "report.md").read_text()
     assert "smoke run" in md.splitlines()[0] and all(f"../samples/{p.rsplit('/', 1)[1]}" in md
                                                      for p in summary["samples"])

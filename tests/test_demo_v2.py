@@ -117,6 +117,8 @@ def test_settings_per_family():
     # each family's tag guidance, in the full and the quick demo alike, unless given
     assert (DemoSettings.full().tag_guidance, v2.tag_guidance, quick.tag_guidance) == (3.0, 3.0, 3.0)
     assert (DemoSettings.full().base_anchor, v2.base_anchor, quick.base_anchor) == (True, False, False)
+    assert (DemoSettings.full().anchor_share, DemoSettings.quick().anchor_share, v2.anchor_share) == (0.5, 0.5, 0.0)
+    assert DemoSettings(anchor_share=0.0).anchor_share == 0.0
     assert DemoSettings(tag_guidance=1.0).tag_guidance == 1.0
 
 
@@ -160,6 +162,9 @@ def test_cli_parses_the_model_family_and_base(monkeypatch, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--out", str(tmp_path / "d"), "--quick", "--no-base-anchor"])
     assert seen["settings"].base_anchor is False
+    with pytest.raises(SystemExit):
+        main(["demo", "--out", str(tmp_path / "d"), "--quick", "--anchor-share", "0.25"])
+    assert seen["settings"].anchor_share == 0.25
     assert main(["demo", "--out", str(tmp_path / "d"), "--tag-guidance", "0"]) == 2
     assert "tag_guidance must be in [1, 10]" in capsys.readouterr().err
 

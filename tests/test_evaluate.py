@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -187,6 +188,8 @@ def test_tag_guidance_guides_the_tagged_prompts_only(eval_data):
     assert not all(s for s, p in zip(same, prompts, strict=True) if p.tagged)  # guidance moved the tagged ones
     with pytest.raises(ValueError, match="tag_guidance must be in"):
         FreeRunSettings(tag_guidance=0.0)
+    with pytest.raises(ValueError, match="anchor_share must be in"):
+        FreeRunSettings(anchor_share=1.5)
 
 
 def test_anchored_to_the_base_tag_free_prompts_decode_as_the_base(eval_data, shipped_base):
@@ -211,6 +214,10 @@ def test_anchored_to_the_base_tag_free_prompts_decode_as_the_base(eval_data, shi
     assert all(torch.equal(anchored[k], by_base[k]) for k in free)
     assert not all(torch.equal(alone[k], by_base[k]) for k in free)  # the tuned model alone speaks otherwise
     assert not all(torch.equal(anchored[k], by_base[k]) for k, p in enumerate(prompts) if p.tagged)
+    # a share of the tuned model's own scores in the start moves the tagged prompts only
+    shared = generate(tuned, prompts, items, dataclasses.replace(settings, anchor_share=0.5), 5, anchor=anchor)
+    assert all(torch.equal(shared[k], by_base[k]) for k in free)
+    assert not all(torch.equal(shared[k], anchored[k]) for k, p in enumerate(prompts) if p.tagged)
     with pytest.raises(EvaluationError, match="needs the base model"):
         anchor_for(tuned, [tuned], settings)
 

@@ -3,12 +3,21 @@ two branches, rows without a tag decode as without guidance, beams and the KV ca
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from base_fixtures import load_plain_gpt
 from tagtune.generation import GenerationConfig, MelDecoder, generate_codes, prepare_prompt
-from tagtune.generation.guidance import Anchor, GuidedDecoder, check_tag_guidance, guided_scores
+from tagtune.generation.guidance import (
+    Anchor,
+    GuidedDecoder,
+    anchored_start,
+    check_anchor_share,
+    check_tag_guidance,
+    guided_scores,
+)
 
 MAX_NEW = 30
 
@@ -190,6 +199,55 @@ def test_anchored_rows_without_a_tag_decode_as_the_base(model, other_base, base_
     only_free, _ = generate_codes(model, batch[1:], cfg, conds=conds, free_ids=batch[1:],
                                   anchor=Anchor(other_base, base_conds))
     assert only_free[0].tolist() == base[0].tolist()  # no tagged row at all: the base decodes alone
+
+
+def test_the_anchor_share_moves_the_start_toward_the_tuned_twin():
+    tagged, free, base = torch.randn(3, 7), torch.randn(3, 7), torch.randn(3, 7)
+    plain = torch.tensor([True, False, False])
+    lt, lf, lb = (x.log_softmax(-1) for x in (tagged, free, base))
+    torch.testing.assert_close(anchored_start(base, free, 0.0), lb)
+    torch.testing.assert_close(anchored_start(base, free, 1.0), lf)
+    half = anchored_start(base, free, 0.5)
+    torch.testing.assert_close(half, (0.5 * lb + 0.5 * lf).log_softmax(-1))
+    torch.testing.assert_close(half.exp().sum(-1), torch.ones(3))  # a distribution again
+    out = guided_scores(tagged, free, 3.0, plain, base, share=0.5)
+    assert torch.equal(out[0], base[0])  # a row without a tag keeps the base's logits, whatever the share
+    torch.testing.assert_close(out[1:], half[1:] + 3.0 * (lt[1:] - lf[1:]))
+    assert torch.equal(guided_scores(tagged, free, 3.0, plain, base), guided_scores(tagged, free, 3.0, plain, base,
+                                                                                     share=0.0))
+
+
+def test_the_anchor_share_is_checked():
+    assert check_anchor_share("0.25") == 0.25
+    for bad in (-0.1, 1.5, float("nan"), "half", None):
+        with pytest.raises(ValueError, match=r"anchor_share must be in \[0, 1\]"):
+            check_anchor_share(bad)
+    with pytest.raises(ValueError, match="anchor_share"):
+        GenerationConfig(anchor_share=2.0)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_share_one_guides_tagged_rows_from_the_twin_and_plain_rows_from_the_base(model, other_base, base_inputs,
+                                                                                 beams):
+    tagged, free = texts(base_inputs)
+    batch = base_inputs["gen_batch_text_ids"]  # two texts; the first is ``tagged``, the second has no tag
+    free_ids = torch.cat([torch.nn.functional.pad(free, (0, batch.shape[1] - free.shape[1]),
+                                                  value=model.cfg.stop_text_token), batch[1:]])
+    conds, base_conds = base_inputs["conds"], 0.8 * base_inputs["conds"]
+    cfg = GenerationConfig(do_sample=False, num_beams=beams, max_new_tokens=MAX_NEW, tag_guidance=2.0)
+    twin, twin_lengths = generate_codes(model, batch, cfg, conds=conds, free_ids=free_ids)
+    runs = {share: generate_codes(model, batch, replace(cfg, anchor_share=share), conds=conds, free_ids=free_ids,
+                                  anchor=Anchor(other_base, base_conds)) for share in (0.0, 1.0)}
+    n = int(twin_lengths[0])
+    codes, lengths = runs[1.0]
+    assert int(lengths[0]) == n and codes[0, :n].tolist() == twin[0, :n].tolist()  # the tagged row: the twin's
+    assert runs[0.0][0][0].tolist() != codes[0].tolist()  # from the base alone it decodes otherwise
+    base, base_lengths = generate_codes(other_base, batch[1:], GenerationConfig.greedy(num_beams=beams,
+                                                                                       max_new_tokens=MAX_NEW),
+                                        conds=base_conds)
+    m = int(base_lengths[0])
+    for run, run_lengths in runs.values():  # the row without a tag decodes as the base at any share
+        assert int(run_lengths[1]) == m and run[1, :m].tolist() == base[0, :m].tolist()
 
 
 def test_the_model_as_its_own_anchor_is_tag_guidance(model, base_inputs):

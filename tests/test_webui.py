@@ -67,6 +67,9 @@ def test_settings_preview_and_examples(models):
     tuned, _ = models
     gen = generation_settings(False, 30, 0.8, 1.0, 1, 1.0, MAX_NEW)
     assert gen == GenerationConfig.greedy(max_new_tokens=MAX_NEW, repetition_penalty=1.0)
+    assert generation_settings(True, 30, 0.8, 1.0, 3, 10.0, 600, 3.0, 0.5).anchor_share == 0.5
+    with pytest.raises(UserError, match="anchor_share must be in"):
+        generation_settings(True, 30, 0.8, 1.0, 3, 10.0, 600, 3.0, 1.5)
     with pytest.raises(UserError, match="top_p must be in"):
         generation_settings(True, 30, 0.0, 1.0, 3, 10.0, 600)
     text = "Hello there, how are you today? <laughs> I am fine, thank you. And you?"
@@ -218,7 +221,7 @@ def test_named_api_endpoints(models, serve, reference_wav):
     table = client.predict("Hello. <laughs> Fine.", 120, api_name="/preview")
     assert [row[1] for row in table["data"]] == ["HELLO. <LAUGHS> FINE."]
     tuned_wav, base_wav = client.predict(handle_file(str(reference_wav)), "Hello. <laughs>", False, 30, 0.8, 1.0, 1,
-                                         1.0, MAX_NEW, 2.0, 120, 0, api_name="/synthesize")
+                                         1.0, MAX_NEW, 2.0, 0.0, 120, 0, api_name="/synthesize")
     expected = tuned.synthesize("Hello. <laughs>", reference_wav, generation=GenerationConfig.greedy(
         max_new_tokens=MAX_NEW, tag_guidance=2.0), seed=0).audio
     got, _ = sf.read(tuned_wav, dtype="int16")

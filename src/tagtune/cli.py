@@ -157,6 +157,22 @@ def _add_tag_guidance(s, what: str, default: str = "1, off") -> None:
                    "docs/tag-guidance.md)")
 
 
+def _add_anchor_share(s, default: str = "0, the base alone") -> None:
+    s.add_argument("--anchor-share", type=float, help="with --base-anchor: how far the guided start moves from the "
+                   "base toward the tuned model's own tag-free scores, 0 to 1; more lets events begin where the base "
+                   f"would never make one, such as after the last word (default: {default}; docs/tag-guidance.md)")
+
+
+def _checked(flag: str, check, value):
+    """``check(value)``, or a one-line UserError that names ``flag`` when it raises ValueError."""
+    from tagtune.errors import UserError
+
+    try:
+        return check(value)
+    except ValueError as e:
+        raise UserError(f"{flag}: {e}") from None
+
+
 def _eval(a) -> int:
     from tagtune.evaluate import evaluate
     from tagtune.evaluate.report_md import render_text
@@ -164,6 +180,10 @@ def _eval(a) -> int:
     guidance = {} if a.tag_guidance is None else {"tag_guidance": a.tag_guidance}
     if a.base_anchor:
         guidance["base_anchor"] = True
+    if a.anchor_share is not None:
+        from tagtune.generation.guidance import check_anchor_share
+
+        guidance["anchor_share"] = _checked("--anchor-share", check_anchor_share, a.anchor_share)
     report = evaluate(a.model, a.data, a.out, base_dir=a.base, adapter=a.adapter, n_free=a.n_free, seed=a.seed,
                       device=_device(a), progress=not a.no_progress, judges=_judge_settings(a),
                       transfer_dir=a.transfer, transfer_settings=_transfer_settings(a), **guidance)
@@ -183,11 +203,8 @@ def _eval(a) -> int:
 def _demo(a) -> int:
     from tagtune.demo import DemoSettings, format_summary, run_demo
     from tagtune.errors import UserError
+    from tagtune.generation.guidance import check_anchor_share, check_tag_guidance
 
-    try:  # the one thing the demo cannot explain later: where it writes
-        Path(a.out).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{a.out}: cannot create the demo folder ({e.strerror})", params=("out_dir",)) from None
     settings = (DemoSettings.quick if a.quick else DemoSettings.full)(a.seed, a.model_family)
     if a.steps is not None:
         settings.steps = a.steps
@@ -195,13 +212,14 @@ def _demo(a) -> int:
         settings.clips = a.clips
     if a.base_anchor is not None:
         settings.base_anchor = a.base_anchor
+    if a.anchor_share is not None:
+        settings.anchor_share = _checked("--anchor-share", check_anchor_share, a.anchor_share)
     if a.tag_guidance is not None:
-        from tagtune.generation.guidance import check_tag_guidance
-
-        try:
-            settings.tag_guidance = check_tag_guidance(a.tag_guidance)
-        except ValueError as e:
-            raise UserError(f"--tag-guidance: {e}") from None
+        settings.tag_guidance = _checked("--tag-guidance", check_tag_guidance, a.tag_guidance)
+    try:  # the one thing the demo cannot explain later: where it writes
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{a.out}: cannot create the demo folder ({e.strerror})", params=("out_dir",)) from None
     summary = run_demo(a.out, settings, base_dir=a.base, progress=not a.no_progress)
     print(format_summary(summary))
     acceptance = summary["acceptance"]
@@ -298,7 +316,7 @@ def _synth(a) -> int:
         raise UserError("--text, --ref and --out are required (or --batch FILE)")
 
     sampling = {k: getattr(a, k) for k in ("num_beams", "top_k", "top_p", "temperature", "repetition_penalty",
-                                            "max_new_tokens", "tag_guidance")}
+                                            "max_new_tokens", "tag_guidance", "anchor_share")}
     emotion = {"emo_ref": a.emo_ref, "emo_alpha": a.emo_alpha, "emo_vector": a.emo_vector, "emo_text": a.emo_text}
     written = synth_command(a.model, ref=a.ref, text=a.text, batch=a.batch, out=a.out, adapter=a.adapter,
                             seed=a.seed, compat=a.compat, precision=a.precision, greedy=a.greedy, device=_device(a),
@@ -570,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--base-anchor", type=Path, metavar="BASE", help="the base model folder this model was trained "
                    "from: guided decoding starts from the base, so the tuned model adds only what its tags change "
                    "(default: none; docs/tag-guidance.md)")
+    _add_anchor_share(s)
     s.set_defaults(func=_synth)
 
     s = command(sub, "webui", "a web page to try the model (needs the webui extra: gradio)")
@@ -624,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tag_guidance(s, "the free-running check's tagged prompts decode")
     s.add_argument("--base-anchor", action="store_true", help="the tuned model's free-running prompts decode "
                    "anchored to --base: guidance starts from the base's distribution (docs/tag-guidance.md)")
+    _add_anchor_share(s)
     _add_device(s, "the models")
     s.add_argument("--transfer", type=Path, help="a DATA_DIR prepared from the same base with the same tags, spoken "
                    "by the fine-tune voices and by unseen voices in English and Chinese: adds the transfer report "
@@ -670,6 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--base-anchor", action=argparse.BooleanOptionalAction, help="the tuned model's samples and "
                    "free-running checks decode anchored to the base (default: on for v1, off for v2; "
                    "docs/tag-guidance.md)")
+    _add_anchor_share(s, "0.5 for v1")
     s.set_defaults(func=_demo)
     return p
 

@@ -50,6 +50,9 @@ MODEL_FAMILIES = ("v1", "v2")
 # and more hits (mean 0.28-0.36): 14 failed checks over seeds 0-2 against 13, so it keeps the twin
 DEMO_TAG_GUIDANCE = {"v1": 3.0, "v2": 3.0}
 DEMO_BASE_ANCHOR = {"v1": True, "v2": False}
+# the anchored start's share of the tuned model's own tag-free scores (generation/guidance.py): from the base
+# alone, events that end a Chinese text were rarely made (docs/tag-guidance.md, "The anchor's share")
+DEMO_ANCHOR_SHARE = {"v1": 0.5, "v2": 0.0}
 # the corpus whose held-out voices speak the samples' references, per family
 REFERENCE_CORPUS = {"v1": "transfer-corpus", "v2": "reference-corpus"}
 
@@ -83,6 +86,7 @@ class DemoSettings:
     tag_guidance: float | None = None  # the tuned model's samples and free-running checks decode with this tag
     #   guidance; None = the family's DEMO_TAG_GUIDANCE (docs/tag-guidance.md)
     base_anchor: bool | None = None  # ... anchored to the base; None = the family's DEMO_BASE_ANCHOR
+    anchor_share: float | None = None  # ... with this anchor share; None = the family's DEMO_ANCHOR_SHARE
 
     def __post_init__(self):
         if self.model_family not in MODEL_FAMILIES:
@@ -91,6 +95,8 @@ class DemoSettings:
             self.tag_guidance = DEMO_TAG_GUIDANCE[self.model_family]
         if self.base_anchor is None:
             self.base_anchor = DEMO_BASE_ANCHOR[self.model_family]
+        if self.anchor_share is None:
+            self.anchor_share = DEMO_ANCHOR_SHARE[self.model_family]
 
     @classmethod
     def full(cls, seed: int = 0, model_family: str = "v1") -> DemoSettings:
@@ -177,12 +183,13 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir
         export(out / "run", out / "model")
     with _stage("synthesise", t):
         samples = synthesise_samples(out / "model", base, out / REFERENCE_CORPUS[s.model_family], out / "samples",
-                                     s.seed, progress, s.tag_guidance, s.base_anchor)
+                                     s.seed, progress, s.tag_guidance, s.base_anchor, s.anchor_share)
     with _stage("evaluate", t):
         # the base's untrained tag rows are made exactly as training made the tuned model's first ones
         report = evaluate(out / "model", out / "data", out / "report", base_dir=base, n_free=s.free_prompts,
                           seed=s.seed, tag_init=cfg.lora.tag_init, tag_seed=cfg.seed, smoke=s.smoke,
                           progress=progress, tag_guidance=s.tag_guidance, base_anchor=s.base_anchor,
+                          anchor_share=s.anchor_share,
                           **transfer_arguments(out, s))
         attach_samples(report, out / "report", samples, out / "samples")
     summary = {"seed": s.seed, "model_family": s.model_family, "base": str(base), "settings": s.__dict__,
@@ -289,11 +296,13 @@ def reference_voices(corpus: Path) -> list[tuple[str, str, Path]]:
 
 
 def synthesise_samples(model_dir: Path, base_dir: Path, corpus: Path, out: Path, seed: int,
-                       progress: bool = False, tag_guidance: float = 1.0, base_anchor: bool = False) -> list[dict]:
+                       progress: bool = False, tag_guidance: float = 1.0, base_anchor: bool = False,
+                       anchor_share: float = 0.0) -> list[dict]:
     """The reference example's lines, tuned and base, in each unseen reference voice; returns the sample index.
 
-    The models decode with their defaults and ``tag_guidance``, the tuned model anchored to the base when
-    ``base_anchor`` (the base, which speaks the lines without their tags, decodes them as without guidance).
+    The models decode with their defaults and ``tag_guidance``, the tuned model anchored to the base with
+    ``anchor_share`` when ``base_anchor`` (the base, which speaks the lines without their tags, decodes them as
+    without guidance).
 
     Files are named by sentence (``sample_name``); ``index.json`` and ``index.md`` in ``out`` list each file
     with its model, voice, text and seed.
@@ -310,7 +319,8 @@ def synthesise_samples(model_dir: Path, base_dir: Path, corpus: Path, out: Path,
     for model, folder, unknown in (("tuned", model_dir, "error"), ("base", base_dir, "drop")):
         anchor = base_dir if base_anchor and model == "tuned" else None
         tts = TTS.load(folder, unknown_tags=unknown, base_anchor=anchor)
-        generation = replace(tts.default_generation(), tag_guidance=tag_guidance)
+        generation = replace(tts.default_generation(), tag_guidance=tag_guidance,
+                             anchor_share=anchor_share if anchor is not None else 0.0)
         if unknown == "drop":
             log.info("demo: the base model does not know the tags; it speaks the lines without them")
         for k, (label, voice, ref) in enumerate(refs):
@@ -355,9 +365,10 @@ def format_summary(summary: dict) -> str:
              + ", ".join(f"{k} {v:.0f} s" for k, v in summary["timings_s"].items()), ""]
     guidance = summary["settings"].get("tag_guidance", 1.0)
     if summary["settings"].get("base_anchor"):
+        share = summary["settings"].get("anchor_share") or 0.0
         lines += [f"the tuned model's samples and free-running checks decode with tag guidance {guidance:g} anchored "
-                  f"to the base (tagtune synth --tag-guidance {guidance:g} --base-anchor BASE; docs/tag-guidance.md)",
-                  ""]
+                  f"to the base, anchor share {share:g} (tagtune synth --tag-guidance {guidance:g} --base-anchor BASE "
+                  f"--anchor-share {share:g}; docs/tag-guidance.md)", ""]
     elif guidance != 1.0:
         lines += [f"the tuned model's samples and free-running checks decode with tag guidance {guidance:g} "
                   f"(tagtune synth --tag-guidance {guidance:g}; docs/tag-guidance.md)", ""]

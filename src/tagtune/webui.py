@@ -195,7 +195,7 @@ def synthesize_pair(tuned, base, text: str, reference, seed: int | None, generat
 
 
 def generation_settings(do_sample: bool, top_k, top_p, temperature, num_beams, repetition_penalty,
-                        max_new_tokens, tag_guidance=1.0):
+                        max_new_tokens, tag_guidance=1.0, anchor_share=0.0):
     """The page's settings as a GenerationConfig (RequestError for values it refuses)."""
     from tagtune.generation import GenerationConfig
 
@@ -203,7 +203,7 @@ def generation_settings(do_sample: bool, top_k, top_p, temperature, num_beams, r
         return GenerationConfig(do_sample=bool(do_sample), top_k=int(top_k), top_p=float(top_p),
                                 temperature=float(temperature), num_beams=int(num_beams),
                                 repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens),
-                                tag_guidance=float(tag_guidance))
+                                tag_guidance=float(tag_guidance), anchor_share=float(anchor_share))
     except (TypeError, ValueError) as e:
         raise RequestError(str(e).removeprefix("GenerationConfig: ")) from None
 
@@ -265,11 +265,11 @@ def build_demo(tuned, base=None, *, generation=None, limits: Limits | None = Non
 
     # gradio's idiom: a gr.Progress default marks the parameter that reports progress
     def synthesize(reference, text, do_sample, top_k, top_p, temperature, num_beams, repetition_penalty,
-                   max_new_tokens, tag_guidance, max_sentence_tokens, seed, emo_ref=None, emo_alpha=1.0,
+                   max_new_tokens, tag_guidance, anchor_share, max_sentence_tokens, seed, emo_ref=None, emo_alpha=1.0,
                    emo_vector="", emo_text="", progress=gr.Progress()):  # noqa: B008
         try:
             gen = generation_settings(do_sample, top_k, top_p, temperature, num_beams, repetition_penalty,
-                                      max_new_tokens, tag_guidance)
+                                      max_new_tokens, tag_guidance, anchor_share)
             emotion = emotion_settings(emo_ref, emo_alpha, emo_vector, emo_text, limits) if is_v2(tuned) else {}
             return synthesize_pair(tuned, base, text, reference, seed, gen, limits, int(max_sentence_tokens),
                                    progress=lambda f, what: progress(f, desc=what), emotion=emotion)
@@ -277,11 +277,11 @@ def build_demo(tuned, base=None, *, generation=None, limits: Limits | None = Non
             raise page_error(e) from None
 
     def synthesize_streaming(reference, text, do_sample, top_k, top_p, temperature, num_beams, repetition_penalty,
-                             max_new_tokens, tag_guidance, max_sentence_tokens, seed,
+                             max_new_tokens, tag_guidance, anchor_share, max_sentence_tokens, seed,
                              progress=gr.Progress()):  # noqa: B008
         try:
             gen = generation_settings(do_sample, top_k, top_p, temperature, num_beams, repetition_penalty,
-                                      max_new_tokens, tag_guidance)
+                                      max_new_tokens, tag_guidance, anchor_share)
             request = check_request(text, reference, seed, gen, limits, int(max_sentence_tokens))
             progress(0.0, desc="tuned model: generating")
             chunks = []
@@ -393,13 +393,19 @@ def _settings(gr, defaults, tts):
                                      value=defaults.tag_guidance, elem_id="tag-guidance",
                                      info="above 1, each tag makes its event more surely (1: off, the official "
                                           "decoding)")
+            anchor_share = gr.Slider(label="anchor share", minimum=0.0, maximum=1.0, step=0.05,
+                                     value=defaults.anchor_share, elem_id="anchor-share",
+                                     visible=getattr(tts, "anchor", None) is not None,
+                                     info="anchored to the base: how far guidance starts from the tuned model's own "
+                                          "scores instead of the base's (0: the base alone)")
         with gr.Row():
             sentence_tokens = gr.Slider(label="max text tokens per sentence",
                                         minimum=min(MIN_SENTENCE_TOKENS, tts.max_sentence_tokens), maximum=max_text,
                                         step=1, value=tts.max_sentence_tokens,
                                         info="longer text is split into sentences of at most this many tokens")
             seed = gr.Number(label="seed (empty: a new one each time)", value=0, precision=0, elem_id="seed")
-    fields = [do_sample, top_k, top_p, temperature, num_beams, repetition_penalty, max_new_tokens, tag_guidance]
+    fields = [do_sample, top_k, top_p, temperature, num_beams, repetition_penalty, max_new_tokens, tag_guidance,
+              anchor_share]
     return fields, sentence_tokens, seed
 
 

@@ -48,11 +48,13 @@ class FreeRunSettings:
     position_mode: str = "train"  # training positions, as tagtune synthesis uses by default
     tag_guidance: float = 1.0  # tagged prompts decode against their tag-free twins (generation/guidance.py); 1 = off
     base_anchor: bool = False  # the tuned model's guided decoding starts from the base model (generation/guidance.py)
+    anchor_share: float = 0.0  # with base_anchor: how far that start moves toward the tuned model's own (guidance.py)
 
     def __post_init__(self):
-        from tagtune.generation.guidance import check_tag_guidance
+        from tagtune.generation.guidance import check_anchor_share, check_tag_guidance
 
         self.tag_guidance = check_tag_guidance(self.tag_guidance)
+        self.anchor_share = check_anchor_share(self.anchor_share)
 
     def generation_config(self, max_new_tokens: int):
         from tagtune.generation import GenerationConfig
@@ -60,7 +62,7 @@ class FreeRunSettings:
         return GenerationConfig(do_sample=True, num_beams=1, top_k=self.top_k, top_p=self.top_p,
                                 temperature=self.temperature, repetition_penalty=self.repetition_penalty,
                                 max_new_tokens=max_new_tokens, position_mode=self.position_mode,
-                                tag_guidance=self.tag_guidance)
+                                tag_guidance=self.tag_guidance, anchor_share=self.anchor_share)
 
 
 MAX_BATCH_ROWS = 64

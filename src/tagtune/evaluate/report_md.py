@@ -158,7 +158,9 @@ def _overall(report: dict, w) -> list[str]:
     free = report["meta"].get("free_running") or {}
     guidance = free.get("tag_guidance", 1.0)
     decoding = f" with tag guidance {guidance:g}" if guidance != 1.0 else ""
-    tuned_decoding = decoding + (" anchored to the base" if free.get("base_anchor") else "")
+    share = free.get("anchor_share") or 0.0
+    tuned_decoding = decoding + ((" anchored to the base" + (f", anchor share {share:g}" if share else ""))
+                                 if free.get("base_anchor") else "")
     return w.heading("Overall") + w.bullets([
         f"untagged NLL per code: tuned {fmt(nll.get('tuned'), digits=4)}, base {fmt(nll.get('base'), digits=4)}, "
         f"ratio {w.strong(fmt(o['untagged_nll_ratio'], digits=4))}",

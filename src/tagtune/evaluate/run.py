@@ -116,7 +116,8 @@ def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | 
              seed: int = 0, device: str = "cpu", free_settings: FreeRunSettings | None = None,
              plots: bool = True, tag_init: str = "mean", tag_seed: int = 0, smoke: bool = False,
              progress: bool = True, judges=None, transfer_dir: str | Path | None = None,
-             transfer_settings=None, tag_guidance: float = 1.0, base_anchor: bool = False) -> dict:
+             transfer_settings=None, tag_guidance: float = 1.0, base_anchor: bool = False,
+             anchor_share: float = 0.0) -> dict:
     """Evaluate a tuned model (folder, or ``base_dir`` + ``adapter``) on DATA_DIR; write and return the report.
 
     ``n_free`` tagged validation clips are used for free-running generation (0 skips it; ``free_settings``,
@@ -131,7 +132,8 @@ def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | 
     ``transfer_settings`` a ``TransferSettings``, whose ``voices_dir`` adds speakers to its speaker embedding).
     ``tag_guidance`` decodes the free-running tagged prompts with tag guidance (``generation/guidance.py``), in
     the main check and the transfer conditions, and ``base_anchor`` starts the tuned model's guided decoding from
-    the base model's (it needs ``base_dir``); ``free_settings``, when given, carries its own of both.
+    the base model's (it needs ``base_dir``), moved ``anchor_share`` toward the tuned model's own tag-free scores;
+    ``free_settings``, when given, carries its own of all three.
     """
     started = time.perf_counter()
     _check_family(model_dir if model_dir is not None else base_dir, transfer_dir)
@@ -142,7 +144,8 @@ def evaluate(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | 
                               "(--transfer DATA)")
     try:
         settings = free_settings or FreeRunSettings(n_free, untagged_prompts=max(UNTAGGED_PROMPTS, n_free // 2),
-                                                    tag_guidance=tag_guidance, base_anchor=base_anchor)
+                                                    tag_guidance=tag_guidance, base_anchor=base_anchor,
+                                                    anchor_share=anchor_share)
     except ValueError as e:
         raise EvaluationError(str(e)) from None
     model_dir = Path(model_dir) if model_dir is not None else None

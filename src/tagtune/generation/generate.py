@@ -8,7 +8,14 @@ import torch
 
 from tagtune.generation.beam import beam_codes
 from tagtune.generation.decoder import POSITION_MODES, MelDecoder, pad_rows, prepare_prompt
-from tagtune.generation.guidance import NO_GUIDANCE, Anchor, GuidedDecoder, check_tag_guidance
+from tagtune.generation.guidance import (
+    BASE_ALONE,
+    NO_GUIDANCE,
+    Anchor,
+    GuidedDecoder,
+    check_anchor_share,
+    check_tag_guidance,
+)
 from tagtune.generation.sampling import sample_codes
 
 
@@ -23,6 +30,8 @@ class GenerationConfig:
     release IndexTTS2 pins); v1.5.0's 4.36 starts every beam equal (the default here).
     ``tag_guidance``: how far each step leans toward what the text's tags change (``guidance.py``; 1 = off, the
     official decoding); it needs the texts without their tags, ``generate_codes(free_ids=...)``.
+    ``anchor_share``: with an anchor (``generate_codes(anchor=...)``), how far the guided start moves from the
+    base's scores toward the tuned model's own tag-free ones (``guidance.py``; 0 = the base alone).
     """
 
     do_sample: bool = True
@@ -36,6 +45,7 @@ class GenerationConfig:
     use_cache: bool = True
     beam_sample_from_first: bool = False
     tag_guidance: float = NO_GUIDANCE
+    anchor_share: float = BASE_ALONE
 
     def __post_init__(self):
         checks = [
@@ -51,6 +61,7 @@ class GenerationConfig:
             if not ok:
                 raise ValueError(f"GenerationConfig: {message}")
         self.tag_guidance = check_tag_guidance(self.tag_guidance)
+        self.anchor_share = check_anchor_share(self.anchor_share)
 
     @classmethod
     def greedy(cls, **overrides) -> GenerationConfig:
@@ -111,7 +122,7 @@ def code_decoder(model, conds: torch.Tensor, text_ids: torch.Tensor, cfg: Genera
     both = pad_rows([*text_ids, *free_ids], model.cfg.stop_text_token, text_ids.device)  # tagged rows, then twins
     anchored = None if anchor is None else decoder(anchor.gpt, anchor.conds, free_ids)
     return GuidedDecoder(decoder(model, conds if conds.shape[0] == 1 else torch.cat([conds, conds]), both),
-                         cfg.tag_guidance, plain, anchored)
+                         cfg.tag_guidance, plain, anchored, cfg.anchor_share)
 
 
 def _same_rows(text_ids: torch.Tensor, free_ids: torch.Tensor, start: int, stop: int) -> torch.Tensor:

@@ -22,6 +22,14 @@ fine-tune speaker's voice, away from the other language) cancels between its two
 then decodes as the base model does, and ``s = 1`` is no longer plain decoding. docs/tag-guidance.md measures
 what it holds and what it costs (one more backbone call per step, on the base's weights).
 
+**The anchor's share.** The base has never made an event, so where one should begin it holds the event's codes
+far down; most of all where speech has ended and the tag is the text's last word (docs/tag-guidance.md measures
+it). ``share`` a in [0, 1] moves the start toward the tuned model's own tag-free scores, log-linearly:
+
+    (1 - a) log p_base(code | tag-free text) + a log p(code | tag-free text), renormalised
+
+a = 0 is the base alone; a = 1 is guidance from the twin, except that rows without a tag still decode as the base.
+
 Both branches run as one batch of 2N rows through the ``MelDecoder`` (one backbone call per step): the tagged
 rows first, their tag-free twins after them in the same order. transformers' own processor runs the
 unconditional branch as a second model call per step and supports one row; the searches here need batches,
@@ -38,17 +46,29 @@ from tagtune.generation.decoder import MelDecoder
 
 NO_GUIDANCE = 1.0
 MAX_TAG_GUIDANCE = 10.0
+BASE_ALONE = 0.0  # anchor share: anchored guidance starts from the base's scores alone
 
 
-def check_tag_guidance(value: float) -> float:
-    """``value`` as a float in [1, MAX_TAG_GUIDANCE]; a ValueError that names the range otherwise."""
+def _number_in(value, low: float, high: float, name: str, meaning: str) -> float:
+    """``value`` as a float in [low, high]; a ValueError that names the range otherwise (NaN and what is no number
+    included)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         number = float("nan")
-    if not NO_GUIDANCE <= number <= MAX_TAG_GUIDANCE:  # also rejects NaN and what is no number
-        raise ValueError(f"tag_guidance must be in [{NO_GUIDANCE:g}, {MAX_TAG_GUIDANCE:g}] (1 = off), got {value!r}")
+    if not low <= number <= high:
+        raise ValueError(f"{name} must be in [{low:g}, {high:g}] ({meaning}), got {value!r}")
     return number
+
+
+def check_tag_guidance(value: float) -> float:
+    """``value`` as a float in [1, MAX_TAG_GUIDANCE]; a ValueError that names the range otherwise."""
+    return _number_in(value, NO_GUIDANCE, MAX_TAG_GUIDANCE, "tag_guidance", "1 = off")
+
+
+def check_anchor_share(value: float) -> float:
+    """``value`` as a float in [0, 1]; a ValueError that names the range otherwise."""
+    return _number_in(value, BASE_ALONE, 1.0, "anchor_share", "0 = the base alone")
 
 
 @dataclass(frozen=True)
@@ -60,15 +80,22 @@ class Anchor:
     conds: torch.Tensor
 
 
+def anchored_start(anchor: torch.Tensor, free: torch.Tensor, share: float) -> torch.Tensor:
+    """The log-probabilities anchored guidance starts from: the base's (``anchor``, logits (N, V)) moved ``share``
+    of the way toward the tuned model's own tag-free ones (``free``), log-linearly (a weighted geometric mean)."""
+    start = anchor.log_softmax(dim=-1)
+    return start if share == BASE_ALONE else (start + share * (free.log_softmax(dim=-1) - start)).log_softmax(dim=-1)
+
+
 def guided_scores(tagged: torch.Tensor, free: torch.Tensor, scale: float, plain: torch.Tensor,
-                  anchor: torch.Tensor | None = None) -> torch.Tensor:
+                  anchor: torch.Tensor | None = None, share: float = BASE_ALONE) -> torch.Tensor:
     """Guided next-code log-probabilities (N, V) from the logits of the tagged rows and of their tag-free twins
     (N, V each), starting from the twins' or from ``anchor``'s (the base model on the tag-free texts). Rows where
     ``plain`` (N,) is True have no tag and keep the logits of the model they start from as they are, so that the
     repetition penalty, which treats logits and log-probabilities differently, acts on them as it does without
     guidance."""
     unconditional = free.log_softmax(dim=-1)
-    start = unconditional if anchor is None else anchor.log_softmax(dim=-1)
+    start = unconditional if anchor is None else anchored_start(anchor, free, share)
     mixed = start + scale * (tagged.log_softmax(dim=-1) - unconditional)
     return torch.where(plain[:, None], tagged if anchor is None else anchor, mixed)
 
@@ -78,8 +105,9 @@ class GuidedDecoder:
     ``reorder`` take and return the tagged rows' view (N = rows of the first half, beams included). ``anchor``: the
     base model's ``MelDecoder`` over the tag-free texts (N rows), stepped alongside."""
 
-    def __init__(self, decoder: MelDecoder, scale: float, plain: torch.Tensor, anchor: MelDecoder | None = None):
-        self.decoder, self.scale, self.anchor = decoder, scale, anchor
+    def __init__(self, decoder: MelDecoder, scale: float, plain: torch.Tensor, anchor: MelDecoder | None = None,
+                 share: float = BASE_ALONE):
+        self.decoder, self.scale, self.anchor, self.share = decoder, scale, anchor, share
         self.rows = decoder.history.shape[0] // 2
         self.plain = plain.repeat_interleave(decoder.repeat)  # (N,) per prompt row -> per decoded row
         self.history = decoder.history[: self.rows]
@@ -98,4 +126,4 @@ class GuidedDecoder:
         self.plain = self.plain.index_select(0, index)
 
     def _guide(self, logits: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
-        return guided_scores(logits[: self.rows], logits[self.rows :], self.scale, self.plain, anchor)
+        return guided_scores(logits[: self.rows], logits[self.rows :], self.scale, self.plain, anchor, self.share)

@@ -2,8 +2,9 @@
 
 A batch file has one JSON object per line: ``text``, ``ref``, ``out`` and optionally ``seed`` and sampling
 settings (``do_sample``, ``num_beams``, ``top_k``, ``top_p``, ``temperature``, ``repetition_penalty``,
-``max_new_tokens``, ``tag_guidance``); for an IndexTTS-2 model also emotion settings (``emo_ref``, ``emo_alpha``,
-``emo_vector``, ``emo_text``), which replace the command's. Relative paths are read from the batch file's folder.
+``max_new_tokens``, ``tag_guidance``, ``anchor_share``); for an IndexTTS-2 model also emotion settings
+(``emo_ref``, ``emo_alpha``, ``emo_vector``, ``emo_text``), which replace the command's. Relative paths are read
+from the batch file's folder.
 
 Every item is checked before the first one is synthesised, so a typo on line 90 does not cost 89 syntheses:
 its fields and seed, that its output can be written, that its reference decodes to a usable voice, and
@@ -31,7 +32,7 @@ from tagtune.synthesis.tts import check_seed, text_to_sentences
 log = logging.getLogger(__name__)
 
 SAMPLING_KEYS = ("do_sample", "num_beams", "top_k", "top_p", "temperature", "repetition_penalty",
-                 "max_new_tokens", "tag_guidance")
+                 "max_new_tokens", "tag_guidance", "anchor_share")
 EMOTION_KEYS = ("emo_ref", "emo_alpha", "emo_vector", "emo_text")  # IndexTTS-2 only
 ITEM_KEYS = ("text", "ref", "out", "seed", *SAMPLING_KEYS, *EMOTION_KEYS)
 
