@@ -321,3 +321,12 @@ def test_voice_weights_give_one_voice_its_share(tmp_path):
     with pytest.raises(ValueError, match="voice_weights"):
         generate_corpus(tmp_path / "d", n_clips=4, engine="builtin", voices=["builtin-f3"],
                         voice_weights={"builtin-m3": 1.0})
+
+
+def test_a_donor_event_is_read_at_its_own_sample_rate():
+    """Boundaries recorded at another sample rate (``sample_rate`` of the event) give the same codes as at 24 kHz."""
+    from tagtune.train.splice import _span
+
+    at_24k = {"tag": "<laughs>", "start_sample": 2400, "end_sample": 7200}
+    at_16k = {"tag": "<laughs>", "start_sample": 1600, "end_sample": 4800, "sample_rate": 16000}
+    assert _span(at_16k, 100, 256) == _span(at_24k, 100, 256) == (9, 29)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tagtune.audio import SAMPLES_PER_CODE, code_span
+from tagtune.audio import SAMPLES_PER_CODE, code_span, event_samples
 
 END, START, BETWEEN = "end", "start", "between"
 
@@ -51,7 +51,7 @@ def _matched_events(example: dict, tagset) -> list[dict] | None:
 
 
 def _span(event: dict, n_codes: int, per_code: int) -> tuple[int, int]:
-    return code_span(event["start_sample"], event["end_sample"], n_codes, per_code)
+    return code_span(*event_samples(event), n_codes, per_code)
 
 
 def _event_codes(example: dict, event: int, per_code: int) -> int:
