@@ -717,44 +717,28 @@ def test_audio_errors_are_single_lines_without_object_reprs():
     assert "cannot decode" in str(e.value) and "0x" not in str(e.value) and "\n" not in str(e.value)
 
 
-def test_tag_guidance_out_of_range_is_one_line(tmp_path, capsys, no_model_load):
-    """`synth --tag-guidance`, a batch line's ``tag_guidance`` and `eval --tag-guidance` outside 1..10: one line
-    naming the range, before any model loads."""
+@pytest.mark.parametrize("key, bad, worse, message", [
+    ("tag_guidance", 0.5, 11, "tag_guidance must be in [1, 10]"),
+    ("anchor_share", 1.5, -0.5, "anchor_share must be in [0, 1]"),
+])
+def test_decoding_setting_out_of_range_is_one_line(tmp_path, capsys, no_model_load, key, bad, worse, message):
+    """`synth`, a batch line, `eval` and `demo` given a tag guidance outside 1..10 or an anchor share outside 0..1:
+    one line naming the range, before any model loads or anything is written."""
+    flag = "--" + key.replace("_", "-")
     ref = write_voice(tmp_path / "ref.wav")
     out = tmp_path / "o.wav"
-    rc, lines = cli(capsys, "synth", "--model", shipped_base(), "--ref", ref, "--text", TEXT, "--out", out,
-                    "--tag-guidance", 0.5)
+    rc, lines = cli(capsys, "synth", "--model", shipped_base(), "--ref", ref, "--text", TEXT, "--out", out, flag, bad)
     assert rc == 2 and not out.exists()
-    assert_one_line(lines, "synth", "tag_guidance must be in [1, 10]")
+    assert_one_line(lines, "synth", message)
     batch = tmp_path / "items.jsonl"
-    batch.write_text(json.dumps({"text": TEXT, "ref": "ref.wav", "out": "o.wav", "tag_guidance": "strong"}) + "\n")
+    batch.write_text(json.dumps({"text": TEXT, "ref": "ref.wav", "out": "o.wav", key: "strong"}) + "\n")
     rc, lines = cli(capsys, "synth", "--model", shipped_base(), "--batch", batch)
     assert rc == 2
-    assert_one_line(lines, "synth", f"{batch}:1:", "tag_guidance")
+    assert_one_line(lines, "synth", f"{batch}:1:", key)
     rc, lines = cli(capsys, "eval", "--model", shipped_base(), "--data", tmp_path, "--out", tmp_path / "report",
-                    "--tag-guidance", 11)
+                    flag, worse)
     assert rc == 2 and not (tmp_path / "report").exists()
-    assert_one_line(lines, "eval", "tag_guidance must be in [1, 10]")
-
-
-def test_anchor_share_out_of_range_is_one_line(tmp_path, capsys, no_model_load):
-    """`synth --anchor-share`, a batch line's ``anchor_share``, `eval --anchor-share` and `demo --anchor-share`
-    outside 0..1: one line naming the range, before any model loads or anything is written."""
-    ref = write_voice(tmp_path / "ref.wav")
-    out = tmp_path / "o.wav"
-    rc, lines = cli(capsys, "synth", "--model", shipped_base(), "--ref", ref, "--text", TEXT, "--out", out,
-                    "--anchor-share", 1.5)
-    assert rc == 2 and not out.exists()
-    assert_one_line(lines, "synth", "anchor_share must be in [0, 1]")
-    batch = tmp_path / "items.jsonl"
-    batch.write_text(json.dumps({"text": TEXT, "ref": "ref.wav", "out": "o.wav", "anchor_share": "most"}) + "\n")
-    rc, lines = cli(capsys, "synth", "--model", shipped_base(), "--batch", batch)
-    assert rc == 2
-    assert_one_line(lines, "synth", f"{batch}:1:", "anchor_share")
-    rc, lines = cli(capsys, "eval", "--model", shipped_base(), "--data", tmp_path, "--out", tmp_path / "report",
-                    "--anchor-share", -0.5)
-    assert rc == 2 and not (tmp_path / "report").exists()
-    assert_one_line(lines, "eval", "anchor_share must be in [0, 1]")
-    rc, lines = cli(capsys, "demo", "--out", tmp_path / "demo", "--anchor-share", 2)
+    assert_one_line(lines, "eval", message)
+    rc, lines = cli(capsys, "demo", "--out", tmp_path / "demo", flag, bad)
     assert rc == 2 and not (tmp_path / "demo").exists()
-    assert_one_line(lines, "demo", "--anchor-share: anchor_share must be in [0, 1]")
+    assert_one_line(lines, "demo", f"{flag}: {message}")
