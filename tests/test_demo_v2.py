@@ -104,6 +104,10 @@ def test_report_has_the_acceptance_checks_unjudged(demo):
     assert {c["verdict"] for c in checks} <= {NOT_JUDGED, NOT_MEASURED}
     table = format_summary(summary)
     assert "SMOKE RUN" in table and all(c["name"] in table for c in checks)
+    # decoded anchored to the base with the tuned model's own tag-free scores as the start of tagged prompts
+    free = report["meta"]["free_running"]
+    assert (free["tag_guidance"], free["base_anchor"], free["anchor_share"]) == (3.0, True, 1.0)
+    assert "anchored to the base, anchor share 1" in table
 
 
 def test_settings_per_family():
@@ -116,8 +120,8 @@ def test_settings_per_family():
         DemoSettings(model_family="v3")
     # each family's tag guidance, in the full and the quick demo alike, unless given
     assert (DemoSettings.full().tag_guidance, v2.tag_guidance, quick.tag_guidance) == (3.0, 3.0, 3.0)
-    assert (DemoSettings.full().base_anchor, v2.base_anchor, quick.base_anchor) == (True, False, False)
-    assert (DemoSettings.full().anchor_share, DemoSettings.quick().anchor_share, v2.anchor_share) == (0.5, 0.5, 0.0)
+    assert (DemoSettings.full().base_anchor, v2.base_anchor, quick.base_anchor) == (True, True, True)
+    assert (DemoSettings.full().anchor_share, DemoSettings.quick().anchor_share, v2.anchor_share) == (0.5, 0.5, 1.0)
     assert DemoSettings(anchor_share=0.0).anchor_share == 0.0
     assert DemoSettings(tag_guidance=1.0).tag_guidance == 1.0
 

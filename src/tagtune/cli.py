@@ -688,9 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "with --quick)")
     _add_tag_guidance(s, "the tuned model's samples and free-running checks decode", "3")
     s.add_argument("--base-anchor", action=argparse.BooleanOptionalAction, help="the tuned model's samples and "
-                   "free-running checks decode anchored to the base (default: on for v1, off for v2; "
+                   "free-running checks decode anchored to the base (default: on; "
                    "docs/tag-guidance.md)")
-    _add_anchor_share(s, "0.5 for v1")
+    _add_anchor_share(s, "0.5 for v1, 1 for v2")
     s.set_defaults(func=_demo)
     return p
 
