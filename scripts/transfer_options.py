@@ -108,7 +108,8 @@ def run_variant(name: str, demo: Path, out: Path, s: DemoSettings) -> dict:
     export(folder / "run", folder / "model", overwrite=True)
     report = evaluate(folder / "model", data, folder / "report", base_dir=shipped_base(), n_free=s.free_prompts,
                       seed=s.seed, tag_init=cfg.lora.tag_init, tag_seed=cfg.seed, progress=False,
-                      tag_guidance=s.tag_guidance, base_anchor=s.base_anchor, **transfer_arguments(demo, s))
+                      tag_guidance=s.tag_guidance, base_anchor=s.base_anchor,
+                      anchor_share=s.decoding_share, **transfer_arguments(demo, s))
     return row(name, report, time.perf_counter() - started)
 
 

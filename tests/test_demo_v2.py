@@ -123,6 +123,7 @@ def test_settings_per_family():
     assert (DemoSettings.full().base_anchor, v2.base_anchor, quick.base_anchor) == (True, True, True)
     assert (DemoSettings.full().anchor_share, DemoSettings.quick().anchor_share, v2.anchor_share) == (0.5, 0.5, 1.0)
     assert DemoSettings(anchor_share=0.0).anchor_share == 0.0
+    assert DemoSettings().decoding_share == 0.5 and DemoSettings(base_anchor=False).decoding_share == 0.0
     assert DemoSettings(tag_guidance=1.0).tag_guidance == 1.0
 
 

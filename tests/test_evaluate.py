@@ -190,6 +190,9 @@ def test_tag_guidance_guides_the_tagged_prompts_only(eval_data):
         FreeRunSettings(tag_guidance=0.0)
     with pytest.raises(ValueError, match="anchor_share must be in"):
         FreeRunSettings(anchor_share=1.5)
+    with pytest.raises(ValueError, match="needs base_anchor"):  # a share of nothing
+        FreeRunSettings(anchor_share=0.5)
+    assert FreeRunSettings(anchor_share=0.5, base_anchor=True).generation_config(10).anchor_share == 0.5
 
 
 def test_anchored_to_the_base_tag_free_prompts_decode_as_the_base(eval_data, shipped_base):

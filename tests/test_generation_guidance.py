@@ -364,6 +364,16 @@ def test_anchored_stream_joins_to_anchored_synthesis(anchored_pair, reference_wa
     assert np.abs(joined.astype(int) - one.audio.astype(int)).max() <= STREAM_TOLERANCE_LSB
 
 
+def test_an_anchor_share_without_an_anchor_is_refused(tagged_tts, anchored_pair, reference_wav):
+    from tagtune.errors import UserError
+
+    share = GenerationConfig.greedy(max_new_tokens=MAX_NEW, tag_guidance=2.0, anchor_share=0.5)
+    with pytest.raises(UserError, match="give --base-anchor BASE or drop --anchor-share"):
+        tagged_tts.synthesize("Well <laughs> fine.", reference_wav, generation=share)
+    _, anchored = anchored_pair
+    assert len(anchored.synthesize("Well <laughs> fine.", reference_wav, generation=share).audio) > 0
+
+
 def test_anchoring_refuses_the_official_decoding_and_a_foreign_base(anchored_pair, reference_wav, shipped_base,
                                                                     tmp_path):
     from tagtune.errors import UserError

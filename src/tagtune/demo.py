@@ -99,6 +99,11 @@ class DemoSettings:
         if self.anchor_share is None:
             self.anchor_share = DEMO_ANCHOR_SHARE[self.model_family]
 
+    @property
+    def decoding_share(self) -> float:
+        """The anchor share the tuned model decodes with: ``anchor_share`` when anchored to the base, else none."""
+        return self.anchor_share if self.base_anchor else 0.0
+
     @classmethod
     def full(cls, seed: int = 0, model_family: str = "v1") -> DemoSettings:
         """The family's full-size demo. IndexTTS-2 (multi-voice, tagged): 1600 clips and 800 steps measured better
@@ -184,13 +189,13 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir
         export(out / "run", out / "model")
     with _stage("synthesise", t):
         samples = synthesise_samples(out / "model", base, out / REFERENCE_CORPUS[s.model_family], out / "samples",
-                                     s.seed, progress, s.tag_guidance, s.base_anchor, s.anchor_share)
+                                     s.seed, progress, s.tag_guidance, s.base_anchor, s.decoding_share)
     with _stage("evaluate", t):
         # the base's untrained tag rows are made exactly as training made the tuned model's first ones
         report = evaluate(out / "model", out / "data", out / "report", base_dir=base, n_free=s.free_prompts,
                           seed=s.seed, tag_init=cfg.lora.tag_init, tag_seed=cfg.seed, smoke=s.smoke,
                           progress=progress, tag_guidance=s.tag_guidance, base_anchor=s.base_anchor,
-                          anchor_share=s.anchor_share,
+                          anchor_share=s.decoding_share,
                           **transfer_arguments(out, s))
         attach_samples(report, out / "report", samples, out / "samples")
     summary = {"seed": s.seed, "model_family": s.model_family, "base": str(base), "settings": s.__dict__,
@@ -321,7 +326,7 @@ def synthesise_samples(model_dir: Path, base_dir: Path, corpus: Path, out: Path,
         anchor = base_dir if base_anchor and model == "tuned" else None
         tts = TTS.load(folder, unknown_tags=unknown, base_anchor=anchor)
         generation = replace(tts.default_generation(), tag_guidance=tag_guidance,
-                             anchor_share=anchor_share if anchor is not None else 0.0)
+                             anchor_share=anchor_share if anchor is not None else 0.0)  # the base: no anchor
         if unknown == "drop":
             log.info("demo: the base model does not know the tags; it speaks the lines without them")
         for k, (label, voice, ref) in enumerate(refs):

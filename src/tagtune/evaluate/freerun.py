@@ -55,6 +55,9 @@ class FreeRunSettings:
 
         self.tag_guidance = check_tag_guidance(self.tag_guidance)
         self.anchor_share = check_anchor_share(self.anchor_share)
+        if self.anchor_share and not self.base_anchor:
+            raise ValueError("an anchor share moves the start of decoding anchored to the base: it needs base_anchor "
+                             "(--base-anchor)")
 
     def generation_config(self, max_new_tokens: int):
         from tagtune.generation import GenerationConfig

@@ -254,11 +254,7 @@ class TTS:
         cfg = generation or GenerationConfig()
         limit = self.gpt.cfg.max_mel_tokens  # the official limit is 600 new codes; tiny models hold fewer
         cfg = replace(cfg, max_new_tokens=min(cfg.max_new_tokens, limit))
-        if compat and cfg.tag_guidance != 1.0:
-            raise UserError("tag guidance is not part of the official decoding: drop --compat or --tag-guidance")
-        if compat and self.anchor is not None:
-            raise UserError("decoding anchored to the base is not part of the official decoding: drop --compat or "
-                            "--base-anchor")
+        check_guidance(cfg, compat, self.anchor is not None)
         if compat:
             return replace(cfg, position_mode="official", use_cache=True)
         return replace(cfg, position_mode=self.position_mode, use_cache=True)
@@ -345,6 +341,19 @@ class TTS:
             bf16 = self.latent_precision == "bf16"
             self._latent_gpt = latent_model(self.gpt, torch.bfloat16) if bf16 else self.gpt
         return self._latent_gpt
+
+
+def check_guidance(cfg: GenerationConfig, compat: str | None, anchored: bool) -> None:
+    """One-line UserErrors for guidance settings that cannot apply: tag guidance or an anchor with the official
+    decoding, an anchor share without an anchor."""
+    if compat and cfg.tag_guidance != 1.0:
+        raise UserError("tag guidance is not part of the official decoding: drop --compat or --tag-guidance")
+    if compat and anchored:
+        raise UserError("decoding anchored to the base is not part of the official decoding: drop --compat or "
+                        "--base-anchor")
+    if cfg.anchor_share != 0.0 and not anchored:
+        raise UserError("an anchor share moves the start of decoding anchored to the base: give --base-anchor BASE "
+                        "or drop --anchor-share")
 
 
 def load_anchor(tuned, base_dir: str | Path, device) -> torch.nn.Module:

@@ -60,6 +60,7 @@ from tagtune.synthesis.tts import (
     Synthesis,
     TextError,
     _preview,
+    check_guidance,
     check_seed,
 )
 
@@ -322,11 +323,7 @@ class TTSV2:
         # beam sampling starts from beam 0 alone in the transformers release IndexTTS2 runs on, whatever the caller
         cfg = replace(cfg, max_new_tokens=min(cfg.max_new_tokens, self.gpt.cfg.max_mel_tokens),
                       beam_sample_from_first=True)
-        if compat and cfg.tag_guidance != 1.0:
-            raise UserError("tag guidance is not part of the official decoding: drop --compat or --tag-guidance")
-        if compat and self.anchor is not None:
-            raise UserError("decoding anchored to the base is not part of the official decoding: drop --compat or "
-                            "--base-anchor")
+        check_guidance(cfg, compat, self.anchor is not None)
         if compat:  # infer() always samples; with top_k=1 that is greedy search
             return replace(cfg, do_sample=True, position_mode="official", use_cache=True)
         return cfg
