@@ -557,7 +557,7 @@ def test_page_hides_unexpected_errors(monkeypatch, tmp_path):
     demo = build_demo(Broken())
     run = next(f.fn for f in demo.fns.values() if getattr(f, "name", "") == "synthesize")
     with pytest.raises(gr.Error) as e:  # reference, text, the generation settings, tokens per sentence, seed
-        run(str(write_voice(tmp_path / "ref.wav")), TEXT, True, 30, 0.8, 1.0, 3, 10.0, 600, 1.0, 120, 0)
+        run(str(write_voice(tmp_path / "ref.wav")), TEXT, True, 30, 0.8, 1.0, 3, 10.0, 600, 1.0, 0.0, 120, 0)
     assert str(tmp_path) not in e.value.message and "Overflow" not in e.value.message
     assert "server log" in e.value.message
 

@@ -178,10 +178,10 @@ def test_web_page_speaks_with_an_emotion_vector(tts, texts, tmp_path):
         client = Client(f"http://127.0.0.1:{port}", verbose=False)
         vector = "0, 0, 0.3, 0, 0, 0, 0.2, 0"
         wav, _ = client.predict(handle_file(str(ref("ref_b_22k.wav"))), texts[1], False, 30, 0.8, 0.8, 1, 10.0, 12,
-                                1.0, 80, 5, None, 1.0, vector, "", api_name="/synthesize")
+                                1.0, 0.0, 80, 5, None, 1.0, vector, "", api_name="/synthesize")
         with pytest.raises(Exception, match="needs 8 values"):
             client.predict(handle_file(str(ref("ref_b_22k.wav"))), texts[1], False, 30, 0.8, 0.8, 1, 10.0, 12,
-                           1.0, 80, 5, None, 1.0, "1, 2", "", api_name="/synthesize")
+                           1.0, 0.0, 80, 5, None, 1.0, "1, 2", "", api_name="/synthesize")
     finally:
         demo.close()
     want = tts.synthesize(texts[1], ref("ref_b_22k.wav"), generation=gen, seed=5,
