@@ -205,9 +205,9 @@ def test_the_anchor_share_moves_the_start_toward_the_tuned_twin():
     tagged, free, base = torch.randn(3, 7), torch.randn(3, 7), torch.randn(3, 7)
     plain = torch.tensor([True, False, False])
     lt, lf, lb = (x.log_softmax(-1) for x in (tagged, free, base))
-    torch.testing.assert_close(anchored_start(base, free, 0.0), lb)
-    torch.testing.assert_close(anchored_start(base, free, 1.0), lf)
-    half = anchored_start(base, free, 0.5)
+    torch.testing.assert_close(anchored_start(base, lf, 0.0), lb)
+    torch.testing.assert_close(anchored_start(base, lf, 1.0), lf)
+    half = anchored_start(base, lf, 0.5)
     torch.testing.assert_close(half, (0.5 * lb + 0.5 * lf).log_softmax(-1))
     torch.testing.assert_close(half.exp().sum(-1), torch.ones(3))  # a distribution again
     out = guided_scores(tagged, free, 3.0, plain, base, share=0.5)

@@ -82,9 +82,10 @@ class Anchor:
 
 def anchored_start(anchor: torch.Tensor, free: torch.Tensor, share: float) -> torch.Tensor:
     """The log-probabilities anchored guidance starts from: the base's (``anchor``, logits (N, V)) moved ``share``
-    of the way toward the tuned model's own tag-free ones (``free``), log-linearly (a weighted geometric mean)."""
+    of the way toward the tuned model's own tag-free log-probabilities (``free``, (N, V)), log-linearly (a weighted
+    geometric mean)."""
     start = anchor.log_softmax(dim=-1)
-    return start if share == BASE_ALONE else (start + share * (free.log_softmax(dim=-1) - start)).log_softmax(dim=-1)
+    return start if share == BASE_ALONE else (start + share * (free - start)).log_softmax(dim=-1)
 
 
 def guided_scores(tagged: torch.Tensor, free: torch.Tensor, scale: float, plain: torch.Tensor,
@@ -95,7 +96,7 @@ def guided_scores(tagged: torch.Tensor, free: torch.Tensor, scale: float, plain:
     repetition penalty, which treats logits and log-probabilities differently, acts on them as it does without
     guidance."""
     unconditional = free.log_softmax(dim=-1)
-    start = unconditional if anchor is None else anchored_start(anchor, free, share)
+    start = unconditional if anchor is None else anchored_start(anchor, unconditional, share)
     mixed = start + scale * (tagged.log_softmax(dim=-1) - unconditional)
     return torch.where(plain[:, None], tagged if anchor is None else anchor, mixed)
 
