@@ -131,8 +131,37 @@ def test_two_adapters_give_the_outputs_of_their_merged_models(server, shipped_ba
     assert reply.status_code == 400 and "giggles" in reply.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(("settings", "anchor"), [({"tag_guidance": 3.0}, False),
+                                                 ({"tag_guidance": 3.0, "anchor_share": 0.5}, True)])
+def test_guided_requests_give_the_python_apis_audio(server, shipped_base, adapters, reference_wav, settings, anchor):
+    """Guided decoding batched across lanes: a guided request (its adapter's tagged and tag-free rows, anchored
+    also the base's) decodes beside a plain request on another lane, each as the Python API decodes it alone."""
+    url, _ = server
+    tagged, plain = "Well <laughs> that is funny. It costs ten dollars.", "That is funny, it costs ten dollars."
+    guided = {"model": "laughing", "input": tagged, "seed": 7, "base_anchor": anchor, **settings}
+    with ThreadPoolExecutor(2) as pool:
+        replies = list(pool.map(lambda body: _speech(url, **body),
+                                [guided, {"model": "giggling", "input": plain, "seed": 3}]))
+    assert [r.status_code for r in replies] == [200, 200], replies[0].text
+    tts = TTS.load(shipped_base, adapters["laughing"], precision="fp32",
+                   base_anchor=shipped_base if anchor else None)
+    expected = tts.synthesize(tagged, reference_wav, seed=7,
+                              generation=GenerationConfig(max_new_tokens=MAX_CODES, **settings))
+    got = _pcm_of_wav(replies[0].content)
+    assert _close(got, expected.audio)
+    unguided = _pcm_of_wav(_speech(url, model="laughing", input=tagged, seed=7).content)
+    assert not _close(got, unguided), "guidance changed nothing"
+    other = TTS.load(shipped_base, adapters["giggling"], precision="fp32").synthesize(
+        plain, reference_wav, generation=GenerationConfig(max_new_tokens=MAX_CODES), seed=3)
+    assert _close(_pcm_of_wav(replies[1].content), other.audio)
+
+
 @pytest.mark.parametrize(("body", "status", "param"), [
     ({"model": "nobody"}, 404, "model"),
+    ({"tag_guidance": 0.5}, 400, "tag_guidance"),
+    ({"tag_guidance": 11}, 400, "tag_guidance"),
+    ({"anchor_share": 1.5, "base_anchor": True}, 400, "anchor_share"),
+    ({"anchor_share": 0.5}, 400, "anchor_share"),
     ({"input": "  "}, 400, "input"),
     ({"input": "x" * 3000}, 400, "input"),
     ({"voice": "bob"}, 400, "voice"),

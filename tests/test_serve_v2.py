@@ -155,3 +155,18 @@ def test_concurrent_requests_share_decode_steps(server, base_v2, reference_wav):
                                   seed=len(text))  # the flow-matching noise needs a seed, even with greedy codes
         assert within_stream_tolerance(v2_pcm(reply.content), expected.audio), text
     assert scheduler.widest > max(widest_before, 1), "the requests never shared a decode step"
+
+
+@pytest.mark.slow
+def test_anchored_guidance_gives_the_python_apis_audio(server, base_v2, adapter_v2, reference_wav):
+    """The base's own 34-position prefix anchors a v2 request, as ``TTSV2.synthesize`` with ``base_anchor``."""
+    url, _ = server
+    settings = {"tag_guidance": 3.0, "anchor_share": 0.5}
+    reply = _speech(url, model="giggling", input=TAGGED, seed=5, base_anchor=True, **settings)
+    assert reply.status_code == 200, reply.text
+    tts = TTS.load(base_v2, adapter_v2, precision="fp32", base_anchor=base_v2)
+    expected = tts.synthesize(TAGGED, reference_wav, seed=5, generation=official_v2(max_new_tokens=MAX_CODES,
+                                                                                       **settings))
+    got = v2_pcm(reply.content)
+    assert within_stream_tolerance(got, expected.audio)
+    assert not within_stream_tolerance(got, v2_pcm(_speech(url, model="giggling", input=TAGGED, seed=5).content))

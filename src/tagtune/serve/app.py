@@ -1,7 +1,8 @@
 """The HTTP face of the server (FastAPI): an OpenAI-compatible speech endpoint, models, voices, health.
 
     POST /v1/audio/speech   {model, input, voice, response_format: wav|pcm, stream, seed?, greedy?,
-                             max_new_tokens?, IndexTTS-2 only: emo_voice?, emo_alpha?, emo_vector?, emo_text?}:
+                             max_new_tokens?, tag_guidance?, base_anchor?, anchor_share?,
+                             IndexTTS-2 only: emo_voice?, emo_alpha?, emo_vector?, emo_text?}:
                             16-bit mono audio (24 kHz from IndexTTS 1.x, 22.05 kHz from IndexTTS-2), whole or
                             streamed as generated (IndexTTS-2: a segment at a time)
     GET  /v1/models         the base and every adapter, by name
@@ -20,6 +21,11 @@ angry, sad, afraid, disgusted, melancholic, surprised, calm; scaled by ``emo_alp
 emotion description for the folder's QwenEmotion model; "" means the input text). A vector or text replaces the
 emotion reference; without any, the speaker reference is the emotion reference, as the official default. They
 are refused (400) on an IndexTTS 1.x model.
+
+Tag guidance takes ``tagtune synth``'s settings: ``tag_guidance`` (1-10, 1 = off), ``base_anchor`` (true: guided
+decoding starts from the server's base model, whose lane every server has) and ``anchor_share`` (0-1, with
+``base_anchor``); a request gives the codes ``TTS.synthesize`` gives with the same settings
+(``generation/guidance.py`` says what they do).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import re
 import struct
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +51,7 @@ from pydantic import BaseModel, ConfigDict
 from tagtune.audio import SAMPLE_RATE
 from tagtune.errors import UserError
 from tagtune.generation import GenerationConfig
+from tagtune.generation.guidance import BASE_ALONE, NO_GUIDANCE, check_anchor_share, check_tag_guidance
 from tagtune.generation.v2 import official_v2
 from tagtune.loaders import AuxModelError
 from tagtune.serve.limits import Limits
@@ -60,9 +67,9 @@ EMOTION_FIELDS = ("emo_voice", "emo_alpha", "emo_vector", "emo_text")  # IndexTT
 
 
 class SpeechBody(BaseModel):
-    """OpenAI's speech request, plus ``seed``, ``greedy``, ``max_new_tokens`` and IndexTTS-2's emotion settings
-    (``EMOTION_FIELDS``, as ``TTSV2.synthesize`` takes them; ``emo_voice`` names a voice as ``voice`` does);
-    unknown fields are refused."""
+    """OpenAI's speech request, plus ``seed``, ``greedy``, ``max_new_tokens``, tag guidance (``tag_guidance``,
+    ``base_anchor``, ``anchor_share``) and IndexTTS-2's emotion settings (``EMOTION_FIELDS``, as
+    ``TTSV2.synthesize`` takes them; ``emo_voice`` names a voice as ``voice`` does); unknown fields are refused."""
 
     model_config = ConfigDict(extra="forbid")
     model: str
@@ -76,6 +83,9 @@ class SpeechBody(BaseModel):
     seed: int | None = None
     greedy: bool = False
     max_new_tokens: int | None = None
+    tag_guidance: float = NO_GUIDANCE
+    base_anchor: bool = False
+    anchor_share: float = BASE_ALONE
     emo_voice: str | None = None
     emo_alpha: float | None = None
     emo_vector: list[float] | None = None
@@ -222,12 +232,13 @@ def create_app(shared, scheduler, voices: dict[str, Path | bytes], limits: Limit
         wanted = body.max_new_tokens or model_limit
         if not 1 <= wanted <= model_limit:
             raise ApiError(400, f"max_new_tokens must be from 1 to {model_limit}", "max_new_tokens")
+        guidance = _guidance(body)
         if tts is not None:  # TTSV2's settings, as its synthesize completes them
             make = GenerationConfig.greedy if body.greedy else official_v2
-            generation = tts.generation_config(make(max_new_tokens=wanted), None)
+            generation = replace(tts.generation_config(make(max_new_tokens=wanted), None), **guidance)
         else:
             make = GenerationConfig.greedy if body.greedy else GenerationConfig
-            generation = make(max_new_tokens=wanted, position_mode="train")
+            generation = make(max_new_tokens=wanted, position_mode="train", **guidance)
         generator = torch.Generator()
         if seed is not None:
             generator.manual_seed(seed)
@@ -243,8 +254,21 @@ def create_app(shared, scheduler, voices: dict[str, Path | bytes], limits: Limit
 
         job = SpeechJob(body.model, sentences, voices[body.voice], generation, generator,
                         on_chunk=send, on_done=lambda error: send(_Done(error)),
-                        deadline=time.monotonic() + limits.request_timeout, text=body.input, emotion=emotion)
+                        deadline=time.monotonic() + limits.request_timeout, text=body.input, emotion=emotion,
+                        anchored=body.base_anchor)
         return job, body.stream or body.stream_format == "audio", channel
+
+    def _guidance(body: SpeechBody) -> dict:
+        """The request's tag guidance as GenerationConfig keywords, checked (ApiError)."""
+        try:
+            guidance = {"tag_guidance": check_tag_guidance(body.tag_guidance),
+                        "anchor_share": check_anchor_share(body.anchor_share)}
+        except ValueError as e:
+            raise ApiError(400, str(e), str(e).split()[0]) from None
+        if guidance["anchor_share"] != BASE_ALONE and not body.base_anchor:
+            raise ApiError(400, "anchor_share moves the start of decoding anchored to the base: send "
+                           "base_anchor: true or drop anchor_share", "anchor_share")
+        return guidance
 
     def _emotion(body: SpeechBody, tts) -> dict:
         """The request's emotion settings as TTSV2.synthesize keywords, checked as it checks them (ApiError)."""

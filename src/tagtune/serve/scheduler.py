@@ -12,6 +12,12 @@ a time), so a seeded request gives the codes the Python API gives for the same m
 
 An IndexTTS-2 base decodes the same way with its 34-position prefix; its sentences go into the pool one at a
 time and its audio comes a segment at a time (``serve.v2``, where the design is explained).
+
+Tag guidance (``generation/guidance.py``) is more branches of the same request: the tagged rows in its lane's
+pool, their tag-free twins as a second member of that pool, and, anchored to the base, the tag-free rows once
+more in the base lane's pool. A step first advances every request's search, then steps every pool, then
+combines each request's branches into the scores its search reads next (``guided_scores``, as ``GuidedDecoder``
+does), so a guided request gives the codes ``TTS.synthesize`` gives with the same settings.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from tagtune.errors import UserError
 from tagtune.generation import GenerationConfig
 from tagtune.generation.batched import length_groups, pad_rows
 from tagtune.generation.decoder import prepare_prompt
+from tagtune.generation.guidance import NO_GUIDANCE, guided_scores
 from tagtune.generation.pool import DecodePool
 from tagtune.generation.stepwise import new_search
 from tagtune.serve.v2 import start_v2
@@ -50,6 +57,16 @@ class ShuttingDown(UserError):
     """The server is stopping and takes no new requests."""
 
 
+@dataclass(eq=False)
+class Branch:
+    """One set of a request's rows in one lane's pool: its tagged texts, their tag-free twins, or (anchored) the
+    tag-free texts read by the base; ``logits`` (rows, V) are its latest next-code scores."""
+
+    lane: str
+    member: object
+    logits: torch.Tensor
+
+
 @dataclass
 class SpeechJob:
     """One request as the scheduler runs it. ``on_chunk(int16 array)`` and ``on_done(error or None)`` are
@@ -66,15 +83,22 @@ class SpeechJob:
     cancelled: tuple[int, str] | None = None  # set (from any thread) to stop the job with this error
     text: str = ""  # the request's input (IndexTTS-2: what an empty emo_text describes)
     emotion: dict = field(default_factory=dict)  # IndexTTS-2: TTSV2.synthesize's emotion keywords, checked
+    anchored: bool = False  # guided decoding starts from the base lane (``generation.guidance``, "anchored")
     steps: int = 0  # decode steps this job took part in
     # running state
     groups: list[list[int]] = field(default_factory=list)
     speech: SpeechStream | None = None  # or serve.v2.SegmentSpeech
     conds: torch.Tensor | None = None  # the decode prefix: 32 speaker latents (1.x), 34 positions (v2)
-    member: object = None
+    anchor_conds: torch.Tensor | None = None  # the base's decode prefix, when anchored
+    branches: list[Branch] = field(default_factory=list)  # in the pools now: [rows] or [tagged, tag-free, base?]
+    plain: torch.Tensor | None = None  # (rows,) guided: True where a row's text has no tag
     search: object = None
-    logits: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # what the search reads next
     tokens: torch.Tensor | None = None
+
+    @property
+    def guided(self) -> bool:
+        return self.generation.tag_guidance != NO_GUIDANCE or self.anchored
 
 
 class Scheduler:
@@ -89,6 +113,7 @@ class Scheduler:
         self.steps = 0  # decode steps run in total (one per lane per loop)
         self.widest = 0  # the most rows one decode step has carried
         self.accepting = True
+        self._active: str | None = None  # the lane whose adapter the shared blocks compute with (None: unknown)
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -151,14 +176,12 @@ class Scheduler:
                 for job in admitted:
                     self._admit(job)
                 self._drop_cancelled()
-                for name, pool in self.pools.items():
-                    if pool.members:
-                        self.shared.lanes[name].activate()
-                        self._step_lane(name, pool)
+                self._step()
             except Exception:  # a bug must not leave every client hanging
                 log.exception("the scheduler failed; cancelling its requests")
                 self._fail_all([*self.running], (500, "internal error while generating"))
                 self.running.clear()
+                self._active = None
                 self.pools = {name: DecodePool(lane) for name, lane in self.shared.lanes.items()}
 
     def _admit(self, job: SpeechJob) -> None:
@@ -166,7 +189,7 @@ class Scheduler:
             job.on_done(job.cancelled or TIMED_OUT)
             return
         lane = self.shared.lanes[job.lane]
-        lane.activate()
+        self._activate(job.lane)
         try:
             self._start(job, lane)
         except UserError as e:
@@ -183,66 +206,112 @@ class Scheduler:
         """The job's prefix, sentence groups and audio stage (raises UserError for an unusable reference)."""
         if self.shared.family == "v2":  # one segment at a time, in order, as TTSV2.synthesize decodes them
             tts = self.shared.tts
-            job.conds, job.speech = start_v2(tts[job.lane], tts[self.shared.base_name], job.voice, job.sentences,
-                                             job.generator, job.text, job.emotion)
+            job.conds, job.speech, job.anchor_conds = start_v2(
+                tts[job.lane], tts[self.shared.base_name], job.voice, job.sentences, job.generator, job.text,
+                job.emotion, anchored=job.anchored)
             job.groups = [[i] for i in range(len(job.sentences))]
             return
         ref = self.references.get(job.voice)
         job.conds = ref.conds
+        job.anchor_conds = ref.conds if job.anchored else None  # adapters never change the conditioning path
         job.groups = length_groups([len(s) for s in job.sentences], self.batch_size)
         job.speech = SpeechStream(lane, self.shared.vocoder, ref.conds, ref.speaker, job.sentences,
                                   job.generation.max_new_tokens)
 
     def _join_group(self, job: SpeechJob) -> None:
-        """Put the job's next sentence group into its lane's pool (prefill now, first code next step)."""
+        """Put the job's next sentence group into the pools (prefill now, first code next step): its rows, or
+        for guided decoding its branches (``guidance.code_decoder``'s choice: rows without any tag decode in the
+        lane guidance starts from)."""
         lane, cfg = self.shared.lanes[job.lane], job.generation
-        group = job.groups[0]
-        text = pad_rows([job.sentences[i] for i in group], lane.cfg.stop_text_token, job.conds.device)
-        prompt = prepare_prompt(lane, job.conds, text)
-        job.member, job.logits = self.pools[job.lane].join(prompt, cfg.position_mode, cfg.max_new_tokens,
-                                                           repeat=cfg.num_beams)
-        history = prompt.history.repeat_interleave(cfg.num_beams, dim=0)  # the rows' order in the pool
-        job.search = new_search(history, cfg, lane.cfg.stop_mel_token, len(group), job.generator)
+        texts = [job.sentences[i] for i in job.groups[0]]
+        free = [lane.tokenizer.without_tags(t) for t in texts] if job.guided else texts
+        plain = torch.tensor([a == b for a, b in zip(texts, free, strict=True)])
+        if not job.guided or bool(plain.all()):
+            alone = job.anchored and bool(plain.all())
+            parts = [(self.shared.base_name, job.anchor_conds, free) if alone else (job.lane, job.conds, texts)]
+        else:
+            parts = [(job.lane, job.conds, texts), (job.lane, job.conds, free)]
+            if job.anchored:
+                parts.append((self.shared.base_name, job.anchor_conds, free))
+        job.branches, history = [], None
+        for name, conds, rows in parts:
+            part = self.shared.lanes[name]
+            self._activate(name)
+            prompt = prepare_prompt(part, conds, pad_rows(rows, part.cfg.stop_text_token, conds.device))
+            member, logits = self.pools[name].join(prompt, cfg.position_mode, cfg.max_new_tokens,
+                                                   repeat=cfg.num_beams)
+            job.branches.append(Branch(name, member, logits))
+            history = prompt.history.repeat_interleave(cfg.num_beams, dim=0) if history is None else history
+        job.plain = plain.repeat_interleave(cfg.num_beams) if len(job.branches) > 1 else None
+        job.logits = self._scores(job)
+        job.search = new_search(history, cfg, lane.cfg.stop_mel_token, len(texts), job.generator)
 
-    def _step_lane(self, name: str, pool: DecodePool) -> None:
-        jobs = [j for j in self.running if j.lane == name and j.member is not None]
+    @staticmethod
+    def _scores(job: SpeechJob) -> torch.Tensor:
+        """The scores the job's search reads next: its one branch's logits, or its branches guided."""
+        if job.plain is None:
+            return job.branches[0].logits
+        tagged, free, *anchor = (b.logits for b in job.branches)
+        cfg = job.generation
+        return guided_scores(tagged, free, cfg.tag_guidance, job.plain, anchor[0] if anchor else None,
+                             cfg.anchor_share)
+
+    def _step(self) -> None:
+        """Advance every running search by one code, then step every pool once and combine each job's branches."""
         rejoin = []
-        for job in jobs:
+        for job in sorted((j for j in self.running if j.branches), key=lambda j: j.lane):
             tokens, rows = job.search.advance(job.logits)
             job.steps += 1
-            group = job.groups[0]
-            for b, i in enumerate(group):
+            self._activate(job.lane)  # the latent pass of final codes reads the job's own lane
+            for b, i in enumerate(job.groups[0]):
                 for chunk in job.speech.update(i, job.search.certain(b), job.search.finished(b)):
                     job.on_chunk(chunk)
             if job.search.done:
-                pool.leave(job.member)
-                job.member = None
+                self._leave(job)
                 job.groups.pop(0)
                 if job.groups:
                     rejoin.append(job)
                 else:
                     self.running.remove(job)
                     job.on_done(None)
-            else:
-                if rows is not None:
-                    pool.reorder(job.member, rows)
-                job.tokens = tokens
-        if pool.members:
-            live = [j for j in jobs if j.member is not None]
-            logits = pool.step({id(j.member): j.tokens for j in live})
-            for job in live:
-                job.logits = logits[id(job.member)]
+                continue
+            if rows is not None:
+                for branch in job.branches:
+                    self.pools[branch.lane].reorder(branch.member, rows)
+                if job.plain is not None:
+                    job.plain = job.plain.index_select(0, rows)
+            job.tokens = tokens
+        live = [j for j in self.running if j.branches]
+        for name, pool in self.pools.items():
+            if not pool.members:
+                continue
+            self._activate(name)
+            mine = [(j, b) for j in live for b in j.branches if b.lane == name]
+            logits = pool.step({id(b.member): j.tokens for j, b in mine})
+            for _, branch in mine:
+                branch.logits = logits[id(branch.member)]
             self.steps += 1
             self.widest = max(self.widest, pool.rows)
+        for job in live:
+            job.logits = self._scores(job)
         for job in rejoin:
             self._join_group(job)
+
+    def _activate(self, name: str) -> None:
+        if self._active != name:
+            self.shared.lanes[name].activate()
+            self._active = name
+
+    def _leave(self, job: SpeechJob) -> None:
+        for branch in job.branches:
+            self.pools[branch.lane].leave(branch.member)
+        job.branches = []
 
     def _drop_cancelled(self) -> None:
         now = time.monotonic()
         for job in list(self.running):
             if job.cancelled or now > job.deadline:
-                if job.member is not None:
-                    self.pools[job.lane].leave(job.member)
+                self._leave(job)
                 self.running.remove(job)
                 job.on_done(job.cancelled or TIMED_OUT)
 

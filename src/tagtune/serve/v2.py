@@ -53,17 +53,24 @@ class SegmentSpeech:
 
 @torch.no_grad()
 def start_v2(tts, base_tts, voice, sentences: list[list[int]], generator: torch.Generator | None,
-             text: str = "", emotion: dict | None = None):
-    """A request's decode prefix (1, 34, D) and its SegmentSpeech; ``tts`` is the lane's TTSV2 (its adapter
-    active), ``base_tts`` the base lane's, whose prompt caches and QwenEmotion every lane shares (prompts and
-    emotion weights do not depend on the GPT). ``emotion`` holds ``TTSV2.synthesize``'s emotion keywords
-    (``emotion``, ``emo_alpha``, ``emo_vector``, ``emo_text``) and ``text`` is the request's input (what an
-    empty ``emo_text`` describes). Raises ReferenceAudioError for an unusable reference, EmotionError for an
-    unusable emotion setting."""
+             text: str = "", emotion: dict | None = None, anchored: bool = False):
+    """A request's decode prefix (1, 34, D), its SegmentSpeech and, when ``anchored``, the base's own prefix for
+    the same prompts (as ``generation.v2.generate_codes_v2`` builds the anchor's; else None). ``tts`` is the lane's
+    TTSV2 (its adapter active), ``base_tts`` the base lane's, whose prompt caches and QwenEmotion every lane
+    shares (prompts and emotion weights do not depend on the GPT). ``emotion`` holds ``TTSV2.synthesize``'s
+    emotion keywords (``emotion``, ``emo_alpha``, ``emo_vector``, ``emo_text``) and ``text`` is the request's
+    input (what an empty ``emo_text`` describes). Raises ReferenceAudioError for an unusable reference,
+    EmotionError for an unusable emotion setting."""
     speaker = base_tts.speaker(voice)
     source, alpha, weights = base_tts.emotion_choice(text, voice, **(emotion or {}))
-    emovec = tts.emotion_vector(speaker, base_tts.emotion_features(source), alpha, weights)  # (1, D)
-    spk = speaker.spk_cond_emb
-    conds = tts.gpt.get_conditioning(spk, feature_width_lengths(spk))  # (1, 32, D)
-    prefix = tts.gpt.conditioning_prefix(conds, emovec)  # (1, 34, D)
-    return prefix, SegmentSpeech(tts, speaker, conds, emovec, sentences, generator)
+    features = base_tts.emotion_features(source)
+    spk, lengths = speaker.spk_cond_emb, feature_width_lengths(speaker.spk_cond_emb)
+
+    def prefix(model):
+        emovec = model.emotion_vector(speaker, features, alpha, weights)  # (1, D)
+        conds = model.gpt.get_conditioning(spk, lengths)  # (1, 32, D)
+        return conds, emovec, model.gpt.conditioning_prefix(conds, emovec)  # prefix (1, 34, D)
+
+    conds, emovec, own = prefix(tts)
+    anchor = prefix(base_tts)[2] if anchored else None
+    return own, SegmentSpeech(tts, speaker, conds, emovec, sentences, generator), anchor
