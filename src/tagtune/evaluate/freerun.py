@@ -49,6 +49,7 @@ class FreeRunSettings:
     tag_guidance: float = 1.0  # tagged prompts decode against their tag-free twins (generation/guidance.py); 1 = off
     base_anchor: bool = False  # the tuned model's guided decoding starts from the base model (generation/guidance.py)
     anchor_share: float = 0.0  # with base_anchor: how far that start moves toward the tuned model's own (guidance.py)
+    guide_until_onset: bool = True  # guidance stops at the onset of the event it asked for (guidance.py)
 
     def __post_init__(self):
         from tagtune.generation.guidance import check_anchor_share, check_tag_guidance
@@ -65,7 +66,8 @@ class FreeRunSettings:
         return GenerationConfig(do_sample=True, num_beams=1, top_k=self.top_k, top_p=self.top_p,
                                 temperature=self.temperature, repetition_penalty=self.repetition_penalty,
                                 max_new_tokens=max_new_tokens, position_mode=self.position_mode,
-                                tag_guidance=self.tag_guidance, anchor_share=self.anchor_share)
+                                tag_guidance=self.tag_guidance, anchor_share=self.anchor_share,
+                                guide_until_onset=self.guide_until_onset)
 
 
 MAX_BATCH_ROWS = 64

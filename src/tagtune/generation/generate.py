@@ -15,6 +15,7 @@ from tagtune.generation.guidance import (
     GuidedDecoder,
     check_anchor_share,
     check_tag_guidance,
+    tag_runs,
 )
 from tagtune.generation.sampling import sample_codes
 
@@ -32,6 +33,8 @@ class GenerationConfig:
     official decoding); it needs the texts without their tags, ``generate_codes(free_ids=...)``.
     ``anchor_share``: with an anchor (``generate_codes(anchor=...)``), how far the guided start moves from the
     base's scores toward the tuned model's own tag-free ones (``guidance.py``; 0 = the base alone).
+    ``guide_until_onset``: guidance acts on a row until the events its tags ask for have begun, then lets the
+    model decode them at their own length (``guidance.EventOnsets``); False guides every code.
     """
 
     do_sample: bool = True
@@ -46,6 +49,7 @@ class GenerationConfig:
     beam_sample_from_first: bool = False
     tag_guidance: float = NO_GUIDANCE
     anchor_share: float = BASE_ALONE
+    guide_until_onset: bool = True
 
     def __post_init__(self):
         checks = [
@@ -121,8 +125,10 @@ def code_decoder(model, conds: torch.Tensor, text_ids: torch.Tensor, cfg: Genera
         return decoder(model, conds, text_ids) if anchor is None else decoder(anchor.gpt, anchor.conds, free_ids)
     both = pad_rows([*text_ids, *free_ids], model.cfg.stop_text_token, text_ids.device)  # tagged rows, then twins
     anchored = None if anchor is None else decoder(anchor.gpt, anchor.conds, free_ids)
+    c = model.cfg
+    tags = tag_runs(text_ids, free_ids, (c.start_text_token, c.stop_text_token)) if cfg.guide_until_onset else None
     return GuidedDecoder(decoder(model, conds if conds.shape[0] == 1 else torch.cat([conds, conds]), both),
-                         cfg.tag_guidance, plain, anchored, cfg.anchor_share)
+                         cfg.tag_guidance, plain, anchored, cfg.anchor_share, tags)
 
 
 def _same_rows(text_ids: torch.Tensor, free_ids: torch.Tensor, start: int, stop: int) -> torch.Tensor:

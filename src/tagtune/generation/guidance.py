@@ -30,6 +30,15 @@ it). ``share`` a in [0, 1] moves the start toward the tuned model's own tag-free
 
 a = 0 is the base alone; a = 1 is guidance from the twin, except that rows without a tag still decode as the base.
 
+**Guidance asks for the event, not for its length.** The tag-free branch never expects an event's codes, so
+inside an event the tagged branch stays ahead of it on every code, and guidance that goes on amplifies the event
+for as long as it lasts: on the 1.x demo model, events decoded at s = 3 ran 2.7 times their recorded length
+(docs/tag-guidance.md). With ``guide_until_onset`` (``EventOnsets``) a row is guided only until the events its
+tags ask for have begun: an event begins at a code the tagged branch finds ``ONSET_MARGIN`` nats likelier than
+the tag-free one, and it has ended after ``EVENT_QUIET_CODES`` codes without such a margin; from the onset on
+the row decodes at s = 1 (the model's own event, its own length), and a further tag is guided again once the
+event has ended.
+
 Both branches run as one batch of 2N rows through the ``MelDecoder`` (one backbone call per step): the tagged
 rows first, their tag-free twins after them in the same order. transformers' own processor runs the
 unconditional branch as a second model call per step and supports one row; the searches here need batches,
@@ -47,6 +56,10 @@ from tagtune.generation.decoder import MelDecoder
 NO_GUIDANCE = 1.0
 MAX_TAG_GUIDANCE = 10.0
 BASE_ALONE = 0.0  # anchor share: anchored guidance starts from the base's scores alone
+# An event code: the tagged branch finds it this many nats likelier than the tag-free one (speech codes sit
+# within about 1 nat; 1 and 2 both kept events at their recorded length on the 1.x demo, docs/tag-guidance.md)
+ONSET_MARGIN = 2.0
+EVENT_QUIET_CODES = 4  # codes without that margin after which an event has ended
 
 
 def _number_in(value, low: float, high: float, name: str, meaning: str) -> float:
@@ -88,17 +101,68 @@ def anchored_start(anchor: torch.Tensor, free: torch.Tensor, share: float) -> to
     return start if share == BASE_ALONE else (start + share * (free - start)).log_softmax(dim=-1)
 
 
-def guided_scores(tagged: torch.Tensor, free: torch.Tensor, scale: float, plain: torch.Tensor,
+def guided_scores(tagged: torch.Tensor, free: torch.Tensor, scale: float | torch.Tensor, plain: torch.Tensor,
                   anchor: torch.Tensor | None = None, share: float = BASE_ALONE) -> torch.Tensor:
     """Guided next-code log-probabilities (N, V) from the logits of the tagged rows and of their tag-free twins
-    (N, V each), starting from the twins' or from ``anchor``'s (the base model on the tag-free texts). Rows where
-    ``plain`` (N,) is True have no tag and keep the logits of the model they start from as they are, so that the
-    repetition penalty, which treats logits and log-probabilities differently, acts on them as it does without
-    guidance."""
+    (N, V each), starting from the twins' or from ``anchor``'s (the base model on the tag-free texts); ``scale`` is
+    one number or one per row ((N, 1), ``EventOnsets.scales``). Rows where ``plain`` (N,) is True have no tag and
+    keep the logits of the model they start from as they are, so that the repetition penalty, which treats logits
+    and log-probabilities differently, acts on them as it does without guidance."""
     unconditional = free.log_softmax(dim=-1)
     start = unconditional if anchor is None else anchored_start(anchor, unconditional, share)
     mixed = start + scale * (tagged.log_softmax(dim=-1) - unconditional)
     return torch.where(plain[:, None], tagged if anchor is None else anchor, mixed)
+
+
+def tag_runs(tagged: torch.Tensor, free: torch.Tensor, skip: tuple[int, ...] = ()) -> torch.Tensor:
+    """(B,) the number of places where a text row (B, L) differs from its tag-free twin (B, L'): the runs of ids
+    the twin leaves out (a tag, with the bare "▁" piece before it where the tokenizer writes one; tags written
+    side by side make one run). ``skip``: ids that are not text (start, stop and padding)."""
+    counts = []
+    for row, twin in zip(tagged.tolist(), free.tolist(), strict=True):
+        kept = [i for i in twin if i not in skip]
+        runs, j, inside = 0, 0, False
+        for i in (i for i in row if i not in skip):
+            if j < len(kept) and i == kept[j]:
+                j, inside = j + 1, False
+            elif not inside:
+                runs, inside = runs + 1, True
+        counts.append(runs)
+    return torch.tensor(counts)
+
+
+class EventOnsets:
+    """Which rows guidance still acts on: each decoded row may begin as many events under guidance as its text
+    has tags (``tags`` (N,)); from an event's onset until it has ended the row decodes at scale 1, and once its
+    tags' events have begun, for the rest of the row (module docstring)."""
+
+    def __init__(self, tags: torch.Tensor):
+        self.tags = tags.float()
+        self.begun = torch.zeros_like(self.tags)
+        self.quiet = torch.full_like(self.tags, EVENT_QUIET_CODES)  # codes since the last event code
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # the tagged / tag-free log-probs last scored
+
+    def scales(self, scale: float, tagged: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+        """(N, 1) the scale of each row's next code, given the logits (N, V) it is scored from (kept, so that
+        ``observe`` can read the chosen codes' margins)."""
+        self.last = (tagged.log_softmax(dim=-1), free.log_softmax(dim=-1))
+        guided = (self.begun < self.tags) & (self.quiet >= EVENT_QUIET_CODES)
+        return torch.where(guided, scale, NO_GUIDANCE).to(tagged)[:, None]
+
+    def observe(self, tokens: torch.Tensor) -> None:
+        """The codes (N,) the rows took from the scores last given."""
+        tagged, free = self.last
+        index = tokens.view(-1, 1).to(tagged.device)
+        event = ((tagged.gather(1, index) - free.gather(1, index))[:, 0] > ONSET_MARGIN).to(self.quiet.device)
+        self.begun += (event & (self.quiet >= EVENT_QUIET_CODES)).float()
+        self.quiet = torch.where(event, torch.zeros_like(self.quiet), self.quiet + 1)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row r continues old row ``index[r]`` (beam search)."""
+        self.tags, self.begun, self.quiet = (t.index_select(0, index.to(t.device)) for t in
+                                             (self.tags, self.begun, self.quiet))
+        if self.last is not None:
+            self.last = tuple(t.index_select(0, index.to(t.device)) for t in self.last)
 
 
 class GuidedDecoder:
@@ -107,16 +171,20 @@ class GuidedDecoder:
     base model's ``MelDecoder`` over the tag-free texts (N rows), stepped alongside."""
 
     def __init__(self, decoder: MelDecoder, scale: float, plain: torch.Tensor, anchor: MelDecoder | None = None,
-                 share: float = BASE_ALONE):
+                 share: float = BASE_ALONE, tags: torch.Tensor | None = None):
         self.decoder, self.scale, self.anchor, self.share = decoder, scale, anchor, share
         self.rows = decoder.history.shape[0] // 2
         self.plain = plain.repeat_interleave(decoder.repeat)  # (N,) per prompt row -> per decoded row
         self.history = decoder.history[: self.rows]
+        # ``tags`` (per prompt row, ``tag_runs``): guidance until their events begin; None guides every code
+        self.onsets = None if tags is None else EventOnsets(tags.repeat_interleave(decoder.repeat))
 
     def start(self) -> torch.Tensor:
         return self._guide(self.decoder.start(), None if self.anchor is None else self.anchor.start())
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.onsets is not None:
+            self.onsets.observe(tokens)
         anchor = None if self.anchor is None else self.anchor.step(tokens)
         return self._guide(self.decoder.step(torch.cat([tokens, tokens])), anchor)
 
@@ -125,6 +193,10 @@ class GuidedDecoder:
         if self.anchor is not None:
             self.anchor.reorder(index)
         self.plain = self.plain.index_select(0, index)
+        if self.onsets is not None:
+            self.onsets.reorder(index)
 
     def _guide(self, logits: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
-        return guided_scores(logits[: self.rows], logits[self.rows :], self.scale, self.plain, anchor, self.share)
+        tagged, free = logits[: self.rows], logits[self.rows :]
+        scale = self.scale if self.onsets is None else self.onsets.scales(self.scale, tagged, free)
+        return guided_scores(tagged, free, scale, self.plain, anchor, self.share)

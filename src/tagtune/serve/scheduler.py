@@ -36,7 +36,7 @@ from tagtune.errors import UserError
 from tagtune.generation import GenerationConfig
 from tagtune.generation.batched import length_groups, pad_rows
 from tagtune.generation.decoder import prepare_prompt
-from tagtune.generation.guidance import NO_GUIDANCE, guided_scores
+from tagtune.generation.guidance import NO_GUIDANCE, EventOnsets, guided_scores, tag_runs
 from tagtune.generation.pool import DecodePool
 from tagtune.generation.stepwise import new_search
 from tagtune.serve.v2 import start_v2
@@ -92,6 +92,7 @@ class SpeechJob:
     anchor_conds: torch.Tensor | None = None  # the base's decode prefix, when anchored
     branches: list[Branch] = field(default_factory=list)  # in the pools now: [rows] or [tagged, tag-free, base?]
     plain: torch.Tensor | None = None  # (rows,) guided: True where a row's text has no tag
+    onsets: EventOnsets | None = None  # guided until its tags' events begin (GenerationConfig.guide_until_onset)
     search: object = None
     logits: torch.Tensor | None = None  # what the search reads next
     tokens: torch.Tensor | None = None
@@ -243,6 +244,12 @@ class Scheduler:
             job.branches.append(Branch(name, member, logits))
             history = prompt.history.repeat_interleave(cfg.num_beams, dim=0) if history is None else history
         job.plain = plain.repeat_interleave(cfg.num_beams) if len(job.branches) > 1 else None
+        job.onsets = None
+        if job.plain is not None and cfg.guide_until_onset:
+            skip = (lane.cfg.start_text_token, lane.cfg.stop_text_token)
+            tags = tag_runs(pad_rows(texts, lane.cfg.stop_text_token, "cpu"), pad_rows(free, lane.cfg.stop_text_token,
+                                                                                      "cpu"), skip)
+            job.onsets = EventOnsets(tags.repeat_interleave(cfg.num_beams))
         job.logits = self._scores(job)
         job.search = new_search(history, cfg, lane.cfg.stop_mel_token, len(texts), job.generator)
 
@@ -253,8 +260,8 @@ class Scheduler:
             return job.branches[0].logits
         tagged, free, *anchor = (b.logits for b in job.branches)
         cfg = job.generation
-        return guided_scores(tagged, free, cfg.tag_guidance, job.plain, anchor[0] if anchor else None,
-                             cfg.anchor_share)
+        scale = cfg.tag_guidance if job.onsets is None else job.onsets.scales(cfg.tag_guidance, tagged, free)
+        return guided_scores(tagged, free, scale, job.plain, anchor[0] if anchor else None, cfg.anchor_share)
 
     def _step(self) -> None:
         """Advance every running search by one code, then step every pool once and combine each job's branches."""
@@ -280,6 +287,10 @@ class Scheduler:
                     self.pools[branch.lane].reorder(branch.member, rows)
                 if job.plain is not None:
                     job.plain = job.plain.index_select(0, rows)
+                if job.onsets is not None:
+                    job.onsets.reorder(rows)
+            if job.onsets is not None:
+                job.onsets.observe(tokens)
             job.tokens = tokens
         live = [j for j in self.running if j.branches]
         for name, pool in self.pools.items():
