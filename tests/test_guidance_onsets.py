@@ -103,6 +103,28 @@ def test_guided_decoding_drops_to_scale_one_at_the_event_onset(model, base_input
     torch.testing.assert_close(first, lf + 2.5 * (lt - lf), rtol=0, atol=1e-4)
     token = torch.tensor([code])
     after, after_whole = onset.step(token), whole.step(token)
-    lt, lf = plain.step(token).log_softmax(-1), twin.step(token).log_softmax(-1)
-    torch.testing.assert_close(after, lt, rtol=0, atol=1e-4)  # scale 1 from the twin: the tagged branch itself
+    own = plain.step(token)
+    lt, lf = own.log_softmax(-1), twin.step(token).log_softmax(-1)
+    torch.testing.assert_close(after, own, rtol=0, atol=1e-4)  # inside the event: the tagged branch's own logits
     torch.testing.assert_close(after_whole, lf + 2.5 * (lt - lf), rtol=0, atol=1e-4)
+
+
+def test_inside_an_event_an_anchored_row_decodes_as_the_tuned_model():
+    """Whatever the start (the base, a share of it): a row inside its event keeps the tagged branch's logits, a
+    row before its event is guided, a row without a tag keeps the base's."""
+    tagged, free, base = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5)
+    plain, own = torch.tensor([False, False, True]), torch.tensor([True, False, False])
+    got = guidance.guided_scores(tagged, free, 3.0, plain, base, 0.5, own)
+    want = guidance.guided_scores(tagged, free, 3.0, plain, base, 0.5)
+    torch.testing.assert_close(got[0], tagged[0])
+    torch.testing.assert_close(got[1:], want[1:])
+    torch.testing.assert_close(got[2], base[2])
+
+
+def test_an_onset_can_ask_for_several_event_codes_in_a_row(monkeypatch):
+    monkeypatch.setattr(guidance, "ONSET_CODES", 2)
+    onsets = EventOnsets(torch.tensor([1]))
+    for code, scale in ((0, 3.0), (1, 3.0), (0, 3.0), (0, 3.0), (1, 1.0)):
+        assert _scale(onsets) == scale  # one event code, broken by speech, is no onset; two in a row are
+        onsets.observe(torch.tensor([code]))
+    assert bool(onsets.inside[0])

@@ -158,6 +158,8 @@ def _overall(report: dict, w) -> list[str]:
     free = report["meta"].get("free_running") or {}
     guidance = free.get("tag_guidance", 1.0)
     decoding = f" with tag guidance {guidance:g}" if guidance != 1.0 else ""
+    if guidance != 1.0 and not free.get("guide_until_onset", False):
+        decoding += " on every code"  # the guidance of earlier releases, which also drew the events out
     share = free.get("anchor_share") or 0.0
     tuned_decoding = decoding + ((" anchored to the base" + (f", anchor share {share:g}" if share else ""))
                                  if free.get("base_anchor") else "")

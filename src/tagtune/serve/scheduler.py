@@ -260,8 +260,11 @@ class Scheduler:
             return job.branches[0].logits
         tagged, free, *anchor = (b.logits for b in job.branches)
         cfg = job.generation
-        scale = cfg.tag_guidance if job.onsets is None else job.onsets.scales(cfg.tag_guidance, tagged, free)
-        return guided_scores(tagged, free, scale, job.plain, anchor[0] if anchor else None, cfg.anchor_share)
+        if job.onsets is None:
+            return guided_scores(tagged, free, cfg.tag_guidance, job.plain, anchor[0] if anchor else None,
+                                 cfg.anchor_share)
+        return guided_scores(tagged, free, job.onsets.scales(cfg.tag_guidance, tagged, free), job.plain,
+                             anchor[0] if anchor else None, cfg.anchor_share, job.onsets.inside)
 
     def _step(self) -> None:
         """Advance every running search by one code, then step every pool once and combine each job's branches."""
