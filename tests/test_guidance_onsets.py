@@ -10,7 +10,13 @@ import torch
 import tagtune.generation.guidance as guidance
 from base_fixtures import load_plain_gpt
 from tagtune.generation import MelDecoder, prepare_prompt
-from tagtune.generation.guidance import EVENT_QUIET_CODES, EventOnsets, GuidedDecoder, tag_runs
+from tagtune.generation.guidance import (
+    EVENT_QUIET_CODES,
+    MIN_EVENT_CODES,
+    EventOnsets,
+    GuidedDecoder,
+    tag_runs,
+)
 
 S, E, P = 90, 91, 91  # start, stop, and the stop id that pads rows
 
@@ -39,22 +45,44 @@ def _scale(onsets: EventOnsets, scale: float = 3.0) -> float:
     return float(onsets.scales(scale, *_scores(8.0))[0, 0])
 
 
+def _event(onsets: EventOnsets, codes: int = MIN_EVENT_CODES) -> None:
+    """Feed an event of ``codes`` event codes; inside it the row is not guided."""
+    for _ in range(codes):
+        onsets.observe(torch.tensor([0]))
+        assert _scale(onsets) == 1.0
+
+
+def _speech(onsets: EventOnsets, codes: int = EVENT_QUIET_CODES) -> None:
+    for _ in range(codes):
+        onsets.observe(torch.tensor([1]))
+
+
 def test_a_row_is_guided_until_its_event_begins_and_between_its_events():
     onsets = EventOnsets(torch.tensor([2]))
     assert _scale(onsets) == 3.0
     onsets.observe(torch.tensor([1]))  # a speech code: no margin
     assert _scale(onsets) == 3.0
-    onsets.observe(torch.tensor([0]))  # the first event begins
-    assert _scale(onsets) == 1.0
+    _event(onsets)  # the first event: its own length
     for _ in range(EVENT_QUIET_CODES - 1):
         onsets.observe(torch.tensor([2]))
-        assert _scale(onsets) == 1.0  # inside the event: its own length
+        assert _scale(onsets) == 1.0  # not yet ended
     onsets.observe(torch.tensor([2]))  # quiet long enough: the event has ended, one tag is left
     assert _scale(onsets) == 3.0
-    onsets.observe(torch.tensor([0]))  # the second event begins
+    _event(onsets)  # the second event
     for _ in range(3 * EVENT_QUIET_CODES):
-        assert _scale(onsets) == 1.0  # every tag's event has begun: no more guidance
         onsets.observe(torch.tensor([1]))
+        assert _scale(onsets) == 1.0  # every tag's event has been made: no more guidance
+
+
+def test_an_event_too_short_to_be_one_gives_the_tag_back():
+    onsets = EventOnsets(torch.tensor([1]))
+    assert _scale(onsets) == 3.0
+    _event(onsets, MIN_EVENT_CODES - 1)
+    _speech(onsets)
+    assert _scale(onsets) == 3.0  # a stray code: guided again
+    _event(onsets)
+    _speech(onsets)
+    assert _scale(onsets) == 1.0
 
 
 def test_a_small_margin_is_no_event_and_beams_carry_their_state():

@@ -39,7 +39,8 @@ tags ask for have begun: an event begins at a code the tagged branch finds ``ONS
 the tag-free one, and it has ended after ``EVENT_QUIET_CODES`` codes without such a margin. Inside an event the
 row decodes as the tuned model's tagged branch alone (its own event, at its own length, whatever the start);
 after its tags' events it decodes at s = 1 from the same start; a further tag is guided again once the event
-before it has ended.
+before it has ended, and so is the same tag when its "event" ended within ``MIN_EVENT_CODES`` codes (a stray
+code of speech that crossed the margin).
 
 Both branches run as one batch of 2N rows through the ``MelDecoder`` (one backbone call per step): the tagged
 rows first, their tag-free twins after them in the same order. transformers' own processor runs the
@@ -62,9 +63,12 @@ BASE_ALONE = 0.0  # anchor share: anchored guidance starts from the base's score
 # within about 1 nat; 1 and 2 both kept events at their recorded length on the 1.x demo, docs/tag-guidance.md)
 ONSET_MARGIN = 2.0
 # event codes in a row that begin an event: 3 left the events of 14 of 48 English prompts unnoticed and their rows
-# guided to the length limit on the 1.x demo; 1 hands over early now and then, which costs less
+# guided on to the length limit on the 1.x demo; 1 hands over at the first, and MIN_EVENT_CODES takes back a stray one
 ONSET_CODES = 1
 EVENT_QUIET_CODES = 4  # codes without that margin after which an event has ended
+# an "event" of fewer event codes was a stray code of speech: its tag is guided again (without this, the onset of
+# half the English rows came early on the 1.x demo and their events were lost, docs/tag-guidance.md)
+MIN_EVENT_CODES = 3
 
 
 def _number_in(value, low: float, high: float, name: str, meaning: str) -> float:
@@ -145,7 +149,8 @@ class EventOnsets:
     has tags (``tags`` (N,)). An event has begun after ``ONSET_CODES`` codes in a row that the tagged branch finds
     ``ONSET_MARGIN`` nats likelier than the tag-free one, and has ended after ``EVENT_QUIET_CODES`` codes without
     such a margin; inside it the row decodes as the tuned model's tagged branch (``inside``), and once its tags'
-    events have begun it is no longer guided (module docstring)."""
+    events have been made it is no longer guided. An event of fewer than ``MIN_EVENT_CODES`` event codes does not
+    count: its tag is guided again (module docstring)."""
 
     def __init__(self, tags: torch.Tensor):
         self.tags = tags.float()
@@ -153,6 +158,7 @@ class EventOnsets:
         self.streak = torch.zeros_like(self.tags)  # event codes in a row
         self.quiet = torch.full_like(self.tags, EVENT_QUIET_CODES)  # codes since the last event code
         self.within = torch.zeros_like(self.tags, dtype=torch.bool)  # inside an event that has begun
+        self.length = torch.zeros_like(self.tags)  # event codes of the current event
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # the tagged / tag-free log-probs last scored
 
     def scales(self, scale: float, tagged: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
@@ -174,16 +180,20 @@ class EventOnsets:
         event = ((tagged.gather(1, index) - free.gather(1, index))[:, 0] > ONSET_MARGIN).to(self.quiet.device)
         self.streak = torch.where(event, self.streak + 1, torch.zeros_like(self.streak))
         self.quiet = torch.where(event, torch.zeros_like(self.quiet), self.quiet + 1)
-        self.within &= self.quiet < EVENT_QUIET_CODES
+        self.length += (event & self.within).float()
+        ended = self.within & (self.quiet >= EVENT_QUIET_CODES)
+        self.begun -= (ended & (self.length < MIN_EVENT_CODES)).float()  # too short to be the event: guide again
+        self.within &= ~ended
         onset = ~self.within & (self.streak >= ONSET_CODES)
         self.begun += onset.float()
         self.within |= onset
+        self.length = torch.where(onset, self.streak, self.length)
 
     def reorder(self, index: torch.Tensor) -> None:
         """Row r continues old row ``index[r]`` (beam search)."""
-        self.tags, self.begun, self.streak, self.quiet, self.within = (
+        self.tags, self.begun, self.streak, self.quiet, self.within, self.length = (
             t.index_select(0, index.to(t.device)) for t in (self.tags, self.begun, self.streak, self.quiet,
-                                                            self.within))
+                                                            self.within, self.length))
         if self.last is not None:
             self.last = tuple(t.index_select(0, index.to(t.device)) for t in self.last)
 
