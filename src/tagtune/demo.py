@@ -54,7 +54,7 @@ DEMO_BASE_ANCHOR = {"v1": True, "v2": True}
 # checks over seeds 0-2 against 6. IndexTTS-2: from the base alone its tagged prompts lost hits (mean 0.28-0.36);
 # at 1 they decode as from the twin while its tag-free prompts decode as the base, without the twin's false events.
 # Both guide until each event's onset (GenerationConfig's default; docs/tag-guidance.md "Guidance until the event
-# begins": 1.x at 0.5 failed 3 checks over seeds 0-2 either way, with events of their own length; at 1, 5)
+# begins": 1.x at 0.5, 6 failed checks over two evaluations of seeds 0-2 against 8 on every code)
 DEMO_ANCHOR_SHARE = {"v1": 0.5, "v2": 1.0}
 # the corpus whose held-out voices speak the samples' references, per family
 REFERENCE_CORPUS = {"v1": "transfer-corpus", "v2": "reference-corpus"}
