@@ -12,6 +12,7 @@ from base_fixtures import load_plain_gpt
 from tagtune.generation import GenerationConfig, MelDecoder, generate_codes, prepare_prompt
 from tagtune.generation.guidance import (
     Anchor,
+    Guide,
     GuidedDecoder,
     anchored_start,
     check_anchor_share,
@@ -53,7 +54,7 @@ def test_guided_steps_apply_the_formula_to_both_branches(model, base_inputs):
     both = torch.cat([tagged, torch.nn.functional.pad(free, (0, 1), value=model.cfg.stop_text_token)])
     inner = MelDecoder(model, prepare_prompt(model, conds, both), use_cache=True, position_mode="train",
                        max_new_tokens=MAX_NEW)
-    guided = GuidedDecoder(inner, 2.5, torch.tensor([False]))
+    guided = GuidedDecoder(inner, Guide(2.5, torch.tensor([False])))
     got = [guided.start()] + [guided.step(torch.tensor([t])) for t in tokens]
     for g, t, f in zip(got, want_t, want_f, strict=True):
         lt, lf = t.log_softmax(-1), f.log_softmax(-1)
@@ -169,7 +170,7 @@ def test_anchored_steps_start_from_the_base_on_the_tag_free_text(model, other_ba
     def decoder(m, c, ids):
         return MelDecoder(m, prepare_prompt(m, c, ids), use_cache=True, position_mode="train", max_new_tokens=MAX_NEW)
 
-    guided = GuidedDecoder(decoder(model, conds, both), 1.0, torch.tensor([False]),
+    guided = GuidedDecoder(decoder(model, conds, both), Guide(1.0, torch.tensor([False])),
                            decoder(other_base, base_conds, free))
     got = [guided.start()] + [guided.step(torch.tensor([t])) for t in tokens]
     for g, t, f, b in zip(got, want_t, want_f, want_b, strict=True):

@@ -14,6 +14,7 @@ from tagtune.generation.guidance import (
     EVENT_QUIET_CODES,
     MIN_EVENT_CODES,
     EventOnsets,
+    Guide,
     GuidedDecoder,
     tag_runs,
 )
@@ -116,7 +117,7 @@ def test_guided_decoding_drops_to_scale_one_at_the_event_onset(model, base_input
     def guided(tags):
         inner = MelDecoder(model, prepare_prompt(model, conds, both), use_cache=True, position_mode="train",
                            max_new_tokens=8)
-        return GuidedDecoder(inner, 2.5, torch.tensor([False]), tags=tags)
+        return GuidedDecoder(inner, Guide(2.5, torch.tensor([False]), tags=tags))
 
     plain = MelDecoder(model, prepare_prompt(model, conds, torch.cat([tagged, tagged])[:1]), use_cache=True,
                        position_mode="train", max_new_tokens=8)

@@ -12,10 +12,10 @@ from tagtune.generation.guidance import (
     BASE_ALONE,
     NO_GUIDANCE,
     Anchor,
+    Guide,
     GuidedDecoder,
     check_anchor_share,
     check_tag_guidance,
-    tag_runs,
 )
 from tagtune.generation.sampling import sample_codes
 
@@ -120,24 +120,14 @@ def code_decoder(model, conds: torch.Tensor, text_ids: torch.Tensor, cfg: Genera
         return decoder(model, conds, text_ids)
     if free_ids is None or free_ids.shape[0] != text_ids.shape[0]:
         raise ValueError("tag guidance needs free_ids: one tag-free text per text row")
-    plain = _same_rows(text_ids, free_ids, model.cfg.start_text_token, model.cfg.stop_text_token)
-    if bool(plain.all()):  # no row has a tag: nothing to guide, the model guidance starts from decodes
-        return decoder(model, conds, text_ids) if anchor is None else decoder(anchor.gpt, anchor.conds, free_ids)
-    both = pad_rows([*text_ids, *free_ids], model.cfg.stop_text_token, text_ids.device)  # tagged rows, then twins
-    anchored = None if anchor is None else decoder(anchor.gpt, anchor.conds, free_ids)
     c = model.cfg
-    tags = tag_runs(text_ids, free_ids, (c.start_text_token, c.stop_text_token)) if cfg.guide_until_onset else None
-    return GuidedDecoder(decoder(model, conds if conds.shape[0] == 1 else torch.cat([conds, conds]), both),
-                         cfg.tag_guidance, plain, anchored, cfg.anchor_share, tags)
-
-
-def _same_rows(text_ids: torch.Tensor, free_ids: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """(B,) True where a row's text equals its tag-free twin (start / stop ids and padding aside): it has no tag."""
-    def text(row: torch.Tensor) -> list[int]:
-        return [i for i in row.tolist() if i not in (start, stop)]
-
-    return torch.tensor([text(a) == text(b) for a, b in zip(text_ids, free_ids, strict=True)],
-                        device=text_ids.device)
+    guide = Guide.of_rows(text_ids, free_ids, cfg, c.start_text_token, c.stop_text_token, cfg.num_beams)
+    if guide is None:  # no row has a tag: nothing to guide, the model guidance starts from decodes
+        return decoder(model, conds, text_ids) if anchor is None else decoder(anchor.gpt, anchor.conds, free_ids)
+    both = pad_rows([*text_ids, *free_ids], c.stop_text_token, text_ids.device)  # tagged rows, then twins
+    anchored = None if anchor is None else decoder(anchor.gpt, anchor.conds, free_ids)
+    return GuidedDecoder(decoder(model, conds if conds.shape[0] == 1 else torch.cat([conds, conds]), both), guide,
+                         anchored)
 
 
 def code_lengths(codes: torch.Tensor, stop: int) -> torch.Tensor:

@@ -120,12 +120,25 @@ def guided_scores(tagged: torch.Tensor, free: torch.Tensor, scale: float | torch
     keep the logits of the model they start from as they are, so that the repetition penalty, which treats logits
     and log-probabilities differently, acts on them as it does without guidance; rows where ``own`` (N,) is True
     (inside an event, ``EventOnsets.inside``) keep the tagged branch's logits: the event is the tuned model's."""
-    unconditional = free.log_softmax(dim=-1)
-    start = unconditional if anchor is None else anchored_start(anchor, unconditional, share)
-    mixed = start + scale * (tagged.log_softmax(dim=-1) - unconditional)
+    return _guided(tagged, tagged.log_softmax(dim=-1), free.log_softmax(dim=-1), scale, plain, anchor, share, own)
+
+
+def _guided(tagged, tagged_lp, free_lp, scale, plain, anchor, share, own) -> torch.Tensor:
+    """``guided_scores`` from the tagged logits and both branches' log-probabilities, already computed."""
+    start = free_lp if anchor is None else anchored_start(anchor, free_lp, share)
+    mixed = start + scale * (tagged_lp - free_lp)
     if own is not None:
         mixed = torch.where(own[:, None], tagged, mixed)
     return torch.where(plain[:, None], tagged if anchor is None else anchor, mixed)
+
+
+def same_rows(text_ids: torch.Tensor, free_ids: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """(B,) True where a row's text equals its tag-free twin (start / stop ids and padding aside): it has no tag."""
+    def text(row: torch.Tensor) -> list[int]:
+        return [i for i in row.tolist() if i not in (start, stop)]
+
+    return torch.tensor([text(a) == text(b) for a, b in zip(text_ids, free_ids, strict=True)],
+                        device=text_ids.device)
 
 
 def tag_runs(tagged: torch.Tensor, free: torch.Tensor, skip: tuple[int, ...] = ()) -> torch.Tensor:
@@ -158,21 +171,16 @@ class EventOnsets:
         self.begun = torch.zeros_like(self.tags)  # events begun so far
         self.streak = torch.zeros_like(self.tags)  # event codes in a row
         self.quiet = torch.full_like(self.tags, EVENT_QUIET_CODES)  # codes since the last event code
-        self.within = torch.zeros_like(self.tags, dtype=torch.bool)  # inside an event that has begun
+        self.inside = torch.zeros_like(self.tags, dtype=torch.bool)  # (N,) inside an event that has begun
         self.length = torch.zeros_like(self.tags)  # event codes of the current event
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # the tagged / tag-free log-probs last scored
 
     def scales(self, scale: float, tagged: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
-        """(N, 1) the scale of each row's next code, given the logits (N, V) it is scored from (kept, so that
-        ``observe`` can read the chosen codes' margins)."""
+        """(N, 1) the scale of each row's next code, given the logits (N, V) it is scored from (their
+        log-probabilities are kept in ``last``, so that ``observe`` can read the chosen codes' margins)."""
         self.last = (tagged.log_softmax(dim=-1), free.log_softmax(dim=-1))
-        guided = (self.begun < self.tags) & ~self.within
+        guided = (self.begun < self.tags) & ~self.inside
         return torch.where(guided, scale, NO_GUIDANCE).to(tagged)[:, None]
-
-    @property
-    def inside(self) -> torch.Tensor:
-        """(N,) True for rows inside an event that has begun."""
-        return self.within
 
     def observe(self, tokens: torch.Tensor) -> None:
         """The codes (N,) the rows took from the scores last given."""
@@ -181,44 +189,82 @@ class EventOnsets:
         event = ((tagged.gather(1, index) - free.gather(1, index))[:, 0] > ONSET_MARGIN).to(self.quiet.device)
         self.streak = torch.where(event, self.streak + 1, torch.zeros_like(self.streak))
         self.quiet = torch.where(event, torch.zeros_like(self.quiet), self.quiet + 1)
-        self.length += (event & self.within).float()
-        ended = self.within & (self.quiet >= EVENT_QUIET_CODES)
+        self.length += (event & self.inside).float()
+        ended = self.inside & (self.quiet >= EVENT_QUIET_CODES)
         self.begun -= (ended & (self.length < MIN_EVENT_CODES)).float()  # too short to be the event: guide again
-        self.within &= ~ended
-        onset = ~self.within & (self.streak >= ONSET_CODES)
+        self.inside &= ~ended
+        onset = ~self.inside & (self.streak >= ONSET_CODES)
         self.begun += onset.float()
-        self.within |= onset
+        self.inside |= onset
         self.length = torch.where(onset, self.streak, self.length)
 
     def reorder(self, index: torch.Tensor) -> None:
         """Row r continues old row ``index[r]`` (beam search)."""
-        self.tags, self.begun, self.streak, self.quiet, self.within, self.length = (
+        self.tags, self.begun, self.streak, self.quiet, self.inside, self.length = (
             t.index_select(0, index.to(t.device)) for t in (self.tags, self.begun, self.streak, self.quiet,
-                                                            self.within, self.length))
+                                                            self.inside, self.length))
         if self.last is not None:
             self.last = tuple(t.index_select(0, index.to(t.device)) for t in self.last)
 
 
+class Guide:
+    """What guided decoding keeps per decoded row, for ``GuidedDecoder`` and the serve scheduler alike: the scale,
+    the anchor's share, which rows have no tag (``plain``) and, with ``tags`` (per row, ``tag_runs``), the
+    ``EventOnsets`` that end a row's guidance where its events begin (None guides every code). ``plain`` and
+    ``tags`` are given per prompt row and repeated ``repeat`` times (beams)."""
+
+    def __init__(self, scale: float, plain: torch.Tensor, share: float = BASE_ALONE, tags: torch.Tensor | None = None,
+                 repeat: int = 1):
+        self.scale, self.share = scale, share
+        self.plain = plain.repeat_interleave(repeat)
+        self.onsets = None if tags is None else EventOnsets(tags.repeat_interleave(repeat))
+
+    @classmethod
+    def of_rows(cls, text_ids: torch.Tensor, free_ids: torch.Tensor, cfg, start: int, stop: int,
+                repeat: int = 1) -> Guide | None:
+        """The Guide of texts (B, L) and their tag-free twins (B, L') under ``cfg`` (a GenerationConfig), or None
+        when no row has a tag: the model guidance starts from then decodes alone."""
+        plain = same_rows(text_ids, free_ids, start, stop)
+        if bool(plain.all()):
+            return None
+        tags = tag_runs(text_ids, free_ids, (start, stop)) if cfg.guide_until_onset else None
+        return cls(cfg.tag_guidance, plain, cfg.anchor_share, tags, repeat)
+
+    def scores(self, tagged: torch.Tensor, free: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
+        """The guided scores (N, V) of the branches' logits (``guided_scores``), each log-softmax taken once."""
+        if self.onsets is None:
+            return guided_scores(tagged, free, self.scale, self.plain, anchor, self.share)
+        scale = self.onsets.scales(self.scale, tagged, free)
+        return _guided(tagged, *self.onsets.last, scale, self.plain, anchor, self.share,
+                       self.onsets.inside.to(tagged.device))
+
+    def observe(self, tokens: torch.Tensor) -> None:
+        """The codes (N,) the rows took from the scores last given."""
+        if self.onsets is not None:
+            self.onsets.observe(tokens)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row r continues old row ``index[r]`` (beam search)."""
+        self.plain = self.plain.index_select(0, index)
+        if self.onsets is not None:
+            self.onsets.reorder(index)
+
+
 class GuidedDecoder:
     """A ``MelDecoder`` over [tagged rows ‖ tag-free rows] seen as its first half: ``start``, ``step`` and
-    ``reorder`` take and return the tagged rows' view (N = rows of the first half, beams included). ``anchor``: the
-    base model's ``MelDecoder`` over the tag-free texts (N rows), stepped alongside."""
+    ``reorder`` take and return the tagged rows' view (N = rows of the first half, beams included), scored by
+    ``guide``. ``anchor``: the base model's ``MelDecoder`` over the tag-free texts (N rows), stepped alongside."""
 
-    def __init__(self, decoder: MelDecoder, scale: float, plain: torch.Tensor, anchor: MelDecoder | None = None,
-                 share: float = BASE_ALONE, tags: torch.Tensor | None = None):
-        self.decoder, self.scale, self.anchor, self.share = decoder, scale, anchor, share
+    def __init__(self, decoder: MelDecoder, guide: Guide, anchor: MelDecoder | None = None):
+        self.decoder, self.guide, self.anchor = decoder, guide, anchor
         self.rows = decoder.history.shape[0] // 2
-        self.plain = plain.repeat_interleave(decoder.repeat)  # (N,) per prompt row -> per decoded row
         self.history = decoder.history[: self.rows]
-        # ``tags`` (per prompt row, ``tag_runs``): guidance until their events begin; None guides every code
-        self.onsets = None if tags is None else EventOnsets(tags.repeat_interleave(decoder.repeat))
 
     def start(self) -> torch.Tensor:
         return self._guide(self.decoder.start(), None if self.anchor is None else self.anchor.start())
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.onsets is not None:
-            self.onsets.observe(tokens)
+        self.guide.observe(tokens)
         anchor = None if self.anchor is None else self.anchor.step(tokens)
         return self._guide(self.decoder.step(torch.cat([tokens, tokens])), anchor)
 
@@ -226,13 +272,7 @@ class GuidedDecoder:
         self.decoder.reorder(torch.cat([index, index + self.rows]))
         if self.anchor is not None:
             self.anchor.reorder(index)
-        self.plain = self.plain.index_select(0, index)
-        if self.onsets is not None:
-            self.onsets.reorder(index)
+        self.guide.reorder(index)
 
     def _guide(self, logits: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
-        tagged, free = logits[: self.rows], logits[self.rows :]
-        if self.onsets is None:
-            return guided_scores(tagged, free, self.scale, self.plain, anchor, self.share)
-        scale = self.onsets.scales(self.scale, tagged, free)
-        return guided_scores(tagged, free, scale, self.plain, anchor, self.share, self.onsets.inside.to(tagged.device))
+        return self.guide.scores(logits[: self.rows], logits[self.rows :], anchor)

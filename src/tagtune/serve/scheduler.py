@@ -16,8 +16,8 @@ time and its audio comes a segment at a time (``serve.v2``, where the design is 
 Tag guidance (``generation/guidance.py``) is more branches of the same request: the tagged rows in its lane's
 pool, their tag-free twins as a second member of that pool, and, anchored to the base, the tag-free rows once
 more in the base lane's pool. A step first advances every request's search, then steps every pool, then
-combines each request's branches into the scores its search reads next (``guided_scores``, as ``GuidedDecoder``
-does), so a guided request gives the codes ``TTS.synthesize`` gives with the same settings.
+combines each request's branches into the scores its search reads next (the ``Guide`` ``GuidedDecoder``
+scores with), so a guided request gives the codes ``TTS.synthesize`` gives with the same settings.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from tagtune.errors import UserError
 from tagtune.generation import GenerationConfig
 from tagtune.generation.batched import length_groups, pad_rows
 from tagtune.generation.decoder import prepare_prompt
-from tagtune.generation.guidance import NO_GUIDANCE, EventOnsets, guided_scores, tag_runs
+from tagtune.generation.guidance import NO_GUIDANCE, Guide
 from tagtune.generation.pool import DecodePool
 from tagtune.generation.stepwise import new_search
 from tagtune.serve.v2 import start_v2
@@ -91,8 +91,7 @@ class SpeechJob:
     conds: torch.Tensor | None = None  # the decode prefix: 32 speaker latents (1.x), 34 positions (v2)
     anchor_conds: torch.Tensor | None = None  # the base's decode prefix, when anchored
     branches: list[Branch] = field(default_factory=list)  # in the pools now: [rows] or [tagged, tag-free, base?]
-    plain: torch.Tensor | None = None  # (rows,) guided: True where a row's text has no tag
-    onsets: EventOnsets | None = None  # guided until its tags' events begin (GenerationConfig.guide_until_onset)
+    guide: Guide | None = None  # guided: how its branches combine (None: its one branch decodes alone)
     search: object = None
     logits: torch.Tensor | None = None  # what the search reads next
     tokens: torch.Tensor | None = None
@@ -226,10 +225,13 @@ class Scheduler:
         lane, cfg = self.shared.lanes[job.lane], job.generation
         texts = [job.sentences[i] for i in job.groups[0]]
         free = [lane.tokenizer.without_tags(t) for t in texts] if job.guided else texts
-        plain = torch.tensor([a == b for a, b in zip(texts, free, strict=True)])
-        if not job.guided or bool(plain.all()):
-            alone = job.anchored and bool(plain.all())
-            parts = [(self.shared.base_name, job.anchor_conds, free) if alone else (job.lane, job.conds, texts)]
+        job.guide = None
+        if job.guided:
+            pad = lambda rows: pad_rows(rows, lane.cfg.stop_text_token, "cpu")  # noqa: E731
+            job.guide = Guide.of_rows(pad(texts), pad(free), cfg, lane.cfg.start_text_token, lane.cfg.stop_text_token,
+                                      cfg.num_beams)
+        if job.guide is None:  # no tag in the group: the lane guidance starts from decodes it alone
+            parts = [(self.shared.base_name, job.anchor_conds, free) if job.anchored else (job.lane, job.conds, texts)]
         else:
             parts = [(job.lane, job.conds, texts), (job.lane, job.conds, free)]
             if job.anchored:
@@ -243,28 +245,16 @@ class Scheduler:
                                                    repeat=cfg.num_beams)
             job.branches.append(Branch(name, member, logits))
             history = prompt.history.repeat_interleave(cfg.num_beams, dim=0) if history is None else history
-        job.plain = plain.repeat_interleave(cfg.num_beams) if len(job.branches) > 1 else None
-        job.onsets = None
-        if job.plain is not None and cfg.guide_until_onset:
-            skip = (lane.cfg.start_text_token, lane.cfg.stop_text_token)
-            tags = tag_runs(pad_rows(texts, lane.cfg.stop_text_token, "cpu"), pad_rows(free, lane.cfg.stop_text_token,
-                                                                                      "cpu"), skip)
-            job.onsets = EventOnsets(tags.repeat_interleave(cfg.num_beams))
         job.logits = self._scores(job)
         job.search = new_search(history, cfg, lane.cfg.stop_mel_token, len(texts), job.generator)
 
     @staticmethod
     def _scores(job: SpeechJob) -> torch.Tensor:
         """The scores the job's search reads next: its one branch's logits, or its branches guided."""
-        if job.plain is None:
+        if job.guide is None:
             return job.branches[0].logits
         tagged, free, *anchor = (b.logits for b in job.branches)
-        cfg = job.generation
-        if job.onsets is None:
-            return guided_scores(tagged, free, cfg.tag_guidance, job.plain, anchor[0] if anchor else None,
-                                 cfg.anchor_share)
-        return guided_scores(tagged, free, job.onsets.scales(cfg.tag_guidance, tagged, free), job.plain,
-                             anchor[0] if anchor else None, cfg.anchor_share, job.onsets.inside)
+        return job.guide.scores(tagged, free, anchor[0] if anchor else None)
 
     def _step(self) -> None:
         """Advance every running search by one code, then step every pool once and combine each job's branches."""
@@ -288,12 +278,10 @@ class Scheduler:
             if rows is not None:
                 for branch in job.branches:
                     self.pools[branch.lane].reorder(branch.member, rows)
-                if job.plain is not None:
-                    job.plain = job.plain.index_select(0, rows)
-                if job.onsets is not None:
-                    job.onsets.reorder(rows)
-            if job.onsets is not None:
-                job.onsets.observe(tokens)
+                if job.guide is not None:
+                    job.guide.reorder(rows)
+            if job.guide is not None:
+                job.guide.observe(tokens)
             job.tokens = tokens
         live = [j for j in self.running if j.branches]
         for name, pool in self.pools.items():
