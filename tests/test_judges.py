@@ -136,7 +136,7 @@ def test_code_detector_through_the_judges_interface_gives_the_free_running_numbe
     from tagtune.evaluate.judges.events import CodeEventJudge
     from tagtune.evaluate.judges.metrics import JudgedClip, event_scores
     from tagtune.evaluate.prepared import codebook_of, split_items, train_detector
-    from tagtune.evaluate.reliance import occurrences
+    from tagtune.tags.occurrences import occurrences
 
     model_dir, data_dir = eval_data
     tuned, _, tags, space_id = load_models(model_dir)

@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 REPLAY_VOICES = ["builtin-f2", "builtin-m2"]
 
@@ -262,6 +263,45 @@ def test_base_kl_holds_replay_clips_to_the_base(events_data, replay_dir, tmp_pat
     assert held[1] > plain[1] + 1e-5
 
 
+def test_tag_contrast_trains_with_replay_and_cuts_and_resumes_on_the_same_texts(events_data, replay_dir, tmp_path,
+                                                                                   caplog):
+    """With replay, spliced events and event cuts in the mix, the contrast term raises the loss of the first
+    step (the base knows no tag: its events are as likely under any text), and a resumed run, whose contrast
+    texts are chosen afresh from seed, epoch and clip, ends on the same weights as the uninterrupted one."""
+    import logging
+
+    from tagtune.train import train
+    from tagtune.train.config import TrainConfig
+    from train_fixtures import RUN_CONFIG
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_4(step: int, **_):
+        if step == 4:
+            raise Stop
+
+    def run(name: str, contrast: float, resume: bool = False, hook=None) -> list[float]:
+        cfg = TrainConfig.from_dict({**RUN_CONFIG, "schedule": {"max_steps": 4, "warmup_steps": 1},
+                                     "eval": {"every_steps": 2, "save_every_steps": 2, "keep_last": 2},
+                                     "replay": {"data": str(replay_dir), "fraction": 0.3, "events": 0.5},
+                                     "augment": {"event_cuts": 0.5},
+                                     "loss": {"tag_contrast": contrast, "contrast_margin": 3.0}})
+        with caplog.at_level(logging.INFO, logger="tagtune.train.loop"):
+            train(events_data, tmp_path / name, cfg, resume=resume, on_validate=hook)
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in records if r["kind"] == "train"]
+
+    plain, contrasted = run("plain", 0.0), run("contrast", 0.5)
+    assert any("tag contrast:" in r.getMessage() for r in caplog.records)
+    assert contrasted[0] > plain[0] + 1e-3
+    with pytest.raises(Stop):  # stopped after step 4's loss, before its checkpoint: resumes from step 2
+        run("resumed", 0.5, hook=stop_at_4)
+    assert run("resumed", 0.5, resume=True) == contrasted
+    a, b = (load_file(tmp_path / name / "last" / "adapter_model.safetensors") for name in ("contrast", "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_event_options_on_data_without_event_boundaries_warn(tiny_data, replay_dir, tmp_path, caplog):
     import logging
 
@@ -270,11 +310,12 @@ def test_event_options_on_data_without_event_boundaries_warn(tiny_data, replay_d
     from train_fixtures import RUN_CONFIG
 
     cfg = TrainConfig.from_dict({**RUN_CONFIG, "schedule": {"max_steps": 1, "warmup_steps": 1},
-                                 "replay": {"data": str(replay_dir), "events": 0.5}, "augment": {"event_cuts": 0.5}})
+                                 "replay": {"data": str(replay_dir), "events": 0.5}, "augment": {"event_cuts": 0.5},
+                                 "loss": {"tag_contrast": 0.5}})
     with caplog.at_level(logging.INFO, logger="tagtune.train.loop"):
         assert train(tiny_data, tmp_path / "run", cfg).steps == 1
     warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert "replay.events" in warned and "augment.event_cuts" in warned
+    assert "replay.events" in warned and "augment.event_cuts" in warned and "loss.tag_contrast" in warned
 
 
 def test_replay_fraction_is_checked():

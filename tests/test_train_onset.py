@@ -12,6 +12,7 @@ from tagtune.tags.rows import TagInit, grow_base
 from tagtune.train.config import LossSettings, TrainConfigError
 from tagtune.train.data import collate, open_data, pad_spec
 from tagtune.train.loss import RowLosses
+from train_fixtures import with_events
 
 
 def test_event_onsets_read_the_recorded_boundaries():
@@ -33,10 +34,11 @@ def test_onset_weight_scales_the_mel_ce_of_event_onset_codes(tiny_data):
     data = open_data(tiny_data)
     gpt, _, _ = grow_base(data.base_dir, data.tag_names, TagInit("mean", 0))
     gpt.eval()
-    tagged = [i for i in range(len(data.train)) if data.train[i]["has_tag"] and data.train[i]["events"]][:3]
+    tagged = [i for i in range(len(data.train)) if data.train[i]["has_tag"]][:3]
     untagged = [i for i in range(len(data.train)) if not data.train[i]["has_tag"]][:1]
-    batch = collate(data.train, tagged + untagged, pad_spec(gpt))
-    assert all(batch.onsets[k] for k in range(len(tagged))) and batch.onsets[-1] == []
+    items = [with_events(data.train[i]) for i in tagged + untagged]  # the tones have no recorded events
+    batch = collate(data.train, tagged + untagged, pad_spec(gpt), items=items)
+    assert len(tagged) == 3 and all(batch.onsets[k] for k in range(3)) and batch.onsets[-1] == []
     with torch.no_grad():
         _, plain = RowLosses(gpt, LossSettings())(batch)
         _, same = RowLosses(gpt, LossSettings(onset_weight=1.0, onset_codes=3))(batch)

@@ -10,7 +10,7 @@ import torch
 from tagtune import lora
 from tagtune.data.dataset import PreparedDatasetV2
 from tagtune.models.unified_voice import row_ce
-from tagtune.models.v2.objective import RowLossesV2, collate_v2, conditioning_prefix_inputs
+from tagtune.models.v2.objective import RowLossesV2, collate_v2, conditioning_prefix_inputs, prefix_inputs
 from tagtune.tags.rows import TagInit, grow_base
 from test_v2_prepare import LAYOUT, _corpus, _prepare
 from v2_fixture import V2_CHECKPOINT, require_v2
@@ -103,3 +103,37 @@ def test_onset_weight_weighs_the_first_codes_of_tagged_events(data, tuned):
     untagged = [k for k in range(len(items)) if not batch.onsets[k]]
     torch.testing.assert_close(heavy[untagged], plain[untagged])
     assert (heavy[tagged] > plain[tagged]).all()
+
+
+def test_tag_contrast_adds_the_penalty_of_the_tag_free_text(data, tuned):
+    """The fixture's one tag has no other tag to swap with: its contrast text is the tag-free one."""
+    from tagtune.models.contrast import span_sums
+    from tagtune.models.unified_voice import position_ce
+    from tagtune.tags.vocab import TagSet
+    from tagtune.train.contrast import TagContrast
+
+    event = {"tag": "giggles", "start_sample": 14_400, "end_sample": 16_800}
+    items = [{**data[i], "events": [event] if data[i]["has_tag"] else None} for i in range(len(data))]
+    event_codes = torch.tensor([[30, 35]])  # (14 400 / 480 to 16 800 / 480)
+    contrast = TagContrast(TagSet(["<giggles>"]), {"<giggles>": 224}, None, tuned.cfg.stop_text_token, 0)
+    batch = collate_v2(items, tuned.cfg)
+    batch.contrast = contrast.rows(items, list(range(len(items))), epoch=0)
+    tagged = [k for k, it in enumerate(items) if it["has_tag"]]
+    assert tagged and batch.contrast.rows.tolist() == tagged
+    with torch.no_grad():
+        plain = RowLossesV2(tuned)(batch)[1]
+        on = RowLossesV2(tuned, tag_contrast=0.2, contrast_margin=40.0)(batch)[1]
+        for k in tagged:  # the tag-free text scored alone
+            free = items[k]["text_ids"][items[k]["text_ids"] != 224]
+            one = collate_v2([{**items[k], "text_ids": free}], tuned.cfg)
+            mine = collate_v2([items[k]], tuned.cfg)
+            scored = []
+            for b in (one, mine):
+                out = tuned.logits(*prefix_inputs(tuned, b), b.text_ids, b.text_lengths, b.codes, b.code_lengths,
+                                   mask_padding=True, mask_loss=True)
+                scored.append(float(span_sums(position_ce(out.mel_logits, out.mel_targets), event_codes)))
+            gap = scored[0] - scored[1]
+            assert on[k].item() == pytest.approx(plain[k].item() + 0.2 * max(0.0, 40.0 - gap), rel=1e-4)
+    untagged = [k for k in range(len(items)) if k not in tagged]
+    torch.testing.assert_close(on[untagged], plain[untagged])
+

@@ -65,6 +65,17 @@ def build_data_dir(root: Path, checkpoint_dir: Path) -> Path:
     return data_dir
 
 
+def with_events(item: dict) -> dict:
+    """A tagged item of ``tiny_data`` given recorded event boundaries (its clips are tones without events): one
+    0.2 s event per tag, spread evenly over the clip in text order."""
+    if not item["has_tag"]:
+        return item
+    wav_len, tags = int(item["wav_len"]), item["tags"]
+    starts = [wav_len * (k + 1) // (len(tags) + 1) for k in range(len(tags))]
+    return {**item, "events": [{"tag": t, "start_sample": s, "end_sample": min(wav_len, s + 4800)}
+                               for t, s in zip(tags, starts)]}
+
+
 @pytest.fixture(scope="session")
 def tiny_data(shipped_base, tmp_path_factory) -> Path:
     return build_data_dir(tmp_path_factory.getbasetemp() / "train-corpus", shipped_base)

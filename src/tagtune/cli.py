@@ -216,6 +216,10 @@ def _demo(a) -> int:
         settings.anchor_share = _checked("--anchor-share", check_anchor_share, a.anchor_share)
     if a.tag_guidance is not None:
         settings.tag_guidance = _checked("--tag-guidance", check_tag_guidance, a.tag_guidance)
+    if a.tag_contrast is not None:  # checked before any stage runs
+        from tagtune.train.config import LossSettings
+
+        settings.tag_contrast = LossSettings(tag_contrast=a.tag_contrast).tag_contrast
     try:  # the one thing the demo cannot explain later: where it writes
         Path(a.out).mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -236,7 +240,7 @@ def _train(a) -> int:
                  "rank": a.rank, "seed": a.seed, "device": a.device, "precision": a.precision,
                  "report_to": a.report_to, "replay": str(a.replay) if a.replay else None,
                  "replay_fraction": a.replay_fraction, "replay_events": a.replay_events,
-                 "event_cuts": a.event_cuts}
+                 "event_cuts": a.event_cuts, "tag_contrast": a.tag_contrast}
     # recipe key -> the flag that set it, named when that key's value is refused
     set_by = {CLI_OVERRIDES[name]: f"--{name.replace('_', '-')}" for name, v in overrides.items() if v is not None}
     try:
@@ -543,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--event-cuts", type=float, help="share of tagged clips also trained on with their events cut "
                    "out and their tags removed, against events where no tag stands "
                    + recipe.format("augment.event_cuts"))
+    s.add_argument("--tag-contrast", type=float, help="weight of the tag-contrast term: each tagged event must be "
+                   "likelier under its own text than with its tag replaced or removed (docs/tag-contrast.md) "
+                   + recipe.format("loss.tag_contrast"))
     s.set_defaults(func=_train)
 
     s = command(sub, "export", "a model folder the official IndexTTS loader accepts, or a PEFT adapter")
@@ -691,6 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "free-running checks decode anchored to the base (default: on; "
                    "docs/tag-guidance.md)")
     _add_anchor_share(s, "0.5 for v1, 1 for v2")
+    s.add_argument("--tag-contrast", type=float, help="training's tag-contrast weight (loss.tag_contrast; default: "
+                   "the demo's, DEMO_TAG_CONTRAST)")
     s.set_defaults(func=_demo)
     return p
 

@@ -56,6 +56,8 @@ DEMO_BASE_ANCHOR = {"v1": True, "v2": True}
 # Both guide until each event's onset (GenerationConfig's default; docs/tag-guidance.md "Guidance until the event
 # begins": 1.x at 0.5, 6 failed checks over two evaluations of seeds 0-2 against 8 on every code)
 DEMO_ANCHOR_SHARE = {"v1": 0.5, "v2": 1.0}
+# the weight of training's tag-contrast term (loss.tag_contrast, docs/tag-contrast.md), per family
+DEMO_TAG_CONTRAST = {"v1": 0.0, "v2": 0.0}
 # the corpus whose held-out voices speak the samples' references, per family
 REFERENCE_CORPUS = {"v1": "transfer-corpus", "v2": "reference-corpus"}
 
@@ -90,6 +92,7 @@ class DemoSettings:
     #   guidance; None = the family's DEMO_TAG_GUIDANCE (docs/tag-guidance.md)
     base_anchor: bool | None = None  # ... anchored to the base; None = the family's DEMO_BASE_ANCHOR
     anchor_share: float | None = None  # ... with this anchor share; None = the family's DEMO_ANCHOR_SHARE
+    tag_contrast: float | None = None  # the recipe's loss.tag_contrast; None = the family's DEMO_TAG_CONTRAST
 
     def __post_init__(self):
         if self.model_family not in MODEL_FAMILIES:
@@ -100,6 +103,8 @@ class DemoSettings:
             self.base_anchor = DEMO_BASE_ANCHOR[self.model_family]
         if self.anchor_share is None:
             self.anchor_share = DEMO_ANCHOR_SHARE[self.model_family]
+        if self.tag_contrast is None:
+            self.tag_contrast = DEMO_TAG_CONTRAST[self.model_family]
 
     @property
     def decoding_share(self) -> float:
@@ -253,7 +258,7 @@ def demo_recipe(out: Path, s: DemoSettings):
         recipe = recipe.with_settings({"lora.train_conditioning": False, "augment.event_cuts": 0.0})
     return recipe.with_overrides(
         max_steps=s.steps, seed=s.seed, neutral_steps=s.neutral_steps, replay=str(out / "replay") if v1 else None,
-        replay_fraction=s.replay_fraction if v1 else None)
+        replay_fraction=s.replay_fraction if v1 else None, tag_contrast=s.tag_contrast)
 
 
 def _shares(fine_tune: tuple[str, ...], unseen: tuple[str, ...], ft_share: float) -> dict[str, float]:

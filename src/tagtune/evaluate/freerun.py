@@ -19,7 +19,7 @@ from tagtune.audio import SAMPLE_RATE, SAMPLES_PER_CODE
 from tagtune.evaluate.detector import NONE, CodeEventDetector
 from tagtune.evaluate.loading import BASE, TUNED, EvaluationError
 from tagtune.evaluate.nll import generation_prefix, item_conditioning
-from tagtune.evaluate.reliance import occurrences, without_tag
+from tagtune.tags.occurrences import occurrences, without_tag
 
 HIT_TOLERANCE_S = 1.0
 TOLERANCE_FRACTION = 0.25

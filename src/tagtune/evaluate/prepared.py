@@ -19,7 +19,7 @@ from tagtune.data import PreparedDataset
 from tagtune.evaluate.detector import CodeEventDetector, choose_window
 from tagtune.evaluate.freerun import FreeRunSettings, Prompt, generate, strip_tags
 from tagtune.evaluate.loading import EvaluationError
-from tagtune.evaluate.reliance import occurrences
+from tagtune.tags.occurrences import occurrences
 
 MAX_DETECTOR_CLIPS = 2000
 GENERATED_NEGATIVES = 160  # training clips whose tag-free text the base speaks as the detector's negatives

@@ -292,10 +292,15 @@ def onset_weights(shape: torch.Size, onsets: list[list[int]] | None, weight: flo
     return out
 
 
+def position_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """CE of each position, (B, L): logits (B, V, L), targets (B, L); 0 where the target is IGNORE_INDEX."""
+    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="none")
+
+
 def row_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean CE of each row over its non-ignored positions: logits (B, V, L), targets (B, L) -> (B,); ``weights``
     (B, L) scale each position's CE (the count of positions stays the divisor)."""
-    ce = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="none")  # (B, L)
+    ce = position_ce(logits, targets)
     if weights is not None:
         ce = ce * weights.to(ce.device)
     count = (targets != IGNORE_INDEX).sum(dim=1).clamp(min=1)

@@ -44,6 +44,7 @@ CLI_OVERRIDES = {
     "replay_fraction": "replay.fraction",
     "replay_events": "replay.events",
     "event_cuts": "augment.event_cuts",
+    "tag_contrast": "loss.tag_contrast",
 }
 
 
@@ -181,18 +182,27 @@ class LossSettings:
 
     ``onset_weight``: the weight of the first ``onset_codes`` codes of each tagged event in the mel CE (1: as
     every other code). Those codes are where a decoder decides whether the event begins, and where the tag is
-    weighed least without it (docs/transfer.md, "Where the Chinese hits are lost")."""
+    weighed least without it (docs/transfer.md, "Where the Chinese hits are lost").
+
+    ``tag_contrast``: the weight of the tag-contrast term (``models.contrast``, docs/tag-contrast.md; 0: off):
+    each tagged clip's event, scored also under its text with the tag replaced by another tag or removed, must be
+    ``contrast_margin`` nats likelier under its own text. Needs event boundaries; costs one more forward of each
+    tagged clip that has them."""
 
     text_weight: float = 0.1
     mask_padding: bool = True
     onset_weight: float = 1.0
     onset_codes: int = 2
+    tag_contrast: float = 0.0
+    contrast_margin: float = 3.0
 
     def __post_init__(self):
         _check_types(self, "loss")
         _check(self.text_weight >= 0, f"loss.text_weight must be >= 0, got {self.text_weight}")
         _check(self.onset_weight >= 0, f"loss.onset_weight must be >= 0, got {self.onset_weight}")
         _check(self.onset_codes >= 1, f"loss.onset_codes must be >= 1, got {self.onset_codes}")
+        _check(self.tag_contrast >= 0, f"loss.tag_contrast must be >= 0, got {self.tag_contrast}")
+        _check(self.contrast_margin >= 0, f"loss.contrast_margin must be >= 0, got {self.contrast_margin}")
 
 
 @dataclass

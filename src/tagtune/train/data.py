@@ -353,8 +353,10 @@ def micro_batch(global_batch: list[int], micro_step: int, rank: int, world: int,
     return global_batch[start : start + batch_size]
 
 
-def collate(dataset, indices: list[int], pad: PadSpec, conds: dict[int, torch.Tensor] | None = None) -> Batch:
-    """Right-padded Batch of ``dataset[i]`` for ``indices``; cached ``conds`` replace the reference mels.
+def collate(dataset, indices: list[int], pad: PadSpec, conds: dict[int, torch.Tensor] | None = None,
+            items: list[dict] | None = None) -> Batch:
+    """Right-padded Batch of ``dataset[i]`` for ``indices`` (``items``: those, already read); cached ``conds``
+    replace the reference mels.
 
     The official forward keeps ceil(wav_len / 1024) + 1 codes of a clip, which can be one or two more
     than the DVAE produced; codes are padded with stop codes to at least that width, so every clip keeps
@@ -362,7 +364,8 @@ def collate(dataset, indices: list[int], pad: PadSpec, conds: dict[int, torch.Te
     """
     from tagtune.data import collate as collate_examples
 
-    d = collate_examples([dataset[i] for i in indices], text_pad=pad.stop_text, code_pad=pad.stop_mel)
+    items = [dataset[i] for i in indices] if items is None else items
+    d = collate_examples(items, text_pad=pad.stop_text, code_pad=pad.stop_mel)
     kept = (d["wav_lengths"] + pad.compression - 1) // pad.compression + 1  # (B,)
     short = int(kept.max()) - d["codes"].shape[1]
     if short > 0:

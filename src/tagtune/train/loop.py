@@ -39,6 +39,7 @@ from tagtune.train.accel import (
     start_trackers,
 )
 from tagtune.train.config import TrainConfig, TrainConfigError
+from tagtune.train.contrast import TagContrast
 from tagtune.train.data import V2, add_event_cuts, clip_lengths, epoch_batches, micro_batch, mix_replay, open_data
 from tagtune.train.family import family_of
 from tagtune.train.loss import combine, split_means
@@ -177,6 +178,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | str |
     model, optimizer = accel.prepare(losses, optimizer)
     trainable = [p for p in gpt.parameters() if p.requires_grad]
     lengths = clip_lengths(data.train)
+    contrast = _tag_contrast(data, new_ids, config, gpt.cfg.stop_text_token)
     # the bar (with ETA) is the main process's, on stderr, and off when stderr is not a terminal
     bar = tqdm(total=total_steps, initial=progress.step, disable=None if main and config.runtime.progress_bar else True,
                desc="train", unit="step", dynamic_ncols=True)
@@ -190,7 +192,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | str |
             clips = batches[progress.batch_in_epoch]
             for k in range(config.batch.grad_accum):
                 rows = micro_batch(clips, k, rank, world, config.batch.batch_size)
-                batch = family.collate(data.train, rows, gpt, conds).to(accel.device)
+                batch = family.collate(data.train, rows, gpt, conds, contrast, progress.epoch).to(accel.device)
                 if base_dists:
                     batch = base_kl.attach(batch, base_dists, rows)
                 sync = contextlib.nullcontext() if k == config.batch.grad_accum - 1 else accel.no_sync(model)
@@ -307,6 +309,20 @@ def _apply_lora(gpt, config: TrainConfig, new_ids: list[int]) -> None:
         lora.apply_lora(gpt, config.lora.spec(), new_ids)
     except lora.LoraError as e:
         raise TrainConfigError(f"lora.{e.setting} {e.detail}") from None
+
+
+def _tag_contrast(data, new_ids: list[int], config: TrainConfig, stop_text: int) -> TagContrast | None:
+    """What chooses the contrast texts of ``loss.tag_contrast`` (None when off)."""
+    if not config.loss.tag_contrast:
+        return None
+    evented = sum(1 for e in data.train.examples if e["has_tag"] and e.get("events"))
+    if evented:
+        log.info("tag contrast: %d tagged clips with event boundaries each get a contrast text per epoch", evented)
+    else:
+        log.warning("loss.tag_contrast: no tagged clip of %s has event boundaries to score; the term adds nothing "
+                    "(`tagtune events` finds them, `prepare --events` adds them)", data.data_dir)
+    _, space_id = tokenizer_layout(data.tokenizer_path, data.tagset.spaced)
+    return TagContrast(data.tagset, dict(zip(data.tag_names, new_ids)), space_id, stop_text, config.seed)
 
 
 def _check_tag_ids(data, new_ids: list[int]) -> None:

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tagtune.models.unified_voice import COND_LATENTS, IGNORE_INDEX, onset_weights, row_ce
+from tagtune.models.contrast import ContrastRows, contrast_penalty
+from tagtune.models.unified_voice import COND_LATENTS, IGNORE_INDEX, onset_weights, position_ce, row_ce
 from tagtune.train.config import LossSettings
 
 MEL_COMPRESSION = 1024  # 24 kHz samples per DVAE code
@@ -38,9 +39,10 @@ class Batch:
     base_log_probs: torch.Tensor | None = None  # (B, V, Lm+2) the base's distributions (replay.base_kl), 0 elsewhere
     base_rows: torch.Tensor | None = None  # (B,) bool: the rows that have them
     onsets: list[list[int]] | None = None  # per row, the first code of each tagged event (loss.onset_weight)
+    contrast: ContrastRows | None = None  # contrast texts of tagged rows (loss.tag_contrast, train.contrast)
 
     def to(self, device) -> Batch:
-        move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        move = lambda t: t.to(device) if isinstance(t, torch.Tensor | ContrastRows) else t  # noqa: E731
         return Batch(*(move(getattr(self, f)) for f in self.__dataclass_fields__))
 
     @property
@@ -67,19 +69,30 @@ class RowLosses(nn.Module):
         self.mask_padding = settings.mask_padding
         self.base_kl = base_kl
         self.onset_weight, self.onset_codes = settings.onset_weight, settings.onset_codes
+        self.tag_contrast, self.contrast_margin = settings.tag_contrast, settings.contrast_margin
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         conds = batch.conds
         if batch.cond_frames is not None:
             conds = self.gpt.conditioning_from_frames(batch.cond_frames, batch.cond_frame_lengths,
                                                       mask_padding=self.mask_padding)
+        if conds is None and self.tag_contrast and batch.contrast is not None:  # computed once for both texts
+            conds = self.gpt.get_conditioning(batch.cond_mels, batch.cond_lengths, mask_padding=self.mask_padding)
+        mels = None if conds is not None else batch.cond_mels
         out = self.gpt.logits(
-            batch.cond_mels, batch.text_ids, batch.text_lengths, batch.codes, batch.wav_lengths,
-            batch.cond_lengths, conds=conds,
+            mels, batch.text_ids, batch.text_lengths, batch.codes, batch.wav_lengths, batch.cond_lengths, conds=conds,
             mask_padding=self.mask_padding, mask_loss=self.mask_padding,
         )
         weights = onset_weights(out.mel_targets.shape, batch.onsets, self.onset_weight, self.onset_codes)
         mel = row_ce(out.mel_logits, out.mel_targets, weights)
+        if self.tag_contrast and batch.contrast is not None:
+            c = batch.contrast
+            other = self.gpt.logits(None, c.text_ids, c.text_lengths, batch.codes[c.rows], batch.wav_lengths[c.rows],
+                                    None, conds=conds[c.rows], mask_padding=self.mask_padding,
+                                    mask_loss=self.mask_padding)
+            mel = mel + contrast_penalty(position_ce(out.mel_logits, out.mel_targets),
+                                         position_ce(other.mel_logits, other.mel_targets), c, self.tag_contrast,
+                                         self.contrast_margin, len(mel))
         if self.base_kl and batch.base_log_probs is not None:
             kl = row_kl(out.mel_logits, batch.base_log_probs, out.mel_targets)
             mel = mel + self.base_kl * kl * batch.base_rows

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from tagtune.audio import event_onset_codes
-from tagtune.models.unified_voice import COND_LATENTS, onset_weights, row_ce
+from tagtune.models.contrast import ContrastRows, contrast_penalty
+from tagtune.models.unified_voice import COND_LATENTS, onset_weights, position_ce, row_ce
 from tagtune.models.v2.gpt import SPEED_ROWS
 
 PREFIX_POSITIONS = COND_LATENTS + SPEED_ROWS  # speaker latents + emotion vector (32), speed_emb(1), speed_emb(0)
@@ -43,9 +44,10 @@ class BatchV2:
     conds: torch.Tensor | None = None  # (B, 32, D) precomputed speaker latents
     emovec: torch.Tensor | None = None  # (B, D) precomputed emotion vectors
     onsets: list[list[int]] | None = None  # per row, the first code of each tagged event (loss.onset_weight)
+    contrast: ContrastRows | None = None  # contrast texts of tagged rows (loss.tag_contrast, train.contrast)
 
     def to(self, device) -> BatchV2:
-        move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        move = lambda t: t.to(device) if isinstance(t, torch.Tensor | ContrastRows) else t  # noqa: E731
         return BatchV2(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
 
     @property
@@ -100,17 +102,28 @@ class RowLossesV2(nn.Module):
     """``forward(batch) -> (text CE (B,), code CE (B,))`` for each clip, the v2 peer of ``train.loss.RowLosses``
     (an ``nn.Module`` so that DDP can wrap it); ``train.loss.combine`` weighs the two as for 1.x."""
 
-    def __init__(self, gpt: nn.Module, mask_padding: bool = True, onset_weight: float = 1.0, onset_codes: int = 2):
+    def __init__(self, gpt: nn.Module, mask_padding: bool = True, onset_weight: float = 1.0, onset_codes: int = 2,
+                 tag_contrast: float = 0.0, contrast_margin: float = 0.0):
         super().__init__()
         self.gpt, self.mask_padding = gpt, mask_padding
         self.onset_weight, self.onset_codes = onset_weight, onset_codes
+        self.tag_contrast, self.contrast_margin = tag_contrast, contrast_margin
 
     def forward(self, batch: BatchV2) -> tuple[torch.Tensor, torch.Tensor]:
         conds, emovec = prefix_inputs(self.gpt, batch)
         out = self.gpt.logits(conds, emovec, batch.text_ids, batch.text_lengths, batch.codes, batch.code_lengths,
                               mask_padding=self.mask_padding, mask_loss=self.mask_padding)
         weights = onset_weights(out.mel_targets.shape, batch.onsets, self.onset_weight, self.onset_codes)
-        return row_ce(out.text_logits, out.text_targets), row_ce(out.mel_logits, out.mel_targets, weights)
+        mel = row_ce(out.mel_logits, out.mel_targets, weights)
+        if self.tag_contrast and batch.contrast is not None:
+            c = batch.contrast
+            other = self.gpt.logits(conds[c.rows], emovec[c.rows], c.text_ids, c.text_lengths, batch.codes[c.rows],
+                                    batch.code_lengths[c.rows], mask_padding=self.mask_padding,
+                                    mask_loss=self.mask_padding)
+            mel = mel + contrast_penalty(position_ce(out.mel_logits, out.mel_targets),
+                                         position_ce(other.mel_logits, other.mel_targets), c, self.tag_contrast,
+                                         self.contrast_margin, len(mel))
+        return row_ce(out.text_logits, out.text_targets), mel
 
 
 @torch.no_grad()
