@@ -229,6 +229,27 @@ def test_set_overrides_any_recipe_key(capsys, tmp_path, monkeypatch):
     assert cfg.lora.rank == 2 and cfg.runtime.progress_bar is False  # a flag wins over --set
 
 
+
+def test_tag_contrast_flags(capsys, tmp_path, monkeypatch):
+    import importlib
+
+    training = importlib.import_module("tagtune.train")
+    seen = {}
+
+    def record(data, out, cfg, resume=False, on_validate=None):
+        seen["cfg"] = cfg
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", record)
+    code, _, _ = _run(capsys, "train", "--data", tmp_path, "--out", tmp_path / "run", "--tag-contrast", 0.2)
+    assert code == 130 and seen["cfg"].loss.tag_contrast == 0.2 and seen["cfg"].loss.contrast_margin == 3.0
+    code, _, err = _run(capsys, "train", "--data", tmp_path, "--out", tmp_path / "run", "--tag-contrast", -1)
+    assert code == 2 and "loss.tag_contrast must be >= 0" in _one_line_error(err, "train")
+    code, _, err = _run(capsys, "demo", "--out", tmp_path / "demo", "--tag-contrast", -1)  # before any stage runs
+    assert code == 2 and "loss.tag_contrast must be >= 0" in _one_line_error(err, "demo")
+    assert not (tmp_path / "demo").exists()
+
+
 @pytest.mark.parametrize("setting, message", [
     ("optim.lrr=1", "unknown recipe key 'optim.lrr'; known in optim: betas, eps, grad_clip, lr,"),
     ("optimizer.lr=1", "unknown recipe key 'optimizer.lr': the recipe has no section 'optimizer'"),

@@ -49,6 +49,7 @@ def test_run_and_exported_model(demo):
     out, summary = demo
     assert summary["train"]["steps"] == DemoSettings.quick().steps
     assert (out / "run" / "run.json").is_file() and (out / "run" / "train_config.yaml").is_file()
+    assert summary["train_config"]["tag_contrast"] == 0.0  # the 1.x demo trains without the tag-contrast term
     model = load_model(out / "model")
     ids = {t["tag"]: t["id"] for t in json.loads((out / "model" / "tags.json").read_text())["tags"]}
     assert sorted(ids) == sorted(f"<{t}>" for t in DEMO_TAGS)

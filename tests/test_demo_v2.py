@@ -66,7 +66,8 @@ def test_run_without_replay_and_the_exported_v2_model(demo):
     out, summary = demo
     assert summary["train"]["steps"] == DemoSettings.quick().steps
     assert summary["train_config"] == {"tag_init": "neutral", "max_steps": DemoSettings.quick().steps,
-                                       "replay_fraction": None}
+                                       "replay_fraction": None, "tag_contrast": 0.05}
+    assert "tag_contrast: 0.05" in (out / "run" / "train_config.yaml").read_text()
     model = load_model(out / "model")
     assert isinstance(model, LoadedModelV2)
     ids = {t["tag"]: t["id"] for t in json.loads((out / "model" / "tags.json").read_text())["tags"]}
@@ -123,6 +124,9 @@ def test_settings_per_family():
     assert (DemoSettings.full().base_anchor, v2.base_anchor, quick.base_anchor) == (True, True, True)
     assert (DemoSettings.full().anchor_share, DemoSettings.quick().anchor_share, v2.anchor_share) == (0.5, 0.5, 1.0)
     assert DemoSettings(anchor_share=0.0).anchor_share == 0.0
+    # training's tag-contrast term: IndexTTS-2's demo trains with it, 1.x's without, unless given
+    assert (DemoSettings.full().tag_contrast, v2.tag_contrast, quick.tag_contrast) == (0.0, 0.05, 0.05)
+    assert DemoSettings(model_family="v2", tag_contrast=0.0).tag_contrast == 0.0
     assert DemoSettings().decoding_share == 0.5 and DemoSettings(base_anchor=False).decoding_share == 0.0
     assert DemoSettings(tag_guidance=1.0).tag_guidance == 1.0
 

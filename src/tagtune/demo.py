@@ -57,7 +57,7 @@ DEMO_BASE_ANCHOR = {"v1": True, "v2": True}
 # begins": 1.x at 0.5, 6 failed checks over two evaluations of seeds 0-2 against 8 on every code)
 DEMO_ANCHOR_SHARE = {"v1": 0.5, "v2": 1.0}
 # the weight of training's tag-contrast term (loss.tag_contrast, docs/tag-contrast.md), per family
-DEMO_TAG_CONTRAST = {"v1": 0.0, "v2": 0.0}
+DEMO_TAG_CONTRAST = {"v1": 0.0, "v2": 0.05}
 # the corpus whose held-out voices speak the samples' references, per family
 REFERENCE_CORPUS = {"v1": "transfer-corpus", "v2": "reference-corpus"}
 
@@ -211,7 +211,8 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, base_dir
                                "tags": v.tag_counts} for k, v in corpora.items()},
                "data": manifest["counts"] if manifest else None, "train": _run_summary(run),
                "train_config": {"tag_init": cfg.lora.tag_init, "max_steps": cfg.schedule.max_steps,
-                                "replay_fraction": cfg.replay.fraction if cfg.replay.data else None},
+                                "replay_fraction": cfg.replay.fraction if cfg.replay.data else None,
+                                "tag_contrast": cfg.loss.tag_contrast},
                "samples": [str(out / "samples" / e["file"]) for e in samples], "report": report,
                "acceptance": report["acceptance"]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str, ensure_ascii=False))

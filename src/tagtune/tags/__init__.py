@@ -3,7 +3,8 @@
 The vocabulary, pure Python: ``vocab`` (tag syntax, canonical forms, ``TagSet``), ``scan`` (a corpus's tags)
 and ``pieces`` (tag pieces appended to a sentencepiece model; ``extend_tokenizer``). The rows, on torch:
 ``rows`` (new rows of the GPT's text tables: init formulas, growing a base, start rows, reading and writing
-the rows forward uses), ``neutral`` (the fitted neutral row) and ``add`` (``tagtune tags add``).
+the rows forward uses), ``neutral`` (the fitted neutral row) and ``add`` (``tagtune tags add``); ``occurrences``
+(where a clip's tags sit in its text and which codes their events cover).
 This module exports the vocabulary only, so importing it never loads torch.
 """
 
