@@ -103,7 +103,7 @@ class RowLossesV2(nn.Module):
     (an ``nn.Module`` so that DDP can wrap it); ``train.loss.combine`` weighs the two as for 1.x."""
 
     def __init__(self, gpt: nn.Module, mask_padding: bool = True, onset_weight: float = 1.0, onset_codes: int = 2,
-                 tag_contrast: float = 0.0, contrast_margin: float = 0.0):
+                 tag_contrast: float = 0.0, contrast_margin: float = 3.0):
         super().__init__()
         self.gpt, self.mask_padding = gpt, mask_padding
         self.onset_weight, self.onset_codes = onset_weight, onset_codes
