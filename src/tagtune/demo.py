@@ -57,8 +57,8 @@ DEMO_BASE_ANCHOR = {"v1": True, "v2": True}
 # begins": 1.x at 0.5, 6 failed checks over two evaluations of seeds 0-2 against 8 on every code)
 DEMO_ANCHOR_SHARE = {"v1": 0.5, "v2": 1.0}
 # the weight of training's tag-contrast term (loss.tag_contrast, docs/tag-contrast.md), per family. IndexTTS-2:
-# with cross-entropy alone its events were nearly as likely under a wrong tag (win rates 0.63-0.79, 3 of 15 checks
-# failed on seeds 0 and 1); at 0.05 all 15 pass on seeds 0-2, for 27% more training time. 1.x: not measured
+# with cross-entropy alone its events were nearly as likely under a wrong tag (win rates 0.63-0.84; 3, 3 and 5 of
+# 15 checks failed on seeds 0-2); at 0.05 all 15 pass on seeds 0-2, for 27% more training time. 1.x: not measured
 # yet, and its demo has no minute to spare for the extra forward
 DEMO_TAG_CONTRAST = {"v1": 0.0, "v2": 0.05}
 # the corpus whose held-out voices speak the samples' references, per family
