@@ -58,8 +58,9 @@ DEMO_BASE_ANCHOR = {"v1": True, "v2": True}
 DEMO_ANCHOR_SHARE = {"v1": 0.5, "v2": 1.0}
 # the weight of training's tag-contrast term (loss.tag_contrast, docs/tag-contrast.md), per family. IndexTTS-2:
 # with cross-entropy alone its events were nearly as likely under a wrong tag (win rates 0.63-0.84; 3, 3 and 5 of
-# 15 checks failed on seeds 0-2); at 0.05 all 15 pass on seeds 0-2, for 27% more training time. 1.x: not measured
-# yet, and its demo has no minute to spare for the extra forward
+# 15 checks failed on seeds 0-2); at 0.05 all 15 pass on seeds 0-2, for 27% more training time. 1.x: seeds 1 and 2
+# still fail the one check they failed without it (the fine-tune voice's Chinese ratio 0.787, 0.748), with lower
+# main hit rates (0.654, 0.520 against 0.724, 0.582), and its demo has no minute to spare for the extra forward
 DEMO_TAG_CONTRAST = {"v1": 0.0, "v2": 0.05}
 # the corpus whose held-out voices speak the samples' references, per family
 REFERENCE_CORPUS = {"v1": "transfer-corpus", "v2": "reference-corpus"}
