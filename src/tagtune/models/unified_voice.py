@@ -300,7 +300,11 @@ def position_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def row_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean CE of each row over its non-ignored positions: logits (B, V, L), targets (B, L) -> (B,); ``weights``
     (B, L) scale each position's CE (the count of positions stays the divisor)."""
-    ce = position_ce(logits, targets)
+    return row_mean(position_ce(logits, targets), targets, weights)
+
+
+def row_mean(ce: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``row_ce`` from per-position CE (B, L) already taken (``position_ce``)."""
     if weights is not None:
         ce = ce * weights.to(ce.device)
     count = (targets != IGNORE_INDEX).sum(dim=1).clamp(min=1)

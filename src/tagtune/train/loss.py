@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tagtune.models.contrast import ContrastRows, contrast_penalty
-from tagtune.models.unified_voice import COND_LATENTS, IGNORE_INDEX, onset_weights, position_ce, row_ce
+from tagtune.models.unified_voice import COND_LATENTS, IGNORE_INDEX, onset_weights, position_ce, row_ce, row_mean
 from tagtune.train.config import LossSettings
 
 MEL_COMPRESSION = 1024  # 24 kHz samples per DVAE code
@@ -84,13 +84,14 @@ class RowLosses(nn.Module):
             mask_padding=self.mask_padding, mask_loss=self.mask_padding,
         )
         weights = onset_weights(out.mel_targets.shape, batch.onsets, self.onset_weight, self.onset_codes)
-        mel = row_ce(out.mel_logits, out.mel_targets, weights)
+        code_ce = position_ce(out.mel_logits, out.mel_targets)  # (B, L), the contrast term reads it too
+        mel = row_mean(code_ce, out.mel_targets, weights)
         if self.tag_contrast and batch.contrast is not None:
             c = batch.contrast
             other = self.gpt.logits(None, c.text_ids, c.text_lengths, batch.codes[c.rows], batch.wav_lengths[c.rows],
                                     None, conds=conds[c.rows], mask_padding=self.mask_padding,
                                     mask_loss=self.mask_padding)
-            mel = mel + contrast_penalty(position_ce(out.mel_logits, out.mel_targets),
+            mel = mel + contrast_penalty(code_ce,
                                          position_ce(other.mel_logits, other.mel_targets), c, self.tag_contrast,
                                          self.contrast_margin, len(mel))
         if self.base_kl and batch.base_log_probs is not None:

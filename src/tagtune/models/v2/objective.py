@@ -21,7 +21,7 @@ from torch import nn
 
 from tagtune.audio import event_onset_codes
 from tagtune.models.contrast import ContrastRows, contrast_penalty
-from tagtune.models.unified_voice import COND_LATENTS, onset_weights, position_ce, row_ce
+from tagtune.models.unified_voice import COND_LATENTS, onset_weights, position_ce, row_ce, row_mean
 from tagtune.models.v2.gpt import SPEED_ROWS
 
 PREFIX_POSITIONS = COND_LATENTS + SPEED_ROWS  # speaker latents + emotion vector (32), speed_emb(1), speed_emb(0)
@@ -114,13 +114,14 @@ class RowLossesV2(nn.Module):
         out = self.gpt.logits(conds, emovec, batch.text_ids, batch.text_lengths, batch.codes, batch.code_lengths,
                               mask_padding=self.mask_padding, mask_loss=self.mask_padding)
         weights = onset_weights(out.mel_targets.shape, batch.onsets, self.onset_weight, self.onset_codes)
-        mel = row_ce(out.mel_logits, out.mel_targets, weights)
+        code_ce = position_ce(out.mel_logits, out.mel_targets)  # (B, L), the contrast term reads it too
+        mel = row_mean(code_ce, out.mel_targets, weights)
         if self.tag_contrast and batch.contrast is not None:
             c = batch.contrast
             other = self.gpt.logits(conds[c.rows], emovec[c.rows], c.text_ids, c.text_lengths, batch.codes[c.rows],
                                     batch.code_lengths[c.rows], mask_padding=self.mask_padding,
                                     mask_loss=self.mask_padding)
-            mel = mel + contrast_penalty(position_ce(out.mel_logits, out.mel_targets),
+            mel = mel + contrast_penalty(code_ce,
                                          position_ce(other.mel_logits, other.mel_targets), c, self.tag_contrast,
                                          self.contrast_margin, len(mel))
         return row_ce(out.text_logits, out.text_targets), mel
